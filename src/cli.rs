@@ -1,0 +1,61 @@
+//! Command line: one binary, several roles.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// kubepulse: continuous network and control-plane performance monitor for
+/// Kubernetes, exposed as a Prometheus exporter.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, env = "KUBEPULSE_LOG_FORMAT")]
+    pub log_format: Option<LogFormatArg>,
+    /// Log level or EnvFilter directive (RUST_LOG takes precedence).
+    #[arg(long, global = true, env = "KUBEPULSE_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// The role to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log formats on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    /// Human-readable.
+    Text,
+    /// JSON lines.
+    Json,
+}
+
+/// Roles.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one agent: responders plus probes to its peers.
+    Agent {
+        /// Configuration file (YAML or TOML); `KUBEPULSE__*` env vars override it.
+        #[arg(long, short, env = "KUBEPULSE_CONFIG")]
+        config: Option<PathBuf>,
+        /// `/metrics` address (overrides agent.metrics_listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Run several agents on loopback in one process, no cluster needed.
+    Local {
+        /// Number of agents (2 to 200).
+        #[arg(long, short = 'n', default_value_t = crate::roles::local::DEFAULT_AGENTS,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=200))]
+        agents: usize,
+        /// `/metrics` address.
+        #[arg(long, default_value_t = crate::roles::local::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Also run bandwidth bursts (off by default in local mode).
+        #[arg(long)]
+        bandwidth: bool,
+        /// Configuration file for probe schedules and limits.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}

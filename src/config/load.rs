@@ -1,0 +1,114 @@
+//! Layering: defaults, then an optional YAML/TOML file, then `KUBEPULSE__*`
+//! environment variables (`KUBEPULSE__PROBES__UDP__INTERVAL=500ms`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use config::{Config, Environment, File};
+
+use super::settings::Settings;
+use super::validate::{validate, ConfigError};
+
+/// Loads settings from `path` (if any) and the process environment.
+pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    load_from(path, env)
+}
+
+/// Loads settings from `path` (if any) and the given environment map, so
+/// tests never touch the process environment.
+pub fn load_from(
+    path: Option<&Path>,
+    env: HashMap<String, String>,
+) -> Result<Settings, ConfigError> {
+    // Defaults are the first layer, so a file that sets only
+    // `probes.udp.interval` keeps the default `probes.udp.timeout`.
+    let mut b = Config::builder().add_source(Config::try_from(&Settings::default())?);
+    if let Some(p) = path {
+        b = b.add_source(File::from(p).required(true));
+    }
+    b = b.add_source(
+        Environment::with_prefix("KUBEPULSE")
+            .prefix_separator("__")
+            .separator("__")
+            .source(Some(env)),
+    );
+    let settings: Settings = b.build()?.try_deserialize()?;
+    validate(&settings)?;
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::Duration;
+
+    struct Yaml(tempfile::NamedTempFile);
+
+    fn file(contents: &str) -> Yaml {
+        let mut f = tempfile::Builder::new()
+            .suffix(".yaml")
+            .tempfile()
+            .expect("temp file");
+        f.write_all(contents.as_bytes()).expect("write");
+        Yaml(f)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = load_from(None, HashMap::new()).expect("defaults load");
+        assert_eq!(s, Settings::default());
+        assert_eq!(s.probes.udp.interval, Duration::from_secs(1));
+        assert_eq!(s.probes.pmtu.interval, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn file_and_env_layer() {
+        let f = file("probes:\n  udp:\n    interval: 250ms\nagent:\n  name: a\n  node: n1\n");
+        let env = HashMap::from([(
+            "KUBEPULSE__PROBES__TCP_CONNECT__INTERVAL".to_string(),
+            "3s".to_string(),
+        )]);
+        let s = load_from(Some(f.0.path()), env).expect("load");
+        assert_eq!(s.probes.udp.interval, Duration::from_millis(250));
+        assert_eq!(s.probes.udp.timeout, Duration::from_secs(1), "default kept");
+        assert_eq!(s.probes.tcp_connect.interval, Duration::from_secs(3));
+        assert_eq!(s.agent.node, "n1");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let f = file("probes:\n  udpp:\n    interval: 1s\n");
+        let err = load_from(Some(f.0.path()), HashMap::new()).expect_err("must fail");
+        assert!(err.to_string().contains("udpp"), "{err}");
+    }
+
+    #[test]
+    fn duration_without_unit_is_an_error() {
+        let f = file("probes:\n  udp:\n    interval: 5\n    timeout: 1s\n");
+        let err = load_from(Some(f.0.path()), HashMap::new()).expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.contains("interval") || msg.contains("unit"), "{msg}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key() {
+        let f = file("probes:\n  bandwidth:\n    burst_bytes: 1000000000\n");
+        let err = load_from(Some(f.0.path()), HashMap::new()).expect_err("must fail");
+        assert!(
+            err.to_string().contains("probes.bandwidth.burst_bytes"),
+            "{err}"
+        );
+        let f = file("discovery:\n  peers:\n    - {name: a, node: n, kind: pod, address: 127.0.0.1}\n    - {name: a, node: n, kind: pod, address: 127.0.0.2}\n");
+        let err = load_from(Some(f.0.path()), HashMap::new()).expect_err("must fail");
+        assert!(err.to_string().contains("duplicate peer"), "{err}");
+    }
+
+    #[test]
+    fn bad_address_is_an_error() {
+        let f =
+            file("discovery:\n  peers:\n    - {name: a, node: n, kind: pod, address: not-an-ip}\n");
+        assert!(load_from(Some(f.0.path()), HashMap::new()).is_err());
+    }
+}

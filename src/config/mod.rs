@@ -1,0 +1,10 @@
+//! Configuration: serde types ([`settings`]), file + environment layering
+//! ([`load`]) and semantic validation ([`validate`]).
+
+pub mod load;
+pub mod settings;
+pub mod validate;
+
+pub use load::{load, load_from};
+pub use settings::*;
+pub use validate::ConfigError;

@@ -1,0 +1,276 @@
+//! Settings types. Every struct denies unknown fields, and every duration is
+//! a humantime string with units (`"500ms"`, `"10m"`): a bare number is an
+//! error, never silently seconds or milliseconds.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::discovery::{Peer, ProbePorts};
+use crate::labels::AgentKind;
+
+/// Default address of the metrics endpoint.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(0, 0, 0, 0)), 9477);
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Who this agent is and where it listens.
+    pub agent: AgentSettings,
+    /// Probe schedules.
+    pub probes: ProbeSettings,
+    /// Responder limits.
+    pub responder: ResponderSettings,
+    /// Where peers come from.
+    pub discovery: DiscoverySettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// Identity and listen addresses of one agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSettings {
+    /// Unique agent name (in a cluster: the pod name from the downward API).
+    pub name: String,
+    /// Node name (in a cluster: spec.nodeName from the downward API).
+    pub node: String,
+    /// Pod network or host network.
+    pub kind: AgentKind,
+    /// Address the responders bind to and probes are sent from.
+    pub bind_address: IpAddr,
+    /// Responder ports.
+    pub ports: ProbePorts,
+    /// Address of the `/metrics` endpoint.
+    pub metrics_listen: SocketAddr,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            name: "kubepulse".into(),
+            node: "localhost".into(),
+            kind: AgentKind::Pod,
+            bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            ports: ProbePorts::default(),
+            metrics_listen: DEFAULT_METRICS_LISTEN,
+        }
+    }
+}
+
+/// A periodic probe: whether it runs, how often, and how long a reply may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Periodic {
+    /// Whether the probe runs.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Time between two probes to the same peer.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A reply later than this is a loss.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Periodic {
+    const fn every(interval: Duration, timeout: Duration) -> Self {
+        Self {
+            enabled: true,
+            interval,
+            timeout,
+        }
+    }
+}
+
+/// Schedules of every probe kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeSettings {
+    /// UDP echo RTT, loss and jitter.
+    pub udp: Periodic,
+    /// TCP request/response echo on a persistent connection.
+    pub tcp: Periodic,
+    /// ICMP echo.
+    pub icmp: Periodic,
+    /// TCP connect time.
+    pub tcp_connect: Periodic,
+    /// HTTP GET by phase.
+    pub http: Periodic,
+    /// Path MTU search.
+    pub pmtu: PmtuSettings,
+    /// Bandwidth bursts.
+    pub bandwidth: BandwidthSettings,
+    /// Window over which the minimum RTT is taken.
+    #[serde(with = "humantime_serde")]
+    pub rtt_min_window: Duration,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        let s = Duration::from_secs;
+        Self {
+            udp: Periodic::every(s(1), s(1)),
+            tcp: Periodic::every(s(1), s(1)),
+            icmp: Periodic::every(s(1), s(1)),
+            tcp_connect: Periodic::every(s(10), s(2)),
+            http: Periodic::every(s(30), s(5)),
+            pmtu: PmtuSettings::default(),
+            bandwidth: BandwidthSettings::default(),
+            rtt_min_window: s(60),
+        }
+    }
+}
+
+/// Path MTU search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PmtuSettings {
+    /// Whether the search runs.
+    pub enabled: bool,
+    /// Time between searches to the same peer.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Time to wait for each probe's echo.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Smallest IP packet size searched (bytes).
+    pub min_bytes: u32,
+    /// Tries per size before a size counts as not delivered.
+    pub tries: u32,
+}
+
+impl Default for PmtuSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(600),
+            timeout: Duration::from_millis(300),
+            min_bytes: 1200,
+            tries: 3,
+        }
+    }
+}
+
+/// Bandwidth bursts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BandwidthSettings {
+    /// Whether bursts run (off by default in local mode).
+    pub enabled: bool,
+    /// Time between two bursts to the same peer.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Bytes per burst.
+    pub burst_bytes: u64,
+    /// Upper bound on a burst's duration.
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Duration,
+}
+
+/// Largest burst a prober may ask for and a responder accepts: 32 MiB.
+pub const MAX_BURST_BYTES: u64 = 32 << 20;
+/// Longest burst a prober may ask for and a responder accepts.
+pub const MAX_BURST_DURATION: Duration = Duration::from_secs(1);
+
+impl Default for BandwidthSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(3600),
+            burst_bytes: MAX_BURST_BYTES,
+            max_duration: MAX_BURST_DURATION,
+        }
+    }
+}
+
+/// Limits that keep responders safe to expose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponderSettings {
+    /// Open connections per TCP responder.
+    pub max_connections: usize,
+    /// Largest burst served or accepted.
+    pub max_burst_bytes: u64,
+    /// Longest burst served or accepted.
+    #[serde(with = "humantime_serde")]
+    pub max_burst_duration: Duration,
+    /// Body size of the HTTP responder (612 = the nginx welcome page).
+    pub http_body_bytes: usize,
+    /// Idle time after which a TCP responder connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Test-only: added to the wall-clock time the UDP echo reports, to check
+    /// clock offset estimation. Never set in production.
+    #[serde(with = "humantime_serde")]
+    pub test_clock_offset: Duration,
+}
+
+impl Default for ResponderSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            max_burst_bytes: MAX_BURST_BYTES,
+            max_burst_duration: MAX_BURST_DURATION,
+            http_body_bytes: 612,
+            idle_timeout: Duration::from_secs(120),
+            test_clock_offset: Duration::ZERO,
+        }
+    }
+}
+
+/// Where peers come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoverySettings {
+    /// The discovery source.
+    pub mode: DiscoveryMode,
+    /// Peers for `mode: static`.
+    pub peers: Vec<Peer>,
+}
+
+/// Discovery sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscoveryMode {
+    /// The `peers` list of the config file.
+    #[default]
+    Static,
+}
+
+/// Log output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// An `EnvFilter` directive such as `info` or `kubepulse=debug`.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}

@@ -1,0 +1,123 @@
+//! Semantic checks serde cannot express, with errors that name the key.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::settings::{Periodic, Settings, MAX_BURST_BYTES, MAX_BURST_DURATION};
+
+/// A configuration error, naming the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be read or parsed.
+    #[error("cannot load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {key}: {reason}")]
+    Invalid {
+        /// Dotted key path.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn check_periodic(key: &str, p: &Periodic) -> Result<(), ConfigError> {
+    if !p.enabled {
+        return Ok(());
+    }
+    if p.interval < Duration::from_millis(10) {
+        return Err(invalid(&format!("{key}.interval"), "must be at least 10ms"));
+    }
+    if p.timeout.is_zero() {
+        return Err(invalid(&format!("{key}.timeout"), "must be positive"));
+    }
+    Ok(())
+}
+
+/// Validates `s`; the first problem found is returned.
+pub fn validate(s: &Settings) -> Result<(), ConfigError> {
+    if s.agent.name.is_empty() {
+        return Err(invalid("agent.name", "must not be empty"));
+    }
+    if s.agent.node.is_empty() {
+        return Err(invalid("agent.node", "must not be empty"));
+    }
+    let p = &s.probes;
+    check_periodic("probes.udp", &p.udp)?;
+    check_periodic("probes.tcp", &p.tcp)?;
+    check_periodic("probes.icmp", &p.icmp)?;
+    check_periodic("probes.tcp_connect", &p.tcp_connect)?;
+    check_periodic("probes.http", &p.http)?;
+    if p.rtt_min_window < p.udp.interval {
+        return Err(invalid(
+            "probes.rtt_min_window",
+            "must be at least probes.udp.interval",
+        ));
+    }
+    if p.pmtu.enabled {
+        if !(576..=9000).contains(&p.pmtu.min_bytes) {
+            return Err(invalid(
+                "probes.pmtu.min_bytes",
+                "must be within 576..=9000",
+            ));
+        }
+        if p.pmtu.tries == 0 {
+            return Err(invalid("probes.pmtu.tries", "must be at least 1"));
+        }
+    }
+    let b = &p.bandwidth;
+    if b.enabled {
+        if b.burst_bytes == 0 || b.burst_bytes > MAX_BURST_BYTES {
+            return Err(invalid(
+                "probes.bandwidth.burst_bytes",
+                format!("must be within 1..={MAX_BURST_BYTES}"),
+            ));
+        }
+        if b.max_duration.is_zero() || b.max_duration > MAX_BURST_DURATION {
+            return Err(invalid(
+                "probes.bandwidth.max_duration",
+                "must be positive and at most 1s",
+            ));
+        }
+        if b.interval < Duration::from_secs(1) {
+            return Err(invalid("probes.bandwidth.interval", "must be at least 1s"));
+        }
+    }
+    let r = &s.responder;
+    if r.max_connections == 0 {
+        return Err(invalid("responder.max_connections", "must be at least 1"));
+    }
+    if r.max_burst_bytes > MAX_BURST_BYTES || r.max_burst_duration > MAX_BURST_DURATION {
+        return Err(invalid(
+            "responder.max_burst_bytes",
+            "bursts are capped at 32 MiB and 1s",
+        ));
+    }
+    if r.http_body_bytes > 1 << 20 {
+        return Err(invalid(
+            "responder.http_body_bytes",
+            "must be at most 1 MiB",
+        ));
+    }
+    let mut names = HashSet::new();
+    for (i, peer) in s.discovery.peers.iter().enumerate() {
+        let key = format!("discovery.peers[{i}]");
+        if peer.name.is_empty() || peer.node.is_empty() {
+            return Err(invalid(&key, "name and node must not be empty"));
+        }
+        if !names.insert(peer.name.as_str()) {
+            return Err(invalid(
+                &key,
+                format!("duplicate peer name {:?}", peer.name),
+            ));
+        }
+    }
+    Ok(())
+}

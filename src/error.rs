@@ -1,0 +1,38 @@
+//! The crate-level error type; each module has its own `thiserror` enum and
+//! converts into this one at role boundaries.
+
+use crate::config::ConfigError;
+use crate::metrics::MetricsError;
+
+/// Top-level errors of kubepulse roles.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Configuration could not be loaded or is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Metric registration or encoding failed.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// A socket could not be bound or configured.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Wraps an IO error with what was being done.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,181 @@
+//! Closed label-value enums. Every label value kubepulse exports comes from
+//! one of these, so cardinality is bounded by construction.
+
+use serde::{Deserialize, Serialize};
+
+/// Defines a label enum with its exported string form and a list of all values.
+macro_rules! label_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $s:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The label value as exported.
+            pub const fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+label_enum! {
+    /// The `protocol` label: which probe produced a latency sample.
+    Protocol {
+        /// UDP request/response echo.
+        Udp => "udp",
+        /// TCP request/response echo on a persistent connection.
+        Tcp => "tcp",
+        /// ICMP echo.
+        Icmp => "icmp",
+        /// HTTP GET on a fresh connection.
+        Http => "http",
+    }
+}
+
+label_enum! {
+    /// The `path` label: what kind of network path a probe crosses.
+    PathKind {
+        /// Pod to pod on the same node (bridge/veth only).
+        PodSameNode => "pod_same_node",
+        /// Pod to pod on different nodes (the CNI data path).
+        PodCrossNode => "pod_cross_node",
+        /// Host network to host network on different nodes: the baseline.
+        HostCrossNode => "host_cross_node",
+        /// Pod network to a host-network agent.
+        PodToHost => "pod_to_host",
+        /// Host-network agent to a pod-network agent.
+        HostToPod => "host_to_pod",
+        /// Through the agents' Service ClusterIP (kube-proxy).
+        ServiceClusterip => "service_clusterip",
+        /// Through the agents' Service NodePort.
+        ServiceNodeport => "service_nodeport",
+    }
+}
+
+label_enum! {
+    /// Whether an agent runs in the pod network or with hostNetwork.
+    AgentKind {
+        /// In the pod network.
+        Pod => "pod",
+        /// With hostNetwork: true.
+        Host => "host",
+    }
+}
+
+label_enum! {
+    /// The `phase` label of HTTP probe durations.
+    HttpPhase {
+        /// TCP connect.
+        Connect => "connect",
+        /// Request sent to first response byte.
+        FirstByte => "first_byte",
+        /// First byte to last byte of the body.
+        Transfer => "transfer",
+    }
+}
+
+label_enum! {
+    /// The `direction` label of bandwidth bursts, seen from the prober.
+    Direction {
+        /// The prober sends, the peer's responder sinks.
+        Send => "send",
+        /// The peer's responder sends, the prober receives.
+        Receive => "receive",
+    }
+}
+
+label_enum! {
+    /// The `outcome` label of bandwidth bursts.
+    BurstOutcome {
+        /// The burst completed and a goodput was recorded.
+        Ok => "ok",
+        /// The responder refused: another burst was running.
+        Busy => "busy",
+        /// Connect, protocol or IO failure.
+        Error => "error",
+    }
+}
+
+label_enum! {
+    /// The `reason` label of probe errors that are not losses.
+    ProbeErrorReason {
+        /// The local send failed (no route, buffer full, ...).
+        SendFailed => "send_failed",
+        /// A TCP connection could not be established.
+        ConnectFailed => "connect_failed",
+        /// A reply did not parse or did not match a probe in flight.
+        BadReply => "bad_reply",
+        /// A reply arrived after its probe was already counted as lost.
+        LateReply => "late_reply",
+        /// A reply was timed across a wall-clock step and dropped.
+        ClockStep => "clock_step",
+    }
+}
+
+label_enum! {
+    /// The `responder` label: which probe responder.
+    ResponderKind {
+        /// UDP echo.
+        UdpEcho => "udp_echo",
+        /// TCP request/response echo.
+        TcpEcho => "tcp_echo",
+        /// TCP bandwidth sink/source.
+        Bandwidth => "bandwidth",
+        /// HTTP fixed-size body.
+        Http => "http",
+    }
+}
+
+label_enum! {
+    /// The `reason` label of requests a responder rejected.
+    RejectReason {
+        /// Did not parse (bad magic, short, unknown command).
+        Malformed => "malformed",
+        /// Larger than the responder accepts.
+        Oversized => "oversized",
+        /// A bandwidth burst was already running.
+        Busy => "busy",
+        /// The connection limit was reached.
+        ConnectionLimit => "connection_limit",
+        /// The request asked for more bytes or time than allowed.
+        OverLimit => "over_limit",
+    }
+}
+
+label_enum! {
+    /// The `mode` label of `kubepulse_icmp_socket_info`.
+    IcmpMode {
+        /// Unprivileged datagram ICMP socket (ping_group_range).
+        Dgram => "dgram",
+        /// Raw socket (CAP_NET_RAW).
+        Raw => "raw",
+        /// Neither could be opened: ICMP probes are off.
+        Unavailable => "unavailable",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_names_match_label_values() {
+        for p in PathKind::ALL {
+            let json = serde_json::to_string(p).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", p.as_str()));
+        }
+        let k: AgentKind = serde_json::from_str("\"host\"").expect("parse");
+        assert_eq!(k, AgentKind::Host);
+    }
+}

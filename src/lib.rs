@@ -1,0 +1,35 @@
+//! kubepulse: a continuous network and control-plane performance monitor for
+//! Kubernetes, exposed as a Prometheus exporter.
+//!
+//! The crate is split by concern: pure logic (`proto`, `stats`, `schedule`,
+//! `discovery::path`) has no IO and is unit-tested directly; IO lives in
+//! `probe`, `responder`, `http` and `roles`; all `unsafe` is in `sys`.
+
+pub mod cli;
+pub mod config;
+pub mod discovery;
+pub mod error;
+pub mod http;
+pub mod labels;
+pub mod metrics;
+pub mod probe;
+pub mod proto;
+pub mod responder;
+pub mod roles;
+pub mod schedule;
+pub mod shutdown;
+pub mod stats;
+#[allow(unsafe_code)]
+pub mod sys;
+pub mod telemetry;
+
+pub use error::{Error, Result};
+
+/// The git revision baked in at build time (`KUBEPULSE_REVISION`), or
+/// `unknown`.
+pub const fn build_revision() -> &'static str {
+    match option_env!("KUBEPULSE_REVISION") {
+        Some(r) => r,
+        None => "unknown",
+    }
+}

@@ -1,0 +1,126 @@
+//! The `kubepulse` binary: parses the command line and runs a role.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use kubepulse::cli::{Cli, Command, LogFormatArg};
+use kubepulse::config::{self, LogFormat, Settings};
+use kubepulse::discovery::{static_peers::StaticDiscovery, Discovery};
+use kubepulse::http::{self, ServerState};
+use kubepulse::metrics::{self, AgentMetrics};
+use kubepulse::roles::{agent, local};
+use kubepulse::{shutdown, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kubepulse: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kubepulse: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(cli: &Cli, settings: &Settings) {
+    let mut log = settings.log.clone();
+    if let Some(f) = cli.log_format {
+        log.format = match f {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        };
+    }
+    if let Some(l) = &cli.log_level {
+        log.level = l.clone();
+    }
+    telemetry::init(&log);
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    match &cli.command {
+        Command::Agent {
+            config: path,
+            listen,
+        } => {
+            let mut settings = config::load(path.as_deref())?;
+            if let Some(l) = listen {
+                settings.agent.metrics_listen = *l;
+            }
+            init_logs(&cli, &settings);
+            run_agent(settings, token).await
+        }
+        Command::Local {
+            agents,
+            listen,
+            bandwidth,
+            config: path,
+        } => {
+            let settings = config::load(path.as_deref())?;
+            init_logs(&cli, &settings);
+            let opts = local::LocalOptions {
+                agents: *agents,
+                listen: *listen,
+                bandwidth: *bandwidth,
+                settings,
+            };
+            let signals = tokio::spawn(shutdown::on_signal(token.clone()));
+            let run = local::start(opts, token.clone()).await?;
+            println!(
+                "kubepulse local: {} agents on loopback, metrics at http://{}/metrics",
+                run.agents.len(),
+                run.metrics_addr
+            );
+            tracing::info!(addr = %run.metrics_addr, agents = run.agents.len(), "Local mode running");
+            token.cancelled().await;
+            run.join().await;
+            signals.abort();
+            tracing::info!("Stopped");
+            Ok(())
+        }
+    }
+}
+
+async fn run_agent(settings: Settings, token: CancellationToken) -> anyhow::Result<()> {
+    let registry = prometheus::Registry::new();
+    metrics::register_process_metrics(&registry)?;
+    let m = AgentMetrics::new(registry.clone())?;
+    let discovery = StaticDiscovery::new(settings.discovery.peers.clone());
+    let listener = tokio::net::TcpListener::bind(settings.agent.metrics_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the metrics endpoint {}",
+                settings.agent.metrics_listen
+            )
+        })?;
+    let state = ServerState::new(vec![registry], format!("agent {}", settings.agent.name));
+    let server = tokio::spawn(http::serve(listener, state.clone(), token.clone()));
+    let signals = tokio::spawn(shutdown::on_signal(token.clone()));
+    let running = agent::start(&settings, m, discovery.subscribe(), token.clone()).await?;
+    state.set_ready();
+    println!(
+        "kubepulse agent {}: metrics at http://{}/metrics",
+        settings.agent.name, settings.agent.metrics_listen
+    );
+    token.cancelled().await;
+    running.join().await;
+    let _ = server.await;
+    signals.abort();
+    tracing::info!("Stopped");
+    Ok(())
+}

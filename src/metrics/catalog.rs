@@ -1,0 +1,265 @@
+//! The catalog of every metric kubepulse exports: name, type, labels, help.
+//! `docs/metrics.md` must list exactly these (a test checks it), and the
+//! registry is built from them, so code and docs cannot drift apart.
+
+/// Prometheus metric type of a catalog entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricType {
+    /// Monotonic counter (`_total`).
+    Counter,
+    /// Gauge.
+    Gauge,
+    /// Classic histogram.
+    Histogram,
+}
+
+impl MetricType {
+    /// The name used in the exposition `# TYPE` line and in the docs table.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MetricType::Counter => "counter",
+            MetricType::Gauge => "gauge",
+            MetricType::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric family.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    /// Full metric name.
+    pub name: &'static str,
+    /// Its type.
+    pub kind: MetricType,
+    /// Its label names, in order.
+    pub labels: &'static [&'static str],
+    /// HELP text.
+    pub help: &'static str,
+}
+
+macro_rules! def {
+    ($const:ident, $name:literal, $kind:ident, [$($l:literal),*], $help:literal) => {
+        #[doc = $help]
+        pub const $const: MetricDef = MetricDef {
+            name: $name,
+            kind: MetricType::$kind,
+            labels: &[$($l),*],
+            help: $help,
+        };
+    };
+}
+
+def!(
+    PROBE_RTT,
+    "kubepulse_probe_rtt_seconds",
+    Histogram,
+    ["protocol", "path"],
+    "Full round-trip time of request/response probes (never RTT/2)."
+);
+def!(
+    PROBE_SENT,
+    "kubepulse_probe_sent_total",
+    Counter,
+    ["protocol", "path", "peer_node"],
+    "Probes sent."
+);
+def!(
+    PROBE_LOST,
+    "kubepulse_probe_lost_total",
+    Counter,
+    ["protocol", "path", "peer_node"],
+    "Probes that got no reply within the timeout."
+);
+def!(
+    PROBE_REPLIES,
+    "kubepulse_probe_replies_total",
+    Counter,
+    ["protocol", "path", "peer_node"],
+    "Probes answered within the timeout."
+);
+def!(PROBE_REPLY_RTT, "kubepulse_probe_reply_rtt_seconds_total", Counter, ["protocol", "path", "peer_node"],
+    "Sum of the round-trip times of answered probes; divide by kubepulse_probe_replies_total for the per-peer mean.");
+def!(PROBE_ERRORS, "kubepulse_probe_errors_total", Counter, ["protocol", "path", "reason"],
+    "Probe errors that are not losses: failed sends, bad or late replies, samples dropped across clock steps.");
+def!(
+    PROBE_JITTER,
+    "kubepulse_probe_jitter_seconds",
+    Gauge,
+    ["protocol", "path", "peer_node"],
+    "RFC 3550 interarrival jitter estimate of round-trip times to the peer."
+);
+def!(PROBE_RTT_MIN, "kubepulse_probe_rtt_min_seconds", Gauge, ["protocol", "path", "peer_node"],
+    "Smallest round-trip time to the peer over the last window (propagation plus fixed stack cost).");
+def!(
+    PROBE_SEND_LATE,
+    "kubepulse_probe_send_late_total",
+    Counter,
+    ["protocol"],
+    "Probe sends that left more than a millisecond after their scheduled time (prober overloaded)."
+);
+def!(
+    TCP_CONNECT,
+    "kubepulse_tcp_connect_duration_seconds",
+    Histogram,
+    ["path"],
+    "Duration of TCP connect() to the peer's responder (SYN to SYN/ACK)."
+);
+def!(
+    HTTP_PHASE,
+    "kubepulse_http_probe_duration_seconds",
+    Histogram,
+    ["path", "phase"],
+    "Duration of each phase of an HTTP GET on a fresh connection: connect, first_byte, transfer."
+);
+def!(
+    PATH_MTU,
+    "kubepulse_path_mtu_bytes",
+    Gauge,
+    ["path", "peer_node"],
+    "Largest IP packet delivered to the peer with DF set, from the last path MTU search."
+);
+def!(
+    INTERFACE_MTU,
+    "kubepulse_interface_mtu_bytes",
+    Gauge,
+    ["path", "peer_node"],
+    "MTU of the local route towards the peer: the upper bound of the path MTU search."
+);
+def!(BANDWIDTH, "kubepulse_bandwidth_bytes_per_second", Gauge, ["path", "peer_node", "direction"],
+    "TCP goodput of the last bandwidth burst, measured over its second half (cached between bursts).");
+def!(
+    BANDWIDTH_RETRANS,
+    "kubepulse_bandwidth_retransmitted_segments_total",
+    Counter,
+    ["path", "peer_node"],
+    "TCP segments retransmitted during send-direction bandwidth bursts."
+);
+def!(
+    BANDWIDTH_BURSTS,
+    "kubepulse_bandwidth_bursts_total",
+    Counter,
+    ["path", "direction", "outcome"],
+    "Bandwidth bursts attempted, by outcome."
+);
+def!(
+    BANDWIDTH_LAST,
+    "kubepulse_bandwidth_last_burst_timestamp_seconds",
+    Gauge,
+    ["path", "peer_node", "direction"],
+    "Unix time of the last successful bandwidth burst to the peer."
+);
+def!(
+    RESPONDER_REQUESTS,
+    "kubepulse_responder_requests_total",
+    Counter,
+    ["responder"],
+    "Requests (datagrams, messages, connections) answered by the probe responders."
+);
+def!(
+    RESPONDER_REJECTED,
+    "kubepulse_responder_rejected_total",
+    Counter,
+    ["responder", "reason"],
+    "Requests the probe responders rejected."
+);
+def!(
+    RESPONDER_CONNECTIONS,
+    "kubepulse_responder_connections",
+    Gauge,
+    ["responder"],
+    "Open connections of the TCP probe responders."
+);
+def!(
+    ICMP_SOCKET,
+    "kubepulse_icmp_socket_info",
+    Gauge,
+    ["mode"],
+    "The kind of ICMP socket the agent could open (dgram, raw or unavailable); value 1."
+);
+def!(
+    PEERS,
+    "kubepulse_peers",
+    Gauge,
+    ["path"],
+    "Peers currently probed, by path kind."
+);
+def!(
+    BUILD_INFO,
+    "kubepulse_build_info",
+    Gauge,
+    ["version", "revision"],
+    "Build information; value 1."
+);
+
+/// Every metric family kubepulse defines (process_* families come from the
+/// prometheus crate's process collector and are listed separately in the docs).
+pub const ALL: &[MetricDef] = &[
+    PROBE_RTT,
+    PROBE_SENT,
+    PROBE_LOST,
+    PROBE_REPLIES,
+    PROBE_REPLY_RTT,
+    PROBE_ERRORS,
+    PROBE_JITTER,
+    PROBE_RTT_MIN,
+    PROBE_SEND_LATE,
+    TCP_CONNECT,
+    HTTP_PHASE,
+    PATH_MTU,
+    INTERFACE_MTU,
+    BANDWIDTH,
+    BANDWIDTH_RETRANS,
+    BANDWIDTH_BURSTS,
+    BANDWIDTH_LAST,
+    RESPONDER_REQUESTS,
+    RESPONDER_REJECTED,
+    RESPONDER_CONNECTIONS,
+    ICMP_SOCKET,
+    PEERS,
+    BUILD_INFO,
+];
+
+/// Labels that must never appear: they are target labels set by the scrape.
+pub const FORBIDDEN_LABELS: &[&str] = &["job", "instance", "pod", "node", "namespace", "cluster"];
+
+/// Latency buckets: 25 us doubling 17 times to about 1.64 s.
+pub fn rtt_buckets() -> Vec<f64> {
+    (0..17).map(|i| 25e-6 * f64::powi(2.0, i)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn names_follow_conventions() {
+        let mut seen = HashSet::new();
+        for d in ALL {
+            assert!(seen.insert(d.name), "duplicate {}", d.name);
+            assert!(d.name.starts_with("kubepulse_"), "{}", d.name);
+            match d.kind {
+                MetricType::Counter => assert!(d.name.ends_with("_total"), "{}", d.name),
+                _ => assert!(!d.name.ends_with("_total"), "{}", d.name),
+            }
+            for l in d.labels {
+                assert!(!FORBIDDEN_LABELS.contains(l), "{} has {l}", d.name);
+            }
+            if d.kind == MetricType::Histogram {
+                assert!(
+                    !d.labels.contains(&"peer_node"),
+                    "{}: per-peer histogram",
+                    d.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn buckets_span_25us_to_1_6s() {
+        let b = rtt_buckets();
+        assert_eq!(b.len(), 17);
+        assert!((b[0] - 25e-6).abs() < 1e-12);
+        assert!((b[16] - 1.6384).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,422 @@
+//! Prometheus metrics: the catalog of names ([`catalog`]), the agent's typed
+//! handles ([`AgentMetrics`]) and exposition ([`encode`]).
+//!
+//! Label values are passed as enums from [`crate::labels`], never free
+//! strings, except `peer_node` which comes from discovery and is bounded by
+//! the peer set.
+
+pub mod catalog;
+
+use std::time::Duration;
+
+use prometheus::core::Collector;
+use prometheus::{
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::labels::{
+    BurstOutcome, Direction, HttpPhase, IcmpMode, PathKind, ProbeErrorReason, Protocol,
+    RejectReason, ResponderKind,
+};
+use catalog::{MetricDef, MetricType};
+
+/// Errors from building or encoding metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// Registration failed (duplicate name, bad label set).
+    #[error("metric registration failed: {0}")]
+    Register(#[from] prometheus::Error),
+    /// The text encoder produced invalid UTF-8 (never expected).
+    #[error("metric encoding produced invalid UTF-8")]
+    Utf8,
+}
+
+fn opts(d: &MetricDef) -> Opts {
+    Opts::new(d.name, d.help)
+}
+
+fn counter(r: &Registry, d: &MetricDef) -> Result<IntCounterVec, MetricsError> {
+    debug_assert_eq!(d.kind, MetricType::Counter);
+    let v = IntCounterVec::new(opts(d), d.labels)?;
+    r.register(Box::new(v.clone()))?;
+    Ok(v)
+}
+
+fn float_counter(r: &Registry, d: &MetricDef) -> Result<CounterVec, MetricsError> {
+    debug_assert_eq!(d.kind, MetricType::Counter);
+    let v = CounterVec::new(opts(d), d.labels)?;
+    r.register(Box::new(v.clone()))?;
+    Ok(v)
+}
+
+fn gauge(r: &Registry, d: &MetricDef) -> Result<GaugeVec, MetricsError> {
+    debug_assert_eq!(d.kind, MetricType::Gauge);
+    let v = GaugeVec::new(opts(d), d.labels)?;
+    r.register(Box::new(v.clone()))?;
+    Ok(v)
+}
+
+fn int_gauge(r: &Registry, d: &MetricDef) -> Result<IntGaugeVec, MetricsError> {
+    debug_assert_eq!(d.kind, MetricType::Gauge);
+    let v = IntGaugeVec::new(opts(d), d.labels)?;
+    r.register(Box::new(v.clone()))?;
+    Ok(v)
+}
+
+fn histogram(r: &Registry, d: &MetricDef) -> Result<HistogramVec, MetricsError> {
+    debug_assert_eq!(d.kind, MetricType::Histogram);
+    let v = HistogramVec::new(
+        HistogramOpts::new(d.name, d.help).buckets(catalog::rtt_buckets()),
+        d.labels,
+    )?;
+    r.register(Box::new(v.clone()))?;
+    Ok(v)
+}
+
+/// Handles for one (protocol, path, peer_node) latency stream, resolved once
+/// so the prober's hot path does no label lookups.
+#[derive(Clone)]
+pub struct LatencySeries {
+    /// RTT histogram shared by all peers of this (protocol, path).
+    pub rtt: prometheus::Histogram,
+    /// Probes sent.
+    pub sent: prometheus::IntCounter,
+    /// Probes lost.
+    pub lost: prometheus::IntCounter,
+    /// Probes answered.
+    pub replies: prometheus::IntCounter,
+    /// Sum of RTTs of answered probes, seconds.
+    pub reply_rtt: prometheus::Counter,
+    /// RFC 3550 jitter, seconds.
+    pub jitter: prometheus::Gauge,
+    /// Windowed minimum RTT, seconds.
+    pub rtt_min: prometheus::Gauge,
+}
+
+impl LatencySeries {
+    /// Records one answered probe.
+    pub fn observe_reply(&self, rtt: Duration) {
+        let s = rtt.as_secs_f64();
+        self.rtt.observe(s);
+        self.replies.inc();
+        self.reply_rtt.inc_by(s);
+    }
+}
+
+/// All metrics of an agent, registered in one [`Registry`].
+#[derive(Clone)]
+pub struct AgentMetrics {
+    registry: Registry,
+    rtt: HistogramVec,
+    sent: IntCounterVec,
+    lost: IntCounterVec,
+    replies: IntCounterVec,
+    reply_rtt: CounterVec,
+    errors: IntCounterVec,
+    jitter: GaugeVec,
+    rtt_min: GaugeVec,
+    send_late: IntCounterVec,
+    tcp_connect: HistogramVec,
+    http_phase: HistogramVec,
+    path_mtu: GaugeVec,
+    interface_mtu: GaugeVec,
+    bandwidth: GaugeVec,
+    bandwidth_retrans: IntCounterVec,
+    bandwidth_bursts: IntCounterVec,
+    bandwidth_last: GaugeVec,
+    responder_requests: IntCounterVec,
+    responder_rejected: IntCounterVec,
+    responder_connections: IntGaugeVec,
+    icmp_socket: IntGaugeVec,
+    peers: IntGaugeVec,
+}
+
+/// Latency protocols that have per-peer series.
+pub const LATENCY_PROTOCOLS: &[Protocol] = &[Protocol::Udp, Protocol::Tcp, Protocol::Icmp];
+
+impl AgentMetrics {
+    /// Registers every agent metric in `registry` and pre-creates the series
+    /// whose label values are all known up front.
+    pub fn new(registry: Registry) -> Result<Self, MetricsError> {
+        use catalog::*;
+        let r = &registry;
+        let m = Self {
+            rtt: histogram(r, &PROBE_RTT)?,
+            sent: counter(r, &PROBE_SENT)?,
+            lost: counter(r, &PROBE_LOST)?,
+            replies: counter(r, &PROBE_REPLIES)?,
+            reply_rtt: float_counter(r, &PROBE_REPLY_RTT)?,
+            errors: counter(r, &PROBE_ERRORS)?,
+            jitter: gauge(r, &PROBE_JITTER)?,
+            rtt_min: gauge(r, &PROBE_RTT_MIN)?,
+            send_late: counter(r, &PROBE_SEND_LATE)?,
+            tcp_connect: histogram(r, &TCP_CONNECT)?,
+            http_phase: histogram(r, &HTTP_PHASE)?,
+            path_mtu: gauge(r, &PATH_MTU)?,
+            interface_mtu: gauge(r, &INTERFACE_MTU)?,
+            bandwidth: gauge(r, &BANDWIDTH)?,
+            bandwidth_retrans: counter(r, &BANDWIDTH_RETRANS)?,
+            bandwidth_bursts: counter(r, &BANDWIDTH_BURSTS)?,
+            bandwidth_last: gauge(r, &BANDWIDTH_LAST)?,
+            responder_requests: counter(r, &RESPONDER_REQUESTS)?,
+            responder_rejected: counter(r, &RESPONDER_REJECTED)?,
+            responder_connections: int_gauge(r, &RESPONDER_CONNECTIONS)?,
+            icmp_socket: int_gauge(r, &ICMP_SOCKET)?,
+            peers: int_gauge(r, &PEERS)?,
+            registry,
+        };
+        for p in LATENCY_PROTOCOLS {
+            m.send_late.with_label_values(&[p.as_str()]);
+        }
+        for k in ResponderKind::ALL {
+            m.responder_requests.with_label_values(&[k.as_str()]);
+            for reason in RejectReason::ALL {
+                m.responder_rejected
+                    .with_label_values(&[k.as_str(), reason.as_str()]);
+            }
+        }
+        for k in [
+            ResponderKind::TcpEcho,
+            ResponderKind::Bandwidth,
+            ResponderKind::Http,
+        ] {
+            m.responder_connections.with_label_values(&[k.as_str()]);
+        }
+        for path in PathKind::ALL {
+            m.peers.with_label_values(&[path.as_str()]);
+        }
+        Ok(m)
+    }
+
+    /// The registry these metrics live in.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Resolves (and creates at zero) the latency series of one peer stream.
+    pub fn latency(&self, protocol: Protocol, path: PathKind, peer_node: &str) -> LatencySeries {
+        let l = [protocol.as_str(), path.as_str(), peer_node];
+        LatencySeries {
+            rtt: self.rtt.with_label_values(&l[..2]),
+            sent: self.sent.with_label_values(&l),
+            lost: self.lost.with_label_values(&l),
+            replies: self.replies.with_label_values(&l),
+            reply_rtt: self.reply_rtt.with_label_values(&l),
+            jitter: self.jitter.with_label_values(&l),
+            rtt_min: self.rtt_min.with_label_values(&l),
+        }
+    }
+
+    /// Creates every series a probe of `path` to `peer_node` will use, at
+    /// zero, so a new peer is visible before its first result.
+    pub fn precreate_peer(&self, path: PathKind, peer_node: &str, protocols: &[Protocol]) {
+        for p in protocols {
+            if LATENCY_PROTOCOLS.contains(p) {
+                self.latency(*p, path, peer_node);
+            }
+            for reason in ProbeErrorReason::ALL {
+                self.errors
+                    .with_label_values(&[p.as_str(), path.as_str(), reason.as_str()]);
+            }
+        }
+        self.tcp_connect.with_label_values(&[path.as_str()]);
+        for phase in HttpPhase::ALL {
+            self.http_phase
+                .with_label_values(&[path.as_str(), phase.as_str()]);
+        }
+        for d in Direction::ALL {
+            for o in BurstOutcome::ALL {
+                self.bandwidth_bursts
+                    .with_label_values(&[path.as_str(), d.as_str(), o.as_str()]);
+            }
+        }
+    }
+
+    /// Removes every per-peer series of (`path`, `peer_node`). Aggregate
+    /// series (histograms, error counters by reason) stay.
+    pub fn remove_peer(&self, path: PathKind, peer_node: &str) {
+        for p in LATENCY_PROTOCOLS {
+            let l = [p.as_str(), path.as_str(), peer_node];
+            // A series may never have been created; absence is fine.
+            let _ = self.sent.remove_label_values(&l);
+            let _ = self.lost.remove_label_values(&l);
+            let _ = self.replies.remove_label_values(&l);
+            let _ = self.reply_rtt.remove_label_values(&l);
+            let _ = self.jitter.remove_label_values(&l);
+            let _ = self.rtt_min.remove_label_values(&l);
+        }
+        let l = [path.as_str(), peer_node];
+        let _ = self.path_mtu.remove_label_values(&l);
+        let _ = self.interface_mtu.remove_label_values(&l);
+        let _ = self.bandwidth_retrans.remove_label_values(&l);
+        for d in Direction::ALL {
+            let l = [path.as_str(), peer_node, d.as_str()];
+            let _ = self.bandwidth.remove_label_values(&l);
+            let _ = self.bandwidth_last.remove_label_values(&l);
+        }
+    }
+
+    /// Counts a probe error that is not a loss.
+    pub fn probe_error(&self, protocol: Protocol, path: PathKind, reason: ProbeErrorReason) {
+        self.errors
+            .with_label_values(&[protocol.as_str(), path.as_str(), reason.as_str()])
+            .inc();
+    }
+
+    /// Counts a send that left late.
+    pub fn send_late(&self, protocol: Protocol) {
+        self.send_late.with_label_values(&[protocol.as_str()]).inc();
+    }
+
+    /// Records a TCP connect duration.
+    pub fn observe_tcp_connect(&self, path: PathKind, d: Duration) {
+        self.tcp_connect
+            .with_label_values(&[path.as_str()])
+            .observe(d.as_secs_f64());
+    }
+
+    /// Records one HTTP probe phase.
+    pub fn observe_http_phase(&self, path: PathKind, phase: HttpPhase, d: Duration) {
+        self.http_phase
+            .with_label_values(&[path.as_str(), phase.as_str()])
+            .observe(d.as_secs_f64());
+    }
+
+    /// Sets the result of a path MTU search.
+    pub fn set_path_mtu(&self, path: PathKind, peer_node: &str, path_mtu: u32, interface_mtu: u32) {
+        self.path_mtu
+            .with_label_values(&[path.as_str(), peer_node])
+            .set(f64::from(path_mtu));
+        self.interface_mtu
+            .with_label_values(&[path.as_str(), peer_node])
+            .set(f64::from(interface_mtu));
+    }
+
+    /// Records a finished bandwidth burst.
+    pub fn record_burst(
+        &self,
+        path: PathKind,
+        peer_node: &str,
+        direction: Direction,
+        bytes_per_second: f64,
+        retransmits: u64,
+        unix_time: f64,
+    ) {
+        let l = [path.as_str(), peer_node, direction.as_str()];
+        self.bandwidth.with_label_values(&l).set(bytes_per_second);
+        self.bandwidth_last.with_label_values(&l).set(unix_time);
+        if direction == Direction::Send {
+            self.bandwidth_retrans
+                .with_label_values(&[path.as_str(), peer_node])
+                .inc_by(retransmits);
+        }
+        self.burst_outcome(path, direction, BurstOutcome::Ok);
+    }
+
+    /// Counts a burst outcome (`record_burst` counts `Ok` itself).
+    pub fn burst_outcome(&self, path: PathKind, direction: Direction, outcome: BurstOutcome) {
+        self.bandwidth_bursts
+            .with_label_values(&[path.as_str(), direction.as_str(), outcome.as_str()])
+            .inc();
+    }
+
+    /// Counts a request answered by a responder.
+    pub fn responder_request(&self, kind: ResponderKind) {
+        self.responder_requests
+            .with_label_values(&[kind.as_str()])
+            .inc();
+    }
+
+    /// Counts a request a responder rejected.
+    pub fn responder_rejected(&self, kind: ResponderKind, reason: RejectReason) {
+        self.responder_rejected
+            .with_label_values(&[kind.as_str(), reason.as_str()])
+            .inc();
+    }
+
+    /// The open-connections gauge of a TCP responder.
+    pub fn responder_connections(&self, kind: ResponderKind) -> prometheus::IntGauge {
+        self.responder_connections
+            .with_label_values(&[kind.as_str()])
+    }
+
+    /// Exports which ICMP socket mode is in use.
+    pub fn set_icmp_mode(&self, mode: IcmpMode) {
+        for m in IcmpMode::ALL {
+            self.icmp_socket
+                .with_label_values(&[m.as_str()])
+                .set(i64::from(*m == mode));
+        }
+    }
+
+    /// Sets the number of peers probed per path kind.
+    pub fn set_peer_counts(&self, counts: &[(PathKind, usize)]) {
+        for path in PathKind::ALL {
+            let n = counts
+                .iter()
+                .filter(|(p, _)| p == path)
+                .map(|(_, n)| *n)
+                .sum::<usize>();
+            self.peers
+                .with_label_values(&[path.as_str()])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// Registers the process-wide collectors (build info, process_*) that a
+/// scrape endpoint exports once, whatever number of agents it serves.
+pub fn register_process_metrics(registry: &Registry) -> Result<(), MetricsError> {
+    let info = int_gauge(registry, &catalog::BUILD_INFO)?;
+    info.with_label_values(&[env!("CARGO_PKG_VERSION"), crate::build_revision()])
+        .set(1);
+    let pc = prometheus::process_collector::ProcessCollector::for_self();
+    registry.register(Box::new(pc))?;
+    Ok(())
+}
+
+/// Encodes the union of `registries` in the Prometheus text format. Families
+/// with the same name (local mode: one registry per agent, each with its own
+/// const labels) are merged so each name has one HELP/TYPE header.
+pub fn encode(registries: &[&Registry]) -> Result<String, MetricsError> {
+    let mut families: Vec<prometheus::proto::MetricFamily> = Vec::new();
+    for r in registries {
+        for fam in r.gather() {
+            match families.iter_mut().find(|f| f.name() == fam.name()) {
+                Some(existing) => {
+                    existing
+                        .mut_metric()
+                        .extend(fam.get_metric().iter().cloned());
+                }
+                None => families.push(fam),
+            }
+        }
+    }
+    families.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut buf = Vec::new();
+    TextEncoder::new().encode(&families, &mut buf)?;
+    String::from_utf8(buf).map_err(|_| MetricsError::Utf8)
+}
+
+/// Content type of [`encode`]'s output.
+pub const TEXT_CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+/// Number of series (sample lines) a collector currently exports; used by
+/// tests and the cardinality budget.
+pub fn series_count(c: &dyn Collector) -> usize {
+    c.collect()
+        .iter()
+        .map(|f| {
+            let per_metric = |m: &prometheus::proto::Metric| {
+                if f.get_field_type() == prometheus::proto::MetricType::HISTOGRAM {
+                    // buckets + the implicit +Inf bucket + _sum + _count
+                    m.get_histogram().get_bucket().len() + 3
+                } else {
+                    1
+                }
+            };
+            f.get_metric().iter().map(per_metric).sum::<usize>()
+        })
+        .sum()
+}

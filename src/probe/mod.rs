@@ -1,0 +1,53 @@
+//! Probers: the latency engine (UDP, TCP request/response, ICMP on one
+//! dedicated thread, see [`latency`]) and the scheduled probes (TCP
+//! connect, HTTP, path MTU, bandwidth, see [`scheduled`]).
+//!
+//! Every prober gets a [`ProbeContext`] and follows the current target set
+//! through its `watch` channel, so peers come and go without restarts.
+
+pub mod latency;
+pub mod scheduled;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ProbeSettings;
+use crate::discovery::{Identity, Target};
+use crate::metrics::AgentMetrics;
+
+/// The current probe targets of one agent.
+pub type TargetSet = Arc<Vec<Target>>;
+
+/// Everything a prober needs.
+#[derive(Clone)]
+pub struct ProbeContext {
+    /// The local agent.
+    pub identity: Identity,
+    /// Source address of probes (unspecified = let the kernel choose).
+    pub bind: IpAddr,
+    /// Probe schedules.
+    pub settings: ProbeSettings,
+    /// Where results go.
+    pub metrics: AgentMetrics,
+    /// Current targets.
+    pub targets: watch::Receiver<TargetSet>,
+    /// Cancelled on shutdown.
+    pub shutdown: CancellationToken,
+}
+
+/// Errors that stop a prober from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// A socket or thread could not be created.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}

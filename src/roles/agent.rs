@@ -1,0 +1,207 @@
+//! One agent: responders, the latency engine, the scheduled probes, and the
+//! task that turns discovered peers into probe targets.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::discovery::{self, Identity, PeerSet, ProbePorts, Target};
+use crate::labels::{PathKind, Protocol};
+use crate::metrics::AgentMetrics;
+use crate::probe::{self, latency::LatencyProber, ProbeContext, TargetSet};
+use crate::responder::{self, Responders};
+use crate::{Error, Result};
+
+/// A running agent.
+pub struct RunningAgent {
+    /// The agent's identity.
+    pub identity: Identity,
+    /// The ports its responders actually bound.
+    pub ports: ProbePorts,
+    responders: Responders,
+    latency: LatencyProber,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningAgent {
+    /// Waits for every part to stop; call after cancelling the shutdown token.
+    pub async fn join(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.responders.join().await;
+        let latency = self.latency;
+        // The engine thread exits within one poll interval of cancellation.
+        let _ = tokio::task::spawn_blocking(move || latency.join()).await;
+    }
+}
+
+/// The protocols whose series are created for every target.
+pub fn enabled_protocols(s: &Settings) -> Vec<Protocol> {
+    let p = &s.probes;
+    [
+        (Protocol::Udp, p.udp.enabled),
+        (Protocol::Tcp, p.tcp.enabled),
+        (Protocol::Icmp, p.icmp.enabled),
+        (Protocol::Http, p.http.enabled),
+    ]
+    .into_iter()
+    .filter_map(|(proto, on)| on.then_some(proto))
+    .collect()
+}
+
+/// The per-peer series keys a target set uses.
+fn series_keys(targets: &[Target]) -> HashSet<(PathKind, String)> {
+    targets
+        .iter()
+        .map(|t| (t.path, t.peer.node.clone()))
+        .collect()
+}
+
+/// Keys present in `old` and gone from `new`: their series are removed.
+/// Two peers can share a key (a pod replaced on the same node), so a key is
+/// removed only when no remaining target uses it.
+pub fn departed_keys(old: &[Target], new: &[Target]) -> Vec<(PathKind, String)> {
+    let keep = series_keys(new);
+    let mut gone: Vec<_> = series_keys(old).difference(&keep).cloned().collect();
+    gone.sort();
+    gone
+}
+
+fn path_counts(targets: &[Target]) -> Vec<(PathKind, usize)> {
+    PathKind::ALL
+        .iter()
+        .map(|p| (*p, targets.iter().filter(|t| t.path == *p).count()))
+        .collect()
+}
+
+/// Follows `peers`, publishing this agent's targets and keeping the per-peer
+/// series in step (created at zero on arrival, removed on departure).
+fn spawn_target_publisher(
+    identity: Identity,
+    protocols: Vec<Protocol>,
+    metrics: AgentMetrics,
+    mut peers: watch::Receiver<PeerSet>,
+    tx: watch::Sender<TargetSet>,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let snapshot = peers.borrow_and_update().clone();
+            let new = discovery::targets(&identity, &snapshot);
+            let old = tx.borrow().clone();
+            for (path, node) in departed_keys(&old, &new) {
+                tracing::info!(path = %path, peer_node = %node, "Peer left; removing its series");
+                metrics.remove_peer(path, &node);
+            }
+            for t in &new {
+                metrics.precreate_peer(t.path, &t.peer.node, &protocols);
+            }
+            metrics.set_peer_counts(&path_counts(&new));
+            tracing::info!(agent = %identity.name, targets = new.len(), "Probe targets updated");
+            tx.send_replace(Arc::new(new));
+            tokio::select! {
+                changed = peers.changed() => if changed.is_err() { break },
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    })
+}
+
+/// Starts an agent: binds responders, then probers. Returns once everything
+/// is bound, so a caller can report readiness.
+pub async fn start(
+    settings: &Settings,
+    metrics: AgentMetrics,
+    peers: watch::Receiver<PeerSet>,
+    shutdown: CancellationToken,
+) -> Result<RunningAgent> {
+    let a = &settings.agent;
+    let identity = Identity {
+        name: a.name.clone(),
+        node: a.node.clone(),
+        kind: a.kind,
+    };
+    let responders = responder::start(
+        a.bind_address,
+        a.ports,
+        settings.responder,
+        metrics.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| Error::io("starting responders", std::io::Error::other(e)))?;
+    let ports = responders.ports();
+
+    let (tx, targets) = watch::channel::<TargetSet>(Arc::new(Vec::new()));
+    let publisher = spawn_target_publisher(
+        identity.clone(),
+        enabled_protocols(settings),
+        metrics.clone(),
+        peers,
+        tx,
+        shutdown.clone(),
+    );
+    let ctx = ProbeContext {
+        identity: identity.clone(),
+        bind: a.bind_address,
+        settings: settings.probes.clone(),
+        metrics,
+        targets,
+        shutdown,
+    };
+    let latency = probe::latency::start(ctx.clone())
+        .map_err(|e| Error::io("starting the latency prober", std::io::Error::other(e)))?;
+    let mut tasks = probe::scheduled::start(ctx);
+    tasks.push(publisher);
+    tracing::info!(agent = %identity.name, node = %identity.node, kind = %identity.kind,
+        udp_echo = ports.udp_echo, tcp_echo = ports.tcp_echo, bandwidth = ports.bandwidth,
+        http = ports.http, "Agent started");
+    Ok(RunningAgent {
+        identity,
+        ports,
+        responders,
+        latency,
+        tasks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::Peer;
+    use crate::labels::AgentKind;
+
+    fn target(name: &str, node: &str, path: PathKind) -> Target {
+        Target {
+            peer: Peer {
+                name: name.into(),
+                address: "127.0.0.1".parse().expect("ip"),
+                node: node.into(),
+                kind: AgentKind::Pod,
+                ports: ProbePorts::default(),
+                path: None,
+            },
+            path,
+        }
+    }
+
+    #[test]
+    fn departed_keys_keep_shared_series() {
+        let old = vec![
+            target("b-1", "b", PathKind::PodCrossNode),
+            target("c-1", "c", PathKind::PodCrossNode),
+        ];
+        // b-1 replaced by b-2 on the same node: the series stays; c left.
+        let new = vec![target("b-2", "b", PathKind::PodCrossNode)];
+        assert_eq!(
+            departed_keys(&old, &new),
+            vec![(PathKind::PodCrossNode, "c".to_string())]
+        );
+        assert!(departed_keys(&new, &new).is_empty());
+    }
+}

@@ -1,0 +1,213 @@
+//! Local mode: N agents in one process on loopback addresses, probing each
+//! other, with one `/metrics`. No cluster needed.
+//!
+//! The agents are laid out on two simulated nodes: a host agent on each,
+//! then pod agents alternating between them, so 4 agents cover every direct
+//! path kind except pod_same_node and 5 or more cover all five. Each agent
+//! has its own registry with a constant `agent` label (local mode only: in a
+//! cluster each agent is its own scrape target).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::discovery::{static_peers::StaticDiscovery, Discovery, Peer, ProbePorts};
+use crate::http::{self, ServerState};
+use crate::labels::AgentKind;
+use crate::metrics::{self, AgentMetrics};
+use crate::roles::agent;
+use crate::{Error, Result};
+
+/// Default `/metrics` address of local mode.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9477);
+/// Default number of local agents.
+pub const DEFAULT_AGENTS: usize = 5;
+/// First loopback address used: 127.0.0.11, .12, ...
+const FIRST_HOST_OCTET: u8 = 11;
+
+/// Options of `kubepulse local`.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Number of agents (2..=200).
+    pub agents: usize,
+    /// `/metrics` address.
+    pub listen: SocketAddr,
+    /// Whether bandwidth bursts run.
+    pub bandwidth: bool,
+    /// Base settings (probe schedules, limits); identity and peers are set
+    /// per agent.
+    pub settings: Settings,
+}
+
+/// One simulated agent of the layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalAgent {
+    /// Agent name.
+    pub name: String,
+    /// Simulated node.
+    pub node: String,
+    /// Pod or host.
+    pub kind: AgentKind,
+    /// Its loopback address.
+    pub address: IpAddr,
+}
+
+/// The layout of `n` local agents (pure, so it can be tested).
+pub fn layout(n: usize) -> Vec<LocalAgent> {
+    (0..n)
+        .map(|i| {
+            let node = if i % 2 == 0 { "local-a" } else { "local-b" };
+            let (kind, name) = if i < 2 {
+                (AgentKind::Host, format!("{node}-host"))
+            } else {
+                (AgentKind::Pod, format!("{node}-pod-{}", (i - 2) / 2 + 1))
+            };
+            // n is capped at 200 by the CLI, so the octet fits.
+            let octet = FIRST_HOST_OCTET.saturating_add(u8::try_from(i).unwrap_or(u8::MAX));
+            LocalAgent {
+                name,
+                node: node.to_string(),
+                kind,
+                address: IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)),
+            }
+        })
+        .collect()
+}
+
+/// A running local mode.
+pub struct LocalRun {
+    /// The address `/metrics` is served on.
+    pub metrics_addr: SocketAddr,
+    /// The agents' layout.
+    pub agents: Vec<LocalAgent>,
+    running: Vec<agent::RunningAgent>,
+    server: tokio::task::JoinHandle<()>,
+    /// Kept so peers stay published while the run lasts.
+    _discovery: StaticDiscovery,
+}
+
+impl LocalRun {
+    /// Waits for everything to stop after `shutdown` is cancelled.
+    pub async fn join(self) {
+        for a in self.running {
+            a.join().await;
+        }
+        let _ = self.server.await;
+    }
+}
+
+/// Starts local mode; returns once `/metrics` is bound and every agent runs.
+pub async fn start(opts: LocalOptions, shutdown: CancellationToken) -> Result<LocalRun> {
+    let agents = layout(opts.agents);
+    let process = Registry::new();
+    metrics::register_process_metrics(&process)?;
+    let mut registries = vec![process];
+
+    let peers: Vec<Peer> = agents
+        .iter()
+        .map(|a| Peer {
+            name: a.name.clone(),
+            address: a.address,
+            node: a.node.clone(),
+            kind: a.kind,
+            ports: opts.settings.agent.ports,
+            path: None,
+        })
+        .collect();
+    let discovery = StaticDiscovery::new(peers);
+
+    let mut running = Vec::new();
+    for a in &agents {
+        let registry = Registry::new_custom(
+            None,
+            Some(HashMap::from([("agent".to_string(), a.name.clone())])),
+        )
+        .map_err(metrics::MetricsError::from)?;
+        let m = AgentMetrics::new(registry.clone())?;
+        registries.push(registry);
+        let mut s = opts.settings.clone();
+        s.agent.name = a.name.clone();
+        s.agent.node = a.node.clone();
+        s.agent.kind = a.kind;
+        s.agent.bind_address = a.address;
+        s.probes.bandwidth.enabled = opts.bandwidth;
+        running.push(agent::start(&s, m, discovery.subscribe(), shutdown.clone()).await?);
+    }
+
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| Error::io(format!("binding the metrics endpoint {}", opts.listen), e))?;
+    let metrics_addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the metrics address", e))?;
+    let state = ServerState::new(
+        registries,
+        format!("local mode: {} agents on loopback", agents.len()),
+    );
+    state.set_ready();
+    let server = tokio::spawn(http::serve(listener, state, shutdown));
+    Ok(LocalRun {
+        metrics_addr,
+        agents,
+        running,
+        server,
+        _discovery: discovery,
+    })
+}
+
+/// Default ports for local agents: the cluster defaults (every agent has its
+/// own loopback address, so they do not clash).
+pub fn default_ports() -> ProbePorts {
+    ProbePorts::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::{targets, Identity};
+    use crate::labels::PathKind;
+    use std::collections::BTreeSet;
+
+    fn paths(n: usize) -> BTreeSet<PathKind> {
+        let l = layout(n);
+        let peers: Vec<Peer> = l
+            .iter()
+            .map(|a| Peer {
+                name: a.name.clone(),
+                address: a.address,
+                node: a.node.clone(),
+                kind: a.kind,
+                ports: ProbePorts::default(),
+                path: None,
+            })
+            .collect();
+        l.iter()
+            .flat_map(|a| {
+                let me = Identity {
+                    name: a.name.clone(),
+                    node: a.node.clone(),
+                    kind: a.kind,
+                };
+                targets(&me, &peers).into_iter().map(|t| t.path)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn layout_covers_path_kinds() {
+        let four = paths(4);
+        assert_eq!(four.len(), 4, "{four:?}");
+        assert!(!four.contains(&PathKind::PodSameNode));
+        let five = paths(5);
+        assert_eq!(five.len(), 5, "{five:?}");
+        let l = layout(5);
+        let addrs: BTreeSet<_> = l.iter().map(|a| a.address).collect();
+        assert_eq!(addrs.len(), 5);
+        let names: BTreeSet<_> = l.iter().map(|a| a.name.clone()).collect();
+        assert_eq!(names.len(), 5);
+    }
+}

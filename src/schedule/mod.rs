@@ -1,0 +1,2 @@
+//! Pure scheduling: absolute-deadline periodic schedules with a random
+//! phase per peer.

@@ -1,0 +1,3 @@
+//! The only module with `unsafe`: thin, safe wrappers over Linux socket
+//! options and syscalls that socket2 does not cover. Every unsafe block has
+//! a `// SAFETY:` comment.
