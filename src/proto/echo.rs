@@ -21,8 +21,9 @@ pub const MAGIC: [u8; 4] = *b"KPE1";
 pub const VERSION: u8 = 1;
 /// Size of the fixed header; also the size of every TCP echo message.
 pub const HEADER_LEN: usize = 64;
-/// Largest datagram accepted (jumbo frames): anything longer is oversized.
-pub const MAX_LEN: usize = 9216;
+/// Largest message accepted: the largest IPv4 UDP payload, so path MTU
+/// probes can search up to any interface MTU (loopback is 65536).
+pub const MAX_LEN: usize = 65507;
 
 /// Request or reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
