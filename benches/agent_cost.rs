@@ -49,14 +49,22 @@ fn start(args: &[&str]) -> (Proc, SocketAddr) {
 
 fn scrape(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).expect("connect");
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read");
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }
 
 fn series(body: &str) -> usize {
-    body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count()
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count()
 }
 
 /// (cumulative upper bound, count) buckets of a histogram series.
@@ -66,9 +74,21 @@ fn buckets(body: &str, name: &str, matchers: &[&str]) -> Vec<(f64, f64)> {
         if !l.starts_with(&format!("{name}_bucket{{")) || !matchers.iter().all(|m| l.contains(m)) {
             continue;
         }
-        let le = l.split("le=\"").nth(1).and_then(|r| r.split('"').next()).expect("le");
-        let le = if le == "+Inf" { f64::INFINITY } else { le.parse().expect("le") };
-        let v: f64 = l.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("value");
+        let le = l
+            .split("le=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .expect("le");
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().expect("le")
+        };
+        let v: f64 = l
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("value");
         match out.iter_mut().find(|(b, _)| *b == le) {
             Some(e) => e.1 += v,
             None => out.push((le, v)),
@@ -97,8 +117,14 @@ fn quantile(q: f64, b: &[(f64, f64)]) -> f64 {
 
 fn proc_stat(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let fields: Vec<&str> = stat.rsplit(')').next().expect("stat").split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .expect("stat")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     let rss_kb: f64 = status
         .lines()
@@ -109,22 +135,35 @@ fn proc_stat(pid: u32) -> (f64, f64) {
     (ticks / 100.0, rss_kb * 1024.0)
 }
 
-fn config(name: &str, ip: &str, peers: &[(&str, &str)], udp_interval: &str) -> tempfile::NamedTempFile {
-    let mut f = tempfile::Builder::new().suffix(".yaml").tempfile().expect("temp");
+fn config(
+    name: &str,
+    ip: &str,
+    peers: &[(&str, &str)],
+    udp_interval: &str,
+) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new()
+        .suffix(".yaml")
+        .tempfile()
+        .expect("temp");
     let mut s = format!(
         "agent: {{name: {name}, node: {name}, kind: host, bind_address: {ip}, metrics_listen: '127.0.0.1:0'}}\n\
          probes: {{udp: {{interval: {udp_interval}, timeout: 1s}}, bandwidth: {{enabled: false}}}}\n\
          discovery:\n  peers:\n"
     );
     for (n, a) in peers {
-        s.push_str(&format!("    - {{name: {n}, node: {n}, kind: host, address: {a}}}\n"));
+        s.push_str(&format!(
+            "    - {{name: {n}, node: {n}, kind: host, address: {a}}}\n"
+        ));
     }
     f.write_all(s.as_bytes()).expect("write");
     f
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    // `cargo test --all-targets` also runs bench targets; only measure when
+    // started by `cargo bench` (which passes --bench).
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("agent_cost: skipped (run with cargo bench)");
         return;
     }
     // 1. Series count of a local scrape with 4 agents.
@@ -139,7 +178,10 @@ fn main() {
     let mut procs = Vec::new();
     let mut cfgs = Vec::new();
     for i in 0..4 {
-        let peers: Vec<(&str, &str)> = (0..4).filter(|j| *j != i).map(|j| (names[j], ips[j])).collect();
+        let peers: Vec<(&str, &str)> = (0..4)
+            .filter(|j| *j != i)
+            .map(|j| (names[j], ips[j]))
+            .collect();
         let cfg = config(names[i], ips[i], &peers, "1s");
         let path = cfg.path().to_string_lossy().into_owned();
         procs.push(start(&["agent", "--config", &path]));
@@ -172,15 +214,35 @@ fn main() {
         .map(|ms| ms / 1000.0)
         .collect();
     ping_rtts.sort_by(f64::total_cmp);
-    let pq = |q: f64| ping_rtts[((q * ping_rtts.len() as f64).ceil() as usize).saturating_sub(1).min(ping_rtts.len() - 1)];
+    let pq = |q: f64| {
+        ping_rtts[((q * ping_rtts.len() as f64).ceil() as usize)
+            .saturating_sub(1)
+            .min(ping_rtts.len() - 1)]
+    };
     let body = scrape(addr_a);
     let b = buckets(&body, "kubepulse_probe_rtt_seconds", &["protocol=\"udp\""]);
     let us = |s: f64| s * 1e6;
     println!("kubepulse agent cost and loopback accuracy");
     println!("  local mode, 4 agents: {local_series} series in one scrape");
     println!("  one agent probing 3 peers (udp+tcp+icmp 1/s, connect 10s, http 30s, pmtu 10m):");
-    println!("    RSS {:.1} MiB, CPU {:.3}% of one core over 60 s, {agent_series} series", rss / 1048576.0, cpu_pct);
-    println!("  loopback RTT at 10 ms spacing ({} kubepulse UDP samples, {} ping samples):", b.last().map(|x| x.1).unwrap_or(0.0), ping_rtts.len());
-    println!("    kubepulse udp p50 {:.1} us, p99 {:.1} us (histogram interpolation, doubling buckets)", us(quantile(0.5, &b)), us(quantile(0.99, &b)));
-    println!("    ping          p50 {:.1} us, p99 {:.1} us", us(pq(0.5)), us(pq(0.99)));
+    println!(
+        "    RSS {:.1} MiB, CPU {:.3}% of one core over 60 s, {agent_series} series",
+        rss / 1048576.0,
+        cpu_pct
+    );
+    println!(
+        "  loopback RTT at 10 ms spacing ({} kubepulse UDP samples, {} ping samples):",
+        b.last().map(|x| x.1).unwrap_or(0.0),
+        ping_rtts.len()
+    );
+    println!(
+        "    kubepulse udp p50 {:.1} us, p99 {:.1} us (histogram interpolation, doubling buckets)",
+        us(quantile(0.5, &b)),
+        us(quantile(0.99, &b))
+    );
+    println!(
+        "    ping          p50 {:.1} us, p99 {:.1} us",
+        us(pq(0.5)),
+        us(pq(0.99))
+    );
 }
