@@ -175,6 +175,13 @@ impl Agents {
         agents
     }
 
+    /// Stops every agent of this set (the lab would at its end anyway).
+    pub fn stop(&self, lab: &Lab) {
+        for pid in &self.pids {
+            lab.kill(*pid);
+        }
+    }
+
     /// The log of agent `name` so far.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
