@@ -60,13 +60,29 @@ fn bandwidth_goodput_matches_tbf_truth() {
                 ("peer_node", "node1"),
                 ("direction", dir),
             ];
-            let bps = prober.wait_for("host0", Duration::from_secs(30), "a fresh burst", |s| {
-                let last = s.one("kubepulse_bandwidth_last_burst_timestamp_seconds", &l)?;
-                (last > since).then(|| s.one("kubepulse_bandwidth_bytes_per_second", &l))?
-            }) * 8.0;
+            // Three consecutive bursts; their median is judged, so one burst
+            // whose receiver was descheduled on this shared 2-vCPU machine
+            // does not decide alone (every value is printed).
+            let mut seen = since;
+            let mut got = Vec::new();
+            while got.len() < 3 {
+                let (ts, bw) =
+                    prober.wait_for("host0", Duration::from_secs(30), "a fresh burst", |s| {
+                        let last = s.one("kubepulse_bandwidth_last_burst_timestamp_seconds", &l)?;
+                        (last > seen).then(|| {
+                            Some((last, s.one("kubepulse_bandwidth_bytes_per_second", &l)?))
+                        })?
+                    });
+                seen = ts;
+                got.push(bw * 8.0);
+            }
+            let mut sorted = got.clone();
+            sorted.sort_by(f64::total_cmp);
+            let bps = sorted[1];
             let line = format!(
-                "tbf {rate} Mbit {dir}: kubepulse {:.1} Mbit/s, truth {:.1} ({:+.2}%)",
+                "tbf {rate} Mbit {dir}: kubepulse median {:.1} Mbit/s of {:.1?}, truth {:.1} ({:+.2}%)",
                 bps / 1e6,
+                got.iter().map(|x| x / 1e6).collect::<Vec<_>>(),
                 truth / 1e6,
                 (bps / truth - 1.0) * 100.0
             );
