@@ -198,19 +198,19 @@ fn tbf_rate_seen_by_iperf3() {
     let srv_ip = lab.host_ip(1).to_string();
     for rate in [100u32, 500] {
         lab.set_tbf(0, rate, "32kb");
-        let out = common::netlab::poll(Duration::from_secs(5), Duration::from_millis(100), || {
+        // Retried: the server may not listen yet, or still be closing the
+        // previous test ("server is busy").
+        let mut last = String::new();
+        let got = common::netlab::poll(Duration::from_secs(15), Duration::from_millis(200), || {
             let o = lab.exec(
                 &lab.host(0),
                 &["iperf3", "-c", &srv_ip, "-t", "3", "-O", "1", "-J"],
             );
-            o.status.success().then_some(o)
+            last = String::from_utf8_lossy(&o.stdout).into_owned();
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+            v["end"]["sum_received"]["bits_per_second"].as_f64()
         })
-        .expect("iperf3 client never succeeded");
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).expect("iperf3 -J output is JSON");
-        let got = v["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .expect("sum_received");
+        .unwrap_or_else(|| panic!("iperf3 never gave a result: {last}"));
         let truth = f64::from(rate) * 1e6 * 1448.0 / 1514.0;
         eprintln!(
             "tbf {rate} Mbit: iperf3 {:.1} Mbit/s, truth {:.1}",
