@@ -137,16 +137,17 @@ impl Agents {
             std::fs::write(&path, cfg.to_string()).expect("write agent config");
             let log = dir.path().join(format!("{}.log", a.name));
             let bin = binary();
-            let pid = lab.spawn(
-                &a.ns,
-                &[
-                    bin.to_str().expect("utf-8 binary path"),
-                    "agent",
-                    "--config",
-                    path.to_str().expect("utf-8 temp path"),
-                ],
-                Some(&log),
-            );
+            // KUBEPULSE_LAB_AGENT_WRAPPER (e.g. "chrt -f 1") prefixes the
+            // agent command, to try scheduling policies without a rebuild.
+            let wrapper = std::env::var("KUBEPULSE_LAB_AGENT_WRAPPER").unwrap_or_default();
+            let mut args: Vec<&str> = wrapper.split_whitespace().collect();
+            args.extend([
+                bin.to_str().expect("utf-8 binary path"),
+                "agent",
+                "--config",
+                path.to_str().expect("utf-8 temp path"),
+            ]);
+            let pid = lab.spawn(&a.ns, &args, Some(&log));
             pids.push(pid);
         }
         let agents = Agents {
