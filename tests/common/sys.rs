@@ -81,56 +81,39 @@ pub fn mono_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Sleeps until CLOCK_MONOTONIC reaches `deadline_ns` (absolute, so a late
-/// wake-up never accumulates).
-pub fn sleep_until_ns(deadline_ns: u64) {
-    let ts = libc::timespec {
-        tv_sec: (deadline_ns / 1_000_000_000) as libc::time_t,
-        tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,
-    };
-    loop {
-        // SAFETY: `ts` is a valid timespec; the remainder pointer may be null
-        // with TIMER_ABSTIME.
-        let rc = unsafe {
-            libc::clock_nanosleep(
-                libc::CLOCK_MONOTONIC,
-                libc::TIMER_ABSTIME,
-                &ts,
-                std::ptr::null_mut(),
-            )
-        };
-        if rc != libc::EINTR {
-            return;
-        }
-    }
-}
-
-/// Waits up to `timeout_ns` for `f` to become readable (ppoll: nanosecond
-/// timeout, unlike poll's milliseconds).
-pub fn poll_readable_ns(f: &File, timeout_ns: u64) -> io::Result<bool> {
-    let mut p = libc::pollfd {
-        fd: f.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+/// Waits up to `timeout_ns` until one of `files` is readable (ppoll:
+/// nanosecond timeout, unlike poll's milliseconds). Errors only on a failed
+/// call; an interrupted wait returns normally.
+pub fn wait_readable_ns(files: &[&File], timeout_ns: u64) -> io::Result<()> {
+    let mut fds: Vec<libc::pollfd> = files
+        .iter()
+        .map(|f| libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     let ts = libc::timespec {
         tv_sec: (timeout_ns / 1_000_000_000) as libc::time_t,
         tv_nsec: (timeout_ns % 1_000_000_000) as libc::c_long,
     };
-    // SAFETY: one valid pollfd, count 1, a valid timespec, no signal mask.
-    let rc = unsafe { libc::ppoll(&mut p, 1, &ts, std::ptr::null()) };
-    match rc {
-        r if r < 0 => {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(e)
-            }
+    // SAFETY: `fds` holds `fds.len()` valid pollfds, `ts` is a valid
+    // timespec, and a null signal mask means "unchanged".
+    let rc = unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
-        0 => Ok(false),
-        _ => Ok(p.revents & libc::POLLIN != 0),
     }
+    Ok(())
 }
 
 /// Puts `f` in non-blocking mode.
