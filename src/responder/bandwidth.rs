@@ -181,9 +181,13 @@ async fn connection(
         }
     };
     let transfer = tokio::task::spawn_blocking(move || {
-        // The slot and the burst stay taken until the transfer ends.
-        let _held = (slot, guard);
-        transfer(std_stream, req, deadline, &stop)
+        let mut s = std_stream;
+        let moved = transfer(&mut s, req, deadline, &stop);
+        // Free the burst and the slot before the prober sees the close, so
+        // it can start its next burst at once.
+        drop((guard, slot));
+        drop(s);
+        moved
     });
     match transfer.await {
         Ok(Ok(moved)) => {
@@ -199,7 +203,7 @@ async fn connection(
 /// Moves the burst's bytes; returns how many moved. Stops at the byte count,
 /// the deadline, shutdown, or the first IO error.
 fn transfer(
-    mut s: std::net::TcpStream,
+    s: &mut std::net::TcpStream,
     req: Request,
     deadline: Instant,
     stop: &CancellationToken,

@@ -226,14 +226,26 @@ fn idle_timeout(limits: &ResponderSettings) -> Duration {
 
 /// An accepted connection's share of its responder's limits: holds one
 /// connection permit and counts in the connections gauge while alive.
+/// Fields drop in order: the permit is free again before the gauge drops,
+/// so a connection is never refused while the gauge shows room.
 struct Slot {
     _permit: OwnedSemaphorePermit,
-    gauge: IntGauge,
+    _gauge: GaugeGuard,
 }
 
-impl Drop for Slot {
+/// Keeps a connections gauge raised while alive.
+struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    fn new(gauge: IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
     fn drop(&mut self) {
-        self.gauge.dec();
+        self.0.dec();
     }
 }
 
@@ -273,10 +285,9 @@ async fn accept_loop<F, Fut>(
         };
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
-                gauge.inc();
                 let slot = Slot {
                     _permit: permit,
-                    gauge: gauge.clone(),
+                    _gauge: GaugeGuard::new(gauge.clone()),
                 };
                 tracker.spawn(handle(stream, slot));
             }
