@@ -42,6 +42,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Smallest idle timeout applied: zero would close every connection at once.
 const MIN_IDLE_TIMEOUT: Duration = Duration::from_millis(10);
+/// Largest idle timeout applied: timers panic on deadlines past the end of
+/// `Instant`, and an unvalidated config could ask for one.
+const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Errors that stop the responders from starting.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +135,10 @@ fn to_tokio(what: &'static str, l: std::net::TcpListener) -> Result<TcpListener,
         .map_err(|source| ResponderError::Start { what, source })
 }
 
-/// Binds and starts every responder on `bind`.
+/// Binds and starts every responder on `bind`. A port of 0 picks a free
+/// port; [`Responders::ports`] tells which. Every socket is bound before any
+/// responder starts, so an error leaves nothing running. The responders run
+/// until `shutdown` is cancelled; then [`Responders::join`] waits for them.
 pub async fn start(
     bind: IpAddr,
     ports: ProbePorts,
@@ -167,6 +173,10 @@ pub async fn start(
         tasks: Vec::new(),
     };
     let offset_ns = duration_ns(limits.test_clock_offset);
+    if offset_ns != 0 {
+        tracing::warn!(offset = ?limits.test_clock_offset,
+            "Echo responders report a shifted clock (test_clock_offset); never use in production");
+    }
     let started = async {
         let h =
             udp_echo::spawn(udp, offset_ns, metrics.clone(), stop.clone()).map_err(|source| {
@@ -221,7 +231,9 @@ fn wall_ns(offset_ns: u64) -> u64 {
 
 /// The idle timeout actually applied.
 fn idle_timeout(limits: &ResponderSettings) -> Duration {
-    limits.idle_timeout.max(MIN_IDLE_TIMEOUT)
+    limits
+        .idle_timeout
+        .clamp(MIN_IDLE_TIMEOUT, MAX_IDLE_TIMEOUT)
 }
 
 /// An accepted connection's share of its responder's limits: holds one
@@ -321,7 +333,7 @@ mod tests {
     }
 
     #[test]
-    fn zero_idle_timeout_is_floored() {
+    fn idle_timeout_is_clamped() {
         let mut s = ResponderSettings {
             idle_timeout: Duration::ZERO,
             ..Default::default()
@@ -329,5 +341,7 @@ mod tests {
         assert_eq!(idle_timeout(&s), MIN_IDLE_TIMEOUT);
         s.idle_timeout = Duration::from_secs(3);
         assert_eq!(idle_timeout(&s), Duration::from_secs(3));
+        s.idle_timeout = Duration::MAX;
+        assert_eq!(idle_timeout(&s), MAX_IDLE_TIMEOUT);
     }
 }
