@@ -236,7 +236,7 @@ async fn udp_echo_round_trip_keeps_length_and_stamps_times() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn udp_echo_applies_the_test_clock_offset() {
+async fn echo_responders_apply_the_test_clock_offset() {
     let offset = Duration::from_secs(1000);
     let f = Fixture::start(
         LOCAL4,
@@ -255,6 +255,17 @@ async fn udp_echo_applies_the_test_clock_offset() {
     let n = c.recv(&mut buf).expect("reply");
     let after = now_ns() + off;
     let (_, h) = EchoHeader::decode(&buf[..n]).expect("decode");
+    assert!(
+        before <= h.rx_real_ns && h.reply_real_ns <= after,
+        "{before} <= {} / {} <= {after}",
+        h.rx_real_ns,
+        h.reply_real_ns
+    );
+    // The TCP echo reports the same shifted clock.
+    let mut s = tcp_client(f.addr(f.ports.tcp_echo));
+    let before = now_ns() + off;
+    let h = tcp_round_trip(&mut s, 2);
+    let after = now_ns() + off;
     assert!(
         before <= h.rx_real_ns && h.reply_real_ns <= after,
         "{before} <= {} / {} <= {after}",
@@ -373,12 +384,13 @@ async fn tcp_echo_closes_idle_connections() {
     )
     .await;
     let mut s = tcp_client(f.addr(f.ports.tcp_echo));
-    tcp_round_trip(&mut s, 1);
+    // Taken before the request, so it precedes the responder's idle timer.
     let t = Instant::now();
+    tcp_round_trip(&mut s, 1);
     assert_closed(&mut s, "an idle connection");
     assert!(
-        t.elapsed() >= Duration::from_millis(250),
-        "{:?}",
+        t.elapsed() >= Duration::from_millis(300),
+        "closed before the idle timeout: {:?}",
         t.elapsed()
     );
     f.wait_value("tcp connections", 0.0, |f| f.connections("tcp_echo"));
@@ -408,32 +420,42 @@ fn read_status(s: &mut TcpStream) -> Status {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bandwidth_sink_reads_exactly_the_requested_bytes() {
-    let f = Fixture::default4().await;
+    // A long allowed duration, so "closed on the last byte" and "closed at
+    // the deadline" are far apart even on a loaded machine.
+    let long = Duration::from_secs(5);
+    let f = Fixture::start(
+        LOCAL4,
+        ResponderSettings {
+            max_burst_duration: long,
+            ..Default::default()
+        },
+    )
+    .await;
     let n: u64 = (4 << 20) + 3;
     let data = vec![7u8; usize::try_from(n).expect("fits")];
 
-    // All bytes sent: the sink closes as soon as it has them, well before
-    // the burst deadline (1 s + grace).
-    let (mut s, status) = burst(&f, Mode::Sink, n, Duration::from_secs(1));
-    assert_eq!(status, Status::Ok);
+    // All bytes sent: the sink closes as soon as it has them.
     let t = Instant::now();
+    let (mut s, status) = burst(&f, Mode::Sink, n, long);
+    assert_eq!(status, Status::Ok);
     s.write_all(&data).expect("send burst");
     assert_closed(&mut s, "sink after the whole burst");
     assert!(
-        t.elapsed() < Duration::from_millis(900),
+        t.elapsed() < long - Duration::from_secs(1),
         "sink waited for more than the requested bytes: {:?}",
         t.elapsed()
     );
 
-    // One byte short: the sink keeps waiting until the deadline.
+    // One byte short: the sink keeps waiting until its deadline. `t` is
+    // taken before the request, so it precedes the responder's deadline.
     let max = Duration::from_millis(500);
+    let t = Instant::now();
     let (mut s, status) = burst(&f, Mode::Sink, n, max);
     assert_eq!(status, Status::Ok);
-    let t = Instant::now();
     s.write_all(&data[1..]).expect("send burst");
     assert_closed(&mut s, "sink at its deadline");
     assert!(
-        t.elapsed() >= max - Duration::from_millis(50),
+        t.elapsed() >= max,
         "sink closed before the requested bytes arrived: {:?}",
         t.elapsed()
     );
