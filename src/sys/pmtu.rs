@@ -57,9 +57,14 @@ impl PmtuDisc {
     }
 
     fn from_raw(family: Family, v: libc::c_int) -> Option<Self> {
-        [PmtuDisc::Dont, PmtuDisc::Want, PmtuDisc::Do, PmtuDisc::Probe]
-            .into_iter()
-            .find(|m| m.to_raw(family) == v)
+        [
+            PmtuDisc::Dont,
+            PmtuDisc::Want,
+            PmtuDisc::Do,
+            PmtuDisc::Probe,
+        ]
+        .into_iter()
+        .find(|m| m.to_raw(family) == v)
     }
 }
 
@@ -70,15 +75,18 @@ fn levels(family: Family) -> (libc::c_int, libc::c_int, libc::c_int) {
     }
 }
 
-fn set_int(sock: &impl AsFd, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
+fn set_int(
+    sock: &impl AsFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
     let fd = sock.as_fd().as_raw_fd();
     let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
         .map_err(|_| io::Error::other("socklen overflow"))?;
     // SAFETY: `fd` is a valid open descriptor borrowed for the call; the
     // option value points to a live c_int and `len` is its exact size.
-    let rc = unsafe {
-        libc::setsockopt(fd, level, name, std::ptr::from_ref(&v).cast(), len)
-    };
+    let rc = unsafe { libc::setsockopt(fd, level, name, std::ptr::from_ref(&v).cast(), len) };
     if rc == 0 {
         Ok(())
     } else {
@@ -95,9 +103,8 @@ fn get_int(sock: &impl AsFd, level: libc::c_int, name: libc::c_int) -> io::Resul
     // SAFETY: `fd` is a valid open descriptor borrowed for the call; `v` is
     // a writable c_int and `len` holds its size, so the kernel writes at
     // most `len` bytes into it.
-    let rc = unsafe {
-        libc::getsockopt(fd, level, name, std::ptr::from_mut(&mut v).cast(), &mut len)
-    };
+    let rc =
+        unsafe { libc::getsockopt(fd, level, name, std::ptr::from_mut(&mut v).cast(), &mut len) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -147,7 +154,8 @@ mod tests {
         // IP_MTU needs a route: unconnected sockets fail.
         assert!(ip_mtu(&s, Family::V4).is_err());
         let peer = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        s.connect(peer.local_addr().expect("addr")).expect("connect");
+        s.connect(peer.local_addr().expect("addr"))
+            .expect("connect");
         let mtu = ip_mtu(&s, Family::V4).expect("mtu");
         // Loopback MTU is 65536 by default; anything sane is >= 1280.
         assert!(mtu >= 1280, "loopback mtu {mtu}");

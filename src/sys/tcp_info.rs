@@ -93,7 +93,8 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let after = loop {
             let i = tcp_info(&c).expect("tcp_info");
-            if i.bytes_acked >= before.bytes_acked + 10_000 || std::time::Instant::now() > deadline {
+            if i.bytes_acked >= before.bytes_acked + 10_000 || std::time::Instant::now() > deadline
+            {
                 break i;
             }
             std::thread::sleep(Duration::from_millis(1));

@@ -77,7 +77,10 @@ fn left(deadline: Instant) -> Option<Duration> {
 }
 
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// Connects, sends the request and reads the status.
@@ -93,9 +96,11 @@ fn handshake(
         .map_err(io_err("set timeout"))?;
     s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(io_err("set timeout"))?;
-    s.write_all(&req.encode()).map_err(io_err("sending the request"))?;
+    s.write_all(&req.encode())
+        .map_err(io_err("sending the request"))?;
     let mut resp = [0u8; wire::RESPONSE_LEN];
-    s.read_exact(&mut resp).map_err(io_err("reading the status"))?;
+    s.read_exact(&mut resp)
+        .map_err(io_err("reading the status"))?;
     match Status::decode(&resp)? {
         Status::Ok => Ok(Ok(s)),
         other => {
@@ -144,13 +149,14 @@ fn send(
     let mut samples: Vec<(Instant, u64)> = Vec::with_capacity(4096);
     samples.push((t0, 0));
     let mut last = base;
-    let mut sample = |s: &TcpStream, samples: &mut Vec<(Instant, u64)>| -> Result<u64, BurstError> {
-        let i = tcp_info(s).map_err(io_err("TCP_INFO"))?;
-        let acked = i.bytes_acked.saturating_sub(base.bytes_acked);
-        samples.push((Instant::now(), acked));
-        last = i;
-        Ok(acked)
-    };
+    let mut sample =
+        |s: &TcpStream, samples: &mut Vec<(Instant, u64)>| -> Result<u64, BurstError> {
+            let i = tcp_info(s).map_err(io_err("TCP_INFO"))?;
+            let acked = i.bytes_acked.saturating_sub(base.bytes_acked);
+            samples.push((Instant::now(), acked));
+            last = i;
+            Ok(acked)
+        };
     let mut sent: u64 = 0;
     while sent < bytes {
         if shutdown.is_cancelled() {
@@ -158,7 +164,8 @@ fn send(
             return Err(BurstError::Cancelled);
         }
         let Some(l) = left(deadline) else { break };
-        s.set_write_timeout(Some(l)).map_err(io_err("set timeout"))?;
+        s.set_write_timeout(Some(l))
+            .map_err(io_err("set timeout"))?;
         let n = usize::try_from(bytes - sent).unwrap_or(CHUNK).min(CHUNK);
         match s.write(&chunk[..n]) {
             Ok(0) => return Err(io_err("writing")(io::ErrorKind::WriteZero.into())),

@@ -68,10 +68,7 @@ mod tests {
 
     /// Samples at `t0 + ms(i)` with the given cumulative byte counts.
     fn series(t0: Instant, bytes: &[u64]) -> Vec<(Instant, u64)> {
-        (0u64..)
-            .zip(bytes)
-            .map(|(i, b)| (t0 + ms(i), *b))
-            .collect()
+        (0u64..).zip(bytes).map(|(i, b)| (t0 + ms(i), *b)).collect()
     }
 
     #[test]

@@ -101,12 +101,20 @@ fn arm(stream: &TcpStream, deadline: Instant) -> Result<(), HttpError> {
 }
 
 /// One HTTP probe; the whole exchange is bounded by `timeout`.
-pub(super) fn probe(addr: SocketAddr, bind: IpAddr, timeout: Duration) -> Result<Phases, HttpError> {
+pub(super) fn probe(
+    addr: SocketAddr,
+    bind: IpAddr,
+    timeout: Duration,
+) -> Result<Phases, HttpError> {
     let deadline = Instant::now() + timeout;
     let (mut stream, connect) = timed_connect(addr, bind, timeout).map_err(HttpError::Connect)?;
     stream.set_nodelay(true).map_err(HttpError::Send)?;
-    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    stream.set_write_timeout(Some(left)).map_err(HttpError::Send)?;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    stream
+        .set_write_timeout(Some(left))
+        .map_err(HttpError::Send)?;
     let req = format!(
         "GET / HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kubepulse/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         env!("CARGO_PKG_VERSION")
@@ -130,7 +138,9 @@ pub(super) fn probe(addr: SocketAddr, bind: IpAddr, timeout: Duration) -> Result
             break h;
         }
         if buf.len() > MAX_HEAD {
-            return Err(HttpError::Parse(format!("head larger than {MAX_HEAD} bytes")));
+            return Err(HttpError::Parse(format!(
+                "head larger than {MAX_HEAD} bytes"
+            )));
         }
     };
     let first = first.unwrap_or(sent);
@@ -169,7 +179,10 @@ mod tests {
 
     #[test]
     fn head_parsing() {
-        assert!(matches!(parse_head(b"HTTP/1.1 200 OK\r\nContent-"), Ok(None)));
+        assert!(matches!(
+            parse_head(b"HTTP/1.1 200 OK\r\nContent-"),
+            Ok(None)
+        ));
         let h = parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 612\r\n\r\nabc")
             .expect("parse")
             .expect("complete");

@@ -73,7 +73,12 @@ impl Kind {
                 s.tcp_connect.interval,
                 MAX_IN_FLIGHT,
             ),
-            Kind::Http => (s.http.enabled, s.http.interval, s.http.interval, MAX_IN_FLIGHT),
+            Kind::Http => (
+                s.http.enabled,
+                s.http.interval,
+                s.http.interval,
+                MAX_IN_FLIGHT,
+            ),
             Kind::Pmtu => (
                 s.pmtu.enabled,
                 s.pmtu.interval,
@@ -223,7 +228,11 @@ async fn run(ctx: ProbeContext, kind: Kind) {
     })
     .await;
     if drained.is_err() {
-        tracing::debug!(probe = kind.name(), left = jobs.len(), "Leaving probes to finish alone");
+        tracing::debug!(
+            probe = kind.name(),
+            left = jobs.len(),
+            "Leaving probes to finish alone"
+        );
         jobs.detach_all();
     }
     tracing::debug!(probe = kind.name(), "Scheduled probe stopped");
@@ -296,7 +305,10 @@ fn run_job(kind: Kind, ctx: &ProbeContext, target: &Target) {
         Kind::Bandwidth => {
             let b = &s.bandwidth;
             // Both directions back to back under the same permit.
-            for (mode, dir) in [(Mode::Sink, Direction::Send), (Mode::Source, Direction::Receive)] {
+            for (mode, dir) in [
+                (Mode::Sink, Direction::Send),
+                (Mode::Source, Direction::Receive),
+            ] {
                 if ctx.shutdown.is_cancelled() {
                     return;
                 }
@@ -313,7 +325,14 @@ fn run_job(kind: Kind, ctx: &ProbeContext, target: &Target) {
                         tracing::debug!(peer = %peer.name, direction = %dir,
                             bytes_per_sec = goodput.bytes_per_sec, total = goodput.total_bytes,
                             window = ?goodput.window, retrans, "Burst done");
-                        m.record_burst(path, &peer.node, dir, goodput.bytes_per_sec, retrans, unix_now());
+                        m.record_burst(
+                            path,
+                            &peer.node,
+                            dir,
+                            goodput.bytes_per_sec,
+                            retrans,
+                            unix_now(),
+                        );
                     }
                     Ok(bandwidth::Burst::Busy) => m.burst_outcome(path, dir, BurstOutcome::Busy),
                     Err(bandwidth::BurstError::Cancelled) => return,
