@@ -147,6 +147,8 @@ async fn run(ctx: ProbeContext, kind: Kind) {
     let mut ids: HashMap<tokio::task::Id, Target> = HashMap::new();
     let mut jobs: JoinSet<()> = JoinSet::new();
     let mut sync = true;
+    // False once the publisher is gone: keep probing the last target set.
+    let mut watching = true;
     tracing::debug!(probe = kind.name(), ?interval, "Scheduled probe started");
     loop {
         if sync {
@@ -201,11 +203,13 @@ async fn run(ctx: ProbeContext, kind: Kind) {
         };
         tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
-            changed = targets_rx.changed() => {
+            changed = targets_rx.changed(), if watching => {
                 if changed.is_err() {
-                    break;
+                    tracing::debug!(probe = kind.name(), "Target publisher gone; keeping the last set");
+                    watching = false;
+                } else {
+                    sync = true;
                 }
-                sync = true;
             }
             Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
                 let id = match done {
