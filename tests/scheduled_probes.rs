@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -201,6 +201,13 @@ async fn tcp_connect_times_connects_and_counts_failures() {
         .sample(&catalog::TCP_CONNECT, &[("path", "pod_cross_node")])
         .expect("histogram");
     assert!(sum > 0.0, "connect durations are positive");
+    let (n, _) = r
+        .sample(&catalog::TCP_CONNECT, &[("path", "pod_cross_node")])
+        .expect("histogram");
+    println!(
+        "loopback connect: mean {:.1} us over {n} probes",
+        sum / n * 1e6
+    );
     assert_eq!(hist(&r, "pod_to_host"), 0.0, "failures are not timed");
     assert_eq!(err(&r, "pod_cross_node"), 0.0, "the open port never fails");
     r.stop().await;
@@ -262,23 +269,33 @@ async fn targets_come_and_go() {
 
 const BODY: usize = 612;
 
+/// Reads an HTTP request head; false if the client went away.
+fn read_request(c: &mut TcpStream) -> bool {
+    let mut req = Vec::new();
+    let mut b = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        match c.read(&mut b) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => req.extend_from_slice(&b[..n]),
+        }
+    }
+    assert!(req.starts_with(b"GET / HTTP/1.1\r\n"), "request line");
+    true
+}
+
+fn respond(c: &mut TcpStream, status: &str) {
+    let head = format!("HTTP/1.1 {status}\r\nContent-Length: {BODY}\r\nConnection: close\r\n\r\n");
+    let _ = c.write_all(head.as_bytes());
+    let _ = c.write_all(&[b'x'; BODY]);
+}
+
 fn http_server(status: &'static str) -> u16 {
     let l = TcpListener::bind((LOCALHOST, 0)).expect("bind");
     let port = l.local_addr().expect("addr").port();
     spawn_server(l, move |mut c: TcpStream| {
-        let mut req = Vec::new();
-        let mut b = [0u8; 1024];
-        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-            match c.read(&mut b) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => req.extend_from_slice(&b[..n]),
-            }
+        if read_request(&mut c) {
+            respond(&mut c, status);
         }
-        assert!(req.starts_with(b"GET / HTTP/1.1\r\n"), "request line");
-        let head =
-            format!("HTTP/1.1 {status}\r\nContent-Length: {BODY}\r\nConnection: close\r\n\r\n");
-        let _ = c.write_all(head.as_bytes());
-        let _ = c.write_all(&[b'x'; BODY]);
     });
     port
 }
@@ -324,6 +341,13 @@ async fn http_probe_records_three_phases_and_bad_status() {
     .await;
     assert!(phase(&r, "connect").1 > 0.0);
     assert!(phase(&r, "first_byte").1 > 0.0);
+    for p in ["connect", "first_byte", "transfer"] {
+        let (n, sum) = phase(&r, p);
+        println!(
+            "loopback http {p}: mean {:.1} us over {n} probes",
+            sum / n * 1e6
+        );
+    }
     // A 404 is a bad reply, not a timing sample.
     let (bad_count, _) = r
         .sample(
@@ -513,5 +537,64 @@ async fn bandwidth_bursts_both_ways_and_busy() {
         )
         .expect("last burst time");
     assert!(last > 1.7e9, "a Unix timestamp");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_stuck_peer_does_not_delay_others() {
+    let ok = http_server("200 OK");
+    // A peer that holds every request until the test releases it.
+    let release = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(AtomicUsize::new(0));
+    let l = TcpListener::bind((LOCALHOST, 0)).expect("bind");
+    let stuck = l.local_addr().expect("addr").port();
+    let (rel, h) = (release.clone(), held.clone());
+    spawn_server(l, move |mut c: TcpStream| {
+        h.fetch_add(1, Ordering::SeqCst);
+        if read_request(&mut c) {
+            while !rel.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            respond(&mut c, "200 OK");
+        }
+    });
+    let mut s = quiet_settings();
+    s.http.enabled = true;
+    s.http.interval = Duration::from_millis(50);
+    // Longer than the test can wait: the stuck probe never times out.
+    s.http.timeout = PATIENCE * 2;
+    let r = Running::start(
+        s,
+        vec![
+            target("b", PathKind::PodCrossNode, ports_with(|p| p.http = ok)),
+            target("c", PathKind::PodToHost, ports_with(|p| p.http = stuck)),
+        ],
+    );
+    let count = |r: &Running, path: &str| {
+        r.value(
+            &catalog::HTTP_PHASE,
+            &[("path", path), ("phase", "first_byte")],
+        )
+        .unwrap_or(0.0)
+    };
+    r.eventually("the healthy peer keeps being probed", |r| {
+        count(r, "pod_cross_node") >= 5.0 && held.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    assert_eq!(
+        count(&r, "pod_to_host"),
+        0.0,
+        "the stuck probe is still waiting"
+    );
+    assert_eq!(
+        held.load(Ordering::SeqCst),
+        1,
+        "slots of a peer whose probe is running are skipped, not stacked"
+    );
+    release.store(true, Ordering::SeqCst);
+    r.eventually("the released probe completes", |r| {
+        count(r, "pod_to_host") >= 1.0
+    })
+    .await;
     r.stop().await;
 }

@@ -192,12 +192,11 @@ async fn run(ctx: ProbeContext, kind: Kind) {
             due.insert(target, next_slot(at, interval, now));
         }
 
-        // Sleep until the next slot, unless everything due waits for a permit.
+        // Sleep until the next slot (a running target's too, so its slot
+        // is skipped on time), unless nothing can start without a permit:
+        // then a finishing job wakes us and late slots start late.
         let wake = if permits.available_permits() > 0 {
-            due.iter()
-                .filter(|(t, _)| !running.contains(*t))
-                .map(|(_, at)| *at)
-                .min()
+            due.values().min().copied()
         } else {
             None
         };
