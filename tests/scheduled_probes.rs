@@ -473,6 +473,7 @@ fn bandwidth_server(busy: bool) -> u16 {
 async fn bandwidth_bursts_both_ways_and_busy() {
     let ok = bandwidth_server(false);
     let busy = bandwidth_server(true);
+    let closed = free_closed_port();
     let mut s = quiet_settings();
     s.bandwidth.enabled = true;
     s.bandwidth.interval = Duration::from_millis(300);
@@ -487,6 +488,11 @@ async fn bandwidth_bursts_both_ways_and_busy() {
                 ports_with(|p| p.bandwidth = ok),
             ),
             target("c", PathKind::PodToHost, ports_with(|p| p.bandwidth = busy)),
+            target(
+                "d",
+                PathKind::HostToPod,
+                ports_with(|p| p.bandwidth = closed),
+            ),
         ],
     );
     let rate = |r: &Running, dir: &str| {
@@ -511,6 +517,8 @@ async fn bandwidth_bursts_both_ways_and_busy() {
             && rate(r, "receive").is_some()
             && bursts(r, "pod_to_host", "send", "busy") >= 1.0
             && bursts(r, "pod_to_host", "receive", "busy") >= 1.0
+            && bursts(r, "host_to_pod", "send", "error") >= 1.0
+            && bursts(r, "host_to_pod", "receive", "error") >= 1.0
     })
     .await;
     let send = rate(&r, "send").expect("send");

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::connect::{abort, timed_connect};
 use super::goodput::{self, Goodput};
 use crate::proto::bandwidth::{self as wire, Mode, Request, Status};
-use crate::sys::tcp_info::tcp_info;
+use crate::sys::tcp_info::{tcp_info, TcpInfo};
 
 /// Bound on connect and on waiting for the responder's status.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -33,6 +33,8 @@ pub(super) enum Burst {
         goodput: Goodput,
         /// Retransmitted segments during the burst (sender side only).
         retrans: u64,
+        /// The sender's last TCP_INFO (RTTs, delivery rate), for logs.
+        tcp: Option<TcpInfo>,
     },
     /// The responder was running another burst.
     Busy,
@@ -216,7 +218,11 @@ fn send(
         return Err(BurstError::Cancelled);
     }
     let goodput = goodput::second_half(&samples).ok_or(BurstError::NoGoodput(acked))?;
-    Ok(Burst::Done { goodput, retrans })
+    Ok(Burst::Done {
+        goodput,
+        retrans,
+        tcp: Some(last),
+    })
 }
 
 fn receive(
@@ -266,5 +272,6 @@ fn receive(
     Ok(Burst::Done {
         goodput,
         retrans: 0,
+        tcp: None,
     })
 }

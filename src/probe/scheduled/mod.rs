@@ -324,10 +324,17 @@ fn run_job(kind: Kind, ctx: &ProbeContext, target: &Target) {
                     &ctx.shutdown,
                 );
                 match r {
-                    Ok(bandwidth::Burst::Done { goodput, retrans }) => {
+                    Ok(bandwidth::Burst::Done {
+                        goodput,
+                        retrans,
+                        tcp,
+                    }) => {
+                        // srtt - min_rtt is the queueing the burst built up.
                         tracing::debug!(peer = %peer.name, direction = %dir,
                             bytes_per_sec = goodput.bytes_per_sec, total = goodput.total_bytes,
-                            window = ?goodput.window, retrans, "Burst done");
+                            window = ?goodput.window, retrans,
+                            srtt = ?tcp.map(|t| t.rtt), min_rtt = ?tcp.and_then(|t| t.min_rtt),
+                            delivery_rate = ?tcp.and_then(|t| t.delivery_rate), "Burst done");
                         m.record_burst(
                             path,
                             &peer.node,
