@@ -1,3 +1,9 @@
 //! The only module with `unsafe`: thin, safe wrappers over Linux socket
 //! options and syscalls that socket2 does not cover. Every unsafe block has
 //! a `// SAFETY:` comment.
+
+pub mod clock;
+pub mod icmp;
+pub mod poll;
+pub mod thread;
+pub mod timestamp;
