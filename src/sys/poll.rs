@@ -54,7 +54,7 @@ impl std::fmt::Debug for PollFd {
 pub fn ppoll(fds: &mut [PollFd], timeout: Duration) -> io::Result<usize> {
     let ts = libc::timespec {
         tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_nsec: libc::c_long::try_from(timeout.subsec_nanos()).unwrap_or(0),
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
     };
     let n = libc::nfds_t::try_from(fds.len())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
