@@ -527,3 +527,105 @@ fn busy_tokio_runtime_does_not_inflate_udp_p99() {
     );
     e.stop();
 }
+
+/// A UDP peer that answers every request with `reply(request)`, `delay`
+/// after receiving it. Stops when `stop` is set.
+fn odd_udp_peer(
+    delay: Duration,
+    reply: fn(&mut Vec<u8>),
+    stop: Arc<AtomicBool>,
+) -> (u16, JoinHandle<()>) {
+    let sock = UdpSocket::bind((LOCALHOST, 0)).expect("bind");
+    sock.set_read_timeout(Some(Duration::from_millis(5)))
+        .expect("timeout");
+    let port = sock.local_addr().expect("addr").port();
+    let t = std::thread::spawn(move || {
+        let mut queue: Vec<(Instant, Vec<u8>, std::net::SocketAddr)> = Vec::new();
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let mut msg = buf[..n].to_vec();
+                reply(&mut msg);
+                queue.push((Instant::now() + delay, msg, from));
+            }
+            let now = Instant::now();
+            queue.retain(|(due, msg, from)| {
+                if *due > now {
+                    return true;
+                }
+                let _ = sock.send_to(msg, from);
+                false
+            });
+        }
+    });
+    (port, t)
+}
+
+#[test]
+fn bad_and_late_replies_are_counted_apart_from_losses() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let stop = Arc::new(AtomicBool::new(false));
+    let garbage = |m: &mut Vec<u8>| {
+        m.clear();
+        m.extend_from_slice(b"not an echo reply");
+    };
+    let echo_reply = |m: &mut Vec<u8>| {
+        let _ = echo::make_reply(m, now_ns(), now_ns());
+    };
+    let (g_port, g) = odd_udp_peer(Duration::ZERO, garbage, stop.clone());
+    // Replies 200 ms after the request, with a 50 ms timeout: always late.
+    let (s_port, s) = odd_udp_peer(Duration::from_millis(200), echo_reply, stop.clone());
+    let mut tg = target(
+        "garbage",
+        ProbePorts {
+            udp_echo: g_port,
+            ..ProbePorts::default()
+        },
+    );
+    tg.path = PathKind::ServiceClusterip;
+    let ts = target(
+        "slow",
+        ProbePorts {
+            udp_echo: s_port,
+            ..ProbePorts::default()
+        },
+    );
+    let settings = ProbeSettings {
+        udp: Periodic {
+            enabled: true,
+            interval: Duration::from_millis(20),
+            timeout: Duration::from_millis(50),
+        },
+        tcp: periodic(false, Duration::from_secs(1)),
+        icmp: periodic(false, Duration::from_secs(1)),
+        rtt_min_window: Duration::from_secs(60),
+        ..ProbeSettings::default()
+    };
+    let e = Engine::start(settings, vec![tg, ts], None);
+    let err = |path: &str, reason: ProbeErrorReason| {
+        e.value(
+            "kubepulse_probe_errors_total",
+            &[
+                ("protocol", "udp"),
+                ("path", path),
+                ("reason", reason.as_str()),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    wait_for("bad and late replies", Duration::from_secs(20), || {
+        err("service_clusterip", ProbeErrorReason::BadReply) >= 5.0
+            && err("pod_cross_node", ProbeErrorReason::LateReply) >= 5.0
+    });
+    // Late replies are losses too (they missed the timeout); never replies.
+    let slow = |m| e.peer_value(m, Protocol::Udp, "node-slow");
+    assert!(slow("kubepulse_probe_lost_total") >= 5.0);
+    assert_eq!(slow("kubepulse_probe_replies_total"), 0.0);
+    assert_eq!(err("pod_cross_node", ProbeErrorReason::BadReply), 0.0);
+    assert_eq!(err("service_clusterip", ProbeErrorReason::LateReply), 0.0);
+    e.stop();
+    stop.store(true, Ordering::Relaxed);
+    for t in [g, s] {
+        t.join().expect("peer thread");
+    }
+}
