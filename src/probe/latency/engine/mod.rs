@@ -3,7 +3,10 @@
 //! thread with 1 ns timer slack; nothing here touches tokio except the
 //! non-blocking `watch` and cancellation reads.
 
-use std::collections::{HashMap, HashSet};
+mod receive;
+mod targets;
+
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
@@ -13,18 +16,20 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::discovery::Target;
-use crate::labels::{IcmpMode, ProbeErrorReason, Protocol};
+use crate::labels::{IcmpMode, Protocol};
 use crate::probe::{ProbeContext, ProbeError};
-use crate::proto::echo::{self, EchoHeader, Kind};
+use crate::proto::echo::{self, EchoHeader};
 use crate::proto::icmp;
 use crate::sys::clock::realtime_ns;
 use crate::sys::poll::{ppoll, PollFd, READABLE};
 use crate::sys::thread::set_timer_slack;
-use crate::sys::timestamp::{enable_rx_timestamps, recv_timestamped, ControlBuf, Received};
+use crate::sys::timestamp::{enable_rx_timestamps, ControlBuf};
 
-use super::stream::{Arrival, SendStamp, Stream};
+use super::stream::{SendStamp, Stream};
 use super::tcp::{SendError, TcpConn, TcpEvent};
 use super::SampleHook;
+use receive::book_tcp_event;
+use targets::diff;
 
 /// Longest single wait, so cancellation and target changes are seen within
 /// this (the brief allows ~100 ms).
@@ -352,84 +357,6 @@ impl Engine {
             }
         }
     }
-
-    fn drain_udp(&mut self) {
-        let Some(sock) = &self.udp else {
-            return;
-        };
-        for _ in 0..MAX_DRAIN {
-            let r = match recv_timestamped(sock.as_fd(), &mut self.rx, &mut self.cmsg) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, "UDP probe receive failed");
-                    return;
-                }
-            };
-            let arrival = arrival(&r);
-            let bytes = self.rx.get(..r.len).unwrap_or_default();
-            let decoded = if r.truncated {
-                None
-            } else {
-                EchoHeader::decode(bytes).ok()
-            };
-            match decoded {
-                Some((Kind::Reply, h)) => match self.probes.get_mut(&h.stream) {
-                    Some(p) if p.stream.protocol == Protocol::Udp => {
-                        p.stream
-                            .reply(h.seq, arrival, &self.ctx.metrics, self.hook.as_ref());
-                    }
-                    _ if self.retired.contains_key(&h.stream) => {}
-                    _ => bad_udp_reply(&self.probes, r.from, &self.ctx),
-                },
-                _ => bad_udp_reply(&self.probes, r.from, &self.ctx),
-            }
-        }
-    }
-
-    fn drain_icmp(&mut self) {
-        let Some(i) = &self.icmp else {
-            return;
-        };
-        for _ in 0..MAX_DRAIN {
-            let r = match recv_timestamped(i.sock.as_fd(), &mut self.rx, &mut self.cmsg) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, "ICMP probe receive failed");
-                    return;
-                }
-            };
-            let arrival = arrival(&r);
-            let bytes = self.rx.get(..r.len).unwrap_or_default();
-            let msg = if i.mode == IcmpMode::Raw {
-                icmp::strip_ipv4_header(bytes)
-            } else {
-                Ok(bytes)
-            };
-            // A raw socket sees every ICMP packet of the host (our own
-            // requests on loopback, other pingers): only well-formed echo
-            // replies carrying one of our stream ids concern us.
-            let Ok(e) = msg.and_then(icmp::parse_echo) else {
-                continue;
-            };
-            if e.kind != icmp::EchoKind::Reply || (i.mode == IcmpMode::Raw && e.ident != i.ident) {
-                continue;
-            }
-            let Ok((Kind::Request, h)) = EchoHeader::decode(e.payload) else {
-                continue;
-            };
-            if let Some(p) = self.probes.get_mut(&h.stream) {
-                if p.stream.protocol != Protocol::Icmp || h.seq as u16 != e.seq {
-                    p.stream
-                        .error(&self.ctx.metrics, ProbeErrorReason::BadReply);
-                    continue;
-                }
-                p.stream
-                    .reply(h.seq, arrival, &self.ctx.metrics, self.hook.as_ref());
-            }
-        }
-    }
 }
 
 fn open_icmp(ctx: &ProbeContext) -> Option<IcmpSocket> {
@@ -466,114 +393,4 @@ fn same_family(sock: &Socket, addr: IpAddr) -> bool {
         .ok()
         .and_then(|a| a.as_socket())
         .is_some_and(|a| a.is_ipv4() == addr.is_ipv4())
-}
-
-fn arrival(r: &Received) -> Arrival {
-    let now_mono = Instant::now();
-    match r.kernel_rx_ns {
-        Some(rx_real_ns) => Arrival::Kernel {
-            rx_real_ns,
-            now_real_ns: realtime_ns(),
-            now_mono,
-        },
-        None => Arrival::Mono(now_mono),
-    }
-}
-
-/// A datagram that is not a reply to a live stream: counted against the
-/// target it came from, if any (junk from elsewhere has no path label).
-fn bad_udp_reply(probes: &HashMap<u64, Probe>, from: Option<SocketAddr>, ctx: &ProbeContext) {
-    let hit = probes
-        .values()
-        .find(|p| matches!(p.dest, Dest::Udp(a) if Some(a) == from));
-    match hit {
-        Some(p) => p.stream.error(&ctx.metrics, ProbeErrorReason::BadReply),
-        None => tracing::debug!(?from, "Ignoring a datagram from no current target"),
-    }
-}
-
-fn book_tcp_event(
-    stream: &mut Stream,
-    conn: &mut TcpConn,
-    ev: TcpEvent,
-    metrics: &crate::metrics::AgentMetrics,
-    hook: Option<&SampleHook>,
-) {
-    match ev {
-        TcpEvent::ConnectFailed(e) => {
-            tracing::debug!(error = %e, path = %stream.path, "TCP probe connect failed");
-            stream.error(metrics, ProbeErrorReason::ConnectFailed);
-        }
-        TcpEvent::Closed(e) => {
-            tracing::debug!(error = ?e, path = %stream.path, "TCP probe connection closed");
-        }
-        TcpEvent::Frame(f, at) => match EchoHeader::decode(&f) {
-            Ok((Kind::Reply, h)) if h.stream == stream.id => {
-                conn.healthy();
-                stream.reply(h.seq, Arrival::Mono(at), metrics, hook);
-            }
-            _ => {
-                // The byte stream cannot be trusted past a bad frame.
-                stream.error(metrics, ProbeErrorReason::BadReply);
-                conn.drop_connection(at);
-            }
-        },
-    }
-}
-
-/// Targets to drop and to add to go from `current` to `new`.
-fn diff<'a>(
-    current: impl Iterator<Item = &'a Target>,
-    new: &[Target],
-) -> (Vec<Target>, Vec<Target>) {
-    let want: HashSet<&Target> = new.iter().collect();
-    let have: HashSet<&Target> = current.collect();
-    let removed = have
-        .iter()
-        .filter(|t| !want.contains(*t))
-        .map(|t| (*t).clone())
-        .collect();
-    let mut seen = HashSet::new();
-    let added = new
-        .iter()
-        .filter(|t| !have.contains(t) && seen.insert(*t))
-        .cloned()
-        .collect();
-    (removed, added)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::discovery::{Peer, ProbePorts};
-    use crate::labels::{AgentKind, PathKind};
-
-    fn t(name: &str, port: u16) -> Target {
-        Target {
-            peer: Peer {
-                name: name.into(),
-                address: "127.0.0.1".parse().expect("ip"),
-                node: name.into(),
-                kind: AgentKind::Pod,
-                ports: ProbePorts {
-                    udp_echo: port,
-                    ..ProbePorts::default()
-                },
-                path: None,
-            },
-            path: PathKind::PodCrossNode,
-        }
-    }
-
-    #[test]
-    fn diff_adds_removes_and_dedups() {
-        let cur = [t("a", 1), t("b", 2)];
-        // b moved to another port: a different target.
-        let new = vec![t("a", 1), t("b", 3), t("c", 4), t("c", 4)];
-        let (removed, added) = diff(cur.iter(), &new);
-        assert_eq!(removed, vec![t("b", 2)]);
-        assert_eq!(added, vec![t("b", 3), t("c", 4)]);
-        let (removed, added) = diff(cur.iter(), &cur);
-        assert!(removed.is_empty() && added.is_empty());
-    }
 }
