@@ -42,7 +42,7 @@ pub struct ProbeContext {
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     /// A socket or thread could not be created.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: &'static str,

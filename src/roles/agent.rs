@@ -14,7 +14,7 @@ use crate::labels::{PathKind, Protocol};
 use crate::metrics::AgentMetrics;
 use crate::probe::{self, latency::LatencyProber, ProbeContext, TargetSet};
 use crate::responder::{self, Responders};
-use crate::{Error, Result};
+use crate::Result;
 
 /// A running agent.
 pub struct RunningAgent {
@@ -133,8 +133,7 @@ pub async fn start(
         metrics.clone(),
         shutdown.clone(),
     )
-    .await
-    .map_err(|e| Error::io("starting responders", std::io::Error::other(e)))?;
+    .await?;
     let ports = responders.ports();
 
     let (tx, targets) = watch::channel::<TargetSet>(Arc::new(Vec::new()));
@@ -154,8 +153,7 @@ pub async fn start(
         targets,
         shutdown,
     };
-    let latency = probe::latency::start(ctx.clone())
-        .map_err(|e| Error::io("starting the latency prober", std::io::Error::other(e)))?;
+    let latency = probe::latency::start(ctx.clone())?;
     let mut tasks = probe::scheduled::start(ctx);
     tasks.push(publisher);
     tracing::info!(agent = %identity.name, node = %identity.node, kind = %identity.kind,

@@ -107,17 +107,6 @@ pub async fn start(opts: LocalOptions, shutdown: CancellationToken) -> Result<Lo
     metrics::register_process_metrics(&process)?;
     let mut registries = vec![process];
 
-    let peers: Vec<Peer> = agents
-        .iter()
-        .map(|a| Peer {
-            name: a.name.clone(),
-            address: a.address,
-            node: a.node.clone(),
-            kind: a.kind,
-            ports: opts.settings.agent.ports,
-            path: None,
-        })
-        .collect();
     // Peers are published only once every agent's responders are bound, so
     // no probe is lost to an agent that has not started yet.
     let discovery = StaticDiscovery::new(Vec::new());
@@ -137,8 +126,29 @@ pub async fn start(opts: LocalOptions, shutdown: CancellationToken) -> Result<Lo
         s.agent.kind = a.kind;
         s.agent.bind_address = a.address;
         s.probes.bandwidth.enabled = opts.bandwidth;
+        // Ephemeral ports: the peers are in this process, so their real
+        // ports are known once bound, and nothing clashes with another
+        // kubepulse on the same machine.
+        s.agent.ports = ProbePorts {
+            udp_echo: 0,
+            tcp_echo: 0,
+            bandwidth: 0,
+            http: 0,
+        };
         running.push(agent::start(&s, m, discovery.subscribe(), shutdown.clone()).await?);
     }
+    let peers: Vec<Peer> = agents
+        .iter()
+        .zip(&running)
+        .map(|(a, r)| Peer {
+            name: a.name.clone(),
+            address: a.address,
+            node: a.node.clone(),
+            kind: a.kind,
+            ports: r.ports,
+            path: None,
+        })
+        .collect();
     discovery.replace(peers);
 
     let listener = TcpListener::bind(opts.listen)
@@ -160,12 +170,6 @@ pub async fn start(opts: LocalOptions, shutdown: CancellationToken) -> Result<Lo
         server,
         _discovery: discovery,
     })
-}
-
-/// Default ports for local agents: the cluster defaults (every agent has its
-/// own loopback address, so they do not clash).
-pub fn default_ports() -> ProbePorts {
-    ProbePorts::default()
 }
 
 #[cfg(test)]
