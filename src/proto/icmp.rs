@@ -222,15 +222,7 @@ mod tests {
 
     #[test]
     fn parse_never_panics_on_arbitrary_bytes() {
-        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-        let bytes: Vec<u8> = (0..200)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x & 0xff) as u8
-            })
-            .collect();
+        let bytes = super::super::test_bytes(0x2545_F491_4F6C_DD1D, 200);
         for n in 0..bytes.len() {
             let _ = parse_echo(&bytes[..n]);
             let _ = strip_ipv4_header(&bytes[..n]);

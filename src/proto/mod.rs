@@ -24,3 +24,18 @@ pub enum DecodeError {
     #[error("bad field {0}")]
     BadField(&'static str),
 }
+
+/// Deterministic pseudo-random bytes (xorshift64) for the decoders'
+/// never-panic tests.
+#[cfg(test)]
+fn test_bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}

@@ -315,6 +315,17 @@ async fn accept_loop<F, Fut>(
     tracker.wait().await;
 }
 
+/// Whether a blocking socket call ended on its read/write timeout (or a
+/// signal) rather than an error: the caller checks shutdown and retries.
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::Interrupted
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
