@@ -95,3 +95,46 @@ fn departed_peer_shows_loss_then_its_series_are_removed() {
         .expect("a exits after SIGTERM");
     assert!(status.success(), "{status:?}");
 }
+
+/// The responder of agent b reports a wall clock 5 s ahead (test-only
+/// setting): a's NTP-style estimate of b's offset must be within the RTT/2
+/// bound of 5 s, and b's estimate of a's clock must be within RTT/2 of 0.
+#[test]
+fn clock_offset_estimate_is_within_half_rtt_of_the_injected_offset() {
+    let (a_ip, b_ip) = ("127.0.0.33", "127.0.0.34");
+    let mut a_cfg = temp();
+    write(
+        &mut a_cfg,
+        &agent_config("a", "node-a", a_ip, &[("b", "node-b", b_ip)]),
+    );
+    let mut b_cfg = temp();
+    let b_text = agent_config("b", "node-b", b_ip, &[("a", "node-a", a_ip)])
+        + "responder:\n  test_clock_offset: 5s\n";
+    write(&mut b_cfg, &b_text);
+    let a = Kubepulse::start(&["agent", "--config", a_cfg.path().to_str().expect("path")]);
+    let b = Kubepulse::start(&["agent", "--config", b_cfg.path().to_str().expect("path")]);
+
+    for (kp, peer, injected) in [(&a, "node-b", 5.0), (&b, "node-a", 0.0)] {
+        let m = [("peer_node", peer)];
+        let (sc, ok) = scrape::scrape_until(kp.metrics, Duration::from_secs(30), |sc| {
+            !sc.select("kubepulse_peer_clock_offset_seconds", &m)
+                .is_empty()
+                && sc.sum(
+                    "kubepulse_probe_replies_total",
+                    &[("protocol", "udp"), ("peer_node", peer)],
+                ) >= 5.0
+        });
+        assert!(ok, "no clock offset estimate for {peer}:\n{}", sc.body);
+        let offset = sc.sum("kubepulse_peer_clock_offset_seconds", &m);
+        let rtt_min = sc.sum(
+            "kubepulse_probe_rtt_min_seconds",
+            &[("protocol", "udp"), ("peer_node", peer)],
+        );
+        assert!(rtt_min > 0.0, "rtt_min {rtt_min}");
+        assert!(
+            (offset - injected).abs() <= rtt_min / 2.0 + 1e-6,
+            "{peer}: estimated {offset} s, injected {injected} s, bound rtt_min/2 = {} s",
+            rtt_min / 2.0
+        );
+    }
+}

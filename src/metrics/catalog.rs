@@ -91,6 +91,13 @@ def!(
 def!(PROBE_RTT_MIN, "kubepulse_probe_rtt_min_seconds", Gauge, ["protocol", "path", "peer_node"],
     "Smallest round-trip time to the peer over the last window (propagation plus fixed stack cost).");
 def!(
+    PEER_CLOCK_OFFSET,
+    "kubepulse_peer_clock_offset_seconds",
+    Gauge,
+    ["path", "peer_node"],
+    "Peer's wall clock minus this agent's, NTP-style from the UDP echo exchange with the smallest round trip in the last window; true within half that round trip."
+);
+def!(
     PROBE_SEND_LATE,
     "kubepulse_probe_send_late_total",
     Counter,
@@ -202,6 +209,7 @@ pub const ALL: &[MetricDef] = &[
     PROBE_ERRORS,
     PROBE_JITTER,
     PROBE_RTT_MIN,
+    PEER_CLOCK_OFFSET,
     PROBE_SEND_LATE,
     TCP_CONNECT,
     HTTP_PHASE,

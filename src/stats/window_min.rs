@@ -1,18 +1,19 @@
 //! Minimum over a sliding time window, in amortised O(1): a monotonic deque
-//! of (time, value) with increasing values.
+//! of (time, value) with increasing values. Values may carry a payload by
+//! ordering on a tuple, e.g. `(rtt, offset)` for a min-delay clock filter.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Smallest value seen over the last `window`.
 #[derive(Debug, Clone)]
-pub struct WindowedMin {
+pub struct WindowedMin<T = Duration> {
     window: Duration,
     // Increasing in both time and value; the front is the minimum.
-    q: VecDeque<(Instant, Duration)>,
+    q: VecDeque<(Instant, T)>,
 }
 
-impl WindowedMin {
+impl<T: PartialOrd + Copy> WindowedMin<T> {
     /// An empty window of length `window`.
     pub fn new(window: Duration) -> Self {
         Self {
@@ -23,7 +24,7 @@ impl WindowedMin {
 
     /// Adds `value` observed at `at` (times must not go backwards) and
     /// returns the minimum over `(at - window, at]`.
-    pub fn push(&mut self, at: Instant, value: Duration) -> Duration {
+    pub fn push(&mut self, at: Instant, value: T) -> T {
         // Older, larger values can never be the minimum again.
         while self.q.back().is_some_and(|(_, v)| *v >= value) {
             self.q.pop_back();
@@ -35,7 +36,7 @@ impl WindowedMin {
 
     /// The minimum over the window ending at `now`, or `None` if no sample
     /// falls inside it.
-    pub fn min(&mut self, now: Instant) -> Option<Duration> {
+    pub fn min(&mut self, now: Instant) -> Option<T> {
         self.evict(now);
         self.q.front().map(|(_, v)| *v)
     }

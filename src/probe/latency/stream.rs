@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::labels::{PathKind, ProbeErrorReason, Protocol};
 use crate::metrics::{AgentMetrics, LatencySeries};
 use crate::schedule::Periodic;
-use crate::stats::{kernel_rtt, InFlight, Jitter, Match, WindowedMin};
+use crate::stats::{clock_offset, kernel_rtt, InFlight, Jitter, Match, WindowedMin};
 
 use super::{RttSample, SampleHook};
 
@@ -42,11 +42,22 @@ pub(super) struct Stream {
     pub schedule: Periodic,
     timeout: Duration,
     peer: Arc<str>,
+    peer_node: Arc<str>,
     series: LatencySeries,
     next_seq: u64,
     inflight: InFlight<SendStamp>,
     jitter: Jitter,
     rtt_min: WindowedMin,
+    /// Min-delay clock filter: (round trip, offset) in ns; the exchange with
+    /// the smallest round trip bounds the offset most tightly.
+    clock: WindowedMin<(u64, i64)>,
+}
+
+/// The responder's wall-clock receive and send times from an echo reply.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ResponderTimes {
+    pub rx_real_ns: u64,
+    pub reply_real_ns: u64,
 }
 
 impl Stream {
@@ -56,6 +67,7 @@ impl Stream {
         protocol: Protocol,
         path: PathKind,
         peer: Arc<str>,
+        peer_node: Arc<str>,
         series: LatencySeries,
         interval: Duration,
         timeout: Duration,
@@ -71,11 +83,13 @@ impl Stream {
             schedule: Periodic::with_random_phase(now, interval),
             timeout,
             peer,
+            peer_node,
             series,
             next_seq: 0,
             inflight: InFlight::new(),
             jitter: Jitter::new(),
             rtt_min: WindowedMin::new(rtt_min_window),
+            clock: WindowedMin::new(rtt_min_window),
         }
     }
 
@@ -111,11 +125,13 @@ impl Stream {
         self.inflight.next_deadline()
     }
 
-    /// Books a reply to probe `seq`.
+    /// Books a reply to probe `seq`; `responder` carries the responder's
+    /// wall-clock stamps when the protocol has them (UDP echo).
     pub fn reply(
         &mut self,
         seq: u64,
         arrival: Arrival,
+        responder: Option<ResponderTimes>,
         metrics: &AgentMetrics,
         hook: Option<&SampleHook>,
     ) {
@@ -133,7 +149,16 @@ impl Stream {
                 let real_elapsed = i128::from(now_real_ns) - i128::from(stamp.real_ns);
                 let mono_elapsed = now_mono.saturating_duration_since(stamp.mono);
                 match kernel_rtt(stamp.real_ns, rx_real_ns, real_elapsed, mono_elapsed) {
-                    Ok(rtt) => (rtt, now_mono),
+                    Ok(rtt) => {
+                        if let Some(r) = responder {
+                            self.update_clock_offset(
+                                now_mono,
+                                [stamp.real_ns, r.rx_real_ns, r.reply_real_ns, rx_real_ns],
+                                metrics,
+                            );
+                        }
+                        (rtt, now_mono)
+                    }
                     Err(_) => return self.error(metrics, ProbeErrorReason::ClockStep),
                 }
             }
@@ -154,6 +179,19 @@ impl Stream {
                 rtt,
             });
         }
+    }
+
+    /// Feeds one exchange (t1..t4, wall clock ns) to the min-delay filter and
+    /// exports the filtered offset.
+    fn update_clock_offset(&mut self, now: Instant, t: [u64; 4], metrics: &AgentMetrics) {
+        let Some(e) = clock_offset(t[0], t[1], t[2], t[3]) else {
+            return;
+        };
+        let (_, offset_ns) = self.clock.push(now, (e.rtt_ns, e.offset_ns));
+        // i64 ns to f64 seconds: exact well below a microsecond.
+        #[allow(clippy::cast_precision_loss)]
+        let seconds = offset_ns as f64 / 1e9;
+        metrics.set_clock_offset(self.path, &self.peer_node, seconds);
     }
 
     /// Counts a reply that matched no probe of this stream's path.

@@ -221,6 +221,7 @@ impl Engine {
             dests.push((Protocol::Tcp, s.tcp, Dest::Tcp(conn)));
         }
         let peer: Arc<str> = Arc::from(t.peer.name.as_str());
+        let peer_node: Arc<str> = Arc::from(t.peer.node.as_str());
         let mut ids = Vec::new();
         for (protocol, periodic, dest) in dests {
             let series = self.ctx.metrics.latency(protocol, t.path, &t.peer.node);
@@ -228,6 +229,7 @@ impl Engine {
                 protocol,
                 t.path,
                 peer.clone(),
+                peer_node.clone(),
                 series,
                 periodic.interval,
                 periodic.timeout,

@@ -15,7 +15,7 @@ use crate::proto::icmp;
 use crate::sys::clock::realtime_ns;
 use crate::sys::timestamp::{recv_timestamped, Received};
 
-use super::super::stream::{Arrival, Stream};
+use super::super::stream::{Arrival, ResponderTimes, Stream};
 use super::super::tcp::{TcpConn, TcpEvent};
 use super::super::SampleHook;
 use super::{Dest, Engine, Probe, MAX_DRAIN};
@@ -44,8 +44,17 @@ impl Engine {
             match decoded {
                 Some((Kind::Reply, h)) => match self.probes.get_mut(&h.stream) {
                     Some(p) if p.stream.protocol == Protocol::Udp => {
-                        p.stream
-                            .reply(h.seq, arrival, &self.ctx.metrics, self.hook.as_ref());
+                        let times = ResponderTimes {
+                            rx_real_ns: h.rx_real_ns,
+                            reply_real_ns: h.reply_real_ns,
+                        };
+                        p.stream.reply(
+                            h.seq,
+                            arrival,
+                            Some(times),
+                            &self.ctx.metrics,
+                            self.hook.as_ref(),
+                        );
                     }
                     _ if self.retired.contains_key(&h.stream) => {}
                     _ => bad_udp_reply(&self.probes, r.from, &self.ctx),
@@ -94,7 +103,7 @@ impl Engine {
                     continue;
                 }
                 p.stream
-                    .reply(h.seq, arrival, &self.ctx.metrics, self.hook.as_ref());
+                    .reply(h.seq, arrival, None, &self.ctx.metrics, self.hook.as_ref());
             }
         }
     }
@@ -146,7 +155,7 @@ pub(super) fn book_tcp_event(
         TcpEvent::Frame(f, at) => match EchoHeader::decode(&f) {
             Ok((Kind::Reply, h)) if h.stream == stream.id => {
                 conn.healthy();
-                stream.reply(h.seq, Arrival::Mono(at), metrics, hook);
+                stream.reply(h.seq, Arrival::Mono(at), None, metrics, hook);
             }
             _ => {
                 // The byte stream cannot be trusted past a bad frame.
