@@ -7,8 +7,8 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use kubepulse::cli::{Cli, Command, LogFormatArg};
-use kubepulse::config::{self, LogFormat, Settings};
-use kubepulse::discovery::{static_peers::StaticDiscovery, Discovery};
+use kubepulse::config::{self, DiscoveryMode, LogFormat, Settings};
+use kubepulse::discovery::{kubernetes, static_peers::StaticDiscovery, Discovery};
 use kubepulse::http::{self, ServerState};
 use kubepulse::metrics::{self, AgentMetrics};
 use kubepulse::roles::{agent, local};
@@ -95,11 +95,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn run_agent(settings: Settings, token: CancellationToken) -> anyhow::Result<()> {
+async fn run_agent(mut settings: Settings, token: CancellationToken) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     metrics::register_process_metrics(&registry)?;
     let m = AgentMetrics::new(registry.clone())?;
-    let discovery = StaticDiscovery::new(settings.discovery.peers.clone());
+    // Kept alive for the agent's lifetime: dropping it closes the channel.
+    let discovery: Box<dyn Discovery + Send> = match settings.discovery.mode {
+        DiscoveryMode::Static => Box::new(StaticDiscovery::new(settings.discovery.peers.clone())),
+        DiscoveryMode::Kubernetes => {
+            let env = std::env::vars().collect();
+            Box::new(
+                kubernetes::start_in_cluster(&mut settings, &env, &registry, token.clone())
+                    .await
+                    .context("starting Kubernetes discovery")?,
+            )
+        }
+    };
     let listener = tokio::net::TcpListener::bind(settings.agent.metrics_listen)
         .await
         .with_context(|| {

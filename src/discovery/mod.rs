@@ -2,6 +2,7 @@
 //! later) publishes the current peer set on a `watch` channel; probers only
 //! ever see [`PeerSet`] snapshots, so a new source changes nothing downstream.
 
+pub mod kubernetes;
 pub mod path;
 pub mod static_peers;
 

@@ -1,2 +1,5 @@
 //! Pure scheduling: absolute-deadline periodic schedules with a random
 //! phase per peer.
+
+pub mod rendezvous;
+pub mod slots;
