@@ -81,6 +81,128 @@ pub fn fan_out(me: &Identity, peers: &[Peer], max_peers: usize) -> Vec<Peer> {
         .collect()
 }
 
+/// Series per (path, peer_node) key: 3 latency protocols × 6 (sent, lost,
+/// replies, reply RTT sum, jitter, RTT min) + path and interface MTU + 2
+/// directions × 2 bandwidth gauges + retransmits.
+pub const SERIES_PER_PEER_KEY: usize = 3 * 6 + 2 + 2 * 2 + 1;
+/// Series per path kind in use: RTT histograms (3 protocols × 20 lines),
+/// errors (4 protocols × 5 reasons), TCP connect histogram (20), HTTP phase
+/// histograms (3 × 20), bandwidth bursts (2 directions × 3 outcomes).
+pub const SERIES_PER_PATH: usize = 3 * 20 + 4 * 5 + 20 + 3 * 20 + 2 * 3;
+/// Series independent of peers: send-late (3), responder requests (4),
+/// rejections (4 × 5), connections (3), ICMP mode (3), peers by path (7),
+/// build info, discovery (2) and the 7 `process_*` series.
+pub const SERIES_FIXED: usize = 3 + 4 + 4 * 5 + 3 + 3 + 7 + 1 + 2 + 7;
+/// Path kinds an agent uses: pod agents pod_cross_node, pod_to_host and the
+/// two Service paths; host agents host_cross_node, host_to_pod and the two
+/// Service paths. pod_same_node adds one when a node runs two pod agents.
+pub const PATHS_PER_AGENT: usize = 4;
+
+/// Upper bound on the series one agent exports with `peer_nodes` other
+/// nodes, each running a pod and a host agent, and the Service targets:
+/// `50 + 166·(4 + [s > 0]) + 25·(2·min(n, max_peers) + 3 + s)` where `s`
+/// is the number of extra agents on the agent's own node (0 outside
+/// rollouts).
+pub fn series_bound(peer_nodes: usize, max_peers: usize, same_node_extra: usize) -> usize {
+    let keys = 2 * peer_nodes.min(max_peers) + 3 + same_node_extra;
+    let paths = PATHS_PER_AGENT + usize::from(same_node_extra > 0);
+    SERIES_FIXED + SERIES_PER_PATH * paths + SERIES_PER_PEER_KEY * keys
+}
+
+#[cfg(test)]
+mod series_budget {
+    use super::*;
+    use crate::discovery::{targets, ProbePorts};
+    use crate::labels::{AgentKind, Direction, IcmpMode, PathKind, Protocol};
+    use crate::metrics::{register_process_metrics, AgentMetrics};
+
+    fn agent(node: usize, kind: AgentKind) -> Peer {
+        Peer {
+            name: format!("agent-{kind}-{node}"),
+            address: "127.0.0.1".parse().expect("ip"),
+            node: format!("node-{node:04}"),
+            kind,
+            ports: ProbePorts::default(),
+            path: None,
+        }
+    }
+
+    fn count(r: &prometheus::Registry) -> usize {
+        r.gather()
+            .iter()
+            .map(|f| {
+                f.get_metric()
+                    .iter()
+                    .map(|m| {
+                        if f.get_field_type() == prometheus::proto::MetricType::HISTOGRAM {
+                            m.get_histogram().get_bucket().len() + 3
+                        } else {
+                            1
+                        }
+                    })
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// Every series a pod agent on node 0 can create with `nodes` nodes,
+    /// fanned out as the Kubernetes discovery does, Services included.
+    fn simulate(nodes: usize, max_peers: usize) -> usize {
+        let mut peers: Vec<Peer> = (0..nodes)
+            .flat_map(|i| [agent(i, AgentKind::Pod), agent(i, AgentKind::Host)])
+            .collect();
+        let me = Identity {
+            name: "agent-pod-0".into(),
+            node: "node-0000".into(),
+            kind: AgentKind::Pod,
+        };
+        let mut probe = fan_out(&me, &peers, max_peers);
+        let mut svc = agent(1, AgentKind::Pod);
+        svc.name = "service-clusterip/kubepulse-agent".into();
+        svc.node = "kubepulse-agent".into();
+        svc.path = Some(PathKind::ServiceClusterip);
+        probe.push(svc.clone());
+        svc.name = "service-nodeport/kubepulse-agent".into();
+        svc.node = "node-0001".into();
+        svc.path = Some(PathKind::ServiceNodeport);
+        probe.push(svc);
+        peers.clear();
+        let registry = prometheus::Registry::new();
+        register_process_metrics(&registry).expect("process metrics");
+        crate::discovery::kubernetes::DiscoveryMetrics::new(&registry).expect("discovery");
+        let m = AgentMetrics::new(registry.clone()).expect("metrics");
+        m.set_icmp_mode(IcmpMode::Dgram);
+        for t in targets(&me, &probe) {
+            let (path, node) = (t.path, t.peer.node.as_str());
+            m.precreate_peer(path, node, Protocol::ALL);
+            m.set_path_mtu(path, node, 1500, 1500);
+            for d in Direction::ALL {
+                m.record_burst(path, node, *d, 1.0, 0, 1.0);
+            }
+        }
+        count(&registry)
+    }
+
+    #[test]
+    fn series_count_matches_the_formula_and_stays_bounded() {
+        for (nodes, max) in [(11, 200), (201, 200), (1001, 200), (1001, 20)] {
+            let got = simulate(nodes, max);
+            let bound = series_bound(nodes - 1, max, 0);
+            eprintln!(
+                "peer nodes={} max_peers={max}: {got} series (bound {bound})",
+                nodes - 1
+            );
+            // Exact: every term of the formula is really used.
+            assert_eq!(got, bound);
+        }
+        assert_eq!(
+            simulate(1001, 200),
+            simulate(201, 200),
+            "flat above max_peers"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
