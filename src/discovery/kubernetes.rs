@@ -321,6 +321,7 @@ async fn run(
     let mut updates = futures::stream::select(pod_stream.map(Update::Pods).boxed(), svc_stream);
     let mut health = Health { metrics, up: None };
     let mut pods_ready = false;
+    let mut kind_warned = false;
     let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -356,19 +357,27 @@ async fn run(
                 continue;
             }
         }
-        publish(&opts, &pods, services.as_ref(), &probe_tx, &all_tx);
+        let own_kind = publish(&opts, &pods, services.as_ref(), &probe_tx, &all_tx);
+        if own_kind.is_some_and(|k| k != opts.identity.kind) && !kind_warned {
+            // Path labels would be wrong: e.g. the hostNetwork DaemonSet
+            // without KUBEPULSE__AGENT__KIND=host.
+            tracing::warn!(configured = %opts.identity.kind, pod = ?own_kind,
+                "agent.kind disagrees with this pod's spec.hostNetwork; path labels will be wrong");
+            kind_warned = true;
+        }
     }
 }
 
 /// Recomputes both peer sets from the stores; subscribers are woken only
-/// when a set actually changed.
+/// when a set actually changed. Returns the kind of this agent's own pod,
+/// if it is among the peers.
 fn publish(
     opts: &KubernetesOptions,
     pods: &Store<Pod>,
     services: Option<&Store<Service>>,
     probe_tx: &watch::Sender<PeerSet>,
     all_tx: &watch::Sender<PeerSet>,
-) {
+) -> Option<crate::labels::AgentKind> {
     let pods = pods.state();
     let svc = services.and_then(|s| s.state().into_iter().next());
     let (all, probe) = facts::peer_sets(
@@ -378,11 +387,16 @@ fn publish(
         opts.settings.max_peers,
         opts.default_ports,
     );
+    let own_kind = all
+        .iter()
+        .find(|p| p.name == opts.identity.name)
+        .map(|p| p.kind);
     all_tx.send_if_modified(|cur| replace_if_changed(cur, all));
     let n = probe.len();
     if probe_tx.send_if_modified(|cur| replace_if_changed(cur, probe)) {
         tracing::info!(peers = n, "Peer set changed");
     }
+    own_kind
 }
 
 fn replace_if_changed(cur: &mut PeerSet, new: Vec<super::Peer>) -> bool {
