@@ -329,9 +329,11 @@ async fn run(
             _ = shutdown.cancelled() => break,
             u = updates.next() => match u { Some(u) => u, None => break },
             _ = recheck.tick(), if health.up == Some(false) => {
-                // Cheapest call the RBAC already allows.
+                // Cheapest call the RBAC already allows; bounded, because the
+                // client has no read timeout and this loop must stay responsive.
                 let lp = ListParams::default().labels(&s.label_selector).limit(1);
-                if pods_api.list(&lp).await.is_ok() {
+                let check = tokio::time::timeout(RECHECK_INTERVAL, pods_api.list(&lp));
+                if matches!(check.await, Ok(Ok(_))) {
                     health.synced();
                 }
                 continue;
