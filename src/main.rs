@@ -9,8 +9,8 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use kubepulse::cli::{Cli, Command, LogFormatArg};
-use kubepulse::config::{self, LogFormat, Settings};
-use kubepulse::discovery::{static_peers::StaticDiscovery, Discovery};
+use kubepulse::config::{self, DiscoveryMode, LogFormat, Settings};
+use kubepulse::discovery::{kubernetes, static_peers::StaticDiscovery, Discovery};
 use kubepulse::http::{self, ServerState};
 use kubepulse::metrics::{self, AgentMetrics};
 use kubepulse::roles::{agent, local};
@@ -134,14 +134,34 @@ async fn reload_on_sighup(
 }
 
 async fn run_agent(
-    settings: Settings,
+    mut settings: Settings,
     path: Option<PathBuf>,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     metrics::register_process_metrics(&registry)?;
     let m = AgentMetrics::new(registry.clone())?;
-    let discovery = Arc::new(StaticDiscovery::new(settings.discovery.peers.clone()));
+    // Kept alive for the agent's lifetime: dropping it closes the channel.
+    let mut reload = None;
+    let discovery: Box<dyn Discovery + Send> = match settings.discovery.mode {
+        DiscoveryMode::Static => {
+            let d = Arc::new(StaticDiscovery::new(settings.discovery.peers.clone()));
+            reload = Some(tokio::spawn(reload_on_sighup(
+                path,
+                d.clone(),
+                token.clone(),
+            )));
+            Box::new(d)
+        }
+        DiscoveryMode::Kubernetes => {
+            let env = std::env::vars().collect();
+            Box::new(
+                kubernetes::start_in_cluster(&mut settings, &env, &registry, token.clone())
+                    .await
+                    .context("starting Kubernetes discovery")?,
+            )
+        }
+    };
     let listener = tokio::net::TcpListener::bind(settings.agent.metrics_listen)
         .await
         .with_context(|| {
@@ -157,7 +177,6 @@ async fn run_agent(
     let server = tokio::spawn(http::serve(listener, state.clone(), token.clone()));
     let signals = tokio::spawn(shutdown::on_signal(token.clone()));
     let running = agent::start(&settings, m, discovery.subscribe(), token.clone()).await?;
-    let reload = tokio::spawn(reload_on_sighup(path, discovery.clone(), token.clone()));
     state.set_ready();
     println!(
         "kubepulse agent {}: metrics at http://{}/metrics",
@@ -166,7 +185,9 @@ async fn run_agent(
     token.cancelled().await;
     running.join().await;
     let _ = server.await;
-    let _ = reload.await;
+    if let Some(r) = reload {
+        let _ = r.await;
+    }
     signals.abort();
     tracing::info!("Stopped");
     Ok(())

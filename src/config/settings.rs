@@ -234,6 +234,37 @@ pub struct DiscoverySettings {
     pub mode: DiscoveryMode,
     /// Peers for `mode: static`.
     pub peers: Vec<Peer>,
+    /// Settings of `mode: kubernetes`.
+    pub kubernetes: KubernetesDiscoverySettings,
+}
+
+/// Peer discovery through the Kubernetes API (`mode: kubernetes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesDiscoverySettings {
+    /// Namespace of the agent pods; empty means the agent's own namespace
+    /// (`KUBEPULSE_NAMESPACE` from the downward API).
+    pub namespace: String,
+    /// Label selector matching the agent pods of both DaemonSets.
+    pub label_selector: String,
+    /// Name of the agents' Service (ClusterIP + NodePort) probed as the
+    /// `service_clusterip` and `service_nodeport` paths; empty disables them.
+    pub service_name: String,
+    /// Full mesh up to this many peer nodes; above it each agent probes this
+    /// many, chosen by rendezvous hashing, plus every agent on its own node.
+    pub max_peers: usize,
+}
+
+impl Default for KubernetesDiscoverySettings {
+    fn default() -> Self {
+        Self {
+            namespace: String::new(),
+            label_selector: "app.kubernetes.io/name=kubepulse,app.kubernetes.io/component=agent"
+                .into(),
+            service_name: "kubepulse-agent".into(),
+            max_peers: 200,
+        }
+    }
 }
 
 /// Discovery sources.
@@ -243,6 +274,8 @@ pub enum DiscoveryMode {
     /// The `peers` list of the config file.
     #[default]
     Static,
+    /// The agent pods and Service found through the Kubernetes API.
+    Kubernetes,
 }
 
 /// Log output.

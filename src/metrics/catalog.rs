@@ -198,6 +198,21 @@ def!(
     "Build information; value 1."
 );
 
+def!(
+    DISCOVERY_UP,
+    "kubepulse_discovery_up",
+    Gauge,
+    [],
+    "1 while peer discovery is in sync with the Kubernetes API; 0 while it is not (the last known peers are still probed)."
+);
+def!(
+    DISCOVERY_LAST_SYNC,
+    "kubepulse_discovery_last_sync_timestamp_seconds",
+    Gauge,
+    [],
+    "Unix time of the last successful exchange with the Kubernetes API (list, watch event or health check)."
+);
+
 /// Every metric family kubepulse defines (process_* families come from the
 /// prometheus crate's process collector and are listed separately in the docs).
 pub const ALL: &[MetricDef] = &[
@@ -225,6 +240,8 @@ pub const ALL: &[MetricDef] = &[
     ICMP_SOCKET,
     PEERS,
     BUILD_INFO,
+    DISCOVERY_UP,
+    DISCOVERY_LAST_SYNC,
 ];
 
 /// Labels that must never appear: they are target labels set by the scrape.
