@@ -213,7 +213,7 @@ def!(
     "Unix time of the last successful exchange with the Kubernetes API (list, watch event or health check)."
 );
 
-/// Every metric family kubepulse defines (process_* families come from the
+/// Every metric family every agent exports (process_* families come from the
 /// prometheus crate's process collector and are listed separately in the docs).
 pub const ALL: &[MetricDef] = &[
     PROBE_RTT,
@@ -240,8 +240,15 @@ pub const ALL: &[MetricDef] = &[
     ICMP_SOCKET,
     PEERS,
     BUILD_INFO,
-    DISCOVERY_UP,
-    DISCOVERY_LAST_SYNC,
+];
+
+/// Metrics an agent exports only with `discovery.mode: kubernetes`.
+pub const KUBERNETES_DISCOVERY: &[MetricDef] = &[DISCOVERY_UP, DISCOVERY_LAST_SYNC];
+
+/// Every metric family, by the `docs/metrics.md` section that lists it.
+pub const SECTIONS: &[(&str, &[MetricDef])] = &[
+    ("Agent metrics", ALL),
+    ("Kubernetes discovery metrics", KUBERNETES_DISCOVERY),
 ];
 
 /// Labels that must never appear: they are target labels set by the scrape.
@@ -260,7 +267,7 @@ mod tests {
     #[test]
     fn names_follow_conventions() {
         let mut seen = HashSet::new();
-        for d in ALL {
+        for d in SECTIONS.iter().flat_map(|(_, defs)| defs.iter()) {
             assert!(seen.insert(d.name), "duplicate {}", d.name);
             assert!(d.name.starts_with("kubepulse_"), "{}", d.name);
             match d.kind {
