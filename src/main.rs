@@ -176,7 +176,7 @@ async fn run_agent(
     let state = ServerState::new(vec![registry], format!("agent {}", settings.agent.name));
     let server = tokio::spawn(http::serve(listener, state.clone(), token.clone()));
     let signals = tokio::spawn(shutdown::on_signal(token.clone()));
-    let running = agent::start(&settings, m, discovery.subscribe(), token.clone()).await?;
+    let running = agent::start(&settings, m, discovery.as_ref(), token.clone()).await?;
     state.set_ready();
     println!(
         "kubepulse agent {}: metrics at http://{}/metrics",

@@ -195,6 +195,7 @@ impl Engine {
             settings,
             metrics,
             targets: rx,
+            all_peers: watch::channel(Arc::new(Vec::new())).1,
             shutdown: shutdown.clone(),
         };
         let prober = latency::start_with_hook(ctx, hook).expect("engine starts");

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::discovery::{Peer, ProbePorts};
 use crate::labels::AgentKind;
+use crate::schedule::slots::SlotConfig;
 
 /// Default address of the metrics endpoint.
 pub const DEFAULT_METRICS_LISTEN: SocketAddr =
@@ -160,12 +161,16 @@ impl Default for PmtuSettings {
 }
 
 /// Bandwidth bursts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BandwidthSettings {
     /// Whether bursts run (off by default in local mode).
     pub enabled: bool,
-    /// Time between two bursts to the same peer.
+    /// How bursts are scheduled.
+    pub schedule: BandwidthSchedule,
+    /// The cluster-wide slot schedule (`schedule: slots`).
+    pub slots: SlotConfig,
+    /// Time between two bursts to the same peer (`schedule: interval`).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     /// Bytes per burst.
@@ -180,10 +185,26 @@ pub const MAX_BURST_BYTES: u64 = 32 << 20;
 /// Longest burst a prober may ask for and a responder accepts.
 pub const MAX_BURST_DURATION: Duration = Duration::from_secs(1);
 
+/// How bandwidth bursts are scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BandwidthSchedule {
+    /// Cluster-wide slots every agent computes from the same peer list: no
+    /// node in two bursts at once, a bounded number of pairs at once, a
+    /// bounded duty cycle (`crate::schedule::slots`).
+    #[default]
+    Slots,
+    /// Every peer once per `interval` at a random phase; only this agent's
+    /// bursts are serialised. For local mode and small static setups.
+    Interval,
+}
+
 impl Default for BandwidthSettings {
     fn default() -> Self {
         Self {
             enabled: true,
+            schedule: BandwidthSchedule::Slots,
+            slots: SlotConfig::default(),
             interval: Duration::from_secs(3600),
             burst_bytes: MAX_BURST_BYTES,
             max_duration: MAX_BURST_DURATION,

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::settings::{Periodic, Settings, MAX_BURST_BYTES, MAX_BURST_DURATION};
+use super::settings::{BandwidthSchedule, Periodic, Settings, MAX_BURST_BYTES, MAX_BURST_DURATION};
 
 /// A configuration error, naming the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +88,11 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
         }
         if b.interval < Duration::from_secs(1) {
             return Err(invalid("probes.bandwidth.interval", "must be at least 1s"));
+        }
+        if b.schedule == BandwidthSchedule::Slots {
+            b.slots
+                .validate(b.max_duration)
+                .map_err(|e| invalid("probes.bandwidth.slots", e.to_string()))?;
         }
     }
     let r = &s.responder;

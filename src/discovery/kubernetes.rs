@@ -7,7 +7,7 @@
 //! exported as `kubepulse_discovery_up` and logged on every transition.
 //!
 //! Two peer sets are published: the fanned-out set this agent probes
-//! ([`Discovery::subscribe`]) and every agent ([`KubernetesDiscovery::subscribe_all`],
+//! ([`Discovery::subscribe`]) and every agent ([`Discovery::subscribe_all`],
 //! the input of the bandwidth schedule).
 
 pub mod facts;
@@ -141,6 +141,12 @@ impl Discovery for KubernetesDiscovery {
     fn subscribe(&self) -> watch::Receiver<PeerSet> {
         self.probe.subscribe()
     }
+
+    /// Every agent pod, sorted by name and not fanned out: the common input
+    /// of the bandwidth schedule ([`crate::schedule::slots::my_bursts`]).
+    fn subscribe_all(&self) -> watch::Receiver<PeerSet> {
+        self.all.subscribe()
+    }
 }
 
 impl KubernetesDiscovery {
@@ -174,12 +180,6 @@ impl KubernetesDiscovery {
             shutdown,
         ));
         Ok(Self { probe, all, task })
-    }
-
-    /// Every agent pod, sorted by name and not fanned out: the common input
-    /// of the bandwidth schedule ([`crate::schedule::slots::my_bursts`]).
-    pub fn subscribe_all(&self) -> watch::Receiver<PeerSet> {
-        self.all.subscribe()
     }
 
     /// Waits for the watch task to end (after the shutdown token fires).

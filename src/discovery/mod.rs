@@ -133,6 +133,12 @@ pub fn targets(local: &Identity, peers: &[Peer]) -> Vec<Target> {
 pub trait Discovery {
     /// The channel on which peer sets are published.
     fn subscribe(&self) -> watch::Receiver<PeerSet>;
+
+    /// Every known agent, not fanned out: the common input of the bandwidth
+    /// slot schedule. Sources that do not fan out publish the same set.
+    fn subscribe_all(&self) -> watch::Receiver<PeerSet> {
+        self.subscribe()
+    }
 }
 
 /// A shared source is still a source (the agent keeps one handle, the
@@ -140,6 +146,10 @@ pub trait Discovery {
 impl<D: Discovery + ?Sized> Discovery for Arc<D> {
     fn subscribe(&self) -> watch::Receiver<PeerSet> {
         (**self).subscribe()
+    }
+
+    fn subscribe_all(&self) -> watch::Receiver<PeerSet> {
+        (**self).subscribe_all()
     }
 }
 

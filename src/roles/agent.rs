@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::discovery::{self, Identity, PeerSet, ProbePorts, Target};
+use crate::discovery::{self, Discovery, Identity, PeerSet, ProbePorts, Target};
 use crate::labels::{PathKind, Protocol};
 use crate::metrics::AgentMetrics;
 use crate::probe::{self, latency::LatencyProber, ProbeContext, TargetSet};
@@ -117,9 +117,10 @@ fn spawn_target_publisher(
 pub async fn start(
     settings: &Settings,
     metrics: AgentMetrics,
-    peers: watch::Receiver<PeerSet>,
+    discovery: &dyn Discovery,
     shutdown: CancellationToken,
 ) -> Result<RunningAgent> {
+    let peers = discovery.subscribe();
     let a = &settings.agent;
     let identity = Identity {
         name: a.name.clone(),
@@ -151,6 +152,7 @@ pub async fn start(
         settings: settings.probes.clone(),
         metrics,
         targets,
+        all_peers: discovery.subscribe_all(),
         shutdown,
     };
     let latency = probe::latency::start(ctx.clone())?;

@@ -14,8 +14,8 @@ use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
-use crate::discovery::{static_peers::StaticDiscovery, Discovery, Peer, ProbePorts};
+use crate::config::{BandwidthSchedule, Settings};
+use crate::discovery::{static_peers::StaticDiscovery, Peer, ProbePorts};
 use crate::http::{self, ServerState};
 use crate::labels::AgentKind;
 use crate::metrics::{self, AgentMetrics};
@@ -126,6 +126,9 @@ pub async fn start(opts: LocalOptions, shutdown: CancellationToken) -> Result<Lo
         s.agent.kind = a.kind;
         s.agent.bind_address = a.address;
         s.probes.bandwidth.enabled = opts.bandwidth;
+        // A demo should show bandwidth within a minute; the cluster slot
+        // schedule (1% duty cycle) would take minutes between bursts.
+        s.probes.bandwidth.schedule = BandwidthSchedule::Interval;
         // Ephemeral ports: the peers are in this process, so their real
         // ports are known once bound, and nothing clashes with another
         // kubepulse on the same machine.
@@ -135,7 +138,7 @@ pub async fn start(opts: LocalOptions, shutdown: CancellationToken) -> Result<Lo
             bandwidth: 0,
             http: 0,
         };
-        running.push(agent::start(&s, m, discovery.subscribe(), shutdown.clone()).await?);
+        running.push(agent::start(&s, m, &discovery, shutdown.clone()).await?);
     }
     let peers: Vec<Peer> = agents
         .iter()
