@@ -40,6 +40,8 @@ struct NodeInfo {
 struct LeaseInfo {
     renew_micros: Option<i64>,
     changed_at: Instant,
+    /// `changed_at` is a live event's arrival (not the initial list's).
+    changed_live: bool,
     offset: OffsetFilter,
     regressions: u64,
 }
@@ -141,6 +143,7 @@ impl NodeView {
         let info = st.leases.entry(name).or_insert_with(|| LeaseInfo {
             renew_micros: None,
             changed_at: mono,
+            changed_live: false,
             offset: OffsetFilter::new(cap),
             regressions: 0,
         });
@@ -151,7 +154,8 @@ impl NodeView {
                 if r < prev {
                     info.regressions += 1;
                 }
-                if live {
+                // A gap needs two observed renewals, not a list and a renewal.
+                if live && info.changed_live {
                     m.observe_lease_gap(mono.saturating_duration_since(info.changed_at));
                 }
             }
@@ -159,6 +163,7 @@ impl NodeView {
         }
         info.renew_micros = Some(r);
         info.changed_at = mono;
+        info.changed_live = live;
         if live {
             let wall_micros = wall
                 .duration_since(SystemTime::UNIX_EPOCH)
