@@ -114,14 +114,16 @@ async fn supervise(
         metrics.set_leader(true);
         tracing::info!(run = %run, "Leading: measuring");
         let child = token.child_token();
-        let mut tasks = Vec::new();
+        // A JoinSet aborts its tasks when dropped, so aborting the
+        // supervisor (a simulated crash) stops every measurement too.
+        let mut tasks = tokio::task::JoinSet::new();
         if s.nodes.enabled {
-            tasks.push(tokio::spawn(nodes::watch_all(
+            tasks.spawn(nodes::watch_all(
                 clients.main.clone(),
                 view.clone(),
                 metrics.clone(),
                 child.clone(),
-            )));
+            ));
         }
         let sweeper = Sweeper {
             client: clients.main.clone(),
@@ -131,9 +133,7 @@ async fn supervise(
             timeout: s.pod_startup.timeout * 2 + s.pod_startup.delete_timeout,
             min_age: s.pod_startup.sweep_min_age,
         };
-        tasks.push(tokio::spawn(
-            sweeper.run(s.pod_startup.sweep_interval, child.clone()),
-        ));
+        tasks.spawn(sweeper.run(s.pod_startup.sweep_interval, child.clone()));
         if s.pod_startup.enabled {
             let probe = PodProbe::new(
                 clients.main.clone(),
@@ -144,7 +144,7 @@ async fn supervise(
                 s.pod_startup.clone(),
                 view.clone(),
             );
-            tasks.push(tokio::spawn(probe.run(child.clone())));
+            tasks.spawn(probe.run(child.clone()));
         }
         if s.sampler.enabled {
             let sampler = Sampler::new(
@@ -155,7 +155,7 @@ async fn supervise(
                 &run,
                 s.sampler.clone(),
             );
-            tasks.push(tokio::spawn(sampler.run(child.clone())));
+            tasks.spawn(sampler.run(child.clone()));
         }
         // Lead until told otherwise.
         loop {
@@ -169,7 +169,7 @@ async fn supervise(
         }
         child.cancel();
         // In-flight probes finish their cleanup, bounded.
-        let stop = futures::future::join_all(tasks);
+        let stop = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(Duration::from_secs(30), stop)
             .await
             .is_err()
