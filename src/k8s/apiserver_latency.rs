@@ -124,10 +124,12 @@ impl Sampler {
             }
             let cycle = tokio::select! {
                 r = self.cycle() => r,
-                _ = token.cancelled() => Err(K8sError::Timeout("cancelled")),
+                _ = token.cancelled() => Err(K8sError::Cancelled),
             };
             if let Err(e) = cycle {
-                tracing::warn!(error = %e, "apiserver sampler cycle failed");
+                if !matches!(e, K8sError::Cancelled) {
+                    tracing::warn!(error = %e, "apiserver sampler cycle failed");
+                }
                 // Never leave the object behind (ignore errors: a sweep retries).
                 let _ = self.delete().await;
             }

@@ -52,6 +52,9 @@ pub enum K8sError {
         #[source]
         source: serde_json::Error,
     },
+    /// Stopped by cancellation (shutdown or lost leadership).
+    #[error("cancelled")]
+    Cancelled,
     /// Metric registration failed.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),

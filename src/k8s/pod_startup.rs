@@ -54,6 +54,7 @@ pub struct PodProbe {
     pub nodes: NodeView,
     seq: u64,
     last_target: Option<String>,
+    cancel: CancellationToken,
 }
 
 impl PodProbe {
@@ -77,12 +78,14 @@ impl PodProbe {
             nodes,
             seq: 0,
             last_target: None,
+            cancel: CancellationToken::new(),
         }
     }
 
     /// Probes every `interval` until cancelled. Cancellation mid-probe still
     /// deletes the pod (an abort does not: the next leader's sweep does).
     pub async fn run(mut self, token: CancellationToken) {
+        self.cancel = token.clone();
         let mut tick = tokio::time::interval(self.settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -108,7 +111,8 @@ impl PodProbe {
     }
 
     /// One probe of `target`: watch, create, follow, delete, record.
-    /// `Err` means the watches could not be opened (nothing was created).
+    /// `Err` means the watches could not be opened (nothing was created), or
+    /// the run was cancelled mid-probe (the pod was deleted, nothing counted).
     pub async fn probe(&mut self, target: &str) -> Result<ProbeResult, K8sError> {
         self.seq += 1;
         let name = format!("kubepulse-startup-{}-{}", self.run, self.seq);
@@ -210,7 +214,7 @@ impl PodProbe {
         ev_w: &mut Option<Watch<Event>>,
         marks: &mut Marks,
         f: &mut Findings,
-    ) {
+    ) -> bool {
         let start = marks.post_sent.unwrap_or_else(Instant::now);
         let deadline = tokio::time::Instant::from_std(start + self.settings.timeout);
         let mut grace_end: Option<tokio::time::Instant> = None;
@@ -240,15 +244,15 @@ impl PodProbe {
                         Some(Ok(KubeWatchEvent::Deleted(_))) => {
                             // Someone else deleted the probe pod.
                             f.failed = true;
-                            return;
+                            return false;
                         }
                         Some(Ok(KubeWatchEvent::Error(_))) | Some(Err(_)) | None => {
                             f.watch_broken = true;
-                            return;
+                            return false;
                         }
                     }
                     if f.failed || f.unschedulable {
-                        return;
+                        return false;
                     }
                     if marks.ready.is_some() && grace_end.is_none() {
                         grace_end = Some(tokio::time::Instant::now() + self.settings.event_grace);
@@ -261,13 +265,14 @@ impl PodProbe {
                         // Without events an image pull would go unseen.
                         f.watch_broken = true;
                         *ev_w = None;
-                        return;
+                        return false;
                     }
                 },
-                _ = grace => return,
+                _ = grace => return false,
+                _ = self.cancel.cancelled() => return true,
                 _ = tokio::time::sleep_until(deadline) => {
                     f.timed_out = marks.ready.is_none();
-                    return;
+                    return false;
                 }
             }
         }
