@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::apiserver_ext::FakeApiServer;
 use common::kubelet::{Delays, Kubelet, Mode};
+use kubepulse::k8s::rbac::{Place, RULES};
 use serde_json::json;
 use support::process::Kubepulse;
 use support::scrape::{scrape_until, Scrape};
@@ -164,4 +165,68 @@ async fn binary_measures_survives_sigkill_and_cleans_up() {
     assert!(status.success(), "{status:?}");
     wait("no pods after SIGTERM", || server.objects(PODS).is_empty()).await;
     assert!(server.objects(CMS).is_empty(), "{:?}", server.objects(CMS));
+
+    // Least privilege, checked on the wire: every request the controller
+    // made is allowed by RULES (the list deploy/controller/rbac.yaml is
+    // tested against), and every rule was needed.
+    let mut used = vec![false; RULES.len()];
+    for (method, uri) in server.controller_requests() {
+        let (path, query) = uri.split_once('?').unwrap_or((&uri, ""));
+        let (place, group, resource, name) = classify(path);
+        let watch = query
+            .split('&')
+            .any(|kv| kv == "watch=true" || kv == "watch=1");
+        let verb = match (method.as_str(), &name) {
+            ("GET", _) if watch => "watch",
+            ("GET", Some(_)) => "get",
+            ("GET", None) => "list",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            ("DELETE", _) => "delete",
+            (m, _) => panic!("unexpected method {m}"),
+        };
+        let i = RULES.iter().position(|r| {
+            r.place == place
+                && r.group == group
+                && r.resource == resource
+                && r.verbs.contains(&verb)
+                && (r.names.is_empty() || name.as_deref().is_some_and(|n| r.names.contains(&n)))
+        });
+        let i = i.unwrap_or_else(|| {
+            panic!("{method} {uri} ({place:?} {group}/{resource} {verb}) is not granted")
+        });
+        used[i] = true;
+    }
+    for (r, u) in RULES.iter().zip(used) {
+        assert!(u, "granted but never used: {r:?}");
+    }
+}
+
+/// (place, API group, resource, name) of an API path.
+fn classify(path: &str) -> (Place, &'static str, String, Option<String>) {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest): (&'static str, &[&str]) = match segs.as_slice() {
+        ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", "coordination.k8s.io", "v1", rest @ ..] => ("coordination.k8s.io", rest),
+        _ => panic!("unexpected path {path}"),
+    };
+    let (ns, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(*ns), rest),
+        _ => (None, rest),
+    };
+    let place = match ns {
+        None => Place::Cluster,
+        Some("kubepulse-probes") => Place::ProbeNamespace,
+        Some("kubepulse") => Place::OwnNamespace,
+        Some("kube-node-lease") => Place::NodeLease,
+        Some("kube-system") => Place::KubeSystem,
+        Some(other) => panic!("request into namespace {other}"),
+    };
+    (
+        place,
+        group,
+        rest[0].to_string(),
+        rest.get(1).map(|s| s.to_string()),
+    )
 }

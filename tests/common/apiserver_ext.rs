@@ -70,6 +70,8 @@ struct Store {
     faults: Vec<Fault>,
     mutate_pods: bool,
     requests: Vec<(Method, String)>,
+    /// Requests without the test-actor header: the controller's own.
+    controller_requests: Vec<(Method, String)>,
 }
 
 /// The fake apiserver.
@@ -82,6 +84,9 @@ pub struct FakeApiServer {
     watches: Arc<Mutex<CancellationToken>>,
     token: CancellationToken,
 }
+
+/// Header marking requests of test infrastructure.
+pub const ACTOR_HEADER: &str = "x-kubepulse-test-actor";
 
 /// Flow schema UID the server reports.
 pub const FLOW_SCHEMA_UID: &str = "fs-0000-service-accounts";
@@ -283,6 +288,22 @@ impl FakeApiServer {
         kube::Client::try_from(cfg).expect("client")
     }
 
+    /// A kube client marked as test infrastructure (the simulated kubelet),
+    /// so its requests are not mistaken for the controller's.
+    pub fn actor_client(&self) -> kube::Client {
+        let mut cfg = kube::Config::new(self.url().parse().expect("url"));
+        cfg.headers.push((
+            ACTOR_HEADER.parse().expect("name"),
+            "kubelet".parse().expect("value"),
+        ));
+        kube::Client::try_from(cfg).expect("client")
+    }
+
+    /// Requests (method, path?query) that did not come from an actor client.
+    pub fn controller_requests(&self) -> Vec<(Method, String)> {
+        self.store.lock().expect("lock").controller_requests.clone()
+    }
+
     /// Stops accepting connections and ends every watch.
     pub fn stop(&self) {
         self.token.cancel();
@@ -370,9 +391,13 @@ impl FakeApiServer {
         Some(obj)
     }
 
-    fn take_fault(&self, method: &Method, path: &str) -> Option<FaultAction> {
+    fn take_fault(&self, method: &Method, path: &str, actor: bool) -> Option<FaultAction> {
         let mut st = self.store.lock().expect("lock");
         st.requests.push((method.clone(), path.to_string()));
+        if !actor {
+            st.controller_requests
+                .push((method.clone(), path.to_string()));
+        }
         let f = st.faults.iter_mut().find(|f| {
             f.count > 0 && f.method.as_ref().is_none_or(|m| m == method) && path.contains(&f.path)
         })?;
@@ -384,9 +409,11 @@ impl FakeApiServer {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let q = query(req.uri().query());
+        let actor = req.headers().contains_key(ACTOR_HEADER);
         let mut resp = match self.take_fault(
             &method,
             &format!("{}?{}", path, req.uri().query().unwrap_or_default()),
+            actor,
         ) {
             Some(FaultAction::Throttle) => {
                 let mut r = full(

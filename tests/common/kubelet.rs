@@ -79,7 +79,7 @@ impl Kubelet {
     /// Starts simulating pods in `namespace` of `server`.
     pub fn start(server: &FakeApiServer, namespace: &str, mode: Mode, delays: Delays) -> Self {
         let token = CancellationToken::new();
-        let client = server.client();
+        let client = server.actor_client();
         let server = server.clone();
         let ns = namespace.to_string();
         let t = token.clone();
