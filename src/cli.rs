@@ -67,5 +67,9 @@ pub enum Command {
         /// `/metrics` address (overrides controller.metrics_listen).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Upper bound on the apiserver sampler's request rate, requests per
+        /// second (overrides controller.sampler.max_qps).
+        #[arg(long)]
+        sampler_max_qps: Option<f64>,
     },
 }

@@ -97,10 +97,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Controller {
             config: path,
             listen,
+            sampler_max_qps,
         } => {
             let mut settings = config::load(path.as_deref())?;
             if let Some(l) = listen {
                 settings.controller.metrics_listen = *l;
+            }
+            if let Some(q) = sampler_max_qps {
+                settings.controller.sampler.max_qps = *q;
+                config::validate::validate(&settings)?;
             }
             init_logs(&cli, &settings);
             run_controller(settings, token).await

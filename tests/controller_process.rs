@@ -99,7 +99,15 @@ async fn binary_measures_survives_sigkill_and_cleans_up() {
     let cfg = config(&server);
     let path = cfg.path().to_str().expect("path").to_string();
     let kubelet = Kubelet::start(&server, NS, Mode::Normal, Delays::default());
-    let mut first = Kubepulse::start(&["controller", "--config", &path, "--listen", "127.0.0.1:0"]);
+    let mut first = Kubepulse::start(&[
+        "controller",
+        "--config",
+        &path,
+        "--listen",
+        "127.0.0.1:0",
+        "--sampler-max-qps",
+        "40",
+    ]);
     let sc = scrape(&first, "measuring", |s| {
         s.sum("kubepulse_pod_startup_probes_total", &[("outcome", "ok")]) >= 2.0
             && s.sum(
@@ -122,6 +130,29 @@ async fn binary_measures_survives_sigkill_and_cleans_up() {
         "{}",
         sc.body
     );
+
+    // A node that leaves takes its per-node series with it.
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(server.actor_client());
+    nodes
+        .delete("node-b", &Default::default())
+        .await
+        .expect("delete node-b");
+    scrape(&first, "node-b series removed", |s| {
+        s.select(
+            "kubepulse_pod_startup_last_duration_seconds",
+            &[("target_node", "node-b")],
+        )
+        .is_empty()
+            && s.select("kubepulse_node_ready", &[("target_node", "node-b")])
+                .is_empty()
+            && s.select(
+                "kubepulse_pod_startup_last_duration_seconds",
+                &[("target_node", "node-a")],
+            )
+            .len()
+                == 1
+    })
+    .await;
 
     // Pods now hang after binding; kill -9 while one is in flight.
     drop(kubelet);

@@ -85,6 +85,11 @@ impl NodeView {
             .collect()
     }
 
+    /// Names of every watched node, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.lock().nodes.keys().cloned().collect()
+    }
+
     /// Applies a node state.
     pub fn apply_node(&self, node: &Node) {
         let Some(name) = node.metadata.name.clone() else {

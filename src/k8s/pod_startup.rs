@@ -55,6 +55,8 @@ pub struct PodProbe {
     seq: u64,
     last_target: Option<String>,
     cancel: CancellationToken,
+    /// Nodes with a `pod_startup_last` series, removed when the node leaves.
+    exported: std::collections::BTreeSet<String>,
 }
 
 impl PodProbe {
@@ -79,6 +81,7 @@ impl PodProbe {
             seq: 0,
             last_target: None,
             cancel: CancellationToken::new(),
+            exported: Default::default(),
         }
     }
 
@@ -93,6 +96,7 @@ impl PodProbe {
                 _ = tick.tick() => {}
                 _ = token.cancelled() => return,
             }
+            self.forget_gone_nodes();
             let nodes = self.nodes.schedulable();
             let Some(target) = next_target(&nodes, self.last_target.as_deref()).cloned() else {
                 tracing::debug!("No schedulable node to probe");
@@ -330,7 +334,16 @@ impl PodProbe {
         }
     }
 
-    fn record(&self, target: &str, f: &Findings, marks: &Marks) -> ProbeResult {
+    fn forget_gone_nodes(&mut self) {
+        let present: std::collections::BTreeSet<String> = self.nodes.names().into_iter().collect();
+        let gone: Vec<String> = self.exported.difference(&present).cloned().collect();
+        for n in gone {
+            self.metrics.remove_node(&n);
+            self.exported.remove(&n);
+        }
+    }
+
+    fn record(&mut self, target: &str, f: &Findings, marks: &Marks) -> ProbeResult {
         let outcome = classify(f, marks);
         self.metrics.probe_outcome(outcome);
         let mut phases = marks.api_phases();
@@ -341,6 +354,7 @@ impl PodProbe {
             self.metrics.observe_phase(*p, *d);
             if *p == Phase::PodStartup {
                 self.metrics.set_last_startup(target, *d);
+                self.exported.insert(target.to_string());
             }
         }
         ProbeResult { outcome, phases }
