@@ -105,6 +105,35 @@ async fn leader_fails_over_within_one_lease_duration() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_renew_steps_down() {
+    use common::apiserver_ext::{Fault, FaultAction};
+    let server = FakeApiServer::start(&["kubepulse", PROBE_NS]).await;
+    let (a, _ma, ta) = start(&server, &settings("a", false));
+    wait_for("a leads", Duration::from_secs(5), || *a.leading.borrow()).await;
+    // Every Lease update fails from now on (apiserver trouble).
+    server.fault(Fault {
+        method: Some(hyper::Method::PUT),
+        path: "/leases/kubepulse-controller".into(),
+        count: usize::MAX,
+        action: FaultAction::ServerError,
+    });
+    let took = wait_for("step down", Duration::from_secs(4), || !*a.leading.borrow()).await;
+    // renew_deadline (1.5 s) after the last renewal, plus a retry period
+    // and slack: before the 2 s lease could expire for anyone else.
+    assert!(
+        took <= Duration::from_millis(1500 + 200 + 300),
+        "stepped down after {took:?}"
+    );
+    server.clear_faults();
+    wait_for("leads again", Duration::from_secs(5), || {
+        *a.leading.borrow()
+    })
+    .await;
+    ta.cancel();
+    a.join().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_mid_probe_is_swept_by_the_next_leader() {
     let server =
         FakeApiServer::start(&["kubepulse", PROBE_NS, "kube-node-lease", "kube-system"]).await;
@@ -129,7 +158,18 @@ async fn crash_mid_probe_is_swept_by_the_next_leader() {
         "labels": {"app.kubernetes.io/managed-by": "kubepulse", "kubepulse.io/probe": "sampler", "kubepulse.io/run": run_a}}}), "v1", "ConfigMap");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let left = server.objects(PODS);
-    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(
+        left.len(),
+        1,
+        "{left:?} {:?}\n{}",
+        server.requests().iter().collect::<Vec<_>>(),
+        kubepulse::metrics::encode(&[ma.registry()])
+            .expect("e")
+            .lines()
+            .filter(|l| l.contains("probes_total") || l.contains("leader"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert_eq!(
         left[0]["metadata"]["labels"]["kubepulse.io/run"],
         json!(run_a)

@@ -44,8 +44,10 @@ impl Running {
     /// Simulates a crash: every task stops where it is, nothing is cleaned
     /// up and the Lease is not released.
     pub fn abort(self) {
-        self.elector.abort();
+        // Supervisor first: once the elector is gone its sender is dropped,
+        // which a still-running supervisor would take as a graceful stop.
         self.supervisor.abort();
+        self.elector.abort();
     }
 }
 

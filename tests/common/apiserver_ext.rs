@@ -322,6 +322,11 @@ impl FakeApiServer {
         self.store.lock().expect("lock").faults.push(f);
     }
 
+    /// Removes every pending fault.
+    pub fn clear_faults(&self) {
+        self.store.lock().expect("lock").faults.clear();
+    }
+
     /// Makes a "mutating webhook" add an init container to created pods.
     pub fn mutate_pods(&self, on: bool) {
         self.store.lock().expect("lock").mutate_pods = on;
