@@ -94,7 +94,55 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("Stopped");
             Ok(())
         }
+        Command::Controller {
+            config: path,
+            listen,
+            sampler_max_qps,
+        } => {
+            let mut settings = config::load(path.as_deref())?;
+            if let Some(l) = listen {
+                settings.controller.metrics_listen = *l;
+            }
+            if let Some(q) = sampler_max_qps {
+                settings.controller.sampler.max_qps = *q;
+                config::validate::validate(&settings)?;
+            }
+            init_logs(&cli, &settings);
+            run_controller(settings, token).await
+        }
     }
+}
+
+async fn run_controller(settings: Settings, token: CancellationToken) -> anyhow::Result<()> {
+    use kubepulse::k8s::{client, metrics::ControllerMetrics};
+    let c = &settings.controller;
+    let registry = prometheus::Registry::new();
+    metrics::register_process_metrics(&registry)?;
+    let m = ControllerMetrics::new(registry.clone())?;
+    let kube_config = client::config(&c.api_url).await?;
+    let clients = client::Clients::new(&kube_config)?;
+    let listener = tokio::net::TcpListener::bind(c.metrics_listen)
+        .await
+        .with_context(|| format!("binding the metrics endpoint {}", c.metrics_listen))?;
+    let metrics_addr = listener
+        .local_addr()
+        .context("reading the metrics endpoint address")?;
+    let state = ServerState::new(vec![registry], format!("controller {}", c.name));
+    let server = tokio::spawn(http::serve(listener, state.clone(), token.clone()));
+    let signals = tokio::spawn(shutdown::on_signal(token.clone()));
+    let running = kubepulse::roles::controller::start(c, clients, m, token.clone())?;
+    // Ready means serving; only the leader measures.
+    state.set_ready();
+    println!(
+        "kubepulse controller {} (run {}): metrics at http://{}/metrics",
+        c.name, running.run, metrics_addr
+    );
+    token.cancelled().await;
+    running.join().await;
+    let _ = server.await;
+    signals.abort();
+    tracing::info!("Stopped");
+    Ok(())
 }
 
 /// Re-reads the static peer list from the config file on every SIGHUP, so
