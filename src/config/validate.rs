@@ -4,8 +4,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::settings::{
-    BandwidthSchedule, ControllerSettings, Periodic, Settings, MAX_BURST_BYTES,
-    MAX_BURST_DURATION,
+    BandwidthSchedule, ControllerSettings, Periodic, Settings, MAX_BURST_BYTES, MAX_BURST_DURATION,
 };
 
 /// A configuration error, naming the offending key.
