@@ -9,14 +9,14 @@
 //! build `cargo test --bench netlab_accuracy -- --bench` (debug kubepulse:
 //! CPU cost is then pessimistic). Takes about 90 s.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+#[path = "../tests/lab/mod.rs"]
+mod lab;
 
 use std::time::Duration;
 
-use common::agents::{fast_probes, AgentSpec, Agents};
-use common::netlab::{Flavour, Lab, LabSpec};
-use common::prom::Scrape;
+use lab::agents::{fast_probes, AgentSpec, Agents};
+use lab::netlab::{Flavour, Lab, LabSpec};
+use lab::prom::Scrape;
 
 /// Latency probe spacing for kubepulse and ping alike (cadence moves RTT).
 const SPACING_MS: u64 = 10;
@@ -265,7 +265,7 @@ fn main() {
         println!("netlab_accuracy: skipped (run with cargo bench)");
         return;
     }
-    if !common::require_root() {
+    if !lab::require_root() {
         return;
     }
     let lab = Lab::new(LabSpec {

@@ -2,11 +2,11 @@
 //! nftables counters): before the lab judges kubepulse, the lab itself must
 //! be shown to inject exactly the faults it claims.
 
-mod common;
+mod lab;
 
 use std::time::Duration;
 
-use common::netlab::{timing_lock, Flavour, Lab, LabSpec};
+use lab::netlab::{timing_lock, Flavour, Lab, LabSpec};
 
 /// What ping printed.
 struct PingStats {
@@ -75,7 +75,7 @@ fn all_endpoints(lab: &Lab) -> Vec<(String, String)> {
 }
 
 fn full_mesh_reachable(flavour: Flavour, nodes: usize) {
-    if !common::require_root() {
+    if !lab::require_root() {
         return;
     }
     let _t = timing_lock();
@@ -108,7 +108,7 @@ fn overlay_lab_full_mesh_three_nodes() {
 
 #[test]
 fn lab_cleans_up_its_namespaces() {
-    if !common::require_root() {
+    if !lab::require_root() {
         return;
     }
     let lab = Lab::new(LabSpec::two_nodes(Flavour::Overlay));
@@ -116,7 +116,7 @@ fn lab_cleans_up_its_namespaces() {
     let pid = lab.spawn(&lab.host(0), &["sleep", "600"], None);
     assert!(lab.alive(pid));
     drop(lab);
-    let list = common::netlab::ip(&["netns", "list"]);
+    let list = lab::netlab::ip(&["netns", "list"]);
     assert!(
         !list.lines().any(|l| l.starts_with(&prefix)),
         "left behind: {list}"
@@ -130,7 +130,7 @@ fn lab_cleans_up_its_namespaces() {
 /// Ping across the delay line: RTT(d) - RTT(0) = 2d within max(50 us, 3%).
 #[test]
 fn delay_line_adds_twice_the_one_way_delay() {
-    if !common::require_root() {
+    if !lab::require_root() {
         return;
     }
     let _t = timing_lock();
@@ -188,7 +188,7 @@ fn delay_line_adds_twice_the_one_way_delay() {
 /// iperf3 receiver goodput through tbf = rate x MSS / (IP len + L2) +- 3%.
 #[test]
 fn tbf_rate_seen_by_iperf3() {
-    if !common::require_root() {
+    if !lab::require_root() {
         return;
     }
     let _t = timing_lock();
@@ -201,7 +201,7 @@ fn tbf_rate_seen_by_iperf3() {
         // Retried: the server may not listen yet, or still be closing the
         // previous test ("server is busy").
         let mut last = String::new();
-        let got = common::netlab::poll(Duration::from_secs(15), Duration::from_millis(200), || {
+        let got = lab::netlab::poll(Duration::from_secs(15), Duration::from_millis(200), || {
             let o = lab.exec(
                 &lab.host(0),
                 &["iperf3", "-c", &srv_ip, "-t", "3", "-O", "1", "-J"],
@@ -228,7 +228,7 @@ fn tbf_rate_seen_by_iperf3() {
 /// is within 3 binomial sigma of the nominal rate.
 #[test]
 fn nft_random_drop_counter_is_exact() {
-    if !common::require_root() {
+    if !lab::require_root() {
         return;
     }
     let lab = Lab::new(LabSpec::two_nodes(Flavour::Routed));
@@ -281,7 +281,7 @@ fn nft_random_drop_counter_is_exact() {
 /// (large DF packets silently dropped) cuts the path below the interface MTU.
 #[test]
 fn path_mtu_vxlan_and_blackhole() {
-    if !common::require_root() {
+    if !lab::require_root() {
         return;
     }
     let lab = Lab::new(LabSpec::two_nodes(Flavour::Overlay));

@@ -2,13 +2,13 @@
 //! raises the reported RTT by 2d, and busy loops on both cores beside the
 //! agent keep its UDP RTT p99 within 2x of idle.
 
-mod common;
+mod lab;
 
 use std::time::Duration;
 
-use common::agents::{fast_probes, AgentSpec, Agents};
-use common::netlab::{timing_lock, Flavour, Lab, LabSpec};
-use common::prom::{bucket_delta, quantile, Scrape};
+use lab::agents::{fast_probes, AgentSpec, Agents};
+use lab::netlab::{timing_lock, Flavour, Lab, LabSpec};
+use lab::prom::{bucket_delta, quantile, Scrape};
 
 const PROTOCOLS: [&str; 3] = ["udp", "tcp", "icmp"];
 /// The agents' rtt_min window in these tests.
@@ -71,7 +71,7 @@ fn tolerance(protocol: &str, want: f64) -> f64 {
 
 #[test]
 fn delay_line_raises_rtt_by_twice_the_delay() {
-    if !common::require_root() {
+    if !lab::require_root() {
         return;
     }
     let _t = timing_lock();
@@ -143,7 +143,7 @@ fn delay_line_raises_rtt_by_twice_the_delay() {
 #[test]
 #[ignore = "kubepulse misses the 2x target under CPU contention; see docs/accuracy.md"]
 fn udp_rtt_p99_under_cpu_contention() {
-    if !common::require_root() {
+    if !lab::require_root() {
         return;
     }
     let _t = timing_lock();

@@ -2,13 +2,13 @@
 //! random, and its drop counter is the exact truth; the reported loss ratio
 //! over the same window must be within 3 binomial standard deviations.
 
-mod common;
+mod lab;
 
 use std::time::Duration;
 
-use common::agents::{fast_probes, AgentSpec, Agents};
-use common::netlab::{timing_lock, Flavour, Lab, LabSpec};
-use common::prom::Scrape;
+use lab::agents::{fast_probes, AgentSpec, Agents};
+use lab::netlab::{timing_lock, Flavour, Lab, LabSpec};
+use lab::prom::Scrape;
 
 const INTERVAL_MS: u64 = 10;
 const TIMEOUT_MS: u64 = 100;
@@ -46,7 +46,7 @@ fn resolved(s: &Scrape, protocol: &str) -> (f64, f64) {
 
 #[test]
 fn loss_ratio_matches_nft_drop_counter() {
-    if !common::require_root() {
+    if !lab::require_root() {
         return;
     }
     let _t = timing_lock();

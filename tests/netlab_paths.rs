@@ -3,14 +3,14 @@
 //! configured truth (vxlan 1450 vs 1500; a DF blackhole below the interface
 //! MTU).
 
-mod common;
+mod lab;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::agents::{fast_probes, AgentSpec, Agents};
-use common::netlab::{timing_lock, Flavour, Lab, LabSpec};
-use common::prom::Scrape;
+use lab::agents::{fast_probes, AgentSpec, Agents};
+use lab::netlab::{timing_lock, Flavour, Lab, LabSpec};
+use lab::prom::Scrape;
 
 /// The path kind the issue defines for a probe from `a` to `b`, written out
 /// independently of kubepulse's classifier.
@@ -59,7 +59,7 @@ fn paths_with(s: &Scrape, metric: &str, want: &[(&str, &str)]) -> BTreeSet<Strin
 const PROTOCOLS: [&str; 3] = ["udp", "tcp", "icmp"];
 
 fn classification(flavour: Flavour) {
-    if !common::require_root() {
+    if !lab::require_root() {
         return;
     }
     let _t = timing_lock();
@@ -198,7 +198,7 @@ fn every_result_under_the_right_path_overlay_with_pmtu_1450() {
 /// cross-node paths, while same-node paths keep the full MTU.
 #[test]
 fn mtu_blackhole_reported_below_interface_mtu() {
-    if !common::require_root() {
+    if !lab::require_root() {
         return;
     }
     let _t = timing_lock();

@@ -2,12 +2,12 @@
 //! the underlay, the bandwidth probe's goodput (default burst size) is
 //! within 3% of the shaper's goodput truth, rate x MSS / (IP len + L2).
 
-mod common;
+mod lab;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::agents::{fast_probes, AgentSpec, Agents};
-use common::netlab::{timing_lock, Flavour, Lab, LabSpec};
+use lab::agents::{fast_probes, AgentSpec, Agents};
+use lab::netlab::{timing_lock, Flavour, Lab, LabSpec};
 
 /// TCP payload per 1500-byte IP packet with timestamps (1500 - 20 - 20 - 12).
 const MSS: f64 = 1448.0;
@@ -22,7 +22,7 @@ fn unix_now() -> f64 {
 
 #[test]
 fn bandwidth_goodput_matches_tbf_truth() {
-    if !common::require_root() {
+    if !lab::require_root() {
         return;
     }
     let _t = timing_lock();
