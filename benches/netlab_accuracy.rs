@@ -206,7 +206,8 @@ fn measure(lab: &Lab, p: &Path) -> Row {
     for k in ["tcp", "icmp", "tcp_connect", "http"] {
         probes[k]["enabled"] = false.into();
     }
-    probes["bandwidth"] = serde_json::json!({"enabled": true, "interval": "1s"});
+    probes["bandwidth"] =
+        serde_json::json!({"enabled": true, "schedule": "interval", "interval": "1s"});
     let prober = Agents::start(
         lab,
         std::slice::from_ref(&p.from),

@@ -33,7 +33,8 @@ fn bandwidth_goodput_matches_tbf_truth() {
     for p in ["tcp", "icmp", "tcp_connect", "http"] {
         probes[p]["enabled"] = false.into();
     }
-    probes["bandwidth"] = serde_json::json!({"enabled": true, "interval": "2s"});
+    probes["bandwidth"] =
+        serde_json::json!({"enabled": true, "schedule": "interval", "interval": "2s"});
     // Both directions of the underlay are shaped, so `send` (node0 sends)
     // and `receive` (node1's responder sends) both meet the tbf.
     lab.set_tbf(0, 100, "32kb");
