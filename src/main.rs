@@ -1,6 +1,8 @@
 //! The `kubepulse` binary: parses the command line and runs a role.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
@@ -62,7 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 settings.agent.metrics_listen = *l;
             }
             init_logs(&cli, &settings);
-            run_agent(settings, token).await
+            run_agent(settings, path.clone(), token).await
         }
         Command::Local {
             agents,
@@ -95,11 +97,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn run_agent(settings: Settings, token: CancellationToken) -> anyhow::Result<()> {
+/// Re-reads the static peer list from the config file on every SIGHUP, so
+/// peers can be added or removed without a restart. A bad file is logged
+/// and the current peers are kept.
+async fn reload_on_sighup(
+    path: Option<PathBuf>,
+    discovery: Arc<StaticDiscovery>,
+    token: CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot listen for SIGHUP; peer reload disabled");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = token.cancelled() => return,
+        }
+        match config::load(path.as_deref()) {
+            Ok(s) => {
+                tracing::info!(
+                    peers = s.discovery.peers.len(),
+                    "SIGHUP: peer list reloaded"
+                );
+                discovery.replace(s.discovery.peers);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: configuration rejected, keeping current peers")
+            }
+        }
+    }
+}
+
+async fn run_agent(
+    settings: Settings,
+    path: Option<PathBuf>,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     metrics::register_process_metrics(&registry)?;
     let m = AgentMetrics::new(registry.clone())?;
-    let discovery = StaticDiscovery::new(settings.discovery.peers.clone());
+    let discovery = Arc::new(StaticDiscovery::new(settings.discovery.peers.clone()));
     let listener = tokio::net::TcpListener::bind(settings.agent.metrics_listen)
         .await
         .with_context(|| {
@@ -108,18 +150,23 @@ async fn run_agent(settings: Settings, token: CancellationToken) -> anyhow::Resu
                 settings.agent.metrics_listen
             )
         })?;
+    let metrics_addr = listener
+        .local_addr()
+        .context("reading the metrics endpoint address")?;
     let state = ServerState::new(vec![registry], format!("agent {}", settings.agent.name));
     let server = tokio::spawn(http::serve(listener, state.clone(), token.clone()));
     let signals = tokio::spawn(shutdown::on_signal(token.clone()));
     let running = agent::start(&settings, m, discovery.subscribe(), token.clone()).await?;
+    let reload = tokio::spawn(reload_on_sighup(path, discovery.clone(), token.clone()));
     state.set_ready();
     println!(
         "kubepulse agent {}: metrics at http://{}/metrics",
-        settings.agent.name, settings.agent.metrics_listen
+        settings.agent.name, metrics_addr
     );
     token.cancelled().await;
     running.join().await;
     let _ = server.await;
+    let _ = reload.await;
     signals.abort();
     tracing::info!("Stopped");
     Ok(())

@@ -118,7 +118,9 @@ pub async fn start(opts: LocalOptions, shutdown: CancellationToken) -> Result<Lo
             path: None,
         })
         .collect();
-    let discovery = StaticDiscovery::new(peers);
+    // Peers are published only once every agent's responders are bound, so
+    // no probe is lost to an agent that has not started yet.
+    let discovery = StaticDiscovery::new(Vec::new());
 
     let mut running = Vec::new();
     for a in &agents {
@@ -137,6 +139,7 @@ pub async fn start(opts: LocalOptions, shutdown: CancellationToken) -> Result<Lo
         s.probes.bandwidth.enabled = opts.bandwidth;
         running.push(agent::start(&s, m, discovery.subscribe(), shutdown.clone()).await?);
     }
+    discovery.replace(peers);
 
     let listener = TcpListener::bind(opts.listen)
         .await

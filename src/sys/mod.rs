@@ -1,3 +1,6 @@
 //! The only module with `unsafe`: thin, safe wrappers over Linux socket
 //! options and syscalls that socket2 does not cover. Every unsafe block has
 //! a `// SAFETY:` comment.
+
+pub mod pmtu;
+pub mod tcp_info;

@@ -1,0 +1,277 @@
+//! Bandwidth bursts over blocking TCP: `Send` measures the goodput of bytes
+//! the peer acknowledged (sender `TCP_INFO.bytes_acked`, so bytes parked in
+//! the local socket buffer never count), `Receive` the goodput of bytes
+//! read. Both over the second half of the burst (see [`super::goodput`]).
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::connect::{abort, timed_connect};
+use super::goodput::{self, Goodput};
+use crate::proto::bandwidth::{self as wire, Mode, Request, Status};
+use crate::sys::tcp_info::{tcp_info, TcpInfo};
+
+/// Bound on connect and on waiting for the responder's status.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bytes per write: each write is followed by a TCP_INFO sample.
+const CHUNK: usize = 128 << 10;
+/// TCP_INFO polling period once everything is written.
+const ACK_POLL: Duration = Duration::from_millis(1);
+/// How long a receiver waits past `max_duration` for data still in flight
+/// (the source stops itself at `max_duration`).
+const RECEIVE_GRACE: Duration = Duration::from_secs(1);
+
+/// A finished burst.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Burst {
+    /// Goodput measured.
+    Done {
+        /// Second-half goodput.
+        goodput: Goodput,
+        /// Retransmitted segments during the burst (sender side only).
+        retrans: u64,
+        /// The sender's last TCP_INFO (RTTs, delivery rate), for logs.
+        tcp: Option<TcpInfo>,
+    },
+    /// The responder was running another burst.
+    Busy,
+}
+
+/// Why a burst failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BurstError {
+    /// Connect failed.
+    #[error("connect: {0}")]
+    Connect(#[source] io::Error),
+    /// IO failed during the handshake or the transfer.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The status did not parse.
+    #[error("bad status: {0}")]
+    BadStatus(#[from] crate::proto::DecodeError),
+    /// The responder refused the request (limits, malformed).
+    #[error("refused: {0:?}")]
+    Refused(Status),
+    /// Too few bytes or samples for a goodput.
+    #[error("no goodput: {0} bytes transferred")]
+    NoGoodput(u64),
+    /// Shutdown interrupted the burst.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> BurstError {
+    move |source| BurstError::Io { what, source }
+}
+
+fn left(deadline: Instant) -> Option<Duration> {
+    let l = deadline.saturating_duration_since(Instant::now());
+    (!l.is_zero()).then_some(l)
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// The responder closing mid-burst: it enforces `max_duration` with its
+/// own clock, which started a little before ours, so this ends a capped
+/// burst normally rather than failing it.
+fn is_peer_close(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Connects, sends the request and reads the status.
+fn handshake(
+    addr: SocketAddr,
+    bind: IpAddr,
+    req: Request,
+) -> Result<Result<TcpStream, Status>, BurstError> {
+    let (mut s, _) = timed_connect(addr, bind, HANDSHAKE_TIMEOUT).map_err(BurstError::Connect)?;
+    // The 24-byte request must leave now, not wait for Nagle.
+    s.set_nodelay(true).map_err(io_err("set_nodelay"))?;
+    s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(io_err("set timeout"))?;
+    s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(io_err("set timeout"))?;
+    s.write_all(&req.encode())
+        .map_err(io_err("sending the request"))?;
+    let mut resp = [0u8; wire::RESPONSE_LEN];
+    s.read_exact(&mut resp)
+        .map_err(io_err("reading the status"))?;
+    match Status::decode(&resp)? {
+        Status::Ok => Ok(Ok(s)),
+        other => {
+            abort(s);
+            Ok(Err(other))
+        }
+    }
+}
+
+/// Runs one burst in `mode` (seen from the responder: `Sink` = we send).
+pub(super) fn burst(
+    addr: SocketAddr,
+    bind: IpAddr,
+    mode: Mode,
+    bytes: u64,
+    max_duration: Duration,
+    shutdown: &CancellationToken,
+) -> Result<Burst, BurstError> {
+    let req = Request {
+        mode,
+        bytes,
+        max_duration,
+    };
+    let s = match handshake(addr, bind, req)? {
+        Ok(s) => s,
+        Err(Status::Busy) => return Ok(Burst::Busy),
+        Err(other) => return Err(BurstError::Refused(other)),
+    };
+    match mode {
+        Mode::Sink => send(s, bytes, max_duration, shutdown),
+        Mode::Source => receive(s, bytes, max_duration, shutdown),
+    }
+}
+
+fn send(
+    mut s: TcpStream,
+    bytes: u64,
+    max_duration: Duration,
+    shutdown: &CancellationToken,
+) -> Result<Burst, BurstError> {
+    let base = tcp_info(&s).map_err(io_err("TCP_INFO"))?;
+    let chunk = vec![0u8; CHUNK];
+    let t0 = Instant::now();
+    let deadline = t0 + max_duration;
+    // Capacity for one sample per chunk plus ~1 ms polling afterwards.
+    let mut samples: Vec<(Instant, u64)> = Vec::with_capacity(4096);
+    samples.push((t0, 0));
+    let mut last = base;
+    let mut sample =
+        |s: &TcpStream, samples: &mut Vec<(Instant, u64)>| -> Result<u64, BurstError> {
+            let i = tcp_info(s).map_err(io_err("TCP_INFO"))?;
+            let acked = i.bytes_acked.saturating_sub(base.bytes_acked);
+            samples.push((Instant::now(), acked));
+            last = i;
+            Ok(acked)
+        };
+    let mut sent: u64 = 0;
+    let mut peer_closed = false;
+    while sent < bytes {
+        if shutdown.is_cancelled() {
+            abort(s);
+            return Err(BurstError::Cancelled);
+        }
+        let Some(l) = left(deadline) else { break };
+        s.set_write_timeout(Some(l))
+            .map_err(io_err("set timeout"))?;
+        let n = usize::try_from(bytes - sent).unwrap_or(CHUNK).min(CHUNK);
+        match s.write(&chunk[..n]) {
+            Ok(0) => return Err(io_err("writing")(io::ErrorKind::WriteZero.into())),
+            Ok(w) => sent += u64::try_from(w).unwrap_or(0),
+            Err(e) if is_timeout(&e) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_peer_close(&e) => {
+                peer_closed = true;
+                break;
+            }
+            Err(e) => return Err(io_err("writing")(e)),
+        }
+        sample(&s, &mut samples)?;
+    }
+    // Bytes in the socket buffer are not goodput yet: poll until the peer
+    // has acknowledged everything written, or the deadline.
+    let mut acked = samples.last().map_or(0, |x| x.1);
+    if peer_closed {
+        // No more ACKs will come; the counters still hold what got through.
+        acked = sample(&s, &mut samples)?;
+    }
+    while !peer_closed && acked < sent && left(deadline).is_some() && !shutdown.is_cancelled() {
+        std::thread::sleep(ACK_POLL);
+        acked = sample(&s, &mut samples)?;
+    }
+    let retrans = u64::from(last.total_retrans.saturating_sub(base.total_retrans));
+    if acked >= sent {
+        // Everything written was delivered: a normal close lets the sink
+        // see EOF.
+        let _ = s.shutdown(Shutdown::Write);
+        drop(s);
+    } else {
+        // Cut by the deadline: stop the data still queued.
+        abort(s);
+    }
+    if shutdown.is_cancelled() {
+        return Err(BurstError::Cancelled);
+    }
+    let goodput = goodput::second_half(&samples).ok_or(BurstError::NoGoodput(acked))?;
+    Ok(Burst::Done {
+        goodput,
+        retrans,
+        tcp: Some(last),
+    })
+}
+
+fn receive(
+    mut s: TcpStream,
+    bytes: u64,
+    max_duration: Duration,
+    shutdown: &CancellationToken,
+) -> Result<Burst, BurstError> {
+    let mut buf = vec![0u8; CHUNK];
+    let t0 = Instant::now();
+    let deadline = t0 + max_duration + RECEIVE_GRACE;
+    let mut samples: Vec<(Instant, u64)> = Vec::with_capacity(4096);
+    samples.push((t0, 0));
+    let mut got: u64 = 0;
+    let mut complete = false;
+    while got < bytes {
+        if shutdown.is_cancelled() {
+            abort(s);
+            return Err(BurstError::Cancelled);
+        }
+        let Some(l) = left(deadline) else { break };
+        s.set_read_timeout(Some(l)).map_err(io_err("set timeout"))?;
+        match s.read(&mut buf) {
+            Ok(0) => {
+                complete = true;
+                break;
+            }
+            Ok(n) => {
+                got += u64::try_from(n).unwrap_or(0);
+                samples.push((Instant::now(), got));
+            }
+            Err(e) if is_timeout(&e) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_peer_close(&e) => {
+                complete = true;
+                break;
+            }
+            Err(e) => return Err(io_err("reading")(e)),
+        }
+    }
+    if complete || got >= bytes {
+        drop(s);
+    } else {
+        abort(s);
+    }
+    let goodput = goodput::second_half(&samples).ok_or(BurstError::NoGoodput(got))?;
+    Ok(Burst::Done {
+        goodput,
+        retrans: 0,
+        tcp: None,
+    })
+}

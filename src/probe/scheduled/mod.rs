@@ -1,0 +1,381 @@
+//! Scheduled probes: TCP connect, HTTP, path MTU and bandwidth.
+//!
+//! One tokio task per enabled probe kind follows the target set and keeps
+//! an absolute schedule per target (`phase + k * interval`, random phase).
+//! Scheduling runs on tokio (cadences of seconds to minutes); each probe
+//! itself runs with blocking sockets on the blocking pool and is timed with
+//! `Instant`, so its timing is not shaped by the runtime. Every probe is
+//! its own blocking job, so a slow or dead peer never delays the others;
+//! a kind has a bounded number of jobs in flight, and a target whose
+//! previous probe is still running skips its slot rather than stacking up.
+//! Bandwidth has a single permit: never two bursts at once on one agent.
+
+mod bandwidth;
+mod connect;
+pub mod goodput;
+mod http;
+mod pmtu;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+use super::ProbeContext;
+use crate::discovery::Target;
+use crate::labels::{BurstOutcome, Direction, HttpPhase, ProbeErrorReason, Protocol};
+use crate::proto::bandwidth::Mode;
+
+/// Connect and HTTP probes in flight at once per kind. At the default
+/// cadences this is far above need; it only bounds threads when many peers
+/// are unreachable and each job waits for its full timeout.
+const MAX_IN_FLIGHT: usize = 32;
+/// Path MTU searches in flight at once (a blackholed path takes seconds).
+const MAX_PMTU_IN_FLIGHT: usize = 4;
+/// The first path MTU search of a peer starts within this delay, whatever
+/// the interval (10 min by default), so a bad path shows up soon.
+const PMTU_FIRST_SPREAD: Duration = Duration::from_secs(10);
+/// On shutdown, how long a kind waits for its running jobs (which check
+/// the shutdown token between steps) before leaving them to finish alone.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// A scheduled probe kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    TcpConnect,
+    Http,
+    Pmtu,
+    Bandwidth,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::TcpConnect => "tcp_connect",
+            Kind::Http => "http",
+            Kind::Pmtu => "pmtu",
+            Kind::Bandwidth => "bandwidth",
+        }
+    }
+
+    /// (enabled, interval, spread of the first run, jobs in flight).
+    fn plan(self, ctx: &ProbeContext) -> (bool, Duration, Duration, usize) {
+        let s = &ctx.settings;
+        match self {
+            Kind::TcpConnect => (
+                s.tcp_connect.enabled,
+                s.tcp_connect.interval,
+                s.tcp_connect.interval,
+                MAX_IN_FLIGHT,
+            ),
+            Kind::Http => (
+                s.http.enabled,
+                s.http.interval,
+                s.http.interval,
+                MAX_IN_FLIGHT,
+            ),
+            Kind::Pmtu => (
+                s.pmtu.enabled,
+                s.pmtu.interval,
+                s.pmtu.interval.min(PMTU_FIRST_SPREAD),
+                MAX_PMTU_IN_FLIGHT,
+            ),
+            // One permit: the semaphore is the agent-wide bandwidth lock.
+            Kind::Bandwidth => (
+                s.bandwidth.enabled,
+                s.bandwidth.interval,
+                s.bandwidth.interval,
+                1,
+            ),
+        }
+    }
+}
+
+/// Starts one task per enabled scheduled probe kind.
+pub fn start(ctx: ProbeContext) -> Vec<JoinHandle<()>> {
+    [Kind::TcpConnect, Kind::Http, Kind::Pmtu, Kind::Bandwidth]
+        .into_iter()
+        .filter_map(|kind| {
+            let (enabled, interval, _, _) = kind.plan(&ctx);
+            if !enabled {
+                return None;
+            }
+            if interval.is_zero() {
+                tracing::warn!(probe = kind.name(), "Interval is zero; probe disabled");
+                return None;
+            }
+            Some(tokio::spawn(run(ctx.clone(), kind)))
+        })
+        .collect()
+}
+
+/// A uniformly random delay in `[0, spread)`.
+fn random_phase(spread: Duration) -> Duration {
+    let n = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX);
+    if n == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(rand::rng().random_range(0..n))
+}
+
+/// The first slot of `slot + k * interval` (k >= 1) after `now`.
+fn next_slot(slot: Instant, interval: Duration, now: Instant) -> Instant {
+    let mut next = slot + interval;
+    if next <= now {
+        // Late by whole intervals (slot skipped, or the host stalled):
+        // keep the phase, skip the missed slots instead of bursting.
+        let behind = now.duration_since(next).as_nanos();
+        let k = behind / interval.as_nanos().max(1) + 1;
+        let k = u32::try_from(k).unwrap_or(u32::MAX);
+        next += interval.saturating_mul(k);
+    }
+    next
+}
+
+/// Follows the targets and runs `kind` on each at its slots until shutdown.
+async fn run(ctx: ProbeContext, kind: Kind) {
+    let (_, interval, first_spread, in_flight) = kind.plan(&ctx);
+    let permits = Arc::new(Semaphore::new(in_flight));
+    let mut targets_rx = ctx.targets.clone();
+    let mut due: HashMap<Target, Instant> = HashMap::new();
+    let mut running: HashSet<Target> = HashSet::new();
+    let mut ids: HashMap<tokio::task::Id, Target> = HashMap::new();
+    let mut jobs: JoinSet<()> = JoinSet::new();
+    let mut sync = true;
+    // False once the publisher is gone: keep probing the last target set.
+    let mut watching = true;
+    tracing::debug!(probe = kind.name(), ?interval, "Scheduled probe started");
+    loop {
+        if sync {
+            sync = false;
+            let current = targets_rx.borrow_and_update().clone();
+            let now = Instant::now();
+            let keep: HashSet<&Target> = current.iter().collect();
+            due.retain(|t, _| keep.contains(t));
+            for t in current.iter() {
+                due.entry(t.clone())
+                    .or_insert_with(|| now + random_phase(first_spread));
+            }
+        }
+
+        // Launch every due target while permits last, earliest first.
+        let now = Instant::now();
+        let mut ready: Vec<(Instant, Target)> = due
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(t, at)| (*at, t.clone()))
+            .collect();
+        ready.sort_by_key(|(at, _)| *at);
+        for (at, target) in ready {
+            if running.contains(&target) {
+                tracing::debug!(probe = kind.name(), peer = %target.peer.name,
+                    "Previous probe still running; slot skipped");
+            } else {
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    // Stays due; retried when a running job finishes.
+                    break;
+                };
+                let job_ctx = ctx.clone();
+                let t = target.clone();
+                let handle = jobs.spawn_blocking(move || {
+                    run_job(kind, &job_ctx, &t);
+                    drop(permit);
+                });
+                ids.insert(handle.id(), target.clone());
+                running.insert(target.clone());
+            }
+            due.insert(target, next_slot(at, interval, now));
+        }
+
+        // Sleep until the next slot (a running target's too, so its slot
+        // is skipped on time), unless nothing can start without a permit:
+        // then a finishing job wakes us and late slots start late.
+        let wake = if permits.available_permits() > 0 {
+            due.values().min().copied()
+        } else {
+            None
+        };
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            changed = targets_rx.changed(), if watching => {
+                if changed.is_err() {
+                    tracing::debug!(probe = kind.name(), "Target publisher gone; keeping the last set");
+                    watching = false;
+                } else {
+                    sync = true;
+                }
+            }
+            Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => {
+                        tracing::error!(probe = kind.name(), error = %e, "Probe job panicked");
+                        e.id()
+                    }
+                };
+                if let Some(t) = ids.remove(&id) {
+                    running.remove(&t);
+                }
+            }
+            _ = sleep_until_opt(wake) => {}
+        }
+    }
+    // Jobs see the cancelled token between steps; give them a moment.
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while jobs.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::debug!(
+            probe = kind.name(),
+            left = jobs.len(),
+            "Leaving probes to finish alone"
+        );
+        jobs.detach_all();
+    }
+    tracing::debug!(probe = kind.name(), "Scheduled probe stopped");
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// One probe of `kind` to `target`, on a blocking thread; results go to
+/// the metrics.
+fn run_job(kind: Kind, ctx: &ProbeContext, target: &Target) {
+    let peer = &target.peer;
+    let path = target.path;
+    let m = &ctx.metrics;
+    let s = &ctx.settings;
+    let at = |port: u16| SocketAddr::new(peer.address, port);
+    match kind {
+        Kind::TcpConnect => {
+            match connect::probe(at(peer.ports.tcp_echo), ctx.bind, s.tcp_connect.timeout) {
+                Ok(d) => m.observe_tcp_connect(path, d),
+                Err(e) => {
+                    tracing::debug!(peer = %peer.name, error = %e, "TCP connect probe failed");
+                    m.probe_error(Protocol::Tcp, path, ProbeErrorReason::ConnectFailed);
+                }
+            }
+        }
+        Kind::Http => match http::probe(at(peer.ports.http), ctx.bind, s.http.timeout) {
+            // Phases are recorded for complete 2xx responses only, so the
+            // three histograms describe the same probes.
+            Ok(p) => {
+                m.observe_http_phase(path, HttpPhase::Connect, p.connect);
+                m.observe_http_phase(path, HttpPhase::FirstByte, p.first_byte);
+                m.observe_http_phase(path, HttpPhase::Transfer, p.transfer);
+                tracing::trace!(peer = %peer.name, body = p.body_bytes, "HTTP probe done");
+            }
+            Err(e) => {
+                tracing::debug!(peer = %peer.name, error = %e, "HTTP probe failed");
+                let reason = match e {
+                    http::HttpError::Connect(_) => ProbeErrorReason::ConnectFailed,
+                    http::HttpError::Send(_) => ProbeErrorReason::SendFailed,
+                    _ => ProbeErrorReason::BadReply,
+                };
+                m.probe_error(Protocol::Http, path, reason);
+            }
+        },
+        Kind::Pmtu => match pmtu::search(at(peer.ports.udp_echo), ctx.bind, &s.pmtu, &ctx.shutdown)
+        {
+            Ok(r) => m.set_path_mtu(path, &peer.node, r.path_mtu, r.interface_mtu),
+            Err(pmtu::PmtuError::Cancelled) => {}
+            Err(e @ pmtu::PmtuError::NothingDelivered { .. }) => {
+                // No size got through: the previous value (if any) stays;
+                // the UDP latency probe reports the loss.
+                tracing::warn!(peer = %peer.name, path = %path, error = %e, "Path MTU search found nothing");
+            }
+            Err(e) => {
+                tracing::warn!(peer = %peer.name, error = %e, "Path MTU search failed");
+                m.probe_error(Protocol::Udp, path, ProbeErrorReason::SendFailed);
+            }
+        },
+        Kind::Bandwidth => {
+            let b = &s.bandwidth;
+            // Both directions back to back under the same permit.
+            for (mode, dir) in [
+                (Mode::Sink, Direction::Send),
+                (Mode::Source, Direction::Receive),
+            ] {
+                if ctx.shutdown.is_cancelled() {
+                    return;
+                }
+                let r = bandwidth::burst(
+                    at(peer.ports.bandwidth),
+                    ctx.bind,
+                    mode,
+                    b.burst_bytes,
+                    b.max_duration,
+                    &ctx.shutdown,
+                );
+                match r {
+                    Ok(bandwidth::Burst::Done {
+                        goodput,
+                        retrans,
+                        tcp,
+                    }) => {
+                        // srtt - min_rtt is the queueing the burst built up.
+                        tracing::debug!(peer = %peer.name, direction = %dir,
+                            bytes_per_sec = goodput.bytes_per_sec, total = goodput.total_bytes,
+                            window = ?goodput.window, retrans,
+                            srtt = ?tcp.map(|t| t.rtt), min_rtt = ?tcp.and_then(|t| t.min_rtt),
+                            delivery_rate = ?tcp.and_then(|t| t.delivery_rate), "Burst done");
+                        m.record_burst(
+                            path,
+                            &peer.node,
+                            dir,
+                            goodput.bytes_per_sec,
+                            retrans,
+                            unix_now(),
+                        );
+                    }
+                    Ok(bandwidth::Burst::Busy) => m.burst_outcome(path, dir, BurstOutcome::Busy),
+                    Err(bandwidth::BurstError::Cancelled) => return,
+                    Err(e) => {
+                        tracing::warn!(peer = %peer.name, direction = %dir, error = %e, "Burst failed");
+                        m.burst_outcome(path, dir, BurstOutcome::Error);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_slot_keeps_phase_and_skips_missed_slots() {
+        let t0 = Instant::now();
+        let i = Duration::from_secs(10);
+        assert_eq!(next_slot(t0, i, t0), t0 + i);
+        assert_eq!(next_slot(t0, i, t0 + Duration::from_secs(3)), t0 + i);
+        // 25 s late: slots at 10 and 20 are gone, the next is 30.
+        assert_eq!(next_slot(t0, i, t0 + Duration::from_secs(25)), t0 + 3 * i);
+        assert_eq!(next_slot(t0, i, t0 + i), t0 + 2 * i);
+    }
+
+    #[test]
+    fn random_phase_is_within_spread() {
+        assert_eq!(random_phase(Duration::ZERO), Duration::ZERO);
+        for _ in 0..1000 {
+            assert!(random_phase(Duration::from_millis(5)) < Duration::from_millis(5));
+        }
+    }
+}

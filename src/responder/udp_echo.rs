@@ -1,0 +1,110 @@
+//! UDP echo: answers every valid echo request with the whole datagram
+//! (padding included, so path MTU probes see their size come back), stamped
+//! with the responder's wall-clock receive and send times.
+//!
+//! Runs on its own OS thread with a blocking socket: its turnaround adds to
+//! every measured RTT, and on the shared runtime it would queue behind other
+//! tasks (measurement.md §5: p99 6-7x worse under load).
+
+use std::io;
+use std::net::UdpSocket;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{wall_ns, POLL_INTERVAL};
+use crate::labels::{RejectReason, ResponderKind};
+use crate::metrics::AgentMetrics;
+use crate::proto::echo;
+use crate::proto::DecodeError;
+
+/// Pause after an unexpected receive error, so a persistent one cannot spin.
+const ERROR_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Starts the echo thread on a bound socket.
+pub(super) fn spawn(
+    sock: UdpSocket,
+    offset_ns: u64,
+    metrics: AgentMetrics,
+    stop: CancellationToken,
+) -> io::Result<JoinHandle<()>> {
+    // The timeout only serves to notice shutdown; requests wake us at once.
+    sock.set_read_timeout(Some(POLL_INTERVAL))?;
+    std::thread::Builder::new()
+        .name("kp-udp-echo".into())
+        .spawn(move || run(&sock, offset_ns, &metrics, &stop))
+}
+
+fn run(sock: &UdpSocket, offset_ns: u64, metrics: &AgentMetrics, stop: &CancellationToken) {
+    // One byte more than the largest valid message, to tell oversized
+    // datagrams (truncated to the buffer) from the largest valid one.
+    let mut buf = vec![0u8; echo::MAX_LEN + 1];
+    while !stop.is_cancelled() {
+        let (n, peer) = match sock.recv_from(&mut buf) {
+            Ok(r) => r,
+            Err(e) if is_timeout(&e) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "UDP echo receive failed");
+                std::thread::sleep(ERROR_BACKOFF);
+                continue;
+            }
+        };
+        let rx_ns = wall_ns(offset_ns);
+        let Some(msg) = buf.get_mut(..n) else {
+            continue;
+        };
+        if let Err(reason) = answer(msg, rx_ns, offset_ns) {
+            metrics.responder_rejected(ResponderKind::UdpEcho, reason);
+            continue;
+        }
+        match sock.send_to(msg, peer) {
+            Ok(_) => metrics.responder_request(ResponderKind::UdpEcho),
+            Err(e) => tracing::debug!(error = %e, %peer, "UDP echo send failed"),
+        }
+    }
+}
+
+/// Turns a request into its reply in place, or says why it is rejected.
+fn answer(msg: &mut [u8], rx_ns: u64, offset_ns: u64) -> Result<(), RejectReason> {
+    if msg.len() > echo::MAX_LEN {
+        return Err(RejectReason::Oversized);
+    }
+    echo::make_reply(msg, rx_ns, wall_ns(offset_ns)).map_err(|e| match e {
+        DecodeError::Oversized(_) => RejectReason::Oversized,
+        _ => RejectReason::Malformed,
+    })
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::echo::{EchoHeader, Kind};
+
+    #[test]
+    fn answers_requests_and_rejects_the_rest() {
+        let mut msg = vec![0x55u8; 300];
+        let h = EchoHeader {
+            seq: 9,
+            ..Default::default()
+        };
+        h.encode_request(&mut msg).expect("fits");
+        answer(&mut msg, 5, 0).expect("answered");
+        let (kind, r) = EchoHeader::decode(&msg).expect("decode");
+        assert_eq!((kind, r.seq, r.rx_real_ns), (Kind::Reply, 9, 5));
+        assert!(r.reply_real_ns > 5);
+        // A reply is not answered again.
+        assert_eq!(answer(&mut msg, 5, 0), Err(RejectReason::Malformed));
+        assert_eq!(answer(&mut [1, 2, 3], 5, 0), Err(RejectReason::Malformed));
+        let mut big = vec![0u8; echo::MAX_LEN + 1];
+        h.encode_request(&mut big).expect("fits");
+        assert_eq!(answer(&mut big, 5, 0), Err(RejectReason::Oversized));
+    }
+}

@@ -1,0 +1,95 @@
+//! Keeps `docs/metrics.md`, the metric catalog and what the code really
+//! exports in agreement.
+
+mod support;
+
+use support::scrape;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kubepulse::discovery::Peer;
+use kubepulse::labels::{AgentKind, Direction, PathKind, Protocol};
+use kubepulse::metrics::{self, catalog, AgentMetrics};
+
+#[test]
+fn docs_list_exactly_the_catalog() {
+    let docs = scrape::doc_rows();
+    let agent = docs
+        .get("Agent metrics")
+        .expect("an 'Agent metrics' section");
+    let documented: BTreeMap<_, _> = agent
+        .iter()
+        .map(|(n, k, l)| (n.clone(), (k.clone(), l.clone())))
+        .collect();
+    assert_eq!(documented.len(), agent.len(), "duplicate rows in docs");
+    for d in catalog::ALL {
+        let (kind, labels) = documented
+            .get(d.name)
+            .unwrap_or_else(|| panic!("{} is exported but not in docs/metrics.md", d.name));
+        assert_eq!(kind, d.kind.as_str(), "{}: type", d.name);
+        let code: Vec<String> = d.labels.iter().map(|s| s.to_string()).collect();
+        assert_eq!(labels, &code, "{}: labels", d.name);
+    }
+    let code: BTreeSet<_> = catalog::ALL.iter().map(|d| d.name.to_string()).collect();
+    for name in documented.keys() {
+        assert!(
+            code.contains(name),
+            "{name} is documented but not in the catalog"
+        );
+    }
+}
+
+#[test]
+fn a_real_scrape_is_fully_documented() {
+    let registry = prometheus::Registry::new();
+    metrics::register_process_metrics(&registry).expect("process metrics");
+    let m = AgentMetrics::new(registry.clone()).expect("agent metrics");
+    // Touch every family so it appears in the scrape.
+    let peer = Peer {
+        name: "b".into(),
+        address: "127.0.0.1".parse().expect("ip"),
+        node: "node-b".into(),
+        kind: AgentKind::Pod,
+        ports: Default::default(),
+        path: None,
+    };
+    m.precreate_peer(PathKind::PodCrossNode, &peer.node, Protocol::ALL);
+    m.set_path_mtu(PathKind::PodCrossNode, &peer.node, 1450, 1500);
+    m.record_burst(
+        PathKind::PodCrossNode,
+        &peer.node,
+        Direction::Send,
+        1e8,
+        0,
+        1.0,
+    );
+    m.set_icmp_mode(kubepulse::labels::IcmpMode::Dgram);
+
+    let body = metrics::encode(&[&registry]).expect("encode");
+    let sc = scrape::parse(&body);
+    let docs = scrape::doc_rows();
+    let mut documented: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
+    for section in ["Agent metrics", "Process metrics"] {
+        for (n, k, l) in docs.get(section).expect("section") {
+            documented.insert(n.clone(), (k.clone(), l.iter().cloned().collect()));
+        }
+    }
+    let families = sc.family_labels();
+    for (family, labels) in &families {
+        let (kind, doc_labels) = documented
+            .get(family)
+            .unwrap_or_else(|| panic!("{family} appears in a scrape but not in docs/metrics.md"));
+        assert_eq!(sc.types.get(family), Some(kind), "{family}: type");
+        assert_eq!(labels, doc_labels, "{family}: labels");
+    }
+    for d in catalog::ALL {
+        assert!(
+            families.contains_key(d.name),
+            "{} missing from the scrape",
+            d.name
+        );
+    }
+    for (n, _, _) in docs.get("Process metrics").expect("section") {
+        assert!(families.contains_key(n), "{n} documented but not exported");
+    }
+}
