@@ -22,7 +22,7 @@ use serde_yaml::Value as Yaml;
 
 /// Queries expected to return nothing in local mode, by origin (`record:NAME`
 /// or `DASHBOARD_UID:PANEL TITLE`), with the reason. Local mode runs with
-/// bandwidth bursts and short probe schedules (see [`write_configs`]), so
+/// bandwidth bursts and short probe schedules (see [`write_agent_config`]), so
 /// every metric of the catalog is produced and the list is empty; a query
 /// listed here must return no data, so the list cannot go stale.
 const NO_DATA_IN_LOCAL_MODE: &[(&str, &str)] = &[];
@@ -281,16 +281,27 @@ fn queries() -> Vec<Query> {
     out
 }
 
-fn write_configs(dir: &Path, kubepulse: SocketAddr) -> (PathBuf, PathBuf) {
-    // Short schedules so every scheduled probe reports within the test.
+/// The agents' config: short schedules so every scheduled probe reports
+/// within the test, and responder ports picked at random so a concurrent
+/// local mode (another test run on the same machine) does not clash.
+fn write_agent_config(dir: &Path) -> PathBuf {
+    let (echo, bandwidth, http) = (free_port(), free_port(), free_port());
     let agent = dir.join("kubepulse.yaml");
     fs::write(
         &agent,
-        "probes:\n  tcp_connect: {interval: 1s, timeout: 1s}\n  http: {interval: 1s, timeout: 1s}\n  \
-         pmtu: {interval: 5s}\n  rtt_min_window: 10s\n  \
-         bandwidth: {interval: 5s, burst_bytes: 1048576}\n",
+        format!(
+            "agent:\n  ports: {{udp_echo: {echo}, tcp_echo: {echo}, bandwidth: {bandwidth}, http: {http}}}\n\
+             probes:\n  tcp_connect: {{interval: 1s, timeout: 1s}}\n  http: {{interval: 1s, timeout: 1s}}\n  \
+             pmtu: {{interval: 5s}}\n  rtt_min_window: 10s\n  \
+             bandwidth: {{interval: 5s, burst_bytes: 1048576}}\n"
+        ),
     )
     .expect("write agent config");
+    agent
+}
+
+/// Prometheus' config: scrape kubepulse every second, evaluate the rules every second.
+fn write_prometheus_config(dir: &Path, kubepulse: SocketAddr) -> PathBuf {
     let prom = dir.join("prometheus.yml");
     let rules = root().join("alerts/kubepulse-rules.yaml");
     fs::write(
@@ -303,7 +314,19 @@ fn write_configs(dir: &Path, kubepulse: SocketAddr) -> (PathBuf, PathBuf) {
         ),
     )
     .expect("write prometheus config");
-    (agent, prom)
+    prom
+}
+
+/// The `/metrics` address kubepulse prints once it serves.
+fn printed_address(kp: &mut Proc, deadline: Instant) -> SocketAddr {
+    let addr = poll(deadline, || {
+        kp.assert_running();
+        let log = fs::read_to_string(&kp.log).unwrap_or_default();
+        log.lines()
+            .find_map(|l| l.split("metrics at http://").nth(1))
+            .and_then(|rest| rest.trim_end_matches("/metrics").trim().parse().ok())
+    });
+    addr.unwrap_or_else(|| panic!("kubepulse printed no metrics address:\n{}", kp.log_tail()))
 }
 
 /// Polls `f` every 500 ms until it returns `Some` or `deadline` passes.
@@ -345,9 +368,8 @@ fn rule_errors(prom: SocketAddr) -> Result<(usize, Vec<String>), String> {
 fn every_dashboard_and_rule_query_works_against_prometheus() {
     let prometheus = prometheus_bin();
     let dir = tempfile::tempdir().expect("temp dir");
-    let kp_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let prom_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let (agent_cfg, prom_cfg) = write_configs(dir.path(), kp_addr);
+    let agent_cfg = write_agent_config(dir.path());
+    let startup = Instant::now() + STARTUP_DEADLINE;
 
     let mut kp = Proc::spawn(
         "kubepulse",
@@ -356,12 +378,15 @@ fn every_dashboard_and_rule_query_works_against_prometheus() {
                 "local",
                 "--bandwidth",
                 "--listen",
-                &kp_addr.to_string(),
+                "127.0.0.1:0",
                 "--config",
             ])
             .arg(&agent_cfg),
         dir.path(),
     );
+    let kp_addr = printed_address(&mut kp, startup);
+    let prom_cfg = write_prometheus_config(dir.path(), kp_addr);
+    let prom_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let mut prom = Proc::spawn(
         "prometheus",
         Command::new(prometheus)
@@ -376,7 +401,6 @@ fn every_dashboard_and_rule_query_works_against_prometheus() {
     );
 
     // Prometheus ready and the target scraped.
-    let startup = Instant::now() + STARTUP_DEADLINE;
     let up = poll(startup, || {
         kp.assert_running();
         prom.assert_running();
