@@ -562,6 +562,56 @@ fn every_external_metric_is_used() {
     }
 }
 
+/// External metrics not yet listed in docs/metrics.md (its owner adds them to
+/// the "External metrics" section); tolerated until then.
+const NOT_YET_IN_DOCS: &[&str] = &["ALERTS", "kube_daemonset_status_desired_number_scheduled"];
+
+/// The metric families a dashboard or rule names (recording rules excluded),
+/// histogram series mapped to their family.
+fn named_families() -> BTreeSet<String> {
+    let rules = rules();
+    let recorded = recorded_names(&rules);
+    let mut names = BTreeSet::new();
+    for (_, expr) in rule_exprs(&rules) {
+        names.extend(metric_names(&expr));
+    }
+    for (_, d) in dashboards() {
+        for panel in panels(&d) {
+            for t in panel["targets"].as_array().into_iter().flatten() {
+                names.extend(metric_names(t["expr"].as_str().unwrap_or("")));
+            }
+        }
+    }
+    names
+        .into_iter()
+        .filter(|n| !recorded.contains(n))
+        .map(|n| {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                if let Some(base) = n.strip_suffix(suffix) {
+                    if ALL.iter().any(|d| d.name == base) {
+                        return base.to_string();
+                    }
+                }
+            }
+            n
+        })
+        .collect()
+}
+
+#[test]
+fn every_named_metric_is_documented() {
+    let docs = read(&root().join("docs/metrics.md"));
+    let missing: Vec<String> = named_families()
+        .into_iter()
+        .filter(|n| !docs.contains(&format!("| `{n}` |")))
+        .filter(|n| !NOT_YET_IN_DOCS.contains(&n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "named by dashboards or rules but not in a docs/metrics.md table: {missing:?}"
+    );
+}
+
 #[test]
 fn lint_catches_mistakes() {
     let recorded = recorded_names(&rules());
