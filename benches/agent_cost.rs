@@ -202,7 +202,13 @@ fn main() {
     let b = config("rtt-b", "127.0.0.62", &[("rtt-a", "127.0.0.61")], "10ms");
     let (_pa, addr_a) = start(&["agent", "--config", &a.path().to_string_lossy()]);
     let (_pb, _) = start(&["agent", "--config", &b.path().to_string_lossy()]);
-    std::thread::sleep(Duration::from_secs(1));
+    // Warm up, then count only the samples taken while ping runs.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = buckets(
+        &scrape(addr_a),
+        "kubepulse_probe_rtt_seconds",
+        &["protocol=\"udp\""],
+    );
     let ping = Command::new("ping")
         .args(["-c", "100", "-i", "0.01", "127.0.0.1"])
         .output()
@@ -219,10 +225,24 @@ fn main() {
             .saturating_sub(1)
             .min(ping_rtts.len() - 1)]
     };
-    let body = scrape(addr_a);
-    let b = buckets(&body, "kubepulse_probe_rtt_seconds", &["protocol=\"udp\""]);
+    let after = buckets(
+        &scrape(addr_a),
+        "kubepulse_probe_rtt_seconds",
+        &["protocol=\"udp\""],
+    );
+    let b: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, c)| {
+            let prev = before.iter().find(|(l, _)| l == le).map_or(0.0, |x| x.1);
+            (*le, c - prev)
+        })
+        .collect();
     let us = |s: f64| s * 1e6;
-    println!("kubepulse agent cost and loopback accuracy");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "kubepulse agent cost and loopback accuracy (load average: {})",
+        load.trim()
+    );
     println!("  local mode, 4 agents: {local_series} series in one scrape");
     println!("  one agent probing 3 peers (udp+tcp+icmp 1/s, connect 10s, http 30s, pmtu 10m):");
     println!(

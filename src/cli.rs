@@ -58,4 +58,18 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Run the leader-elected cluster controller: pod startup probes,
+    /// apiserver latency sampling, node and control-plane health.
+    Controller {
+        /// Configuration file (its `controller` section); `KUBEPULSE__*` env vars override it.
+        #[arg(long, short, env = "KUBEPULSE_CONFIG")]
+        config: Option<PathBuf>,
+        /// `/metrics` address (overrides controller.metrics_listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Upper bound on the apiserver sampler's request rate, requests per
+        /// second (overrides controller.sampler.max_qps).
+        #[arg(long)]
+        sampler_max_qps: Option<f64>,
+    },
 }

@@ -3,6 +3,8 @@
 
 use crate::config::ConfigError;
 use crate::metrics::MetricsError;
+use crate::probe::ProbeError;
+use crate::responder::ResponderError;
 
 /// Top-level errors of kubepulse roles.
 #[derive(Debug, thiserror::Error)]
@@ -13,8 +15,14 @@ pub enum Error {
     /// Metric registration or encoding failed.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// The probe responders could not start.
+    #[error("starting responders")]
+    Responder(#[from] ResponderError),
+    /// A prober could not start.
+    #[error("starting probes")]
+    Probe(#[from] ProbeError),
     /// A socket could not be bound or configured.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,

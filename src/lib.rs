@@ -10,6 +10,7 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod http;
+pub mod k8s;
 pub mod labels;
 pub mod metrics;
 pub mod probe;

@@ -9,8 +9,8 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use kubepulse::cli::{Cli, Command, LogFormatArg};
-use kubepulse::config::{self, LogFormat, Settings};
-use kubepulse::discovery::{static_peers::StaticDiscovery, Discovery};
+use kubepulse::config::{self, DiscoveryMode, LogFormat, Settings};
+use kubepulse::discovery::{kubernetes, static_peers::StaticDiscovery, Discovery};
 use kubepulse::http::{self, ServerState};
 use kubepulse::metrics::{self, AgentMetrics};
 use kubepulse::roles::{agent, local};
@@ -94,7 +94,55 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("Stopped");
             Ok(())
         }
+        Command::Controller {
+            config: path,
+            listen,
+            sampler_max_qps,
+        } => {
+            let mut settings = config::load(path.as_deref())?;
+            if let Some(l) = listen {
+                settings.controller.metrics_listen = *l;
+            }
+            if let Some(q) = sampler_max_qps {
+                settings.controller.sampler.max_qps = *q;
+                config::validate::validate(&settings)?;
+            }
+            init_logs(&cli, &settings);
+            run_controller(settings, token).await
+        }
     }
+}
+
+async fn run_controller(settings: Settings, token: CancellationToken) -> anyhow::Result<()> {
+    use kubepulse::k8s::{client, metrics::ControllerMetrics};
+    let c = &settings.controller;
+    let registry = prometheus::Registry::new();
+    metrics::register_process_metrics(&registry)?;
+    let m = ControllerMetrics::new(registry.clone())?;
+    let kube_config = client::config(&c.api_url).await?;
+    let clients = client::Clients::new(&kube_config)?;
+    let listener = tokio::net::TcpListener::bind(c.metrics_listen)
+        .await
+        .with_context(|| format!("binding the metrics endpoint {}", c.metrics_listen))?;
+    let metrics_addr = listener
+        .local_addr()
+        .context("reading the metrics endpoint address")?;
+    let state = ServerState::new(vec![registry], format!("controller {}", c.name));
+    let server = tokio::spawn(http::serve(listener, state.clone(), token.clone()));
+    let signals = tokio::spawn(shutdown::on_signal(token.clone()));
+    let running = kubepulse::roles::controller::start(c, clients, m, token.clone())?;
+    // Ready means serving; only the leader measures.
+    state.set_ready();
+    println!(
+        "kubepulse controller {} (run {}): metrics at http://{}/metrics",
+        c.name, running.run, metrics_addr
+    );
+    token.cancelled().await;
+    running.join().await;
+    let _ = server.await;
+    signals.abort();
+    tracing::info!("Stopped");
+    Ok(())
 }
 
 /// Re-reads the static peer list from the config file on every SIGHUP, so
@@ -134,14 +182,34 @@ async fn reload_on_sighup(
 }
 
 async fn run_agent(
-    settings: Settings,
+    mut settings: Settings,
     path: Option<PathBuf>,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     metrics::register_process_metrics(&registry)?;
     let m = AgentMetrics::new(registry.clone())?;
-    let discovery = Arc::new(StaticDiscovery::new(settings.discovery.peers.clone()));
+    // Kept alive for the agent's lifetime: dropping it closes the channel.
+    let mut reload = None;
+    let discovery: Box<dyn Discovery + Send> = match settings.discovery.mode {
+        DiscoveryMode::Static => {
+            let d = Arc::new(StaticDiscovery::new(settings.discovery.peers.clone()));
+            reload = Some(tokio::spawn(reload_on_sighup(
+                path,
+                d.clone(),
+                token.clone(),
+            )));
+            Box::new(d)
+        }
+        DiscoveryMode::Kubernetes => {
+            let env = std::env::vars().collect();
+            Box::new(
+                kubernetes::start_in_cluster(&mut settings, &env, &registry, token.clone())
+                    .await
+                    .context("starting Kubernetes discovery")?,
+            )
+        }
+    };
     let listener = tokio::net::TcpListener::bind(settings.agent.metrics_listen)
         .await
         .with_context(|| {
@@ -156,8 +224,7 @@ async fn run_agent(
     let state = ServerState::new(vec![registry], format!("agent {}", settings.agent.name));
     let server = tokio::spawn(http::serve(listener, state.clone(), token.clone()));
     let signals = tokio::spawn(shutdown::on_signal(token.clone()));
-    let running = agent::start(&settings, m, discovery.subscribe(), token.clone()).await?;
-    let reload = tokio::spawn(reload_on_sighup(path, discovery.clone(), token.clone()));
+    let running = agent::start(&settings, m, discovery.as_ref(), token.clone()).await?;
     state.set_ready();
     println!(
         "kubepulse agent {}: metrics at http://{}/metrics",
@@ -166,7 +233,9 @@ async fn run_agent(
     token.cancelled().await;
     running.join().await;
     let _ = server.await;
-    let _ = reload.await;
+    if let Some(r) = reload {
+        let _ = r.await;
+    }
     signals.abort();
     tracing::info!("Stopped");
     Ok(())

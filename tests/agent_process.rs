@@ -95,3 +95,135 @@ fn departed_peer_shows_loss_then_its_series_are_removed() {
         .expect("a exits after SIGTERM");
     assert!(status.success(), "{status:?}");
 }
+
+/// The responder of agent b reports a wall clock 5 s ahead (test-only
+/// setting): a's NTP-style estimate of b's offset must be within the RTT/2
+/// bound of 5 s, and b's estimate of a's clock must be within RTT/2 of 0.
+#[test]
+fn clock_offset_estimate_is_within_half_rtt_of_the_injected_offset() {
+    let (a_ip, b_ip) = ("127.0.0.33", "127.0.0.34");
+    let mut a_cfg = temp();
+    write(
+        &mut a_cfg,
+        &agent_config("a", "node-a", a_ip, &[("b", "node-b", b_ip)]),
+    );
+    let mut b_cfg = temp();
+    let b_text = agent_config("b", "node-b", b_ip, &[("a", "node-a", a_ip)])
+        + "responder:\n  test_clock_offset: 5s\n";
+    write(&mut b_cfg, &b_text);
+    let a = Kubepulse::start(&["agent", "--config", a_cfg.path().to_str().expect("path")]);
+    let b = Kubepulse::start(&["agent", "--config", b_cfg.path().to_str().expect("path")]);
+
+    for (kp, peer, injected) in [(&a, "node-b", 5.0), (&b, "node-a", 0.0)] {
+        let m = [("peer_node", peer)];
+        let (sc, ok) = scrape::scrape_until(kp.metrics, Duration::from_secs(30), |sc| {
+            !sc.select("kubepulse_peer_clock_offset_seconds", &m)
+                .is_empty()
+                && sc.sum(
+                    "kubepulse_probe_replies_total",
+                    &[("protocol", "udp"), ("peer_node", peer)],
+                ) >= 5.0
+        });
+        assert!(ok, "no clock offset estimate for {peer}:\n{}", sc.body);
+        let offset = sc.sum("kubepulse_peer_clock_offset_seconds", &m);
+        let rtt_min = sc.sum(
+            "kubepulse_probe_rtt_min_seconds",
+            &[("protocol", "udp"), ("peer_node", peer)],
+        );
+        assert!(rtt_min > 0.0, "rtt_min {rtt_min}");
+        assert!(
+            (offset - injected).abs() <= rtt_min / 2.0 + 1e-6,
+            "{peer}: estimated {offset} s, injected {injected} s, bound rtt_min/2 = {} s",
+            rtt_min / 2.0
+        );
+    }
+}
+
+/// Bandwidth on the slot schedule: each agent initiates bursts exactly in
+/// the slots the shared schedule gives it (1 s slots, every slot a round).
+#[test]
+fn bandwidth_bursts_follow_the_slot_schedule() {
+    use kubepulse::discovery::{Identity, Peer, ProbePorts};
+    use kubepulse::labels::AgentKind;
+    use kubepulse::schedule::slots::{my_bursts, SlotConfig};
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    let (a_ip, b_ip) = ("127.0.0.35", "127.0.0.36");
+    let slots =
+        "  bandwidth: {enabled: true, schedule: slots, burst_bytes: 1048576, max_duration: 200ms, \
+                 slots: {slot: 1s, max_pairs: 1, duty_budget: 1.0}}\n";
+    let with_slots = |cfg: String| cfg.replace("  bandwidth: {enabled: false}\n", slots);
+    let mut a_cfg = temp();
+    write(
+        &mut a_cfg,
+        &with_slots(agent_config("a", "node-a", a_ip, &[("b", "node-b", b_ip)])),
+    );
+    let mut b_cfg = temp();
+    write(
+        &mut b_cfg,
+        &with_slots(agent_config("b", "node-b", b_ip, &[("a", "node-a", a_ip)])),
+    );
+    let a = Kubepulse::start(&["agent", "--config", a_cfg.path().to_str().expect("path")]);
+    let b = Kubepulse::start(&["agent", "--config", b_cfg.path().to_str().expect("path")]);
+
+    let cfg = SlotConfig {
+        slot: Duration::from_secs(1),
+        max_pairs: 1,
+        duty_budget: 1.0,
+    };
+    let slot_now = || cfg.slot_at(SystemTime::now().duration_since(UNIX_EPOCH).expect("clock"));
+    let peer = |name: &str, node: &str, ip: &str| Peer {
+        name: name.into(),
+        address: ip.parse().expect("ip"),
+        node: node.into(),
+        kind: AgentKind::Pod,
+        ports: ProbePorts::default(),
+        path: None,
+    };
+    let me = |name: &str, node: &str| Identity {
+        name: name.into(),
+        node: node.into(),
+        kind: AgentKind::Pod,
+    };
+    let sends = |kp: &Kubepulse| {
+        let (sc, _) = scrape::scrape_until(kp.metrics, Duration::from_secs(5), |_| true);
+        sc.sum(
+            "kubepulse_bandwidth_bursts_total",
+            &[("direction", "send"), ("outcome", "ok")],
+        )
+    };
+    // Let both agents settle, then count bursts over whole slots.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (a0, b0, s0) = (sends(&a), sends(&b), slot_now());
+    std::thread::sleep(Duration::from_secs(8));
+    let (a1, b1, s1) = (sends(&a), sends(&b), slot_now());
+
+    let count = |who: &Identity, peers: &[Peer], from: u64, to: u64| {
+        (from..=to)
+            .filter(|s| !my_bursts(*s, who, peers, &cfg).is_empty())
+            .count() as f64
+    };
+    let a_peers = [peer("b", "node-b", b_ip)];
+    let b_peers = [peer("a", "node-a", a_ip)];
+    for (who, peers, got) in [
+        (me("a", "node-a"), &a_peers, a1 - a0),
+        (me("b", "node-b"), &b_peers, b1 - b0),
+    ] {
+        // Slots wholly inside the window must have run; slots at its edges
+        // may or may not be counted.
+        let at_least = count(&who, peers, s0 + 1, s1.saturating_sub(1));
+        let at_most = count(&who, peers, s0, s1);
+        assert!(
+            got >= at_least && got <= at_most,
+            "{}: {got} bursts, schedule says {at_least}..={at_most} in slots {s0}..={s1}",
+            who.name
+        );
+    }
+    // With 2 nodes and 1 pair per slot, exactly one node initiates per slot.
+    assert!(
+        a1 - a0 + b1 - b0 >= 5.0,
+        "too few bursts: a {} b {}",
+        a1 - a0,
+        b1 - b0
+    );
+}

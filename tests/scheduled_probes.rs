@@ -76,6 +76,7 @@ impl Running {
             settings,
             metrics: metrics.clone(),
             targets: rx,
+            all_peers: watch::channel(Arc::new(Vec::new())).1,
             shutdown: shutdown.clone(),
         };
         let handles = scheduled::start(ctx);
@@ -476,6 +477,7 @@ async fn bandwidth_bursts_both_ways_and_busy() {
     let closed = free_closed_port();
     let mut s = quiet_settings();
     s.bandwidth.enabled = true;
+    s.bandwidth.schedule = kubepulse::config::BandwidthSchedule::Interval;
     s.bandwidth.interval = Duration::from_millis(300);
     s.bandwidth.burst_bytes = 4 << 20;
     s.bandwidth.max_duration = Duration::from_secs(1);

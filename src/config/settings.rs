@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::discovery::{Peer, ProbePorts};
 use crate::labels::AgentKind;
+use crate::schedule::slots::SlotConfig;
 
 /// Default address of the metrics endpoint.
 pub const DEFAULT_METRICS_LISTEN: SocketAddr =
@@ -28,6 +29,8 @@ pub struct Settings {
     pub discovery: DiscoverySettings,
     /// Logging.
     pub log: LogSettings,
+    /// The `kubepulse controller` role.
+    pub controller: ControllerSettings,
 }
 
 /// Identity and listen addresses of one agent.
@@ -160,12 +163,16 @@ impl Default for PmtuSettings {
 }
 
 /// Bandwidth bursts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BandwidthSettings {
     /// Whether bursts run (off by default in local mode).
     pub enabled: bool,
-    /// Time between two bursts to the same peer.
+    /// How bursts are scheduled.
+    pub schedule: BandwidthSchedule,
+    /// The cluster-wide slot schedule (`schedule: slots`).
+    pub slots: SlotConfig,
+    /// Time between two bursts to the same peer (`schedule: interval`).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     /// Bytes per burst.
@@ -180,10 +187,26 @@ pub const MAX_BURST_BYTES: u64 = 32 << 20;
 /// Longest burst a prober may ask for and a responder accepts.
 pub const MAX_BURST_DURATION: Duration = Duration::from_secs(1);
 
+/// How bandwidth bursts are scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BandwidthSchedule {
+    /// Cluster-wide slots every agent computes from the same peer list: no
+    /// node in two bursts at once, a bounded number of pairs at once, a
+    /// bounded duty cycle (`crate::schedule::slots`).
+    #[default]
+    Slots,
+    /// Every peer once per `interval` at a random phase; only this agent's
+    /// bursts are serialised. For local mode and small static setups.
+    Interval,
+}
+
 impl Default for BandwidthSettings {
     fn default() -> Self {
         Self {
             enabled: true,
+            schedule: BandwidthSchedule::Slots,
+            slots: SlotConfig::default(),
             interval: Duration::from_secs(3600),
             burst_bytes: MAX_BURST_BYTES,
             max_duration: MAX_BURST_DURATION,
@@ -234,6 +257,37 @@ pub struct DiscoverySettings {
     pub mode: DiscoveryMode,
     /// Peers for `mode: static`.
     pub peers: Vec<Peer>,
+    /// Settings of `mode: kubernetes`.
+    pub kubernetes: KubernetesDiscoverySettings,
+}
+
+/// Peer discovery through the Kubernetes API (`mode: kubernetes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesDiscoverySettings {
+    /// Namespace of the agent pods; empty means the agent's own namespace
+    /// (`KUBEPULSE_NAMESPACE` from the downward API).
+    pub namespace: String,
+    /// Label selector matching the agent pods of both DaemonSets.
+    pub label_selector: String,
+    /// Name of the agents' Service (ClusterIP + NodePort) probed as the
+    /// `service_clusterip` and `service_nodeport` paths; empty disables them.
+    pub service_name: String,
+    /// Full mesh up to this many peer nodes; above it each agent probes this
+    /// many, chosen by rendezvous hashing, plus every agent on its own node.
+    pub max_peers: usize,
+}
+
+impl Default for KubernetesDiscoverySettings {
+    fn default() -> Self {
+        Self {
+            namespace: String::new(),
+            label_selector: "app.kubernetes.io/name=kubepulse,app.kubernetes.io/component=agent"
+                .into(),
+            service_name: "kubepulse-agent".into(),
+            max_peers: 200,
+        }
+    }
 }
 
 /// Discovery sources.
@@ -243,6 +297,8 @@ pub enum DiscoveryMode {
     /// The `peers` list of the config file.
     #[default]
     Static,
+    /// The agent pods and Service found through the Kubernetes API.
+    Kubernetes,
 }
 
 /// Log output.
@@ -273,4 +329,168 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// Default address of the controller's metrics endpoint.
+pub const DEFAULT_CONTROLLER_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(0, 0, 0, 0)), 9478);
+
+/// The pause image, pinned by digest so `IfNotPresent` never pulls a moved tag.
+pub const DEFAULT_PROBE_IMAGE: &str = "registry.k8s.io/pause:3.10@sha256:ee6521f290b2168b6e0935a181d4cff9be1ac3f505666ef0e3c98fae8199917a";
+
+/// The `kubepulse controller` role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerSettings {
+    /// This replica's name (in a cluster: the pod name), the leader identity.
+    pub name: String,
+    /// Namespace of the controller itself (its leader Lease lives there).
+    pub namespace: String,
+    /// Dedicated namespace of probe pods and sampler ConfigMaps.
+    pub probe_namespace: String,
+    /// apiserver URL; empty means kubeconfig, else in-cluster.
+    pub api_url: String,
+    /// Address of the `/metrics` endpoint.
+    pub metrics_listen: SocketAddr,
+    /// Pod startup probe.
+    pub pod_startup: PodStartupSettings,
+    /// apiserver latency sampler.
+    pub sampler: SamplerSettings,
+    /// Node readiness, lease heartbeats and control-plane leases.
+    pub nodes: NodeHealthSettings,
+    /// Leader election.
+    pub leader: LeaderSettings,
+}
+
+impl Default for ControllerSettings {
+    fn default() -> Self {
+        Self {
+            name: "kubepulse-controller".into(),
+            namespace: "kubepulse".into(),
+            probe_namespace: "kubepulse-probes".into(),
+            api_url: String::new(),
+            metrics_listen: DEFAULT_CONTROLLER_METRICS_LISTEN,
+            pod_startup: PodStartupSettings::default(),
+            sampler: SamplerSettings::default(),
+            nodes: NodeHealthSettings::default(),
+            leader: LeaderSettings::default(),
+        }
+    }
+}
+
+/// Pod startup probe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PodStartupSettings {
+    /// Whether probes run.
+    pub enabled: bool,
+    /// Time between two probe pods, cluster-wide.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A pod not started and Ready by then is a `timeout`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long to wait for the DELETED event.
+    #[serde(with = "humantime_serde")]
+    pub delete_timeout: Duration,
+    /// How long to keep reading events after Ready, to catch a late `Pulling`.
+    #[serde(with = "humantime_serde")]
+    pub event_grace: Duration,
+    /// Probe image (pin it by digest).
+    pub image: String,
+    /// Time between sweeps of leftover probe objects (one also runs at leader start).
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// Objects of earlier runs younger than this are left alone.
+    #[serde(with = "humantime_serde")]
+    pub sweep_min_age: Duration,
+}
+
+impl Default for PodStartupSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(60),
+            delete_timeout: Duration::from_secs(60),
+            event_grace: Duration::from_secs(1),
+            image: DEFAULT_PROBE_IMAGE.into(),
+            sweep_interval: Duration::from_secs(300),
+            sweep_min_age: Duration::from_secs(60),
+        }
+    }
+}
+
+/// apiserver latency sampler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplerSettings {
+    /// Whether the sampler runs.
+    pub enabled: bool,
+    /// Time between two cycles.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Upper bound on the sampler's request rate (requests per second).
+    pub max_qps: f64,
+    /// Per-request timeout.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for SamplerSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(10),
+            max_qps: 5.0,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Node readiness, lease heartbeats and control-plane leader changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeHealthSettings {
+    /// Whether the watches run (the pod probe needs them to pick targets).
+    pub enabled: bool,
+    /// Renewals kept by the clock offset min-delay filter.
+    pub offset_samples: usize,
+}
+
+impl Default for NodeHealthSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            offset_samples: 10,
+        }
+    }
+}
+
+/// Leader election on a Lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaderSettings {
+    /// Lease name in the controller's namespace.
+    pub lease_name: String,
+    /// A holder that has not renewed for this long (on our clock) is gone.
+    #[serde(with = "humantime_serde")]
+    pub lease_duration: Duration,
+    /// The leader steps down if it could not renew for this long.
+    #[serde(with = "humantime_serde")]
+    pub renew_deadline: Duration,
+    /// Time between two attempts to acquire or renew.
+    #[serde(with = "humantime_serde")]
+    pub retry_period: Duration,
+}
+
+impl Default for LeaderSettings {
+    fn default() -> Self {
+        Self {
+            lease_name: "kubepulse-controller".into(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
 }

@@ -3,7 +3,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::settings::{Periodic, Settings, MAX_BURST_BYTES, MAX_BURST_DURATION};
+use super::settings::{
+    BandwidthSchedule, ControllerSettings, Periodic, Settings, MAX_BURST_BYTES, MAX_BURST_DURATION,
+};
 
 /// A configuration error, naming the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,48 @@ fn check_periodic(key: &str, p: &Periodic) -> Result<(), ConfigError> {
     }
     if p.timeout.is_zero() {
         return Err(invalid(&format!("{key}.timeout"), "must be positive"));
+    }
+    Ok(())
+}
+
+fn validate_controller(c: &ControllerSettings) -> Result<(), ConfigError> {
+    if c.name.is_empty() || c.namespace.is_empty() || c.probe_namespace.is_empty() {
+        return Err(invalid(
+            "controller",
+            "name, namespace and probe_namespace must not be empty",
+        ));
+    }
+    let p = &c.pod_startup;
+    if p.interval < Duration::from_millis(100) || p.timeout.is_zero() {
+        return Err(invalid(
+            "controller.pod_startup",
+            "interval must be at least 100ms and timeout positive",
+        ));
+    }
+    if p.image.is_empty() {
+        return Err(invalid("controller.pod_startup.image", "must not be empty"));
+    }
+    if !(c.sampler.max_qps > 0.0 && c.sampler.max_qps <= 100.0) {
+        return Err(invalid(
+            "controller.sampler.max_qps",
+            "must be within (0, 100]",
+        ));
+    }
+    if c.sampler.interval < Duration::from_millis(100) {
+        return Err(invalid(
+            "controller.sampler.interval",
+            "must be at least 100ms",
+        ));
+    }
+    let l = &c.leader;
+    if l.retry_period.is_zero()
+        || l.renew_deadline >= l.lease_duration
+        || l.retry_period >= l.renew_deadline
+    {
+        return Err(invalid(
+            "controller.leader",
+            "need 0 < retry_period < renew_deadline < lease_duration",
+        ));
     }
     Ok(())
 }
@@ -89,6 +133,11 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
         if b.interval < Duration::from_secs(1) {
             return Err(invalid("probes.bandwidth.interval", "must be at least 1s"));
         }
+        if b.schedule == BandwidthSchedule::Slots {
+            b.slots
+                .validate(b.max_duration)
+                .map_err(|e| invalid("probes.bandwidth.slots", e.to_string()))?;
+        }
     }
     let r = &s.responder;
     if r.max_connections == 0 {
@@ -106,6 +155,7 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
             "must be at most 1 MiB",
         ));
     }
+    validate_controller(&s.controller)?;
     let mut names = HashSet::new();
     for (i, peer) in s.discovery.peers.iter().enumerate() {
         let key = format!("discovery.peers[{i}]");

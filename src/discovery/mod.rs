@@ -2,6 +2,7 @@
 //! later) publishes the current peer set on a `watch` channel; probers only
 //! ever see [`PeerSet`] snapshots, so a new source changes nothing downstream.
 
+pub mod kubernetes;
 pub mod path;
 pub mod static_peers;
 
@@ -132,6 +133,24 @@ pub fn targets(local: &Identity, peers: &[Peer]) -> Vec<Target> {
 pub trait Discovery {
     /// The channel on which peer sets are published.
     fn subscribe(&self) -> watch::Receiver<PeerSet>;
+
+    /// Every known agent, not fanned out: the common input of the bandwidth
+    /// slot schedule. Sources that do not fan out publish the same set.
+    fn subscribe_all(&self) -> watch::Receiver<PeerSet> {
+        self.subscribe()
+    }
+}
+
+/// A shared source is still a source (the agent keeps one handle, the
+/// SIGHUP reloader another).
+impl<D: Discovery + ?Sized> Discovery for Arc<D> {
+    fn subscribe(&self) -> watch::Receiver<PeerSet> {
+        (**self).subscribe()
+    }
+
+    fn subscribe_all(&self) -> watch::Receiver<PeerSet> {
+        (**self).subscribe_all()
+    }
 }
 
 #[cfg(test)]

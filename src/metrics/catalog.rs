@@ -91,6 +91,13 @@ def!(
 def!(PROBE_RTT_MIN, "kubepulse_probe_rtt_min_seconds", Gauge, ["protocol", "path", "peer_node"],
     "Smallest round-trip time to the peer over the last window (propagation plus fixed stack cost).");
 def!(
+    PEER_CLOCK_OFFSET,
+    "kubepulse_peer_clock_offset_seconds",
+    Gauge,
+    ["path", "peer_node"],
+    "Peer's wall clock minus this agent's, NTP-style from the UDP echo exchange with the smallest round trip in the last window; true within half that round trip."
+);
+def!(
     PROBE_SEND_LATE,
     "kubepulse_probe_send_late_total",
     Counter,
@@ -191,7 +198,22 @@ def!(
     "Build information; value 1."
 );
 
-/// Every metric family kubepulse defines (process_* families come from the
+def!(
+    DISCOVERY_UP,
+    "kubepulse_discovery_up",
+    Gauge,
+    [],
+    "1 while peer discovery is in sync with the Kubernetes API; 0 while it is not (the last known peers are still probed)."
+);
+def!(
+    DISCOVERY_LAST_SYNC,
+    "kubepulse_discovery_last_sync_timestamp_seconds",
+    Gauge,
+    [],
+    "Unix time of the last successful exchange with the Kubernetes API (list, watch event or health check)."
+);
+
+/// Every metric family every agent exports (process_* families come from the
 /// prometheus crate's process collector and are listed separately in the docs).
 pub const ALL: &[MetricDef] = &[
     PROBE_RTT,
@@ -202,6 +224,7 @@ pub const ALL: &[MetricDef] = &[
     PROBE_ERRORS,
     PROBE_JITTER,
     PROBE_RTT_MIN,
+    PEER_CLOCK_OFFSET,
     PROBE_SEND_LATE,
     TCP_CONNECT,
     HTTP_PHASE,
@@ -217,6 +240,183 @@ pub const ALL: &[MetricDef] = &[
     ICMP_SOCKET,
     PEERS,
     BUILD_INFO,
+];
+
+// Controller metrics (`kubepulse controller`). Node-level series use
+// `target_node` for the node they are about.
+def!(
+    POD_STARTUP_DURATION,
+    "kubepulse_pod_startup_duration_seconds",
+    Histogram,
+    ["phase"],
+    "Pod startup probe phases on the controller's monotonic clock (ok probes only, except create and delete)."
+);
+def!(
+    POD_STARTUP_PROBES,
+    "kubepulse_pod_startup_probes_total",
+    Counter,
+    ["outcome"],
+    "Pod startup probes by outcome."
+);
+def!(
+    POD_STARTUP_LAST,
+    "kubepulse_pod_startup_last_duration_seconds",
+    Gauge,
+    ["target_node"],
+    "pod_startup of the last ok probe on each node."
+);
+def!(
+    PROBE_OBJECTS_SWEPT,
+    "kubepulse_probe_objects_swept_total",
+    Counter,
+    ["resource", "reason"],
+    "Leftover probe objects the sweeper deleted."
+);
+def!(
+    APISERVER_REQUEST_DURATION,
+    "kubepulse_apiserver_request_duration_seconds",
+    Histogram,
+    ["verb", "resource", "scope", "code"],
+    "Client-side apiserver request latency, timed after the client rate limiter."
+);
+def!(
+    APISERVER_WATCH_EVENT_LATENCY,
+    "kubepulse_apiserver_watch_event_latency_seconds",
+    Histogram,
+    ["event"],
+    "Write request sent to its event on an already open watch."
+);
+def!(
+    APISERVER_THROTTLED,
+    "kubepulse_apiserver_throttled_total",
+    Counter,
+    [],
+    "Responses with status 429 (API Priority and Fairness rejections); never retried."
+);
+def!(
+    APISERVER_CONFLICTS,
+    "kubepulse_apiserver_conflicts_total",
+    Counter,
+    ["resource"],
+    "Responses with status 409 Conflict."
+);
+def!(
+    APISERVER_CLIENT_WAIT,
+    "kubepulse_apiserver_client_wait_seconds_total",
+    Counter,
+    [],
+    "Time the sampler waited in its own rate limiter (excluded from request latency)."
+);
+def!(
+    APISERVER_FLOWCONTROL_INFO,
+    "kubepulse_apiserver_flowcontrol_info",
+    Gauge,
+    ["flow_schema_uid", "priority_level_uid"],
+    "The APF flow schema and priority level of the latest response; value 1, one series."
+);
+def!(
+    NODE_READY,
+    "kubepulse_node_ready",
+    Gauge,
+    ["target_node"],
+    "1 if the node's Ready condition is True, else 0."
+);
+def!(
+    NODE_READY_TRANSITIONS,
+    "kubepulse_node_ready_transitions_total",
+    Counter,
+    ["target_node"],
+    "Changes of the node's Ready condition status seen by the watch."
+);
+def!(
+    NODE_LEASE_AGE,
+    "kubepulse_node_lease_age_seconds",
+    Gauge,
+    ["target_node"],
+    "Time since the controller saw the node Lease's renewTime change, at scrape time (controller clock)."
+);
+def!(
+    NODE_LEASE_RENEW_INTERVAL,
+    "kubepulse_node_lease_renew_interval_seconds",
+    Histogram,
+    [],
+    "Gaps between consecutive observed node Lease renewals (controller clock)."
+);
+def!(
+    NODE_LEASE_RENEW_REGRESSIONS,
+    "kubepulse_node_lease_renew_time_regressions_total",
+    Counter,
+    ["target_node"],
+    "Node Lease renewTime went backwards (node clock stepped back)."
+);
+def!(
+    NODE_LEASE_CLOCK_OFFSET,
+    "kubepulse_node_lease_clock_offset_seconds",
+    Gauge,
+    ["target_node"],
+    "Node clock minus controller clock from Lease renewals, min-delay filtered (a lower bound)."
+);
+def!(
+    CONTROL_PLANE_LEADER_CHANGES,
+    "kubepulse_control_plane_leader_changes_total",
+    Counter,
+    ["component"],
+    "Holder changes of the kube-controller-manager and kube-scheduler Leases."
+);
+def!(
+    CONTROLLER_LEADER,
+    "kubepulse_controller_leader",
+    Gauge,
+    [],
+    "1 while this replica holds the controller Lease and measures."
+);
+def!(
+    CONTROLLER_LEADER_ACQUISITIONS,
+    "kubepulse_controller_leader_acquisitions_total",
+    Counter,
+    [],
+    "Times this replica acquired the controller Lease."
+);
+def!(
+    CONTROLLER_WATCH_RESTARTS,
+    "kubepulse_controller_watch_restarts_total",
+    Counter,
+    ["watch"],
+    "Long-lived watches that ended or failed and were re-established."
+);
+
+/// Every metric family of the `kubepulse controller` role.
+pub const CONTROLLER: &[MetricDef] = &[
+    POD_STARTUP_DURATION,
+    POD_STARTUP_PROBES,
+    POD_STARTUP_LAST,
+    PROBE_OBJECTS_SWEPT,
+    APISERVER_REQUEST_DURATION,
+    APISERVER_WATCH_EVENT_LATENCY,
+    APISERVER_THROTTLED,
+    APISERVER_CONFLICTS,
+    APISERVER_CLIENT_WAIT,
+    APISERVER_FLOWCONTROL_INFO,
+    NODE_READY,
+    NODE_READY_TRANSITIONS,
+    NODE_LEASE_AGE,
+    NODE_LEASE_RENEW_INTERVAL,
+    NODE_LEASE_RENEW_REGRESSIONS,
+    NODE_LEASE_CLOCK_OFFSET,
+    CONTROL_PLANE_LEADER_CHANGES,
+    CONTROLLER_LEADER,
+    CONTROLLER_LEADER_ACQUISITIONS,
+    CONTROLLER_WATCH_RESTARTS,
+];
+
+/// Metrics an agent exports only with `discovery.mode: kubernetes`.
+pub const KUBERNETES_DISCOVERY: &[MetricDef] = &[DISCOVERY_UP, DISCOVERY_LAST_SYNC];
+
+/// Every metric family, by the `docs/metrics.md` section that lists it.
+pub const SECTIONS: &[(&str, &[MetricDef])] = &[
+    ("Agent metrics", ALL),
+    ("Kubernetes discovery metrics", KUBERNETES_DISCOVERY),
+    ("Controller metrics", CONTROLLER),
 ];
 
 /// Labels that must never appear: they are target labels set by the scrape.
@@ -235,7 +435,7 @@ mod tests {
     #[test]
     fn names_follow_conventions() {
         let mut seen = HashSet::new();
-        for d in ALL {
+        for d in SECTIONS.iter().flat_map(|(_, defs)| defs.iter()) {
             assert!(seen.insert(d.name), "duplicate {}", d.name);
             assert!(d.name.starts_with("kubepulse_"), "{}", d.name);
             match d.kind {

@@ -116,6 +116,7 @@ pub struct AgentMetrics {
     errors: IntCounterVec,
     jitter: GaugeVec,
     rtt_min: GaugeVec,
+    clock_offset: GaugeVec,
     send_late: IntCounterVec,
     tcp_connect: HistogramVec,
     http_phase: HistogramVec,
@@ -150,6 +151,7 @@ impl AgentMetrics {
             errors: counter(r, &PROBE_ERRORS)?,
             jitter: gauge(r, &PROBE_JITTER)?,
             rtt_min: gauge(r, &PROBE_RTT_MIN)?,
+            clock_offset: gauge(r, &PEER_CLOCK_OFFSET)?,
             send_late: counter(r, &PROBE_SEND_LATE)?,
             tcp_connect: histogram(r, &TCP_CONNECT)?,
             http_phase: histogram(r, &HTTP_PHASE)?,
@@ -247,6 +249,7 @@ impl AgentMetrics {
             let _ = self.rtt_min.remove_label_values(&l);
         }
         let l = [path.as_str(), peer_node];
+        let _ = self.clock_offset.remove_label_values(&l);
         let _ = self.path_mtu.remove_label_values(&l);
         let _ = self.interface_mtu.remove_label_values(&l);
         let _ = self.bandwidth_retrans.remove_label_values(&l);
@@ -262,6 +265,14 @@ impl AgentMetrics {
         self.errors
             .with_label_values(&[protocol.as_str(), path.as_str(), reason.as_str()])
             .inc();
+    }
+
+    /// Sets the clock offset estimate of a peer. Not pre-created: zero would
+    /// read as "in sync" before anything was measured.
+    pub fn set_clock_offset(&self, path: PathKind, peer_node: &str, seconds: f64) {
+        self.clock_offset
+            .with_label_values(&[path.as_str(), peer_node])
+            .set(seconds);
     }
 
     /// Counts a send that left late.

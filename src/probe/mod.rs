@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProbeSettings;
-use crate::discovery::{Identity, Target};
+use crate::discovery::{Identity, PeerSet, Target};
 use crate::metrics::AgentMetrics;
 
 /// The current probe targets of one agent.
@@ -34,6 +34,8 @@ pub struct ProbeContext {
     pub metrics: AgentMetrics,
     /// Current targets.
     pub targets: watch::Receiver<TargetSet>,
+    /// Every known agent, not fanned out (input of the bandwidth slots).
+    pub all_peers: watch::Receiver<PeerSet>,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
 }
@@ -42,7 +44,7 @@ pub struct ProbeContext {
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     /// A socket or thread could not be created.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: &'static str,

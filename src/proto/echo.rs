@@ -188,15 +188,7 @@ mod tests {
     #[test]
     fn decode_never_panics_on_arbitrary_bytes() {
         // A cheap deterministic fuzz: every prefix of a pseudo-random stream.
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let bytes: Vec<u8> = (0..300)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x & 0xff) as u8
-            })
-            .collect();
+        let bytes = super::super::test_bytes(0x9E37_79B9_7F4A_7C15, 300);
         for n in 0..bytes.len() {
             let mut b = bytes[..n].to_vec();
             let _ = EchoHeader::decode(&b);

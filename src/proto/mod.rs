@@ -3,6 +3,7 @@
 
 pub mod bandwidth;
 pub mod echo;
+pub mod icmp;
 
 /// Why a message could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -22,4 +23,19 @@ pub enum DecodeError {
     /// A field holds a value outside its enum.
     #[error("bad field {0}")]
     BadField(&'static str),
+}
+
+/// Deterministic pseudo-random bytes (xorshift64) for the decoders'
+/// never-panic tests.
+#[cfg(test)]
+fn test_bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
 }

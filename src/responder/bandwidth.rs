@@ -223,7 +223,7 @@ fn transfer(
                 match s.read(buf.get_mut(..want).unwrap_or_default()) {
                     Ok(0) => break,
                     Ok(n) => moved += n as u64,
-                    Err(e) if is_timeout(&e) => {}
+                    Err(e) if super::is_timeout(&e) => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -234,7 +234,7 @@ fn transfer(
                 match s.write(SOURCE_DATA.get(..n).unwrap_or_default()) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => moved += n as u64,
-                    Err(e) if is_timeout(&e) => {}
+                    Err(e) if super::is_timeout(&e) => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -246,7 +246,7 @@ fn transfer(
                 match s.read(&mut sink) {
                     Ok(0) => break,
                     Ok(_) => {}
-                    Err(e) if is_timeout(&e) => {}
+                    Err(e) if super::is_timeout(&e) => {}
                     Err(_) => break,
                 }
             }
@@ -257,13 +257,6 @@ fn transfer(
 
 fn chunk_len(remaining: u64) -> usize {
     usize::try_from(remaining).map_or(CHUNK, |r| r.min(CHUNK))
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-    )
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug, thiserror::Error)]
 pub enum ResponderError {
     /// A listening socket could not be bound.
-    #[error("cannot bind {what} responder on {addr}: {source}")]
+    #[error("cannot bind {what} responder on {addr}")]
     Bind {
         /// Which responder.
         what: &'static str,
@@ -62,7 +62,7 @@ pub enum ResponderError {
     },
     /// A bound responder could not be started (thread, runtime or socket
     /// registration failed).
-    #[error("cannot start {what} responder: {source}")]
+    #[error("cannot start {what} responder")]
     Start {
         /// Which responder.
         what: &'static str,
@@ -313,6 +313,17 @@ async fn accept_loop<F, Fut>(
     drop(listener);
     tracker.close();
     tracker.wait().await;
+}
+
+/// Whether a blocking socket call ended on its read/write timeout (or a
+/// signal) rather than an error: the caller checks shutdown and retries.
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::Interrupted
+    )
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ fn run(sock: &UdpSocket, offset_ns: u64, metrics: &AgentMetrics, stop: &Cancella
     while !stop.is_cancelled() {
         let (n, peer) = match sock.recv_from(&mut buf) {
             Ok(r) => r,
-            Err(e) if is_timeout(&e) => continue,
+            Err(e) if super::is_timeout(&e) => continue,
             Err(e) => {
                 tracing::debug!(error = %e, "UDP echo receive failed");
                 std::thread::sleep(ERROR_BACKOFF);
@@ -74,13 +74,6 @@ fn answer(msg: &mut [u8], rx_ns: u64, offset_ns: u64) -> Result<(), RejectReason
         DecodeError::Oversized(_) => RejectReason::Oversized,
         _ => RejectReason::Malformed,
     })
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-    )
 }
 
 #[cfg(test)]

@@ -9,12 +9,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::discovery::{self, Identity, PeerSet, ProbePorts, Target};
+use crate::discovery::{self, Discovery, Identity, PeerSet, ProbePorts, Target};
 use crate::labels::{PathKind, Protocol};
 use crate::metrics::AgentMetrics;
 use crate::probe::{self, latency::LatencyProber, ProbeContext, TargetSet};
 use crate::responder::{self, Responders};
-use crate::{Error, Result};
+use crate::Result;
 
 /// A running agent.
 pub struct RunningAgent {
@@ -117,9 +117,10 @@ fn spawn_target_publisher(
 pub async fn start(
     settings: &Settings,
     metrics: AgentMetrics,
-    peers: watch::Receiver<PeerSet>,
+    discovery: &dyn Discovery,
     shutdown: CancellationToken,
 ) -> Result<RunningAgent> {
+    let peers = discovery.subscribe();
     let a = &settings.agent;
     let identity = Identity {
         name: a.name.clone(),
@@ -133,8 +134,7 @@ pub async fn start(
         metrics.clone(),
         shutdown.clone(),
     )
-    .await
-    .map_err(|e| Error::io("starting responders", std::io::Error::other(e)))?;
+    .await?;
     let ports = responders.ports();
 
     let (tx, targets) = watch::channel::<TargetSet>(Arc::new(Vec::new()));
@@ -152,10 +152,10 @@ pub async fn start(
         settings: settings.probes.clone(),
         metrics,
         targets,
+        all_peers: discovery.subscribe_all(),
         shutdown,
     };
-    let latency = probe::latency::start(ctx.clone())
-        .map_err(|e| Error::io("starting the latency prober", std::io::Error::other(e)))?;
+    let latency = probe::latency::start(ctx.clone())?;
     let mut tasks = probe::scheduled::start(ctx);
     tasks.push(publisher);
     tracing::info!(agent = %identity.name, node = %identity.node, kind = %identity.kind,

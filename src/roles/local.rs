@@ -14,8 +14,8 @@ use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
-use crate::discovery::{static_peers::StaticDiscovery, Discovery, Peer, ProbePorts};
+use crate::config::{BandwidthSchedule, Settings};
+use crate::discovery::{static_peers::StaticDiscovery, Peer, ProbePorts};
 use crate::http::{self, ServerState};
 use crate::labels::AgentKind;
 use crate::metrics::{self, AgentMetrics};
@@ -107,17 +107,6 @@ pub async fn start(opts: LocalOptions, shutdown: CancellationToken) -> Result<Lo
     metrics::register_process_metrics(&process)?;
     let mut registries = vec![process];
 
-    let peers: Vec<Peer> = agents
-        .iter()
-        .map(|a| Peer {
-            name: a.name.clone(),
-            address: a.address,
-            node: a.node.clone(),
-            kind: a.kind,
-            ports: opts.settings.agent.ports,
-            path: None,
-        })
-        .collect();
     // Peers are published only once every agent's responders are bound, so
     // no probe is lost to an agent that has not started yet.
     let discovery = StaticDiscovery::new(Vec::new());
@@ -137,8 +126,32 @@ pub async fn start(opts: LocalOptions, shutdown: CancellationToken) -> Result<Lo
         s.agent.kind = a.kind;
         s.agent.bind_address = a.address;
         s.probes.bandwidth.enabled = opts.bandwidth;
-        running.push(agent::start(&s, m, discovery.subscribe(), shutdown.clone()).await?);
+        // A demo should show bandwidth within a minute; the cluster slot
+        // schedule (1% duty cycle) would take minutes between bursts.
+        s.probes.bandwidth.schedule = BandwidthSchedule::Interval;
+        // Ephemeral ports: the peers are in this process, so their real
+        // ports are known once bound, and nothing clashes with another
+        // kubepulse on the same machine.
+        s.agent.ports = ProbePorts {
+            udp_echo: 0,
+            tcp_echo: 0,
+            bandwidth: 0,
+            http: 0,
+        };
+        running.push(agent::start(&s, m, &discovery, shutdown.clone()).await?);
     }
+    let peers: Vec<Peer> = agents
+        .iter()
+        .zip(&running)
+        .map(|(a, r)| Peer {
+            name: a.name.clone(),
+            address: a.address,
+            node: a.node.clone(),
+            kind: a.kind,
+            ports: r.ports,
+            path: None,
+        })
+        .collect();
     discovery.replace(peers);
 
     let listener = TcpListener::bind(opts.listen)
@@ -160,12 +173,6 @@ pub async fn start(opts: LocalOptions, shutdown: CancellationToken) -> Result<Lo
         server,
         _discovery: discovery,
     })
-}
-
-/// Default ports for local agents: the cluster defaults (every agent has its
-/// own loopback address, so they do not clash).
-pub fn default_ports() -> ProbePorts {
-    ProbePorts::default()
 }
 
 #[cfg(test)]

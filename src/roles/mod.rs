@@ -2,4 +2,5 @@
 //! on loopback in one process with one `/metrics`.
 
 pub mod agent;
+pub mod controller;
 pub mod local;

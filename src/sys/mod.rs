@@ -2,5 +2,10 @@
 //! options and syscalls that socket2 does not cover. Every unsafe block has
 //! a `// SAFETY:` comment.
 
+pub mod clock;
+pub mod icmp;
 pub mod pmtu;
+pub mod poll;
 pub mod tcp_info;
+pub mod thread;
+pub mod timestamp;

@@ -9,12 +9,15 @@
 //! a kind has a bounded number of jobs in flight, and a target whose
 //! previous probe is still running skips its slot rather than stacking up.
 //! Bandwidth has a single permit: never two bursts at once on one agent.
+//! With `schedule: slots` (the default outside local mode) bandwidth runs on
+//! the cluster-wide slot schedule instead ([`slotted`]).
 
 mod bandwidth;
 mod connect;
 pub mod goodput;
 mod http;
 mod pmtu;
+mod slotted;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -27,6 +30,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use super::ProbeContext;
+use crate::config::BandwidthSchedule;
 use crate::discovery::Target;
 use crate::labels::{BurstOutcome, Direction, HttpPhase, ProbeErrorReason, Protocol};
 use crate::proto::bandwidth::Mode;
@@ -108,6 +112,12 @@ pub fn start(ctx: ProbeContext) -> Vec<JoinHandle<()>> {
             if interval.is_zero() {
                 tracing::warn!(probe = kind.name(), "Interval is zero; probe disabled");
                 return None;
+            }
+            if kind == Kind::Bandwidth
+                && ctx.settings.bandwidth.schedule == BandwidthSchedule::Slots
+            {
+                let slots = ctx.settings.bandwidth.slots;
+                return Some(tokio::spawn(slotted::run(ctx.clone(), slots)));
             }
             Some(tokio::spawn(run(ctx.clone(), kind)))
         })

@@ -1,0 +1,296 @@
+//! Pure conversions from Kubernetes objects to peers: which pods count, what
+//! each one tells us (address, node, pod or host network, ports) and the
+//! Service targets. No IO, so every rule is unit-tested directly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+
+use crate::discovery::{Identity, Peer, ProbePorts};
+use crate::labels::{AgentKind, PathKind};
+use crate::schedule::rendezvous;
+
+/// Downward-API variable holding the agent's pod name (`metadata.name`).
+pub const ENV_POD_NAME: &str = "KUBEPULSE_POD_NAME";
+/// Downward-API variable holding the agent's node name (`spec.nodeName`).
+pub const ENV_NODE_NAME: &str = "KUBEPULSE_NODE_NAME";
+/// Downward-API variable holding the agent's namespace (`metadata.namespace`).
+pub const ENV_NAMESPACE: &str = "KUBEPULSE_NAMESPACE";
+
+/// Container and Service port names of the responders; ports found under
+/// these names override the configured defaults.
+pub const PORT_NAMES: [&str; 4] = ["udp-echo", "tcp-echo", "bandwidth", "http"];
+
+/// The agent's own identity from the downward API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownwardIdentity {
+    /// Pod name.
+    pub pod_name: String,
+    /// Node name.
+    pub node_name: String,
+    /// Namespace, if the variable is set.
+    pub namespace: Option<String>,
+}
+
+/// Reads the downward-API variables from `env`; returns the name of the
+/// first required variable that is missing or empty.
+pub fn downward_identity(env: &HashMap<String, String>) -> Result<DownwardIdentity, &'static str> {
+    let get = |k: &'static str| env.get(k).filter(|v| !v.is_empty()).cloned();
+    Ok(DownwardIdentity {
+        pod_name: get(ENV_POD_NAME).ok_or(ENV_POD_NAME)?,
+        node_name: get(ENV_NODE_NAME).ok_or(ENV_NODE_NAME)?,
+        namespace: get(ENV_NAMESPACE),
+    })
+}
+
+/// What one agent pod tells us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodFacts {
+    /// The peer to probe.
+    pub peer: Peer,
+    /// The node's IP (`status.hostIP`), the NodePort target.
+    pub host_ip: Option<IpAddr>,
+}
+
+/// The facts of `pod`, or `None` unless it is Running, has an IP and a
+/// node, and is not being deleted (a terminating agent is about to go).
+pub fn pod_facts(pod: &Pod, default_ports: ProbePorts) -> Option<PodFacts> {
+    let meta = &pod.metadata;
+    if meta.deletion_timestamp.is_some() {
+        return None;
+    }
+    let spec = pod.spec.as_ref()?;
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() != Some("Running") {
+        return None;
+    }
+    let address: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
+    let node = spec.node_name.clone().filter(|n| !n.is_empty())?;
+    let kind = if spec.host_network == Some(true) {
+        AgentKind::Host
+    } else {
+        AgentKind::Pod
+    };
+    let mut ports = default_ports;
+    for c in &spec.containers {
+        for p in c.ports.iter().flatten() {
+            let Ok(port) = u16::try_from(p.container_port) else {
+                continue;
+            };
+            set_port(&mut ports, p.name.as_deref(), port);
+        }
+    }
+    Some(PodFacts {
+        peer: Peer {
+            name: meta.name.clone()?,
+            address,
+            node,
+            kind,
+            ports,
+            path: None,
+        },
+        host_ip: status.host_ip.as_deref().and_then(|s| s.parse().ok()),
+    })
+}
+
+/// Sets the responder port named `name`; returns whether the name is known.
+fn set_port(ports: &mut ProbePorts, name: Option<&str>, port: u16) -> bool {
+    let slot = match name {
+        Some("udp-echo") => &mut ports.udp_echo,
+        Some("tcp-echo") => &mut ports.tcp_echo,
+        Some("bandwidth") => &mut ports.bandwidth,
+        Some("http") => &mut ports.http,
+        _ => return false,
+    };
+    *slot = port;
+    true
+}
+
+/// The Service targets: its ClusterIP (`peer_node` = the Service name, as
+/// kube-proxy picks the endpoint) and its NodePort on the node after ours in
+/// sorted order (so the probe crosses nodes when there are several), with
+/// `peer_node` = that node.
+pub fn service_peers(
+    svc: &Service,
+    me: &Identity,
+    host_ips: &BTreeMap<String, IpAddr>,
+    default_ports: ProbePorts,
+) -> Vec<Peer> {
+    let (Some(name), Some(spec)) = (svc.metadata.name.as_ref(), svc.spec.as_ref()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut cluster_ports = default_ports;
+    let mut node_ports = ProbePorts::default();
+    let mut node_port_names = 0;
+    for p in spec.ports.iter().flatten() {
+        if let Ok(port) = u16::try_from(p.port) {
+            set_port(&mut cluster_ports, p.name.as_deref(), port);
+        }
+        if let Some(np) = p.node_port.and_then(|n| u16::try_from(n).ok()) {
+            if set_port(&mut node_ports, p.name.as_deref(), np) {
+                node_port_names += 1;
+            }
+        }
+    }
+    let cluster_ip = spec
+        .cluster_ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<IpAddr>().ok());
+    if let Some(address) = cluster_ip {
+        out.push(Peer {
+            name: format!("service-clusterip/{name}"),
+            address,
+            node: name.clone(),
+            kind: AgentKind::Pod,
+            ports: cluster_ports,
+            path: Some(PathKind::ServiceClusterip),
+        });
+    }
+    // A NodePort peer needs every responder port, or probes would hit
+    // arbitrary host ports.
+    let target = host_ips
+        .range::<str, _>((
+            std::ops::Bound::Excluded(me.node.as_str()),
+            std::ops::Bound::Unbounded,
+        ))
+        .next()
+        .or_else(|| host_ips.iter().next());
+    if let (true, Some((node, ip))) = (node_port_names == PORT_NAMES.len(), target) {
+        out.push(Peer {
+            name: format!("service-nodeport/{name}"),
+            address: *ip,
+            node: node.clone(),
+            kind: AgentKind::Host,
+            ports: node_ports,
+            path: Some(PathKind::ServiceNodeport),
+        });
+    }
+    out
+}
+
+/// The peer sets derived from the current pods and Service: every agent
+/// (sorted by name: the bandwidth schedule's input) and the fanned-out set
+/// this agent probes (including the Service targets).
+pub fn peer_sets<'a>(
+    me: &Identity,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    svc: Option<&Service>,
+    max_peers: usize,
+    default_ports: ProbePorts,
+) -> (Vec<Peer>, Vec<Peer>) {
+    let mut all = Vec::new();
+    let mut host_ips = BTreeMap::new();
+    for f in pods.into_iter().filter_map(|p| pod_facts(p, default_ports)) {
+        if let Some(ip) = f.host_ip {
+            host_ips.insert(f.peer.node.clone(), ip);
+        }
+        all.push(f.peer);
+    }
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    all.dedup_by(|a, b| a.name == b.name);
+    let mut probe = rendezvous::fan_out(me, &all, max_peers);
+    if let Some(svc) = svc {
+        probe.extend(service_peers(svc, me, &host_ips, default_ports));
+    }
+    (all, probe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    pub(crate) fn pod(name: &str, node: &str, ip: &str, host: bool) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "kp"},
+            "spec": {"nodeName": node, "hostNetwork": host, "containers": [{
+                "name": "agent",
+                "ports": [{"name": "udp-echo", "containerPort": 19478, "protocol": "UDP"},
+                          {"name": "metrics", "containerPort": 9477}]
+            }]},
+            "status": {"phase": "Running", "podIP": ip, "hostIP": "10.0.0.1"}
+        }))
+        .expect("pod json")
+    }
+
+    fn me(node: &str) -> Identity {
+        Identity {
+            name: "self".into(),
+            node: node.into(),
+            kind: AgentKind::Pod,
+        }
+    }
+
+    #[test]
+    fn running_pods_become_peers() {
+        let f = pod_facts(&pod("a", "n1", "10.1.0.5", false), ProbePorts::default())
+            .expect("running pod");
+        assert_eq!(f.peer.kind, AgentKind::Pod);
+        assert_eq!(f.peer.node, "n1");
+        assert_eq!(f.peer.address, "10.1.0.5".parse::<IpAddr>().expect("ip"));
+        assert_eq!(f.peer.ports.udp_echo, 19478, "named container port wins");
+        assert_eq!(f.peer.ports.bandwidth, 9479, "default kept");
+        let h =
+            pod_facts(&pod("h", "n1", "10.0.0.1", true), ProbePorts::default()).expect("host pod");
+        assert_eq!(h.peer.kind, AgentKind::Host);
+    }
+
+    #[test]
+    fn pending_ipless_and_terminating_pods_are_skipped() {
+        let mut p = pod("a", "n1", "10.1.0.5", false);
+        if let Some(s) = p.status.as_mut() {
+            s.phase = Some("Pending".into());
+        }
+        assert!(pod_facts(&p, ProbePorts::default()).is_none());
+        let mut p = pod("a", "n1", "10.1.0.5", false);
+        if let Some(s) = p.status.as_mut() {
+            s.pod_ip = None;
+        }
+        assert!(pod_facts(&p, ProbePorts::default()).is_none());
+        let mut p = pod("a", "n1", "10.1.0.5", false);
+        p.metadata.deletion_timestamp = serde_json::from_value(json!("2026-01-01T00:00:00Z")).ok();
+        assert!(p.metadata.deletion_timestamp.is_some());
+        assert!(pod_facts(&p, ProbePorts::default()).is_none());
+    }
+
+    #[test]
+    fn service_targets() {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "kubepulse-agent"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "ports": [
+                {"name": "udp-echo", "port": 9478, "protocol": "UDP", "nodePort": 30001},
+                {"name": "tcp-echo", "port": 9478, "protocol": "TCP", "nodePort": 30002},
+                {"name": "bandwidth", "port": 9479, "nodePort": 30003},
+                {"name": "http", "port": 9480, "nodePort": 30004}
+            ]}
+        }))
+        .expect("svc json");
+        let ips = BTreeMap::from([
+            ("n1".to_string(), "10.0.0.1".parse().expect("ip")),
+            ("n2".to_string(), "10.0.0.2".parse().expect("ip")),
+        ]);
+        let got = service_peers(&svc, &me("n1"), &ips, ProbePorts::default());
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].path, Some(PathKind::ServiceClusterip));
+        assert_eq!(got[0].address, "10.96.0.10".parse::<IpAddr>().expect("ip"));
+        assert_eq!(got[1].path, Some(PathKind::ServiceNodeport));
+        assert_eq!(got[1].node, "n2", "the next node");
+        assert_eq!(got[1].ports.tcp_echo, 30002);
+        // The last node wraps around to the first.
+        let got = service_peers(&svc, &me("n2"), &ips, ProbePorts::default());
+        assert_eq!(got[1].node, "n1");
+    }
+
+    #[test]
+    fn downward_env() {
+        let env = HashMap::from([
+            (ENV_POD_NAME.to_string(), "p".to_string()),
+            (ENV_NODE_NAME.to_string(), "n".to_string()),
+        ]);
+        let id = downward_identity(&env).expect("identity");
+        assert_eq!((id.pod_name.as_str(), id.namespace), ("p", None));
+        assert_eq!(downward_identity(&HashMap::new()), Err(ENV_POD_NAME));
+    }
+}

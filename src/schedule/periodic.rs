@@ -1,0 +1,143 @@
+//! An absolute-deadline periodic schedule: deadline `i` is
+//! `start + phase + i * interval`, so wake-up errors never accumulate, and
+//! a prober that fell behind skips ahead instead of bursting to catch up.
+
+use std::time::{Duration, Instant};
+
+/// A send that left more than this after its deadline counts as late.
+pub const LATE_THRESHOLD: Duration = Duration::from_millis(1);
+/// Shortest interval accepted; guards against a zero division.
+const MIN_INTERVAL: Duration = Duration::from_micros(1);
+
+/// One due send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fire {
+    /// The deadline this send stands for.
+    pub deadline: Instant,
+    /// Whether it left more than [`LATE_THRESHOLD`] after the deadline.
+    pub late: bool,
+    /// Whole earlier deadlines that were missed and are not sent.
+    pub skipped: u64,
+}
+
+/// A periodic schedule.
+#[derive(Debug, Clone)]
+pub struct Periodic {
+    origin: Instant,
+    interval: Duration,
+    next: u64,
+}
+
+impl Periodic {
+    /// Deadlines at `start + phase + i * interval`, i = 0, 1, ...
+    pub fn new(start: Instant, phase: Duration, interval: Duration) -> Self {
+        Self {
+            origin: start + phase,
+            interval: interval.max(MIN_INTERVAL),
+            next: 0,
+        }
+    }
+
+    /// A schedule with a uniformly random phase in `[0, interval)`, so peers
+    /// and protocols do not all fire together.
+    pub fn with_random_phase(start: Instant, interval: Duration) -> Self {
+        let interval = interval.max(MIN_INTERVAL);
+        let ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+        let phase = Duration::from_nanos(rand::random_range(0..ns));
+        Self::new(start, phase, interval)
+    }
+
+    /// The interval.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// The next deadline.
+    pub fn next_deadline(&self) -> Instant {
+        self.deadline(self.next)
+    }
+
+    fn deadline(&self, i: u64) -> Instant {
+        // Saturate instead of overflowing after ~584 years of uptime.
+        let ns = self.interval.as_nanos().saturating_mul(u128::from(i));
+        let ns = u64::try_from(ns).unwrap_or(u64::MAX);
+        self.origin + Duration::from_nanos(ns)
+    }
+
+    /// If a deadline is due at `now`, consumes it and returns the send to
+    /// make. Missed whole intervals are skipped: at most one send per call,
+    /// and the following deadline is always after `now`.
+    pub fn fire(&mut self, now: Instant) -> Option<Fire> {
+        let due = self.next_deadline();
+        if now < due {
+            return None;
+        }
+        let behind = now.duration_since(due);
+        let skipped = u64::try_from(behind.as_nanos() / self.interval.as_nanos()).unwrap_or(0);
+        self.next = self.next.saturating_add(skipped).saturating_add(1);
+        Some(Fire {
+            deadline: due,
+            late: behind > LATE_THRESHOLD,
+            skipped,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn deadlines_are_absolute() {
+        let t0 = Instant::now();
+        let mut s = Periodic::new(t0, ms(3), ms(10));
+        assert_eq!(s.next_deadline(), t0 + ms(3));
+        assert_eq!(s.fire(t0 + ms(2)), None, "not yet");
+        // Waking 500 us late is on time and does not shift later deadlines.
+        let f = s
+            .fire(t0 + ms(3) + Duration::from_micros(500))
+            .expect("due");
+        assert_eq!(
+            f,
+            Fire {
+                deadline: t0 + ms(3),
+                late: false,
+                skipped: 0
+            }
+        );
+        assert_eq!(s.next_deadline(), t0 + ms(13));
+        assert_eq!(s.fire(t0 + ms(13)).map(|f| f.late), Some(false));
+        assert_eq!(s.next_deadline(), t0 + ms(23));
+    }
+
+    #[test]
+    fn late_wake_is_flagged_and_missed_intervals_skipped() {
+        let t0 = Instant::now();
+        let mut s = Periodic::new(t0, Duration::ZERO, ms(10));
+        // 2 ms late: flagged, nothing skipped.
+        let f = s.fire(t0 + ms(2)).expect("due");
+        assert!(f.late);
+        assert_eq!(f.skipped, 0);
+        // Deadline 10 ms; waking at 45 ms misses 20, 30, 40: one send only.
+        let f = s.fire(t0 + ms(45)).expect("due");
+        assert_eq!((f.deadline, f.late, f.skipped), (t0 + ms(10), true, 3));
+        assert_eq!(s.fire(t0 + ms(45)), None, "no catch-up burst");
+        assert_eq!(s.next_deadline(), t0 + ms(50));
+    }
+
+    #[test]
+    fn random_phase_is_within_one_interval() {
+        let t0 = Instant::now();
+        for _ in 0..200 {
+            let s = Periodic::with_random_phase(t0, ms(7));
+            let d = s.next_deadline().duration_since(t0);
+            assert!(d < ms(7), "{d:?}");
+        }
+        let s = Periodic::new(t0, Duration::ZERO, Duration::ZERO);
+        assert_eq!(s.interval(), MIN_INTERVAL, "zero interval guarded");
+    }
+}

@@ -1,0 +1,7 @@
+//! Shared test infrastructure of the controller tests: a fake apiserver and
+//! a simulated kubelet.
+
+#![allow(dead_code)]
+
+pub mod apiserver_ext;
+pub mod kubelet;

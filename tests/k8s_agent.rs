@@ -1,0 +1,160 @@
+//! The `kubepulse agent` binary in Kubernetes mode, end to end against the
+//! API test server: it reads its identity from the downward-API variables,
+//! finds its client through a kubeconfig, turns discovered pods into probe
+//! targets (`kubepulse_peers`, per-peer series), removes the series of
+//! departed peers, and reports the API going down. Loopback only.
+
+#[path = "common/apiserver.rs"]
+mod apiserver;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use apiserver::ApiServer;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+
+const NS: &str = "kubepulse";
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn pod(name: &str, node: &str, host: bool, port: u16) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {
+            "app.kubernetes.io/name": "kubepulse", "app.kubernetes.io/component": "agent"}},
+        "spec": {"nodeName": node, "hostNetwork": host, "containers": [{"name": "agent", "ports": [
+            {"name": "udp-echo", "containerPort": port, "protocol": "UDP"},
+            {"name": "tcp-echo", "containerPort": port},
+            {"name": "bandwidth", "containerPort": port + 1},
+            {"name": "http", "containerPort": port + 2}]}]},
+        "status": {"phase": "Running", "podIP": "127.0.0.1", "hostIP": "127.0.0.1"}
+    }))
+    .expect("pod json")
+}
+
+fn scrape(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Polls the agent's /metrics until `pred` holds.
+async fn wait_scrape(port: u16, what: &str, pred: impl Fn(&str) -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let text = tokio::task::spawn_blocking(move || scrape(port))
+            .await
+            .expect("join")
+            .unwrap_or_default();
+        if pred(&text) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last scrape:\n{}",
+            text.lines()
+                .filter(|l| l.starts_with("kubepulse_peers") || l.starts_with("kubepulse_disc"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_binary_follows_the_api() {
+    let server = ApiServer::start().await;
+    let (p1, p2, metrics) = (free_port(), free_port(), free_port());
+    server.apply(&pod("agent-pod-n1", "n1", false, p1));
+    server.apply(&pod("agent-pod-n2", "n2", false, p2));
+    server.apply(&pod("agent-host-n2", "n2", true, p2 + 10));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+             clusters: [{{name: test, cluster: {{server: \"{}\"}}}}]\n\
+             users: [{{name: test, user: {{}}}}]\n\
+             contexts: [{{name: test, context: {{cluster: test, user: test}}}}]\n",
+            server.url()
+        ),
+    )
+    .expect("write kubeconfig");
+    let child = Command::new(env!("CARGO_BIN_EXE_kubepulse"))
+        .args(["agent", "--listen", &format!("127.0.0.1:{metrics}")])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("KUBEPULSE_POD_NAME", "agent-pod-n1")
+        .env("KUBEPULSE_NODE_NAME", "n1")
+        .env("KUBEPULSE_NAMESPACE", NS)
+        .env("KUBEPULSE__DISCOVERY__MODE", "kubernetes")
+        .env("KUBEPULSE__AGENT__BIND_ADDRESS", "127.0.0.1")
+        .env("KUBEPULSE__AGENT__PORTS__UDP_ECHO", p1.to_string())
+        .env("KUBEPULSE__AGENT__PORTS__TCP_ECHO", p1.to_string())
+        .env("KUBEPULSE__AGENT__PORTS__BANDWIDTH", (p1 + 1).to_string())
+        .env("KUBEPULSE__AGENT__PORTS__HTTP", (p1 + 2).to_string())
+        .env("RUST_LOG", "kubepulse=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn kubepulse");
+    let _agent = Agent(child);
+
+    wait_scrape(metrics, "both peers discovered", |t| {
+        value(t, "kubepulse_discovery_up") == Some(1.0)
+            && value(t, "kubepulse_peers{path=\"pod_cross_node\"}") == Some(1.0)
+            && value(t, "kubepulse_peers{path=\"pod_to_host\"}") == Some(1.0)
+            && t.contains("peer_node=\"n2\"")
+    })
+    .await;
+
+    // n2's agents leave: their targets and per-peer series go.
+    assert!(server.delete::<Pod>(NS, "agent-pod-n2"));
+    assert!(server.delete::<Pod>(NS, "agent-host-n2"));
+    wait_scrape(metrics, "n2's series removed", |t| {
+        value(t, "kubepulse_peers{path=\"pod_cross_node\"}") == Some(0.0)
+            && !t.contains("peer_node=\"n2\"")
+    })
+    .await;
+
+    // A new node while the API is up, then the API goes down: the peer is
+    // kept and the outage is reported.
+    server.apply(&pod("agent-pod-n3", "n3", false, p2));
+    wait_scrape(metrics, "n3 discovered", |t| t.contains("peer_node=\"n3\"")).await;
+    server.set_down(true);
+    wait_scrape(metrics, "discovery down", |t| {
+        value(t, "kubepulse_discovery_up") == Some(0.0) && t.contains("peer_node=\"n3\"")
+    })
+    .await;
+    server.set_down(false);
+    wait_scrape(metrics, "discovery back up", |t| {
+        value(t, "kubepulse_discovery_up") == Some(1.0)
+    })
+    .await;
+}
