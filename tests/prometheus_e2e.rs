@@ -1,0 +1,521 @@
+//! End to end against a real Prometheus: `kubepulse local` is scraped every
+//! second by a `prometheus` process that loads `alerts/kubepulse-rules.yaml`;
+//! then every query of every dashboard panel, every recording rule and every
+//! alert expression is sent to the query API. All must parse, every rule must
+//! evaluate without error, and every dashboard query and recording rule over
+//! metrics local mode produces must return data (exceptions are listed in
+//! [`NO_DATA_IN_LOCAL_MODE`] with their reasons, and must return none).
+//!
+//! Needs `/usr/bin/prometheus` (Debian package `prometheus`; `PROMETHEUS`
+//! overrides the path). Run with `--nocapture` to see every query's value.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+use serde_yaml::Value as Yaml;
+
+/// Queries expected to return nothing in local mode, by origin (`record:NAME`
+/// or `DASHBOARD_UID:PANEL TITLE`), with the reason. Local mode runs with
+/// bandwidth bursts and short probe schedules (see [`write_agent_config`]), so
+/// every metric of the catalog is produced and the list is empty; a query
+/// listed here must return no data, so the list cannot go stale.
+const NO_DATA_IN_LOCAL_MODE: &[(&str, &str)] = &[];
+
+/// Values of Grafana's variables in the queries sent: every template
+/// variable matches everything (`=~".*"`).
+const RATE_INTERVAL: &str = "10s";
+const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
+const DATA_DEADLINE: Duration = Duration::from_secs(150);
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A child process killed (and reaped) when dropped, so no test failure
+/// leaves Prometheus or kubepulse behind.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, cmd: &mut Command, dir: &Path) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let out = fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc { name, child, log }
+    }
+
+    /// Panics with the log tail if the process has exited.
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited ({status}):\n{}", self.name, self.log_tail());
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn prometheus_bin() -> PathBuf {
+    let p = std::env::var_os("PROMETHEUS")
+        .map_or_else(|| PathBuf::from("/usr/bin/prometheus"), PathBuf::from);
+    assert!(
+        p.is_file(),
+        "{} not found: install Debian's `prometheus` package (apt-get install prometheus) \
+         or set PROMETHEUS",
+        p.display()
+    );
+    p
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A minimal HTTP/1.0 GET (no chunked encoding, the server closes).
+fn http_get(addr: SocketAddr, target: &str) -> Result<(u16, String), String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {target} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP header end")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("no HTTP status")?;
+    Ok((status, body.to_string()))
+}
+
+/// The outcome of an instant query.
+enum Answer {
+    /// Result series (or one scalar), summarised.
+    Data(Vec<String>),
+    /// Valid, but no series.
+    Empty,
+}
+
+/// Sends an instant query; `Err` carries Prometheus' error (parse errors,
+/// many-to-many matching, ...).
+fn query(prom: SocketAddr, expr: &str) -> Result<Answer, String> {
+    let (status, body) = http_get(
+        prom,
+        &format!("/api/v1/query?query={}", percent_encode(expr)),
+    )?;
+    let v: Json = serde_json::from_str(&body).map_err(|e| format!("HTTP {status}: {e}: {body}"))?;
+    if v["status"] != "success" {
+        return Err(format!(
+            "{}: {}",
+            v["errorType"].as_str().unwrap_or("?"),
+            v["error"].as_str().unwrap_or("?")
+        ));
+    }
+    let data = &v["data"];
+    match data["resultType"].as_str() {
+        Some("scalar") | Some("string") => Ok(Answer::Data(vec![data["result"][1].to_string()])),
+        _ => {
+            let series = data["result"].as_array().cloned().unwrap_or_default();
+            if series.is_empty() {
+                return Ok(Answer::Empty);
+            }
+            Ok(Answer::Data(
+                series
+                    .iter()
+                    .map(|s| {
+                        let labels: Vec<String> = s["metric"]
+                            .as_object()
+                            .map(|m| {
+                                m.iter()
+                                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        format!(
+                            "{{{}}} {}",
+                            labels.join(","),
+                            s["value"][1].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect(),
+            ))
+        }
+    }
+}
+
+/// One expression to send.
+struct Query {
+    /// `record:NAME`, `alert:NAME` or `DASHBOARD_UID:PANEL TITLE`.
+    origin: String,
+    /// Target refId for panels with several queries.
+    part: String,
+    expr: String,
+    /// Must return data (false: parse only).
+    needs_data: bool,
+}
+
+/// Replaces Grafana's variables the way Grafana would with "All" selected.
+fn substitute(expr: &str, variables: &[String]) -> String {
+    let mut e = expr
+        .replace("$__rate_interval", RATE_INTERVAL)
+        .replace("$__interval", "2s")
+        .replace("$__range", "1m");
+    // Longest names first so `$path` never eats the start of `$pathx`.
+    let mut vars = variables.to_vec();
+    vars.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    for v in vars {
+        e = e
+            .replace(&format!("${{{v}}}"), ".*")
+            .replace(&format!("${v}"), ".*");
+    }
+    e
+}
+
+fn queries() -> Vec<Query> {
+    let mut out = Vec::new();
+    let rules: Yaml = serde_yaml::from_str(
+        &fs::read_to_string(root().join("alerts/kubepulse-rules.yaml")).expect("rules file"),
+    )
+    .expect("rules parse");
+    for g in rules["groups"].as_sequence().expect("groups") {
+        for r in g["rules"].as_sequence().expect("rules") {
+            let expr = r["expr"].as_str().expect("expr").to_string();
+            if let Some(name) = r["record"].as_str() {
+                out.push(Query {
+                    origin: format!("record:{name}"),
+                    part: String::new(),
+                    expr,
+                    needs_data: true,
+                });
+            } else {
+                let name = r["alert"].as_str().expect("alert");
+                let severity = r["labels"]["severity"].as_str().unwrap_or("");
+                out.push(Query {
+                    origin: format!("alert:{name}"),
+                    part: severity.to_string(),
+                    expr,
+                    needs_data: false,
+                });
+            }
+        }
+    }
+    let mut files: Vec<PathBuf> = fs::read_dir(root().join("dashboards"))
+        .expect("dashboards/")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    for f in files {
+        let d: Json =
+            serde_json::from_str(&fs::read_to_string(&f).expect("dashboard")).expect("JSON");
+        let uid = d["uid"].as_str().expect("uid");
+        let vars: Vec<String> = d["templating"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["name"].as_str().map(str::to_string))
+            .collect();
+        let mut panels: Vec<&Json> = Vec::new();
+        for p in d["panels"].as_array().expect("panels") {
+            panels.push(p);
+            panels.extend(p["panels"].as_array().into_iter().flatten());
+        }
+        for p in panels {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                out.push(Query {
+                    origin: format!("{uid}:{}", p["title"].as_str().unwrap_or("?")),
+                    part: t["refId"].as_str().unwrap_or("").to_string(),
+                    expr: substitute(t["expr"].as_str().expect("expr"), &vars),
+                    needs_data: true,
+                });
+            }
+        }
+    }
+    for q in &mut out {
+        if NO_DATA_IN_LOCAL_MODE.iter().any(|(o, _)| *o == q.origin) {
+            q.needs_data = false;
+        }
+    }
+    out
+}
+
+/// The agents' config: short schedules so every scheduled probe reports
+/// within the test, and responder ports picked at random so a concurrent
+/// local mode (another test run on the same machine) does not clash.
+fn write_agent_config(dir: &Path) -> PathBuf {
+    let (echo, bandwidth, http) = (free_port(), free_port(), free_port());
+    let agent = dir.join("kubepulse.yaml");
+    fs::write(
+        &agent,
+        format!(
+            "agent:\n  ports: {{udp_echo: {echo}, tcp_echo: {echo}, bandwidth: {bandwidth}, http: {http}}}\n\
+             probes:\n  tcp_connect: {{interval: 1s, timeout: 1s}}\n  http: {{interval: 1s, timeout: 1s}}\n  \
+             pmtu: {{interval: 5s}}\n  rtt_min_window: 10s\n  \
+             bandwidth: {{interval: 5s, burst_bytes: 1048576}}\n"
+        ),
+    )
+    .expect("write agent config");
+    agent
+}
+
+/// Prometheus' config: scrape kubepulse every second, evaluate the rules every second.
+fn write_prometheus_config(dir: &Path, kubepulse: SocketAddr) -> PathBuf {
+    let prom = dir.join("prometheus.yml");
+    let rules = root().join("alerts/kubepulse-rules.yaml");
+    fs::write(
+        &prom,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: kubepulse\n    static_configs:\n      - targets: ['{kubepulse}']\n",
+            rules.display()
+        ),
+    )
+    .expect("write prometheus config");
+    prom
+}
+
+/// The `/metrics` address kubepulse prints once it serves.
+fn printed_address(kp: &mut Proc, deadline: Instant) -> SocketAddr {
+    let addr = poll(deadline, || {
+        kp.assert_running();
+        let log = fs::read_to_string(&kp.log).unwrap_or_default();
+        log.lines()
+            .find_map(|l| l.split("metrics at http://").nth(1))
+            .and_then(|rest| rest.trim_end_matches("/metrics").trim().parse().ok())
+    });
+    addr.unwrap_or_else(|| panic!("kubepulse printed no metrics address:\n{}", kp.log_tail()))
+}
+
+/// Polls `f` every 500 ms until it returns `Some` or `deadline` passes.
+fn poll<T>(deadline: Instant, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    loop {
+        if let Some(t) = f() {
+            return Some(t);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Rules whose last evaluation failed, as "name: error".
+fn rule_errors(prom: SocketAddr) -> Result<(usize, Vec<String>), String> {
+    let (_, body) = http_get(prom, "/api/v1/rules")?;
+    let v: Json = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    let mut evaluated = 0;
+    let mut errors = Vec::new();
+    for g in v["data"]["groups"].as_array().into_iter().flatten() {
+        for r in g["rules"].as_array().into_iter().flatten() {
+            match r["health"].as_str() {
+                Some("ok") => evaluated += 1,
+                Some("err") => errors.push(format!(
+                    "{}: {}",
+                    r["name"].as_str().unwrap_or("?"),
+                    r["lastError"].as_str().unwrap_or("?")
+                )),
+                _ => {}
+            }
+        }
+    }
+    Ok((evaluated, errors))
+}
+
+#[test]
+fn every_dashboard_and_rule_query_works_against_prometheus() {
+    let prometheus = prometheus_bin();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let agent_cfg = write_agent_config(dir.path());
+    let startup = Instant::now() + STARTUP_DEADLINE;
+
+    let mut kp = Proc::spawn(
+        "kubepulse",
+        Command::new(env!("CARGO_BIN_EXE_kubepulse"))
+            .args([
+                "local",
+                "--bandwidth",
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+            ])
+            .arg(&agent_cfg),
+        dir.path(),
+    );
+    let kp_addr = printed_address(&mut kp, startup);
+    let prom_cfg = write_prometheus_config(dir.path(), kp_addr);
+    let prom_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let mut prom = Proc::spawn(
+        "prometheus",
+        Command::new(prometheus)
+            .arg(format!("--config.file={}", prom_cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .arg("--log.level=warn"),
+        dir.path(),
+    );
+
+    // Prometheus ready and the target scraped.
+    let up = poll(startup, || {
+        kp.assert_running();
+        prom.assert_running();
+        match query(prom_addr, r#"up{job="kubepulse"} == 1"#) {
+            Ok(Answer::Data(_)) => Some(()),
+            _ => None,
+        }
+    });
+    assert!(
+        up.is_some(),
+        "kubepulse was not scraped within {STARTUP_DEADLINE:?}\nprometheus:\n{}\nkubepulse:\n{}",
+        prom.log_tail(),
+        kp.log_tail()
+    );
+
+    let all = queries();
+    // Every expression parses and evaluates (no parse error, no matching error).
+    let mut problems = Vec::new();
+    for q in &all {
+        if let Err(e) = query(prom_addr, &q.expr) {
+            problems.push(format!("{} {}: {e}\n    {}", q.origin, q.part, q.expr));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "queries rejected by Prometheus:\n  {}",
+        problems.join("\n  ")
+    );
+
+    // Wait, with a deadline, until every query that should have data has it.
+    let mut answers: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    let data_deadline = Instant::now() + DATA_DEADLINE;
+    poll(data_deadline, || {
+        kp.assert_running();
+        prom.assert_running();
+        for (i, q) in all.iter().enumerate() {
+            if q.needs_data && !answers.contains_key(&i) {
+                if let Ok(Answer::Data(d)) = query(prom_addr, &q.expr) {
+                    answers.insert(i, d);
+                }
+            }
+        }
+        all.iter()
+            .enumerate()
+            .all(|(i, q)| !q.needs_data || answers.contains_key(&i))
+            .then_some(())
+    });
+    let (evaluated, errors) = rule_errors(prom_addr).expect("rules API");
+
+    // The report: every query with what Prometheus returned.
+    println!("\n{:<100} | value", "query");
+    for (i, q) in all.iter().enumerate() {
+        let value = match answers.get(&i) {
+            Some(d) => format!("{} series, first {}", d.len(), d[0]),
+            None if q.needs_data => "NO DATA".to_string(),
+            None => match query(prom_addr, &q.expr) {
+                Ok(Answer::Data(d)) => format!("{} series, first {}", d.len(), d[0]),
+                Ok(Answer::Empty) => "no data (expected)".to_string(),
+                Err(e) => format!("error {e}"),
+            },
+        };
+        println!("{} {} | {}\n    {}", q.origin, q.part, value, q.expr);
+    }
+
+    let mut problems: Vec<String> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, q)| q.needs_data && !answers.contains_key(i))
+        .map(|(_, q)| {
+            format!(
+                "{} {}: no data after {DATA_DEADLINE:?}\n    {}",
+                q.origin, q.part, q.expr
+            )
+        })
+        .collect();
+    // An exception that has data is stale: local mode now produces it.
+    for (origin, reason) in NO_DATA_IN_LOCAL_MODE {
+        let matching: Vec<&Query> = all.iter().filter(|q| q.origin == *origin).collect();
+        if matching.is_empty() {
+            problems.push(format!("exception {origin} matches no query"));
+        }
+        for q in matching {
+            if let Ok(Answer::Data(_)) = query(prom_addr, &q.expr) {
+                problems.push(format!(
+                    "{origin} returns data although listed as \"{reason}\": remove the exception"
+                ));
+            }
+        }
+    }
+    problems.extend(
+        errors
+            .into_iter()
+            .map(|e| format!("rule evaluation failed: {e}")),
+    );
+    if evaluated == 0 {
+        problems.push("Prometheus evaluated no rule".to_string());
+    }
+    assert!(
+        problems.is_empty(),
+        "{}\nprometheus log:\n{}\nkubepulse log:\n{}",
+        problems.join("\n"),
+        prom.log_tail(),
+        kp.log_tail()
+    );
+}
+
+#[test]
+fn substitution_and_encoding() {
+    let vars = ["cluster".to_string(), "job".to_string()];
+    assert_eq!(
+        substitute(
+            r#"rate(x{cluster=~"$cluster",job=~"${job}"}[$__rate_interval])"#,
+            &vars
+        ),
+        format!(r#"rate(x{{cluster=~".*",job=~".*"}}[{RATE_INTERVAL}])"#)
+    );
+    assert_eq!(percent_encode("a b{c=\"d\"}"), "a%20b%7Bc%3D%22d%22%7D");
+}
