@@ -19,7 +19,7 @@
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::delayline::DelayLine;
@@ -81,7 +81,13 @@ pub struct Lab {
     namespaces: Vec<String>,
     procs: Mutex<Vec<Child>>,
     delay_line: Option<DelayLine>,
+    /// Held for the lab's lifetime (dropped after cleanup): labs of one test
+    /// binary run one at a time, because on two cores concurrent labs
+    /// measure each other's CPU load rather than the injected faults.
+    _serial: MutexGuard<'static, ()>,
 }
+
+static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Runs `cmd`, returning its output; panics if it cannot be started.
 fn output(cmd: &mut Command) -> Output {
@@ -141,6 +147,9 @@ impl Lab {
             std::path::Path::new("/dev/net/tun").exists(),
             "netlab needs /dev/net/tun"
         );
+        // A test that panicked while holding the lock poisons it; the lab it
+        // held has been cleaned up by then, so the lock is still good.
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         sweep_stale();
         let prefix = format!(
             "kpl{}x{}",
@@ -153,6 +162,7 @@ impl Lab {
             namespaces: Vec::new(),
             procs: Mutex::new(Vec::new()),
             delay_line: None,
+            _serial: serial,
         };
         lab.build();
         lab
