@@ -114,6 +114,9 @@ pub struct ProbeSettings {
     /// Window over which the minimum RTT is taken.
     #[serde(with = "humantime_serde")]
     pub rtt_min_window: Duration,
+    /// Run the latency prober thread at SCHED_FIFO priority 1 when allowed
+    /// (CAP_SYS_NICE), so CPU load is not measured as latency.
+    pub realtime_priority: bool,
 }
 
 impl Default for ProbeSettings {
@@ -128,6 +131,7 @@ impl Default for ProbeSettings {
             pmtu: PmtuSettings::default(),
             bandwidth: BandwidthSettings::default(),
             rtt_min_window: s(60),
+            realtime_priority: true,
         }
     }
 }
@@ -230,6 +234,9 @@ pub struct ResponderSettings {
     /// Idle time after which a TCP responder connection is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Run the UDP and TCP echo threads at SCHED_FIFO priority 1 when
+    /// allowed (CAP_SYS_NICE): their turnaround is part of every RTT.
+    pub realtime_priority: bool,
     /// Test-only: added to the wall-clock time the UDP echo reports, to check
     /// clock offset estimation. Never set in production.
     #[serde(with = "humantime_serde")]
@@ -244,6 +251,7 @@ impl Default for ResponderSettings {
             max_burst_duration: MAX_BURST_DURATION,
             http_body_bytes: 612,
             idle_timeout: Duration::from_secs(120),
+            realtime_priority: true,
             test_clock_offset: Duration::ZERO,
         }
     }

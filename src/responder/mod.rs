@@ -178,13 +178,17 @@ pub async fn start(
             "Echo responders report a shifted clock (test_clock_offset); never use in production");
     }
     let started = async {
-        let h =
-            udp_echo::spawn(udp, offset_ns, metrics.clone(), stop.clone()).map_err(|source| {
-                ResponderError::Start {
-                    what: "udp echo",
-                    source,
-                }
-            })?;
+        let h = udp_echo::spawn(
+            udp,
+            offset_ns,
+            limits.realtime_priority,
+            metrics.clone(),
+            stop.clone(),
+        )
+        .map_err(|source| ResponderError::Start {
+            what: "udp echo",
+            source,
+        })?;
         r.threads.push(("udp echo", h));
         let h = tcp_echo::spawn(tcp, &limits, metrics.clone(), stop.clone())
             .await

@@ -9,6 +9,7 @@
 //! (measurement.md §5: current_thread p99 50 us vs 334 us on a noisy shared
 //! runtime).
 
+use crate::sys::thread::prefer_realtime;
 use std::io;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -36,6 +37,7 @@ pub(super) async fn spawn(
 ) -> io::Result<JoinHandle<()>> {
     let max = limits.max_connections;
     let idle = idle_timeout(limits);
+    let realtime = limits.realtime_priority;
     let offset_ns = super::duration_ns(limits.test_clock_offset);
     let (ready_tx, ready_rx) = oneshot::channel::<io::Result<()>>();
     // The runtime is built and dropped on its own thread: dropping a runtime
@@ -43,6 +45,9 @@ pub(super) async fn spawn(
     let thread = std::thread::Builder::new()
         .name("kp-tcp-echo".into())
         .spawn(move || {
+            if realtime {
+                prefer_realtime("tcp echo");
+            }
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_io()
                 .enable_time()

@@ -6,6 +6,7 @@
 //! every measured RTT, and on the shared runtime it would queue behind other
 //! tasks (measurement.md §5: p99 6-7x worse under load).
 
+use crate::sys::thread::prefer_realtime;
 use std::io;
 use std::net::UdpSocket;
 use std::thread::JoinHandle;
@@ -26,6 +27,7 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(10);
 pub(super) fn spawn(
     sock: UdpSocket,
     offset_ns: u64,
+    realtime: bool,
     metrics: AgentMetrics,
     stop: CancellationToken,
 ) -> io::Result<JoinHandle<()>> {
@@ -33,7 +35,12 @@ pub(super) fn spawn(
     sock.set_read_timeout(Some(POLL_INTERVAL))?;
     std::thread::Builder::new()
         .name("kp-udp-echo".into())
-        .spawn(move || run(&sock, offset_ns, &metrics, &stop))
+        .spawn(move || {
+            if realtime {
+                prefer_realtime("udp echo");
+            }
+            run(&sock, offset_ns, &metrics, &stop)
+        })
 }
 
 fn run(sock: &UdpSocket, offset_ns: u64, metrics: &AgentMetrics, stop: &CancellationToken) {

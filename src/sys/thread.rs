@@ -25,6 +25,21 @@ pub fn set_timer_slack(ns: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Best effort: moves the calling latency-critical thread (prober or echo
+/// responder) to SCHED_FIFO priority 1, as chronyd and ptp4l do, so CPU
+/// load on the node delays its wake-ups less and is not reported as network
+/// latency. These threads sleep almost always and work microseconds per
+/// probe; the kernel's RT throttling bounds them regardless. Without
+/// CAP_SYS_NICE it stays at normal priority and says so at debug level.
+pub fn prefer_realtime(thread: &str) {
+    match set_realtime_fifo(1) {
+        Ok(()) => tracing::debug!(thread, "Running at SCHED_FIFO priority 1"),
+        Err(e) => {
+            tracing::debug!(thread, error = %e, "Real-time priority not permitted; normal priority")
+        }
+    }
+}
+
 /// The calling thread's timer slack in nanoseconds (PR_GET_TIMERSLACK).
 pub fn timer_slack() -> io::Result<u64> {
     // SAFETY: PR_GET_TIMERSLACK takes no pointer and returns the slack as

@@ -22,7 +22,7 @@ use crate::proto::echo::{self, EchoHeader};
 use crate::proto::icmp;
 use crate::sys::clock::realtime_ns;
 use crate::sys::poll::{ppoll, PollFd, READABLE};
-use crate::sys::thread::set_timer_slack;
+use crate::sys::thread::{prefer_realtime, set_timer_slack};
 use crate::sys::timestamp::{enable_rx_timestamps, ControlBuf};
 
 use super::stream::{SendStamp, Stream};
@@ -136,6 +136,9 @@ impl Engine {
         // Timed waits must wake when asked, not up to 50 us later.
         if let Err(e) = set_timer_slack(1) {
             tracing::warn!(error = %e, "Cannot set timer slack; probe deadlines may be late");
+        }
+        if self.ctx.settings.realtime_priority {
+            prefer_realtime("latency prober");
         }
         let initial = self.ctx.targets.borrow_and_update().clone();
         self.reconcile(&initial, Instant::now());
