@@ -1,13 +1,11 @@
 //! Closed label-value enums. Every label value kubepulse exports comes from
 //! one of these, so cardinality is bounded by construction.
 
-use serde::{Deserialize, Serialize};
-
 /// Defines a label enum with its exported string form and a list of all values.
 macro_rules! label_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $s:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($(#[$vmeta])* $variant),+ }
 
@@ -28,6 +26,8 @@ macro_rules! label_enum {
         }
     };
 }
+
+pub(crate) use label_enum;
 
 label_enum! {
     /// The `protocol` label: which probe produced a latency sample.

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -77,28 +76,12 @@ fn a_real_controller_scrape_is_fully_documented() {
 
     let body = metrics::encode(&[&registry]).expect("encode");
     let sc = scrape::parse(&body);
-    let docs = scrape::doc_rows();
-    let mut documented: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
-    for section in ["Controller metrics", "Process metrics", "Agent metrics"] {
-        for (n, k, l) in docs.get(section).expect("section") {
-            documented.insert(n.clone(), (k.clone(), l.iter().cloned().collect()));
-        }
-    }
-    let families = sc.family_labels();
-    for (family, labels) in &families {
-        let (kind, doc_labels) = documented
-            .get(family)
-            .unwrap_or_else(|| panic!("{family} not documented"));
-        assert_eq!(sc.types.get(family), Some(kind), "{family}");
-        assert_eq!(labels, doc_labels, "{family}");
-    }
-    for d in catalog::CONTROLLER {
-        assert!(
-            families.contains_key(d.name),
-            "{} missing from the scrape",
-            d.name
-        );
-    }
+    scrape::assert_documented(
+        &sc,
+        &["Controller metrics", "Process metrics", "Agent metrics"],
+        &[],
+        catalog::CONTROLLER,
+    );
     assert_eq!(sc.sum("kubepulse_apiserver_throttled_total", &[]), 1.0);
     assert_eq!(
         sc.sum("kubepulse_node_ready", &[("target_node", "node-a")]),

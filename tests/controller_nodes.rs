@@ -6,7 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use common::apiserver_ext::FakeApiServer;
+use common::apiserver::ApiServer;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kubepulse::k8s::metrics::ControllerMetrics;
 use kubepulse::k8s::nodes::{self, NodeCollector, NodeView};
@@ -14,19 +16,18 @@ use serde_json::{json, Value};
 use support::scrape::{parse, Scrape};
 use tokio_util::sync::CancellationToken;
 
-const NODES: &str = "/api/v1/nodes";
-const NODE_LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
-const CP_LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases";
+const NODE_LEASE_NS: &str = "kube-node-lease";
+const CP_LEASE_NS: &str = "kube-system";
 
 fn node(name: &str, ready: bool) -> Value {
     json!({"metadata": {"name": name}, "spec": {},
            "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}})
 }
 
-fn lease(name: &str, holder: &str, renew: Timestamp) -> Value {
+fn lease(namespace: &str, name: &str, holder: &str, renew: Timestamp) -> Value {
     let t =
         k8s_openapi::jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%S%.6fZ", renew).expect("format");
-    json!({"metadata": {"name": name}, "spec": {"holderIdentity": holder, "renewTime": t, "leaseDurationSeconds": 40}})
+    json!({"metadata": {"name": name, "namespace": namespace}, "spec": {"holderIdentity": holder, "renewTime": t, "leaseDurationSeconds": 40}})
 }
 
 fn scrape(m: &ControllerMetrics) -> Scrape {
@@ -51,22 +52,12 @@ async fn until(m: &ControllerMetrics, what: &str, ok: impl Fn(&Scrape) -> bool) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_health_from_watches() {
-    let server = FakeApiServer::start(&["kube-node-lease", "kube-system"]).await;
-    server.insert(NODES, node("node-a", true), "v1", "Node");
-    server.insert(NODES, node("node-b", false), "v1", "Node");
+    let server = ApiServer::with_namespaces(&["kube-node-lease", "kube-system"]).await;
+    server.apply_json::<Node>(node("node-a", true));
+    server.apply_json::<Node>(node("node-b", false));
     let now = Timestamp::now();
-    server.insert(
-        NODE_LEASES,
-        lease("node-a", "node-a", now),
-        "coordination.k8s.io/v1",
-        "Lease",
-    );
-    server.insert(
-        CP_LEASES,
-        lease("kube-scheduler", "sched-1", now),
-        "coordination.k8s.io/v1",
-        "Lease",
-    );
+    server.apply_json::<Lease>(lease(NODE_LEASE_NS, "node-a", "node-a", now));
+    server.apply_json::<Lease>(lease(CP_LEASE_NS, "kube-scheduler", "sched-1", now));
 
     let m = ControllerMetrics::new(prometheus::Registry::new()).expect("metrics");
     let view = NodeView::new(10);
@@ -99,12 +90,7 @@ async fn node_health_from_watches() {
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let renew = Timestamp::now().checked_add(ahead).expect("time");
-        server.insert(
-            NODE_LEASES,
-            lease("node-a", "node-a", renew),
-            "coordination.k8s.io/v1",
-            "Lease",
-        );
+        server.apply_json::<Lease>(lease(NODE_LEASE_NS, "node-a", "node-a", renew));
     }
     // Five renewals after the initial list are four gaps.
     let sc = until(&m, "renewal gaps", |s| {
@@ -138,12 +124,7 @@ async fn node_health_from_watches() {
     assert!(a2 - a1 >= 0.29, "age {a1} -> {a2}");
 
     // renewTime going backwards (node clock stepped back).
-    server.insert(
-        NODE_LEASES,
-        lease("node-a", "node-a", now),
-        "coordination.k8s.io/v1",
-        "Lease",
-    );
+    server.apply_json::<Lease>(lease(NODE_LEASE_NS, "node-a", "node-a", now));
     until(&m, "regression", |s| {
         s.sum(
             "kubepulse_node_lease_renew_time_regressions_total",
@@ -153,13 +134,8 @@ async fn node_health_from_watches() {
     .await;
 
     // Ready transition and control-plane leader change.
-    server.insert(NODES, node("node-b", true), "v1", "Node");
-    server.insert(
-        CP_LEASES,
-        lease("kube-scheduler", "sched-2", now),
-        "coordination.k8s.io/v1",
-        "Lease",
-    );
+    server.apply_json::<Node>(node("node-b", true));
+    server.apply_json::<Lease>(lease(CP_LEASE_NS, "kube-scheduler", "sched-2", now));
     let sc = until(&m, "transitions", |s| {
         s.sum(
             "kubepulse_node_ready_transitions_total",

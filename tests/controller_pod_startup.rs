@@ -4,8 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::apiserver_ext::FakeApiServer;
+use common::apiserver::{ApiServer, Fault, Rule, Verb};
 use common::kubelet::{Delays, Kubelet, Mode};
+use k8s_openapi::api::core::v1::Pod;
 use kubepulse::config::PodStartupSettings;
 use kubepulse::k8s::labels::{Outcome, Phase};
 use kubepulse::k8s::metrics::ControllerMetrics;
@@ -27,15 +28,12 @@ fn settings() -> PodStartupSettings {
     }
 }
 
-async fn setup(
-    mode: Mode,
-    delays: Delays,
-) -> (FakeApiServer, Kubelet, PodProbe, ControllerMetrics) {
-    let server = FakeApiServer::start(&[NS, "kube-node-lease", "kube-system"]).await;
+async fn setup(mode: Mode, delays: Delays) -> (ApiServer, Kubelet, PodProbe, ControllerMetrics) {
+    let server = ApiServer::with_namespaces(&[NS, "kube-node-lease", "kube-system"]).await;
     let kubelet = Kubelet::start(&server, NS, mode, delays);
     let m = ControllerMetrics::new(prometheus::Registry::new()).expect("metrics");
     let nodes = NodeView::new(4);
-    let mut no_retry = kube::Config::new(server.url().parse().expect("url"));
+    let mut no_retry = server.config();
     no_retry.default_retry = false;
     let probe = PodProbe::new(
         server.client(),
@@ -50,13 +48,13 @@ async fn setup(
 }
 
 /// Polls until the probe namespace has no pods.
-async fn assert_no_pods(server: &FakeApiServer) {
+async fn assert_no_pods(server: &ApiServer) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !server.objects(PODS).is_empty() {
+    while !server.objects::<Pod>(NS).is_empty() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "pods left behind: {:?}",
-            server.objects(PODS)
+            server.objects::<Pod>(NS)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -126,7 +124,7 @@ async fn phases_match_the_injected_delays() {
         let bound = server
             .requests()
             .iter()
-            .filter(|(m, p)| m == hyper::Method::POST && p.starts_with(PODS))
+            .filter(|s| s.verb == Some(Verb::Create) && s.uri.starts_with(PODS))
             .count();
         assert!(bound >= 1);
         assert_no_pods(&server).await;
@@ -148,10 +146,7 @@ async fn phases_match_the_injected_delays() {
     assert!(body.contains("kubepulse_apiserver_request_duration_seconds_count{code=\"2xx\",resource=\"pods\",scope=\"resource\",verb=\"POST\"} 2"), "{body}");
 }
 
-async fn outcome_of(
-    mode: Mode,
-    prepare: impl FnOnce(&FakeApiServer),
-) -> (Outcome, ControllerMetrics) {
+async fn outcome_of(mode: Mode, prepare: impl FnOnce(&ApiServer)) -> (Outcome, ControllerMetrics) {
     let (server, _k, mut probe, m) = setup(mode, Delays::default()).await;
     prepare(&server);
     let r = probe.probe("node-a").await.expect("probe");
@@ -206,16 +201,21 @@ async fn dropped_watch_is_watch_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_mutation_and_create_errors() {
     assert_eq!(
-        outcome_of(Mode::Normal, |s| s.mutate_pods(true)).await.0,
+        outcome_of(Mode::Normal, |s| {
+            s.mutate_on_create("pods", |p| {
+                p["spec"]["initContainers"] = json!([{"name": "injected", "image": "sidecar"}]);
+            })
+        })
+        .await
+        .0,
         Outcome::Mutated
     );
     let (o, m) = outcome_of(Mode::Normal, |s| {
-        s.fault(common::apiserver_ext::Fault {
-            method: Some(hyper::Method::POST),
-            path: PODS.into(),
-            count: 1,
-            action: common::apiserver_ext::FaultAction::Throttle,
-        })
+        s.inject(
+            Rule::new(Fault::TooManyRequests { retry_after: 1 })
+                .verb(Verb::Create)
+                .path(PODS),
+        )
     })
     .await;
     assert_eq!(o, Outcome::CreateError);
@@ -224,5 +224,4 @@ async fn webhook_mutation_and_create_errors() {
         body.contains("kubepulse_apiserver_throttled_total 1"),
         "{body}"
     );
-    let _ = json!({});
 }

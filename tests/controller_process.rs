@@ -8,18 +8,17 @@ mod support;
 use std::io::Write;
 use std::time::Duration;
 
-use common::apiserver_ext::FakeApiServer;
+use common::apiserver::{ApiServer, Verb};
 use common::kubelet::{Delays, Kubelet, Mode};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kubepulse::k8s::rbac::{Place, RULES};
 use serde_json::json;
 use support::process::Kubepulse;
 use support::scrape::{scrape_until, Scrape};
 
 const NS: &str = "kubepulse-probes";
-const PODS: &str = "/api/v1/namespaces/kubepulse-probes/pods";
-const CMS: &str = "/api/v1/namespaces/kubepulse-probes/configmaps";
 
-fn config(server: &FakeApiServer) -> tempfile::NamedTempFile {
+fn config(server: &ApiServer) -> tempfile::NamedTempFile {
     let mut f = tempfile::Builder::new()
         .suffix(".yaml")
         .tempfile()
@@ -63,9 +62,9 @@ async fn scrape(
     sc
 }
 
-fn runs(server: &FakeApiServer) -> Vec<String> {
+fn runs(server: &ApiServer) -> Vec<String> {
     server
-        .objects(PODS)
+        .objects::<Pod>(NS)
         .iter()
         .map(|p| {
             p["metadata"]["labels"]["kubepulse.io/run"]
@@ -86,15 +85,11 @@ async fn wait(what: &str, mut ok: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_measures_survives_sigkill_and_cleans_up() {
-    let server = FakeApiServer::start(&[NS, "kubepulse", "kube-node-lease", "kube-system"]).await;
+    let server =
+        ApiServer::with_namespaces(&[NS, "kubepulse", "kube-node-lease", "kube-system"]).await;
     for n in ["node-a", "node-b"] {
-        server.insert(
-            "/api/v1/nodes",
-            json!({"metadata": {"name": n}, "spec": {},
-            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
-            "v1",
-            "Node",
-        );
+        server.apply_json::<Node>(json!({"metadata": {"name": n}, "spec": {},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}));
     }
     let cfg = config(&server);
     let path = cfg.path().to_str().expect("path").to_string();
@@ -132,7 +127,7 @@ async fn binary_measures_survives_sigkill_and_cleans_up() {
     );
 
     // A node that leaves takes its per-node series with it.
-    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(server.actor_client());
+    let nodes: kube::Api<Node> = kube::Api::all(server.actor_client("test"));
     nodes
         .delete("node-b", &Default::default())
         .await
@@ -159,7 +154,7 @@ async fn binary_measures_survives_sigkill_and_cleans_up() {
     let _hang = Kubelet::start(&server, NS, Mode::Hang, Delays::default());
     wait("a hanging probe pod", || {
         server
-            .objects(PODS)
+            .objects::<Pod>(NS)
             .iter()
             .any(|p| p["spec"]["nodeName"].is_string())
     })
@@ -194,28 +189,33 @@ async fn binary_measures_survives_sigkill_and_cleans_up() {
         .wait_exit(Duration::from_secs(20))
         .expect("exit after SIGTERM");
     assert!(status.success(), "{status:?}");
-    wait("no pods after SIGTERM", || server.objects(PODS).is_empty()).await;
-    assert!(server.objects(CMS).is_empty(), "{:?}", server.objects(CMS));
+    wait("no pods after SIGTERM", || {
+        server.objects::<Pod>(NS).is_empty()
+    })
+    .await;
+    assert!(
+        server.objects::<ConfigMap>(NS).is_empty(),
+        "{:?}",
+        server.objects::<ConfigMap>(NS)
+    );
 
     // Least privilege, checked on the wire: every request the controller
     // made is allowed by RULES (the list deploy/controller/rbac.yaml is
     // tested against), and every rule was needed.
     let mut used = vec![false; RULES.len()];
-    for (method, uri) in server.controller_requests() {
-        let (path, query) = uri.split_once('?').unwrap_or((&uri, ""));
+    for seen in server.requests().into_iter().filter(|s| s.actor.is_none()) {
+        let (method, uri) = (&seen.method, &seen.uri);
+        let path = uri.split_once('?').map_or(uri.as_str(), |(p, _)| p);
         let (place, group, resource, name) = classify(path);
-        let watch = query
-            .split('&')
-            .any(|kv| kv == "watch=true" || kv == "watch=1");
-        let verb = match (method.as_str(), &name) {
-            ("GET", _) if watch => "watch",
-            ("GET", Some(_)) => "get",
-            ("GET", None) => "list",
-            ("POST", _) => "create",
-            ("PUT", _) => "update",
-            ("PATCH", _) => "patch",
-            ("DELETE", _) => "delete",
-            (m, _) => panic!("unexpected method {m}"),
+        let verb = match seen.verb {
+            Some(Verb::Watch) => "watch",
+            Some(Verb::Get) => "get",
+            Some(Verb::List) => "list",
+            Some(Verb::Create) => "create",
+            Some(Verb::Update) => "update",
+            Some(Verb::Patch) => "patch",
+            Some(Verb::Delete) => "delete",
+            None => panic!("unexpected method {method} {uri}"),
         };
         let i = RULES.iter().position(|r| {
             r.place == place

@@ -7,8 +7,9 @@ mod support;
 
 use std::time::Duration;
 
-use common::apiserver_ext::FakeApiServer;
+use common::apiserver::{ApiServer, Verb};
 use common::kubelet::{Delays, Kubelet, Mode};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kubepulse::config::ControllerSettings;
 use kubepulse::k8s::client::Clients;
 use kubepulse::k8s::metrics::ControllerMetrics;
@@ -19,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 
 const PROBE_NS: &str = "kubepulse-probes";
 const PODS: &str = "/api/v1/namespaces/kubepulse-probes/pods";
-const CMS: &str = "/api/v1/namespaces/kubepulse-probes/configmaps";
 
 fn settings(name: &str, measure: bool) -> ControllerSettings {
     let mut s = ControllerSettings {
@@ -38,11 +38,10 @@ fn settings(name: &str, measure: bool) -> ControllerSettings {
 }
 
 fn start(
-    server: &FakeApiServer,
+    server: &ApiServer,
     s: &ControllerSettings,
 ) -> (Running, ControllerMetrics, CancellationToken) {
-    let clients =
-        Clients::new(&kube::Config::new(server.url().parse().expect("url"))).expect("clients");
+    let clients = Clients::new(&server.config()).expect("clients");
     let m = ControllerMetrics::new(prometheus::Registry::new()).expect("metrics");
     let token = CancellationToken::new();
     let r = controller::start(s, clients, m.clone(), token.clone()).expect("start");
@@ -60,7 +59,7 @@ async fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_fails_over_within_one_lease_duration() {
-    let server = FakeApiServer::start(&["kubepulse", PROBE_NS]).await;
+    let server = ApiServer::with_namespaces(&["kubepulse", PROBE_NS]).await;
     let (a, ma, _ta) = start(&server, &settings("a", false));
     let (b, mb, tb) = start(&server, &settings("b", false));
     wait_for("a leader", Duration::from_secs(5), || {
@@ -106,17 +105,17 @@ async fn leader_fails_over_within_one_lease_duration() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_cannot_renew_steps_down() {
-    use common::apiserver_ext::{Fault, FaultAction};
-    let server = FakeApiServer::start(&["kubepulse", PROBE_NS]).await;
+    use common::apiserver::{Fault, Rule};
+    let server = ApiServer::with_namespaces(&["kubepulse", PROBE_NS]).await;
     let (a, _ma, ta) = start(&server, &settings("a", false));
     wait_for("a leads", Duration::from_secs(5), || *a.leading.borrow()).await;
     // Every Lease update fails from now on (apiserver trouble).
-    server.fault(Fault {
-        method: Some(hyper::Method::PUT),
-        path: "/leases/kubepulse-controller".into(),
-        count: usize::MAX,
-        action: FaultAction::ServerError,
-    });
+    server.inject(
+        Rule::new(Fault::Status(500))
+            .verb(Verb::Update)
+            .path("/leases/kubepulse-controller")
+            .always(),
+    );
     let took = wait_for("step down", Duration::from_secs(4), || !*a.leading.borrow()).await;
     // renew_deadline (1.5 s) after the last renewal, plus a retry period
     // and slack: before the 2 s lease could expire for anyone else.
@@ -136,28 +135,24 @@ async fn a_leader_that_cannot_renew_steps_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_mid_probe_is_swept_by_the_next_leader() {
     let server =
-        FakeApiServer::start(&["kubepulse", PROBE_NS, "kube-node-lease", "kube-system"]).await;
-    server.insert(
-        "/api/v1/nodes",
-        json!({"metadata": {"name": "node-a"}, "spec": {},
-        "status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
-        "v1",
-        "Node",
-    );
+        ApiServer::with_namespaces(&["kubepulse", PROBE_NS, "kube-node-lease", "kube-system"])
+            .await;
+    server.apply_json::<Node>(json!({"metadata": {"name": "node-a"}, "spec": {},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}}));
     // Pods are bound but never start: the probe is in flight when we crash.
     let _kubelet = Kubelet::start(&server, PROBE_NS, Mode::Hang, Delays::default());
     let (a, ma, _ta) = start(&server, &settings("a", true));
     let run_a = a.run.clone();
     wait_for("a probe pod", Duration::from_secs(10), || {
-        !server.objects(PODS).is_empty()
+        !server.objects::<Pod>(PROBE_NS).is_empty()
     })
     .await;
     a.abort();
     // A leftover sampler ConfigMap of the crashed run, too.
-    server.insert(CMS, json!({"metadata": {"name": "kubepulse-sampler-old", "namespace": PROBE_NS,
-        "labels": {"app.kubernetes.io/managed-by": "kubepulse", "kubepulse.io/probe": "sampler", "kubepulse.io/run": run_a}}}), "v1", "ConfigMap");
+    server.apply_json::<ConfigMap>(json!({"metadata": {"name": "kubepulse-sampler-old", "namespace": PROBE_NS,
+        "labels": {"app.kubernetes.io/managed-by": "kubepulse", "kubepulse.io/probe": "sampler", "kubepulse.io/run": run_a}}}));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let left = server.objects(PODS);
+    let left = server.objects::<Pod>(PROBE_NS);
     assert_eq!(
         left.len(),
         1,
@@ -178,7 +173,9 @@ async fn crash_mid_probe_is_swept_by_the_next_leader() {
     // The next leader (measuring off, so only the sweeper acts) cleans up.
     let (b, mb, tb) = start(&server, &settings("b", false));
     let ok = tokio::time::timeout(Duration::from_secs(10), async {
-        while !(server.objects(PODS).is_empty() && server.objects(CMS).is_empty()) {
+        while !(server.objects::<Pod>(PROBE_NS).is_empty()
+            && server.objects::<ConfigMap>(PROBE_NS).is_empty())
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -198,12 +195,12 @@ async fn crash_mid_probe_is_swept_by_the_next_leader() {
         ok.is_ok(),
         "not swept: leading={} pods={:?} cms={:?} requests={:?}\nA:{}\nB:{}",
         *b.leading.borrow(),
-        brief(server.objects(PODS)),
-        brief(server.objects(CMS)),
+        brief(server.objects::<Pod>(PROBE_NS)),
+        brief(server.objects::<ConfigMap>(PROBE_NS)),
         server
             .requests()
             .iter()
-            .filter(|(_, p)| p.contains("/pods"))
+            .filter(|s| s.uri.contains("/pods"))
             .collect::<Vec<_>>(),
         kubepulse::metrics::encode(&[ma.registry()])
             .expect("e")
@@ -237,14 +234,14 @@ async fn crash_mid_probe_is_swept_by_the_next_leader() {
     let posts = server
         .requests()
         .iter()
-        .filter(|(m, p)| m == hyper::Method::POST && p.starts_with(PODS))
+        .filter(|s| s.verb == Some(Verb::Create) && s.uri.starts_with(PODS))
         .count();
     assert_eq!(posts, 1);
     // Deleted gracefully: the kubelet finished it, no grace-0 from the sweeper.
     let forced = server
         .requests()
         .iter()
-        .filter(|(m, p)| m == hyper::Method::DELETE && p.starts_with(PODS))
+        .filter(|s| s.verb == Some(Verb::Delete) && s.uri.starts_with(PODS))
         .count();
     assert!(
         forced >= 2,

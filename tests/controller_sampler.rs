@@ -8,10 +8,8 @@ mod support;
 
 use std::time::Duration;
 
-use common::apiserver_ext::{
-    FakeApiServer, Fault, FaultAction, FLOW_SCHEMA_UID, PRIORITY_LEVEL_UID,
-};
-use hyper::Method;
+use common::apiserver::{ApiServer, Fault, Rule, Verb, FLOW_SCHEMA_UID, PRIORITY_LEVEL_UID};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kubepulse::config::SamplerSettings;
 use kubepulse::k8s::apiserver_latency::Sampler;
 use kubepulse::k8s::metrics::ControllerMetrics;
@@ -28,22 +26,21 @@ fn scrape(m: &ControllerMetrics) -> Scrape {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampler_sees_throttling_and_slow_responses() {
-    let server = FakeApiServer::start(&[NS, "default"]).await;
+    let server = ApiServer::with_namespaces(&[NS, "default"]).await;
     // Two GETs throttled, one PATCH slowed by 400 ms.
-    server.fault(Fault {
-        method: Some(Method::GET),
-        path: format!("{CMS}/kubepulse-sampler-"),
-        count: 2,
-        action: FaultAction::Throttle,
-    });
-    server.fault(Fault {
-        method: Some(Method::PATCH),
-        path: CMS.into(),
-        count: 1,
-        action: FaultAction::Delay(Duration::from_millis(400)),
-    });
+    server.inject(
+        Rule::new(Fault::TooManyRequests { retry_after: 1 })
+            .verb(Verb::Get)
+            .path(format!("{CMS}/kubepulse-sampler-"))
+            .times(2),
+    );
+    server.inject(
+        Rule::new(Fault::Delay(Duration::from_millis(400)))
+            .verb(Verb::Patch)
+            .path(CMS),
+    );
     let m = ControllerMetrics::new(prometheus::Registry::new()).expect("metrics");
-    let mut cfg = kube::Config::new(server.url().parse().expect("url"));
+    let mut cfg = server.config();
     cfg.default_retry = false;
     let settings = SamplerSettings {
         interval: Duration::from_millis(150),
@@ -114,7 +111,7 @@ async fn sampler_sees_throttling_and_slow_responses() {
     let throttled_gets = server
         .requests()
         .iter()
-        .filter(|(m, p)| m == Method::GET && p.starts_with(&format!("{CMS}/")))
+        .filter(|s| s.method == "GET" && s.uri.starts_with(&format!("{CMS}/")))
         .count();
     assert!(throttled_gets >= 4, "GETs sent: {throttled_gets}");
     // The slow PATCH is above the 0.4 s edge; the others are far below it.
@@ -145,9 +142,9 @@ async fn sampler_sees_throttling_and_slow_responses() {
     );
     // Nothing left behind.
     assert!(
-        server.objects(CMS).is_empty(),
+        server.objects::<ConfigMap>(NS).is_empty(),
         "left: {:?}",
-        server.objects(CMS)
+        server.objects::<ConfigMap>(NS)
     );
     for line in sc.body.lines().filter(|l| {
         l.starts_with(&format!("{M}_count"))

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -147,32 +146,14 @@ fn local_mode_serves_sane_documented_metrics_and_stops_on_sigterm() {
         );
     }
 
-    // Every documented agent metric is there, every exported family is documented.
-    let docs = scrape::doc_rows();
-    let mut documented = BTreeMap::new();
-    for section in ["Agent metrics", "Process metrics"] {
-        for (n, _, labels) in docs.get(section).expect("docs section") {
-            documented.insert(n.clone(), labels.clone());
-        }
-    }
-    let families = sc.family_labels();
-    for d in catalog::ALL {
-        assert!(
-            families.contains_key(d.name),
-            "{} missing from the local scrape",
-            d.name
-        );
-    }
-    for (family, labels) in &families {
-        let doc = documented
-            .get(family)
-            .unwrap_or_else(|| panic!("{family} exported but not documented"));
-        let mut got: Vec<_> = labels.iter().filter(|l| *l != "agent").cloned().collect();
-        let mut want = doc.clone();
-        got.sort();
-        want.sort();
-        assert_eq!(got, want, "{family}: labels");
-    }
+    // Every documented agent metric is there, every exported family is
+    // documented (local mode adds its `agent` label).
+    scrape::assert_documented(
+        &sc,
+        &["Agent metrics", "Process metrics"],
+        &["agent"],
+        catalog::ALL,
+    );
     println!("local scrape with 4 agents: {} series", sc.series_count());
 
     // promtool is the reference linter for the exposition format.

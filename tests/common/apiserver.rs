@@ -4,8 +4,8 @@
 //!
 //! Generic over resources: any `/api/v1/...` or `/apis/{group}/{version}/...`
 //! path is a collection of JSON objects (namespaced or cluster-scoped), so
-//! Pods, Services, ConfigMaps, Nodes, Namespaces and Leases all work without
-//! code here. Supported:
+//! Pods, Services, ConfigMaps, Nodes, Namespaces, Events and Leases all work
+//! without code here. Supported:
 //! - GET list (`{Kind}List` with `metadata.resourceVersion`), GET one (404);
 //! - watch (`?watch=true&resourceVersion=R`): newline-delimited JSON
 //!   `ADDED`/`MODIFIED`/`DELETED`/`BOOKMARK`/`ERROR` events, replayed from the
@@ -20,39 +20,60 @@
 //!   Conflict on a stale `metadata.resourceVersion`), PATCH (merge and
 //!   strategic merge as RFC 7386 merge; server-side apply as merge, creating
 //!   when absent), DELETE (404); `/status` subresources act on the object;
-//! - faults: [`ApiServer::fail_next`] (any status, 429 with Retry-After,
-//!   dropped connection, 410 Expired), [`ApiServer::set_down`] (connections
-//!   refused and open ones cut), [`ApiServer::drop_connections`].
+//! - pods: `status.phase` defaults to `Pending`; deleting a pod bound to a
+//!   node is graceful (`deletionTimestamp` set, the object stays until a
+//!   DELETE with `gracePeriodSeconds: 0`, as the kubelet sends);
+//!   [`ApiServer::mutate_on_create`] acts as a mutating admission webhook;
+//! - API Priority and Fairness headers on every response
+//!   ([`FLOW_SCHEMA_UID`], [`PRIORITY_LEVEL_UID`]);
+//! - faults: [`ApiServer::fail_next`] and [`ApiServer::inject`] (any status,
+//!   429 with Retry-After, dropped connection, 410 Expired, slow response;
+//!   by verb and path, once, n times or until cleared),
+//!   [`ApiServer::set_down`] (connections refused and open ones cut),
+//!   [`ApiServer::drop_connections`], [`ApiServer::end_watches`];
+//! - every request is recorded ([`ApiServer::requests`]), with the actor
+//!   named by clients from [`ApiServer::actor_client`] (test infrastructure
+//!   such as a simulated kubelet) told apart from the code under test.
 //!
 //! Not modelled: pagination (`limit` is ignored, which the API allows),
-//! JSON patch, admission, finalizers and garbage collection.
+//! JSON patch, validation, finalizers and garbage collection.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, VecDeque};
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch};
 
+#[path = "apiserver/faults.rs"]
+mod faults;
+#[path = "apiserver/http.rs"]
+mod http;
 #[path = "apiserver/selectors.rs"]
 mod selectors;
+#[path = "apiserver/store.rs"]
+mod store;
+#[path = "apiserver/strategy.rs"]
+mod strategy;
 #[path = "apiserver/verbs.rs"]
 mod verbs;
+#[path = "apiserver/watch.rs"]
+mod watch;
 
-use verbs::{create, delete_one, get_one, list, patch, update, watch_stream};
+pub use faults::{Fault, Rule};
+use http::Route;
+use store::{commit, prepare_new, Broadcast, Inner, Key, Shared};
 
-type Body = BoxBody<Bytes, std::io::Error>;
+/// Header naming the test actor (e.g. `kubelet`) a request came from.
+pub const ACTOR_HEADER: &str = "x-kubepulse-test-actor";
+/// The API Priority and Fairness flow schema UID of every response.
+pub const FLOW_SCHEMA_UID: &str = "fs-0000-service-accounts";
+/// The API Priority and Fairness priority level UID of every response.
+pub const PRIORITY_LEVEL_UID: &str = "pl-0000-workload-low";
+
+/// A mutating admission hook for created objects.
+pub type Mutator = Arc<dyn Fn(&mut Value) + Send + Sync>;
 
 /// The API verb of a request, for fault matching and request counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,94 +94,41 @@ pub enum Verb {
     Delete,
 }
 
-/// An injected failure for the next matching request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fault {
-    /// Respond with this status and a `Status` body.
-    Status(u16),
-    /// 429 with `Retry-After: secs`.
-    TooManyRequests {
-        /// Seconds in the Retry-After header.
-        retry_after: u64,
-    },
-    /// Send response headers, then cut the connection.
-    Drop,
-    /// 410 Gone `Expired`: an `ERROR` event on a watch, the status on a list.
-    Expired,
-}
-
 /// One request as the server saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
-    /// Its verb.
-    pub verb: Verb,
-    /// Resource (plural), e.g. `pods`.
+    /// HTTP method.
+    pub method: String,
+    /// Its verb; `None` for a path or method the API does not serve.
+    pub verb: Option<Verb>,
+    /// Resource (plural), e.g. `pods`; empty for a path outside the API.
     pub resource: String,
     /// Path and query.
     pub uri: String,
+    /// The [`ACTOR_HEADER`] of the request: `None` for the code under test.
+    pub actor: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Key {
-    gv: String,
-    resource: String,
-    namespace: String,
-    name: String,
-}
-
-/// A committed change: `old` is `None` on creation, `new` on deletion.
-#[derive(Debug, Clone)]
-struct Change {
-    rv: u64,
-    key: Key,
-    old: Option<Value>,
-    new: Option<Value>,
-}
-
-#[derive(Debug, Clone)]
-enum Broadcast {
-    Change(Arc<Change>),
-    Bookmark(u64),
-}
-
-struct Inner {
-    rv: u64,
-    compacted: u64,
-    objects: BTreeMap<Key, Value>,
-    log: Vec<Arc<Change>>,
-    kinds: BTreeMap<(String, String), String>,
-    faults: VecDeque<(Option<Verb>, Fault)>,
-    seen: Vec<Seen>,
-    names: u64,
-}
-
-struct Shared {
-    inner: Mutex<Inner>,
-    events: broadcast::Sender<Broadcast>,
-    kill: watch::Sender<u64>,
-    down: AtomicBool,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panicking test thread must not hide the real failure behind a
-        // poisoned lock.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// The running test server; stops when dropped.
-pub struct ApiServer {
-    addr: SocketAddr,
+/// Stops the server when the last [`ApiServer`] clone is dropped.
+struct Running {
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for ApiServer {
+impl Drop for Running {
     fn drop(&mut self) {
         self.task.abort();
         self.shared.kill.send_modify(|g| *g += 1);
     }
+}
+
+/// The running test server; clones share it, and it stops when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct ApiServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    _running: Arc<Running>,
 }
 
 impl ApiServer {
@@ -168,25 +136,28 @@ impl ApiServer {
     pub async fn start() -> ApiServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let (events, _) = broadcast::channel(4096);
-        let (kill, _) = watch::channel(0u64);
-        let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner {
-                rv: 1000,
-                compacted: 0,
-                objects: BTreeMap::new(),
-                log: Vec::new(),
-                kinds: BTreeMap::new(),
-                faults: VecDeque::new(),
-                seen: Vec::new(),
-                names: 0,
-            }),
-            events,
-            kill,
-            down: AtomicBool::new(false),
+        let shared = Arc::new(Shared::new());
+        let task = tokio::spawn(http::accept_loop(listener, shared.clone()));
+        let running = Arc::new(Running {
+            shared: shared.clone(),
+            task,
         });
-        let task = tokio::spawn(accept_loop(listener, shared.clone()));
-        ApiServer { addr, shared, task }
+        ApiServer {
+            addr,
+            shared,
+            _running: running,
+        }
+    }
+
+    /// Starts a server holding these Namespaces.
+    pub async fn with_namespaces(namespaces: &[&str]) -> ApiServer {
+        let server = ApiServer::start().await;
+        for ns in namespaces {
+            server.apply_json::<k8s_openapi::api::core::v1::Namespace>(
+                json!({"metadata": {"name": ns}}),
+            );
+        }
+        server
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -197,8 +168,23 @@ impl ApiServer {
     /// A kube client for this server (default retry policy on, as in
     /// production).
     pub fn client(&self) -> kube::Client {
-        let uri = self.url().parse().expect("uri");
-        kube::Client::try_from(kube::Config::new(uri)).expect("client")
+        kube::Client::try_from(self.config()).expect("client")
+    }
+
+    /// A kube config for this server, to adjust before making a client.
+    pub fn config(&self) -> kube::Config {
+        kube::Config::new(self.url().parse().expect("uri"))
+    }
+
+    /// A kube client of test infrastructure (e.g. a simulated kubelet): its
+    /// requests are recorded with `actor`, apart from the code under test.
+    pub fn actor_client(&self, actor: &str) -> kube::Client {
+        let mut cfg = self.config();
+        cfg.headers.push((
+            ACTOR_HEADER.parse().expect("header name"),
+            actor.parse().expect("header value"),
+        ));
+        kube::Client::try_from(cfg).expect("client")
     }
 
     /// Creates or replaces a typed object (ADDED or MODIFIED to watchers);
@@ -207,7 +193,14 @@ impl ApiServer {
     where
         K: k8s_openapi::Resource + serde::Serialize,
     {
-        let value = serde_json::to_value(obj).expect("serialize");
+        self.apply_json::<K>(serde_json::to_value(obj).expect("serialize"))
+    }
+
+    /// [`ApiServer::apply`] of an object of type `K` given as JSON (its
+    /// `apiVersion` and `kind` are filled in).
+    pub fn apply_json<K: k8s_openapi::Resource>(&self, mut value: Value) -> Value {
+        value["apiVersion"] = json!(K::API_VERSION);
+        value["kind"] = json!(K::KIND);
         self.apply_value(K::URL_PATH_SEGMENT, is_namespaced::<K>(), value)
     }
 
@@ -248,15 +241,10 @@ impl ApiServer {
             .expect("an apply always stores an object")
     }
 
-    /// Deletes a typed object (DELETED to watchers); returns whether it existed.
+    /// Deletes a typed object at once (DELETED to watchers); returns whether
+    /// it existed.
     pub fn delete<K: k8s_openapi::Resource>(&self, namespace: &str, name: &str) -> bool {
-        let ns = if is_namespaced::<K>() { namespace } else { "" };
-        let key = Key {
-            gv: K::API_VERSION.to_string(),
-            resource: K::URL_PATH_SEGMENT.to_string(),
-            namespace: ns.to_string(),
-            name: name.to_string(),
-        };
+        let key = key::<K>(namespace, name);
         let mut inner = self.shared.lock();
         if !inner.objects.contains_key(&key) {
             return false;
@@ -267,19 +255,61 @@ impl ApiServer {
 
     /// The stored JSON of a typed object.
     pub fn get<K: k8s_openapi::Resource>(&self, namespace: &str, name: &str) -> Option<Value> {
-        let ns = if is_namespaced::<K>() { namespace } else { "" };
-        let key = Key {
-            gv: K::API_VERSION.to_string(),
-            resource: K::URL_PATH_SEGMENT.to_string(),
-            namespace: ns.to_string(),
-            name: name.to_string(),
-        };
-        self.shared.lock().objects.get(&key).cloned()
+        self.shared
+            .lock()
+            .objects
+            .get(&key::<K>(namespace, name))
+            .cloned()
+    }
+
+    /// The stored objects of type `K` in `namespace` (ignored for
+    /// cluster-scoped types), by name.
+    pub fn objects<K: k8s_openapi::Resource>(&self, namespace: &str) -> Vec<Value> {
+        let want = key::<K>(namespace, "");
+        self.shared
+            .lock()
+            .objects
+            .iter()
+            .filter(|(k, _)| {
+                Key {
+                    name: String::new(),
+                    ..(*k).clone()
+                } == want
+            })
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Runs `mutate` on every object of `resource` (plural) created through
+    /// the API, as a mutating admission webhook would.
+    pub fn mutate_on_create(
+        &self,
+        resource: &str,
+        mutate: impl Fn(&mut Value) + Send + Sync + 'static,
+    ) {
+        self.shared
+            .lock()
+            .mutators
+            .push((resource.to_string(), Arc::new(mutate)));
     }
 
     /// Fails the next request with `verb` (any verb when `None`).
     pub fn fail_next(&self, verb: Option<Verb>, fault: Fault) {
-        self.shared.lock().faults.push_back((verb, fault));
+        let rule = Rule::new(fault);
+        self.inject(match verb {
+            Some(v) => rule.verb(v),
+            None => rule,
+        });
+    }
+
+    /// Adds a fault rule; the first rule hitting a request applies.
+    pub fn inject(&self, rule: Rule) {
+        self.shared.lock().faults.push_back(rule);
+    }
+
+    /// Removes every pending fault.
+    pub fn clear_faults(&self) {
+        self.shared.lock().faults.clear();
     }
 
     /// Down: new connections are closed at once and open ones are cut.
@@ -295,6 +325,12 @@ impl ApiServer {
     /// or apiserver restart would.
     pub fn drop_connections(&self) {
         self.shared.kill.send_modify(|g| *g += 1);
+    }
+
+    /// Ends every open watch stream cleanly (as the apiserver does when it
+    /// closes a watch), leaving other requests alone.
+    pub fn end_watches(&self) {
+        self.shared.end_watches.send_modify(|g| *g += 1);
     }
 
     /// Forgets the change log: watches resuming from an older
@@ -328,7 +364,7 @@ impl ApiServer {
             .lock()
             .seen
             .iter()
-            .filter(|s| s.verb == verb && s.resource == resource)
+            .filter(|s| s.verb == Some(verb) && s.resource == resource)
             .count()
     }
 }
@@ -337,300 +373,12 @@ fn is_namespaced<K: k8s_openapi::Resource>() -> bool {
     std::any::type_name::<K::Scope>().ends_with("NamespaceResourceScope")
 }
 
-/// Fills the server-owned metadata of a new object version.
-fn prepare_new(inner: &mut Inner, value: &mut Value, old_meta: Option<&Value>) {
-    let meta = &mut value["metadata"];
-    match old_meta {
-        Some(old) => {
-            meta["uid"] = old["uid"].clone();
-            meta["creationTimestamp"] = old["creationTimestamp"].clone();
-        }
-        None => {
-            inner.names += 1;
-            meta["uid"] = json!(format!("00000000-0000-4000-8000-{:012}", inner.names));
-            let now = k8s_openapi::jiff::Timestamp::now();
-            meta["creationTimestamp"] = json!(now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
-        }
-    }
-}
-
-/// Stores (or deletes, when `new` is `None`) under a fresh resourceVersion,
-/// logs the change and tells the watchers. Returns the stored object, or
-/// the deleted one with the deletion's resourceVersion.
-fn commit(
-    inner: &mut Inner,
-    events: &broadcast::Sender<Broadcast>,
-    key: Key,
-    new: Option<Value>,
-) -> Option<Value> {
-    inner.rv += 1;
-    let rv = inner.rv;
-    let old = inner.objects.remove(&key);
-    let new = new.map(|mut v| {
-        v["metadata"]["resourceVersion"] = json!(rv.to_string());
-        v
-    });
-    if let Some(v) = &new {
-        inner.objects.insert(key.clone(), v.clone());
-    }
-    let change = Arc::new(Change {
-        rv,
-        key,
-        old: old.clone(),
-        new: new.clone(),
-    });
-    inner.log.push(change.clone());
-    // Sent under the lock, so a watch subscribing under it never misses or
-    // duplicates a change.
-    let _ = events.send(Broadcast::Change(change));
-    new.or_else(|| {
-        old.map(|mut o| {
-            o["metadata"]["resourceVersion"] = json!(rv.to_string());
-            o
-        })
-    })
-}
-
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        if shared.down.load(Ordering::SeqCst) {
-            drop(stream);
-            continue;
-        }
-        let mut kill = shared.kill.subscribe();
-        let generation = *kill.borrow_and_update();
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(shared, req).await) }
-            });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = kill.wait_for(|g| *g != generation) => {}
-            }
-        });
-    }
-}
-
-/// A parsed API path.
-#[derive(Debug)]
-struct Route {
-    gv: String,
-    resource: String,
-    namespace: Option<String>,
-    name: Option<String>,
-}
-
-fn parse_route(path: &str) -> Option<Route> {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (gv, rest) = match segs.as_slice() {
-        ["api", v, rest @ ..] => (v.to_string(), rest),
-        ["apis", g, v, rest @ ..] => (format!("{g}/{v}"), rest),
-        _ => return None,
-    };
-    let (namespace, rest) = match rest {
-        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
-        _ => (None, rest),
-    };
-    // `/status` and other subresources act on the object itself.
-    let (resource, name) = match rest {
-        [r] => (r.to_string(), None),
-        [r, n, ..] => (r.to_string(), Some(n.to_string())),
-        _ => return None,
-    };
-    Some(Route {
-        gv,
-        resource,
-        namespace,
-        name,
-    })
-}
-
-fn query(uri: &hyper::Uri) -> BTreeMap<String, String> {
-    uri.query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn full(status: StatusCode, body: &Value) -> Response<Body> {
-    let bytes = Bytes::from(serde_json::to_vec(body).expect("json"));
-    let mut r = Response::new(Full::new(bytes).map_err(|e: Infallible| match e {}).boxed());
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn status_body(code: u16, reason: &str, message: &str) -> Value {
-    json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {},
-        "status": "Failure", "message": message, "reason": reason, "code": code
-    })
-}
-
-fn status(code: u16, reason: &str, message: &str) -> Response<Body> {
-    let sc = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    full(sc, &status_body(code, reason, message))
-}
-
-fn reason_for(code: u16) -> &'static str {
-    match code {
-        400 => "BadRequest",
-        403 => "Forbidden",
-        404 => "NotFound",
-        409 => "Conflict",
-        410 => "Expired",
-        415 => "UnsupportedMediaType",
-        422 => "Invalid",
-        429 => "TooManyRequests",
-        503 => "ServiceUnavailable",
-        504 => "Timeout",
-        _ => "InternalError",
-    }
-}
-
-/// A body that sends nothing and then fails, so hyper cuts the connection.
-fn dropped() -> Response<Body> {
-    let s = futures::stream::once(async {
-        Err::<Frame<Bytes>, _>(std::io::Error::other("injected connection drop"))
-    });
-    Response::new(BodyExt::boxed(StreamBody::new(s)))
-}
-
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
-    let Some(route) = parse_route(req.uri().path()) else {
-        return status(404, "NotFound", "no such path");
-    };
-    let q = query(req.uri());
-    let verb = match (req.method(), &route.name) {
-        (&Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
-            Verb::Watch
-        }
-        (&Method::GET, None) => Verb::List,
-        (&Method::GET, Some(_)) => Verb::Get,
-        (&Method::POST, None) => Verb::Create,
-        (&Method::PUT, Some(_)) => Verb::Update,
-        (&Method::PATCH, Some(_)) => Verb::Patch,
-        (&Method::DELETE, Some(_)) => Verb::Delete,
-        _ => return status(405, "MethodNotAllowed", "unsupported method"),
-    };
-    let fault = {
-        let mut inner = shared.lock();
-        inner.seen.push(Seen {
-            verb,
-            resource: route.resource.clone(),
-            uri: req.uri().to_string(),
-        });
-        let pos = inner
-            .faults
-            .iter()
-            .position(|(v, _)| v.is_none_or(|v| v == verb));
-        pos.and_then(|i| inner.faults.remove(i)).map(|(_, f)| f)
-    };
-    match fault {
-        Some(Fault::Status(code)) => return status(code, reason_for(code), "injected failure"),
-        Some(Fault::TooManyRequests { retry_after }) => {
-            let mut r = status(429, "TooManyRequests", "injected throttling");
-            r.headers_mut()
-                .insert("Retry-After", hyper::header::HeaderValue::from(retry_after));
-            return r;
-        }
-        Some(Fault::Drop) => return dropped(),
-        Some(Fault::Expired) if verb == Verb::Watch => {
-            let ev = json!({"type": "ERROR", "object": status_body(410, "Expired", "too old resource version")});
-            let line = format!("{ev}\n");
-            let s = futures::stream::once(async move { Ok(Frame::data(Bytes::from(line))) });
-            return Response::new(BodyExt::boxed(StreamBody::new(s)));
-        }
-        Some(Fault::Expired) => return status(410, "Expired", "too old resource version"),
-        None => {}
-    }
-    let content_type = req
-        .headers()
-        .get(hyper::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return status(400, "BadRequest", "unreadable body"),
-    };
-    match verb {
-        Verb::List => list(&shared, &route, &q),
-        Verb::Watch => watch_stream(&shared, &route, &q),
-        Verb::Get => get_one(&shared, &route),
-        Verb::Create => create(&shared, &route, &body),
-        Verb::Update => update(&shared, &route, &body),
-        Verb::Patch => patch(&shared, &route, &body, &content_type),
-        Verb::Delete => delete_one(&shared, &route),
-    }
-}
-
-fn key_of(route: &Route) -> Key {
+fn key<K: k8s_openapi::Resource>(namespace: &str, name: &str) -> Key {
+    let ns = if is_namespaced::<K>() { namespace } else { "" };
     Key {
-        gv: route.gv.clone(),
-        resource: route.resource.clone(),
-        namespace: route.namespace.clone().unwrap_or_default(),
-        name: route.name.clone().unwrap_or_default(),
+        gv: K::API_VERSION.to_string(),
+        resource: K::URL_PATH_SEGMENT.to_string(),
+        namespace: ns.to_string(),
+        name: name.to_string(),
     }
-}
-
-fn kind_of(inner: &Inner, route: &Route) -> String {
-    if let Some(k) = inner.kinds.get(&(route.gv.clone(), route.resource.clone())) {
-        return k.clone();
-    }
-    let known = [
-        ("pods", "Pod"),
-        ("services", "Service"),
-        ("configmaps", "ConfigMap"),
-        ("nodes", "Node"),
-        ("namespaces", "Namespace"),
-        ("leases", "Lease"),
-        ("events", "Event"),
-        ("endpoints", "Endpoints"),
-        ("endpointslices", "EndpointSlice"),
-        ("secrets", "Secret"),
-    ];
-    known
-        .iter()
-        .find(|(r, _)| *r == route.resource)
-        .map(|(_, k)| k.to_string())
-        .unwrap_or_else(|| route.resource.trim_end_matches('s').to_string())
 }

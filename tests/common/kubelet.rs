@@ -15,7 +15,7 @@ use kube::Client;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::apiserver_ext::FakeApiServer;
+use super::apiserver::ApiServer;
 
 /// How the simulated kubelet treats pods.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -77,9 +77,9 @@ impl Drop for Kubelet {
 
 impl Kubelet {
     /// Starts simulating pods in `namespace` of `server`.
-    pub fn start(server: &FakeApiServer, namespace: &str, mode: Mode, delays: Delays) -> Self {
+    pub fn start(server: &ApiServer, namespace: &str, mode: Mode, delays: Delays) -> Self {
         let token = CancellationToken::new();
-        let client = server.actor_client();
+        let client = server.actor_client("kubelet");
         let server = server.clone();
         let ns = namespace.to_string();
         let t = token.clone();
@@ -199,7 +199,7 @@ async fn event(client: &Client, pod: &Pod, reason: &str, message: &str) {
 
 async fn lifecycle(
     client: Client,
-    server: FakeApiServer,
+    server: ApiServer,
     pod: Pod,
     mode: Mode,
     d: Delays,
@@ -245,7 +245,7 @@ async fn lifecycle(
     }
     if mode == Mode::DropWatchAfterBind {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        server.drop_watches();
+        server.end_watches();
     }
     if mode == Mode::Hang {
         return;

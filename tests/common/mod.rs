@@ -3,5 +3,5 @@
 
 #![allow(dead_code)]
 
-pub mod apiserver_ext;
+pub mod apiserver;
 pub mod kubelet;

@@ -183,6 +183,47 @@ pub fn scrape_until(
     }
 }
 
+/// Asserts that every family in `sc` is listed in one of the docs
+/// `sections` with the same type and labels (ignoring `extra_labels`, e.g.
+/// local mode's `agent`), and that every metric in `required` is present.
+pub fn assert_documented(
+    sc: &Scrape,
+    sections: &[&str],
+    extra_labels: &[&str],
+    required: &[kubepulse::metrics::catalog::MetricDef],
+) {
+    let docs = doc_rows();
+    let mut documented: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
+    for section in sections {
+        let rows = docs
+            .get(*section)
+            .unwrap_or_else(|| panic!("docs/metrics.md has no '{section}' section"));
+        for (n, k, l) in rows {
+            documented.insert(n.clone(), (k.clone(), l.iter().cloned().collect()));
+        }
+    }
+    let families = sc.family_labels();
+    for (family, labels) in &families {
+        let (kind, doc_labels) = documented
+            .get(family)
+            .unwrap_or_else(|| panic!("{family} appears in a scrape but not in docs/metrics.md"));
+        assert_eq!(sc.types.get(family), Some(kind), "{family}: type");
+        let labels: BTreeSet<String> = labels
+            .iter()
+            .filter(|l| !extra_labels.contains(&l.as_str()))
+            .cloned()
+            .collect();
+        assert_eq!(&labels, doc_labels, "{family}: labels");
+    }
+    for d in required {
+        assert!(
+            families.contains_key(d.name),
+            "{} missing from the scrape",
+            d.name
+        );
+    }
+}
+
 /// A documented metric: (name, type, label names).
 pub type DocRow = (String, String, Vec<String>);
 

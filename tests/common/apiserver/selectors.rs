@@ -157,7 +157,7 @@ pub(super) fn parse_fields(s: &str) -> Result<Vec<(String, bool, String)>, Strin
 
 #[cfg(test)]
 mod selftest {
-    use super::super::decode;
+    use super::super::http::decode;
     use super::*;
     use serde_json::json;
 

@@ -1,27 +1,17 @@
-//! The verbs of the API test server: list, get, create, update, patch,
-//! delete and watch.
+//! The verbs of the API test server but watch: list, get, create, update,
+//! patch and delete.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
 use hyper::{Response, StatusCode};
 use serde_json::{json, Map, Value};
-use tokio::sync::{broadcast, mpsc};
 
+use super::http::{full, status, Body};
 use super::selectors::Filter;
-use super::{
-    commit, full, key_of, kind_of, prepare_new, status, status_body, Body, Broadcast, Change, Key,
-    Route, Shared,
-};
-
-pub(super) fn with_type(mut obj: Value, gv: &str, kind: &str) -> Value {
-    obj["apiVersion"] = json!(gv);
-    obj["kind"] = json!(kind);
-    obj
-}
+use super::store::{commit, kind_of, prepare_new, with_type, Key};
+use super::strategy::{admit_create, graceful_delete, keep_deletion};
+use super::{Route, Shared};
 
 pub(super) fn list(shared: &Shared, route: &Route, q: &BTreeMap<String, String>) -> Response<Body> {
     let filter = match Filter::new(route, q) {
@@ -48,7 +38,7 @@ pub(super) fn list(shared: &Shared, route: &Route, q: &BTreeMap<String, String>)
 
 pub(super) fn get_one(shared: &Shared, route: &Route) -> Response<Body> {
     let inner = shared.lock();
-    match inner.objects.get(&key_of(route)) {
+    match inner.objects.get(&Key::of(route)) {
         Some(v) => full(StatusCode::OK, v),
         None => status(404, "NotFound", "not found"),
     }
@@ -77,7 +67,7 @@ pub(super) fn create(shared: &Shared, route: &Route, body: &Bytes) -> Response<B
         .to_string();
     let key = Key {
         name,
-        ..key_of(route)
+        ..Key::of(route)
     };
     if inner.objects.contains_key(&key) {
         return status(409, "AlreadyExists", "object already exists");
@@ -91,6 +81,7 @@ pub(super) fn create(shared: &Shared, route: &Route, body: &Bytes) -> Response<B
             .kinds
             .insert((route.gv.clone(), route.resource.clone()), k);
     }
+    admit_create(&inner, route, &mut obj);
     prepare_new(&mut inner, &mut obj, None);
     let stored = commit(&mut inner, &shared.events, key, Some(obj));
     full(StatusCode::CREATED, &stored.unwrap_or_default())
@@ -106,7 +97,7 @@ pub(super) fn update(shared: &Shared, route: &Route, body: &Bytes) -> Response<B
         Ok(v) => v,
         Err(r) => return *r,
     };
-    let key = key_of(route);
+    let key = Key::of(route);
     let mut inner = shared.lock();
     let Some(current) = inner.objects.get(&key).cloned() else {
         return status(404, "NotFound", "not found");
@@ -114,6 +105,7 @@ pub(super) fn update(shared: &Shared, route: &Route, body: &Bytes) -> Response<B
     if stale(&obj, &current) {
         return status(409, "Conflict", "the object has been modified");
     }
+    keep_deletion(&mut obj, &current);
     prepare_new(&mut inner, &mut obj, Some(&current["metadata"]));
     let stored = commit(&mut inner, &shared.events, key, Some(obj));
     full(StatusCode::OK, &stored.unwrap_or_default())
@@ -149,7 +141,7 @@ pub(super) fn patch(
         Err(r) => return *r,
     };
     let apply = content_type.contains("apply-patch");
-    let key = key_of(route);
+    let key = Key::of(route);
     let mut inner = shared.lock();
     let current = inner.objects.get(&key).cloned();
     let mut obj = match (&current, apply) {
@@ -167,6 +159,9 @@ pub(super) fn patch(
     if let Some(ns) = &route.namespace {
         obj["metadata"]["namespace"] = json!(ns);
     }
+    if let Some(c) = &current {
+        keep_deletion(&mut obj, c);
+    }
     let created = current.as_ref().map(|c| c["metadata"].clone());
     prepare_new(&mut inner, &mut obj, created.as_ref());
     let code = if current.is_some() {
@@ -178,128 +173,27 @@ pub(super) fn patch(
     full(code, &stored.unwrap_or_default())
 }
 
-pub(super) fn delete_one(shared: &Shared, route: &Route) -> Response<Body> {
-    let key = key_of(route);
-    let mut inner = shared.lock();
-    if !inner.objects.contains_key(&key) {
-        return status(404, "NotFound", "not found");
-    }
-    let gone = commit(&mut inner, &shared.events, key, None);
-    full(StatusCode::OK, &gone.unwrap_or_default())
-}
-
-/// The watch event a change produces for `filter`, if any: objects moving
-/// into the selection are ADDED, out of it DELETED.
-pub(super) fn event_for(filter: &Filter, c: &Change, gv: &str, kind: &str) -> Option<Value> {
-    if !filter.in_collection(&c.key) {
-        return None;
-    }
-    let was = c.old.as_ref().is_some_and(|o| filter.matches(o));
-    let is = c.new.as_ref().is_some_and(|n| filter.matches(n));
-    let (ty, obj) = match (was, is, &c.new) {
-        (false, true, Some(n)) => ("ADDED", n.clone()),
-        (true, true, Some(n)) => ("MODIFIED", n.clone()),
-        (true, false, new) => {
-            let mut o = new.clone().or_else(|| c.old.clone())?;
-            o["metadata"]["resourceVersion"] = json!(c.rv.to_string());
-            ("DELETED", o)
-        }
-        _ => return None,
-    };
-    Some(json!({"type": ty, "object": with_type(obj, gv, kind)}))
-}
-
-pub(super) fn watch_stream(
+/// DELETE; `gracePeriodSeconds` from the query or the DeleteOptions body.
+pub(super) fn delete_one(
     shared: &Shared,
     route: &Route,
     q: &BTreeMap<String, String>,
+    body: &Bytes,
 ) -> Response<Body> {
-    let filter = match Filter::new(route, q) {
-        Ok(f) => f,
-        Err(e) => return status(400, "BadRequest", &e),
+    let opts: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let grace = q
+        .get("gracePeriodSeconds")
+        .and_then(|g| g.parse().ok())
+        .or_else(|| opts["gracePeriodSeconds"].as_i64());
+    let key = Key::of(route);
+    let mut inner = shared.lock();
+    let Some(current) = inner.objects.get(&key).cloned() else {
+        return status(404, "NotFound", "not found");
     };
-    let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
-    let timeout = q
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse().ok())
-        .map(Duration::from_secs);
-    let from = q.get("resourceVersion").cloned().unwrap_or_default();
-    let (tx, rx) = mpsc::unbounded_channel::<Value>();
-    let (live, kind, gv) = {
-        let inner = shared.lock();
-        let kind = kind_of(&inner, route);
-        let gv = route.gv.clone();
-        if from.is_empty() || from == "0" {
-            // Synthetic ADDED for the current state, as the apiserver does.
-            for (k, v) in &inner.objects {
-                if filter.in_collection(k) && filter.matches(v) {
-                    let _ = tx
-                        .send(json!({"type": "ADDED", "object": with_type(v.clone(), &gv, &kind)}));
-                }
-            }
-        } else {
-            let since: u64 = from.parse().unwrap_or(0);
-            if since < inner.compacted {
-                let ev = json!({"type": "ERROR", "object": status_body(410, "Expired", "too old resource version")});
-                let _ = tx.send(ev);
-                drop(tx);
-                return watch_response(rx);
-            }
-            for c in inner.log.iter().filter(|c| c.rv > since) {
-                if let Some(ev) = event_for(&filter, c, &gv, &kind) {
-                    let _ = tx.send(ev);
-                }
-            }
-        }
-        (shared.events.subscribe(), kind, gv)
+    let gone = match graceful_delete(route, &current, grace) {
+        Ok(Some(terminating)) => commit(&mut inner, &shared.events, key, Some(terminating)),
+        Ok(None) => Some(current),
+        Err(()) => commit(&mut inner, &shared.events, key, None),
     };
-    tokio::spawn(forward_live(live, tx, filter, bookmarks, timeout, gv, kind));
-    watch_response(rx)
-}
-
-pub(super) async fn forward_live(
-    mut live: broadcast::Receiver<Broadcast>,
-    tx: mpsc::UnboundedSender<Value>,
-    filter: Filter,
-    bookmarks: bool,
-    timeout: Option<Duration>,
-    gv: String,
-    kind: String,
-) {
-    let deadline = tokio::time::sleep(timeout.unwrap_or(Duration::from_secs(3600)));
-    tokio::pin!(deadline);
-    loop {
-        let msg = tokio::select! {
-            _ = &mut deadline => return,
-            _ = tx.closed() => return,
-            m = live.recv() => m,
-        };
-        let ev = match msg {
-            Ok(Broadcast::Change(c)) => event_for(&filter, &c, &gv, &kind),
-            Ok(Broadcast::Bookmark(rv)) if bookmarks => Some(json!({"type": "BOOKMARK",
-                "object": {"apiVersion": gv, "kind": kind, "metadata": {"resourceVersion": rv.to_string()}}})),
-            Ok(Broadcast::Bookmark(_)) => None,
-            // Fell behind: end the watch; the client resumes or re-lists.
-            Err(_) => return,
-        };
-        if let Some(ev) = ev {
-            if tx.send(ev).is_err() {
-                return;
-            }
-        }
-    }
-}
-
-pub(super) fn watch_response(rx: mpsc::UnboundedReceiver<Value>) -> Response<Body> {
-    let s = futures::stream::unfold(rx, |mut rx| async move {
-        let ev = rx.recv().await?;
-        let line = Bytes::from(format!("{ev}\n"));
-        Some((Ok::<_, std::io::Error>(Frame::data(line)), rx))
-    });
-    let mut r = Response::new(BodyExt::boxed(StreamBody::new(s)));
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    r
+    full(StatusCode::OK, &gone.unwrap_or_default())
 }

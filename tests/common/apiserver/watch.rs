@@ -1,0 +1,150 @@
+//! Watch streams of the API test server: replay from the change log (or
+//! synthetic ADDED), then live changes, bookmarks, 410 after compaction.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::Response;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use super::http::{status, status_body, Body};
+use super::selectors::Filter;
+use super::store::{kind_of, with_type, Broadcast, Change};
+use super::{Route, Shared};
+
+/// The watch event a change produces for `filter`, if any: objects moving
+/// into the selection are ADDED, out of it DELETED.
+fn event_for(filter: &Filter, c: &Change, gv: &str, kind: &str) -> Option<Value> {
+    if !filter.in_collection(&c.key) {
+        return None;
+    }
+    let was = c.old.as_ref().is_some_and(|o| filter.matches(o));
+    let is = c.new.as_ref().is_some_and(|n| filter.matches(n));
+    let (ty, obj) = match (was, is, &c.new) {
+        (false, true, Some(n)) => ("ADDED", n.clone()),
+        (true, true, Some(n)) => ("MODIFIED", n.clone()),
+        (true, false, new) => {
+            let mut o = new.clone().or_else(|| c.old.clone())?;
+            o["metadata"]["resourceVersion"] = json!(c.rv.to_string());
+            ("DELETED", o)
+        }
+        _ => return None,
+    };
+    Some(json!({"type": ty, "object": with_type(obj, gv, kind)}))
+}
+
+/// Options of one watch's live part.
+struct Live {
+    filter: Filter,
+    bookmarks: bool,
+    timeout: Option<Duration>,
+    gv: String,
+    kind: String,
+}
+
+pub(super) fn watch_stream(
+    shared: &Shared,
+    route: &Route,
+    q: &BTreeMap<String, String>,
+) -> Response<Body> {
+    let filter = match Filter::new(route, q) {
+        Ok(f) => f,
+        Err(e) => return status(400, "BadRequest", &e),
+    };
+    let from = q.get("resourceVersion").cloned().unwrap_or_default();
+    let (tx, rx) = mpsc::unbounded_channel::<Value>();
+    let mut end = shared.end_watches.subscribe();
+    end.borrow_and_update();
+    let (events, live) = {
+        let inner = shared.lock();
+        let kind = kind_of(&inner, route);
+        let gv = route.gv.clone();
+        if from.is_empty() || from == "0" {
+            // Synthetic ADDED for the current state, as the apiserver does.
+            for (k, v) in &inner.objects {
+                if filter.in_collection(k) && filter.matches(v) {
+                    let _ = tx
+                        .send(json!({"type": "ADDED", "object": with_type(v.clone(), &gv, &kind)}));
+                }
+            }
+        } else {
+            let since: u64 = from.parse().unwrap_or(0);
+            if since < inner.compacted {
+                let ev = json!({"type": "ERROR", "object": status_body(410, "Expired", "too old resource version")});
+                let _ = tx.send(ev);
+                drop(tx);
+                return watch_response(rx);
+            }
+            for c in inner.log.iter().filter(|c| c.rv > since) {
+                if let Some(ev) = event_for(&filter, c, &gv, &kind) {
+                    let _ = tx.send(ev);
+                }
+            }
+        }
+        let live = Live {
+            filter,
+            bookmarks: q.get("allowWatchBookmarks").is_some_and(|b| b == "true"),
+            timeout: q
+                .get("timeoutSeconds")
+                .and_then(|t| t.parse().ok())
+                .map(Duration::from_secs),
+            gv,
+            kind,
+        };
+        (shared.events.subscribe(), live)
+    };
+    tokio::spawn(forward_live(events, end, tx, live));
+    watch_response(rx)
+}
+
+/// Forwards live changes until the timeout, the client leaving, or
+/// [`super::ApiServer::end_watches`]; the stream then ends cleanly.
+async fn forward_live(
+    mut events: broadcast::Receiver<Broadcast>,
+    mut end: watch::Receiver<u64>,
+    tx: mpsc::UnboundedSender<Value>,
+    live: Live,
+) {
+    let deadline = tokio::time::sleep(live.timeout.unwrap_or(Duration::from_secs(3600)));
+    tokio::pin!(deadline);
+    loop {
+        let msg = tokio::select! {
+            _ = &mut deadline => return,
+            _ = tx.closed() => return,
+            _ = end.changed() => return,
+            m = events.recv() => m,
+        };
+        let (gv, kind) = (&live.gv, &live.kind);
+        let ev = match msg {
+            Ok(Broadcast::Change(c)) => event_for(&live.filter, &c, gv, kind),
+            Ok(Broadcast::Bookmark(rv)) if live.bookmarks => Some(json!({"type": "BOOKMARK",
+                "object": {"apiVersion": gv, "kind": kind, "metadata": {"resourceVersion": rv.to_string()}}})),
+            Ok(Broadcast::Bookmark(_)) => None,
+            // Fell behind: end the watch; the client resumes or re-lists.
+            Err(_) => return,
+        };
+        if let Some(ev) = ev {
+            if tx.send(ev).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn watch_response(rx: mpsc::UnboundedReceiver<Value>) -> Response<Body> {
+    let s = futures::stream::unfold(rx, |mut rx| async move {
+        let ev = rx.recv().await?;
+        let line = Bytes::from(format!("{ev}\n"));
+        Some((Ok::<_, std::io::Error>(Frame::data(line)), rx))
+    });
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(s)));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
