@@ -26,13 +26,14 @@ use serde_yaml::Value as Yaml;
 
 mod common;
 
-use common::apiserver_ext::FakeApiServer;
+use common::apiserver::ApiServer;
 use common::kubelet::{Delays, Kubelet, Mode};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
 
 const PROBE_NS: &str = "kubepulse-probes";
-const NODES: &str = "/api/v1/nodes";
-const NODE_LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
-const CP_LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases";
+const NODE_LEASE_NS: &str = "kube-node-lease";
+const CP_LEASE_NS: &str = "kube-system";
 /// node-b's clock in its Lease renewals, ahead of everyone's.
 const NODE_B_AHEAD: Duration = Duration::from_secs(2);
 
@@ -352,10 +353,10 @@ fn node(name: &str) -> Json {
            "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
 }
 
-fn lease(name: &str, holder: &str, renew: std::time::SystemTime) -> Json {
+fn lease(namespace: &str, name: &str, holder: &str, renew: std::time::SystemTime) -> Json {
     let t = k8s_openapi::jiff::Timestamp::try_from(renew).expect("timestamp");
     let t = k8s_openapi::jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%S%.6fZ", t).expect("format");
-    json!({"metadata": {"name": name},
+    json!({"metadata": {"name": name, "namespace": namespace},
            "spec": {"holderIdentity": holder, "renewTime": t, "leaseDurationSeconds": 40}})
 }
 
@@ -363,23 +364,18 @@ fn lease(name: &str, holder: &str, renew: std::time::SystemTime) -> Json {
 /// their Leases every second (node-b's clock [`NODE_B_AHEAD`]), the
 /// kube-scheduler Lease changing holder once, and the simulated kubelet
 /// running the probe pods. Stops with the runtime.
-fn start_cluster(rt: &tokio::runtime::Runtime) -> (FakeApiServer, Kubelet) {
-    let server = rt.block_on(FakeApiServer::start(&[
+fn start_cluster(rt: &tokio::runtime::Runtime) -> (ApiServer, Kubelet) {
+    let server = rt.block_on(ApiServer::with_namespaces(&[
         PROBE_NS,
         "kubepulse",
         "kube-node-lease",
         "kube-system",
     ]));
     for n in ["node-a", "node-b"] {
-        server.insert(NODES, node(n), "v1", "Node");
+        server.apply_json::<Node>(node(n));
     }
     let now = std::time::SystemTime::now();
-    server.insert(
-        CP_LEASES,
-        lease("kube-scheduler", "scheduler-1", now),
-        "coordination.k8s.io/v1",
-        "Lease",
-    );
+    server.apply_json::<Lease>(lease(CP_LEASE_NS, "kube-scheduler", "scheduler-1", now));
     let s = server.clone();
     rt.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -387,20 +383,10 @@ fn start_cluster(rt: &tokio::runtime::Runtime) -> (FakeApiServer, Kubelet) {
             tick.tick().await;
             let now = std::time::SystemTime::now();
             for (n, renew) in [("node-a", now), ("node-b", now + NODE_B_AHEAD)] {
-                s.insert(
-                    NODE_LEASES,
-                    lease(n, n, renew),
-                    "coordination.k8s.io/v1",
-                    "Lease",
-                );
+                s.apply_json::<Lease>(lease(NODE_LEASE_NS, n, n, renew));
             }
             if i == 5 {
-                s.insert(
-                    CP_LEASES,
-                    lease("kube-scheduler", "scheduler-2", now),
-                    "coordination.k8s.io/v1",
-                    "Lease",
-                );
+                s.apply_json::<Lease>(lease(CP_LEASE_NS, "kube-scheduler", "scheduler-2", now));
             }
         }
     });
