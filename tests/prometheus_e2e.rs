@@ -1,10 +1,14 @@
-//! End to end against a real Prometheus: `kubepulse local` is scraped every
-//! second by a `prometheus` process that loads `alerts/kubepulse-rules.yaml`;
-//! then every query of every dashboard panel, every recording rule and every
-//! alert expression is sent to the query API. All must parse, every rule must
-//! evaluate without error, and every dashboard query and recording rule over
-//! metrics local mode produces must return data (exceptions are listed in
-//! [`NO_DATA_IN_LOCAL_MODE`] with their reasons, and must return none).
+//! End to end against a real Prometheus: `kubepulse local` and a `kubepulse
+//! controller` (against the API test server of `tests/common`, with the
+//! simulated kubelet creating probe pods and the test renewing node Leases)
+//! are scraped every second by a `prometheus` process that loads
+//! `alerts/kubepulse-rules.yaml`; then every query of every dashboard panel,
+//! every recording rule and every alert expression is sent to the query API.
+//! All must parse, every rule must evaluate without error, and every
+//! dashboard query and recording rule must return data (exceptions are
+//! listed in [`NO_DATA`] with their reasons, and must return none). One
+//! control-plane alert is driven end to end: node-b stamps its Lease renewals
+//! 2 s ahead, so KubepulseNodeLeaseClockSkew must go pending for node-b only.
 //!
 //! Needs `/usr/bin/prometheus` (Debian package `prometheus`; `PROMETHEUS`
 //! overrides the path). Run with `--nocapture` to see every query's value.
@@ -17,15 +21,30 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value as Json;
+use serde_json::{json, Value as Json};
 use serde_yaml::Value as Yaml;
 
-/// Queries expected to return nothing in local mode, by origin (`record:NAME`
-/// or `DASHBOARD_UID:PANEL TITLE`), with the reason. Local mode runs with
-/// bandwidth bursts and short probe schedules (see [`write_agent_config`]), so
-/// every metric of the catalog is produced and the list is empty; a query
-/// listed here must return no data, so the list cannot go stale.
-const NO_DATA_IN_LOCAL_MODE: &[(&str, &str)] = &[];
+mod common;
+
+use common::apiserver::ApiServer;
+use common::kubelet::{Delays, Kubelet, Mode};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+
+const PROBE_NS: &str = "kubepulse-probes";
+const NODE_LEASE_NS: &str = "kube-node-lease";
+const CP_LEASE_NS: &str = "kube-system";
+/// node-b's clock in its Lease renewals, ahead of everyone's.
+const NODE_B_AHEAD: Duration = Duration::from_secs(2);
+
+/// Queries expected to return nothing, by origin (`record:NAME` or
+/// `DASHBOARD_UID:PANEL TITLE`), with the reason. Local mode runs with
+/// bandwidth bursts and short probe schedules (see [`write_agent_config`]) and
+/// the controller with short intervals against the API test server (see
+/// [`write_controller_config`]), so every metric of the catalog is produced
+/// and the list is empty; a query listed here must return no data, so the
+/// list cannot go stale.
+const NO_DATA: &[(&str, &str)] = &[];
 
 /// Values of Grafana's variables in the queries sent: every template
 /// variable matches everything (`=~".*"`).
@@ -185,6 +204,18 @@ fn query(prom: SocketAddr, expr: &str) -> Result<Answer, String> {
     }
 }
 
+/// The value at the end of a summarised series (`{labels} value`) or scalar.
+fn value_of(summary: &str) -> &str {
+    summary.rsplit(' ').next().unwrap_or("").trim_matches('"')
+}
+
+/// Whether an answer holds at least one value that is a number, not NaN.
+fn has_number(series: &[String]) -> bool {
+    series
+        .iter()
+        .any(|s| value_of(s).parse::<f64>().is_ok_and(|v| !v.is_nan()))
+}
+
 /// One expression to send.
 struct Query {
     /// `record:NAME`, `alert:NAME` or `DASHBOARD_UID:PANEL TITLE`.
@@ -274,7 +305,7 @@ fn queries() -> Vec<Query> {
         }
     }
     for q in &mut out {
-        if NO_DATA_IN_LOCAL_MODE.iter().any(|(o, _)| *o == q.origin) {
+        if NO_DATA.iter().any(|(o, _)| *o == q.origin) {
             q.needs_data = false;
         }
     }
@@ -300,8 +331,75 @@ fn write_agent_config(dir: &Path) -> PathBuf {
     agent
 }
 
-/// Prometheus' config: scrape kubepulse every second, evaluate the rules every second.
-fn write_prometheus_config(dir: &Path, kubepulse: SocketAddr) -> PathBuf {
+/// The controller's config: every measurement every few hundred ms against
+/// the API test server.
+fn write_controller_config(dir: &Path, api_url: &str) -> PathBuf {
+    let path = dir.join("controller.yaml");
+    fs::write(
+        &path,
+        format!(
+            "controller:\n  api_url: {api_url}\n  name: e2e\n  \
+             pod_startup: {{interval: 500ms, timeout: 10s, delete_timeout: 5s, event_grace: 100ms, sweep_min_age: 0s}}\n  \
+             sampler: {{interval: 500ms, max_qps: 50}}\n  \
+             leader: {{lease_duration: 2s, renew_deadline: 1500ms, retry_period: 200ms}}\n"
+        ),
+    )
+    .expect("write controller config");
+    path
+}
+
+fn node(name: &str) -> Json {
+    json!({"metadata": {"name": name}, "spec": {},
+           "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+}
+
+fn lease(namespace: &str, name: &str, holder: &str, renew: std::time::SystemTime) -> Json {
+    let t = k8s_openapi::jiff::Timestamp::try_from(renew).expect("timestamp");
+    let t = k8s_openapi::jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%S%.6fZ", t).expect("format");
+    json!({"metadata": {"name": name, "namespace": namespace},
+           "spec": {"holderIdentity": holder, "renewTime": t, "leaseDurationSeconds": 40}})
+}
+
+/// The cluster the controller measures: two Ready nodes whose kubelets renew
+/// their Leases every second (node-b's clock [`NODE_B_AHEAD`]), the
+/// kube-scheduler Lease changing holder once, and the simulated kubelet
+/// running the probe pods. Stops with the runtime.
+fn start_cluster(rt: &tokio::runtime::Runtime) -> (ApiServer, Kubelet) {
+    let server = rt.block_on(ApiServer::with_namespaces(&[
+        PROBE_NS,
+        "kubepulse",
+        "kube-node-lease",
+        "kube-system",
+    ]));
+    for n in ["node-a", "node-b"] {
+        server.apply_json::<Node>(node(n));
+    }
+    let now = std::time::SystemTime::now();
+    server.apply_json::<Lease>(lease(CP_LEASE_NS, "kube-scheduler", "scheduler-1", now));
+    let s = server.clone();
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        for i in 0u64.. {
+            tick.tick().await;
+            let now = std::time::SystemTime::now();
+            for (n, renew) in [("node-a", now), ("node-b", now + NODE_B_AHEAD)] {
+                s.apply_json::<Lease>(lease(NODE_LEASE_NS, n, n, renew));
+            }
+            if i == 5 {
+                s.apply_json::<Lease>(lease(CP_LEASE_NS, "kube-scheduler", "scheduler-2", now));
+            }
+        }
+    });
+    let kubelet = {
+        let _in_runtime = rt.enter();
+        Kubelet::start(&server, PROBE_NS, Mode::Normal, Delays::default())
+    };
+    (server, kubelet)
+}
+
+/// Prometheus' config: scrape kubepulse local and the controller every
+/// second, evaluate the rules every second.
+fn write_prometheus_config(dir: &Path, kubepulse: SocketAddr, controller: SocketAddr) -> PathBuf {
     let prom = dir.join("prometheus.yml");
     let rules = root().join("alerts/kubepulse-rules.yaml");
     fs::write(
@@ -309,7 +407,8 @@ fn write_prometheus_config(dir: &Path, kubepulse: SocketAddr) -> PathBuf {
         format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {}\n\
-             scrape_configs:\n  - job_name: kubepulse\n    static_configs:\n      - targets: ['{kubepulse}']\n",
+             scrape_configs:\n  - job_name: kubepulse\n    static_configs:\n      - targets: ['{kubepulse}']\n  \
+             - job_name: kubepulse-controller\n    static_configs:\n      - targets: ['{controller}']\n",
             rules.display()
         ),
     )
@@ -385,7 +484,24 @@ fn every_dashboard_and_rule_query_works_against_prometheus() {
         dir.path(),
     );
     let kp_addr = printed_address(&mut kp, startup);
-    let prom_cfg = write_prometheus_config(dir.path(), kp_addr);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let (server, _kubelet) = start_cluster(&rt);
+    let ctl_cfg = write_controller_config(dir.path(), &server.url());
+    let mut ctl = Proc::spawn(
+        "controller",
+        Command::new(env!("CARGO_BIN_EXE_kubepulse"))
+            .args(["controller", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&ctl_cfg),
+        dir.path(),
+    );
+    let ctl_addr = printed_address(&mut ctl, startup);
+
+    let prom_cfg = write_prometheus_config(dir.path(), kp_addr, ctl_addr);
     let prom_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let mut prom = Proc::spawn(
         "prometheus",
@@ -404,16 +520,22 @@ fn every_dashboard_and_rule_query_works_against_prometheus() {
     let up = poll(startup, || {
         kp.assert_running();
         prom.assert_running();
-        match query(prom_addr, r#"up{job="kubepulse"} == 1"#) {
+        ctl.assert_running();
+        match query(
+            prom_addr,
+            r#"count(up{job=~"kubepulse|kubepulse-controller"} == 1) == 2"#,
+        ) {
             Ok(Answer::Data(_)) => Some(()),
             _ => None,
         }
     });
     assert!(
         up.is_some(),
-        "kubepulse was not scraped within {STARTUP_DEADLINE:?}\nprometheus:\n{}\nkubepulse:\n{}",
+        "kubepulse and the controller were not scraped within {STARTUP_DEADLINE:?}\n\
+         prometheus:\n{}\nkubepulse:\n{}\ncontroller:\n{}",
         prom.log_tail(),
-        kp.log_tail()
+        kp.log_tail(),
+        ctl.log_tail()
     );
 
     let all = queries();
@@ -435,11 +557,16 @@ fn every_dashboard_and_rule_query_works_against_prometheus() {
     let data_deadline = Instant::now() + DATA_DEADLINE;
     poll(data_deadline, || {
         kp.assert_running();
+        ctl.assert_running();
         prom.assert_running();
         for (i, q) in all.iter().enumerate() {
             if q.needs_data && !answers.contains_key(&i) {
+                // Only-NaN answers (a quantile of an empty histogram, 0/0)
+                // are not data yet.
                 if let Ok(Answer::Data(d)) = query(prom_addr, &q.expr) {
-                    answers.insert(i, d);
+                    if has_number(&d) {
+                        answers.insert(i, d);
+                    }
                 }
             }
         }
@@ -448,13 +575,34 @@ fn every_dashboard_and_rule_query_works_against_prometheus() {
             .all(|(i, q)| !q.needs_data || answers.contains_key(&i))
             .then_some(())
     });
+    // The control-plane alert driven end to end: node-b's Lease clock is
+    // 2 s ahead, node-a's is not (for: 10m keeps it pending).
+    let skew = r#"ALERTS{alertname="KubepulseNodeLeaseClockSkew",alertstate="pending"}"#;
+    let skewed = poll(Instant::now() + DATA_DEADLINE, || {
+        ctl.assert_running();
+        match query(prom_addr, skew) {
+            Ok(Answer::Data(d)) => Some(d),
+            _ => None,
+        }
+    });
     let (evaluated, errors) = rule_errors(prom_addr).expect("rules API");
 
     // The report: every query with what Prometheus returned.
     println!("\n{:<100} | value", "query");
     for (i, q) in all.iter().enumerate() {
         let value = match answers.get(&i) {
-            Some(d) => format!("{} series, first {}", d.len(), d[0]),
+            // The latest answer, not the first one seen.
+            Some(first) => {
+                let d = match query(prom_addr, &q.expr) {
+                    Ok(Answer::Data(d)) if has_number(&d) => d,
+                    _ => first.clone(),
+                };
+                let shown = d
+                    .iter()
+                    .find(|s| !value_of(s).eq_ignore_ascii_case("nan"))
+                    .unwrap_or(&d[0]);
+                format!("{} series, e.g. {shown}", d.len())
+            }
             None if q.needs_data => "NO DATA".to_string(),
             None => match query(prom_addr, &q.expr) {
                 Ok(Answer::Data(d)) => format!("{} series, first {}", d.len(), d[0]),
@@ -477,7 +625,7 @@ fn every_dashboard_and_rule_query_works_against_prometheus() {
         })
         .collect();
     // An exception that has data is stale: local mode now produces it.
-    for (origin, reason) in NO_DATA_IN_LOCAL_MODE {
+    for (origin, reason) in NO_DATA {
         let matching: Vec<&Query> = all.iter().filter(|q| q.origin == *origin).collect();
         if matching.is_empty() {
             problems.push(format!("exception {origin} matches no query"));
@@ -490,6 +638,14 @@ fn every_dashboard_and_rule_query_works_against_prometheus() {
             }
         }
     }
+    match &skewed {
+        Some(alerts) if alerts.len() == 1 && alerts[0].contains("target_node=node-b") => {
+            println!("\n{skew}: {}", alerts[0]);
+        }
+        other => problems.push(format!(
+            "{skew}: expected one alert, for node-b (Lease clock {NODE_B_AHEAD:?} ahead), got {other:?}"
+        )),
+    }
     problems.extend(
         errors
             .into_iter()
@@ -500,11 +656,13 @@ fn every_dashboard_and_rule_query_works_against_prometheus() {
     }
     assert!(
         problems.is_empty(),
-        "{}\nprometheus log:\n{}\nkubepulse log:\n{}",
+        "{}\nprometheus log:\n{}\nkubepulse log:\n{}\ncontroller log:\n{}",
         problems.join("\n"),
         prom.log_tail(),
-        kp.log_tail()
+        kp.log_tail(),
+        ctl.log_tail()
     );
+    drop(server);
 }
 
 #[test]
@@ -518,4 +676,7 @@ fn substitution_and_encoding() {
         format!(r#"rate(x{{cluster=~".*",job=~".*"}}[{RATE_INTERVAL}])"#)
     );
     assert_eq!(percent_encode("a b{c=\"d\"}"), "a%20b%7Bc%3D%22d%22%7D");
+    assert!(has_number(&["{a=b} NaN".into(), "{a=c} 0.5".into()]));
+    assert!(!has_number(&["{a=b} NaN".into(), "\"NaN\"".into()]));
+    assert!(has_number(&["\"1\"".into()]));
 }
