@@ -75,6 +75,13 @@ impl NodeView {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Forgets every node, Lease and leader observation. Called when this
+    /// replica stops leading: a follower must not keep exporting node state
+    /// that nobody updates any more (lease ages would grow without bound).
+    pub fn clear(&self) {
+        *self.lock() = State::default();
+    }
+
     /// Names of Ready, schedulable nodes, sorted.
     pub fn schedulable(&self) -> Vec<String> {
         self.lock()
@@ -350,6 +357,16 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    #[test]
+    fn clear_forgets_every_node() {
+        let view = NodeView::new(4);
+        view.apply_node(&node("a", "True", false));
+        assert_eq!(view.names(), vec!["a".to_string()]);
+        view.clear();
+        assert!(view.names().is_empty());
+        assert!(view.schedulable().is_empty());
     }
 
     fn lease(name: &str, micros: i64, holder: &str) -> Lease {

@@ -179,6 +179,7 @@ async fn supervise(
             tracing::warn!("Measurement tasks did not stop in time");
         }
         metrics.set_leader(false);
+        view.clear();
         tracing::info!("Not leading: stopped measuring");
         if token.is_cancelled() {
             return;
