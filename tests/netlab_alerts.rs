@@ -402,3 +402,88 @@ fn mtu_blackhole_fires_path_mtu_alert_only_for_paths_to_the_blackholed_node() {
     );
     assert!(lab.nft_counter(&ns1, "blackholed") > 0);
 }
+
+/// Added delay on the pod network only: the lab's delay line carries the
+/// pod CIDR routes between the nodes while host-to-host traffic keeps the
+/// direct underlay route, so pod-minus-host RTT min grows by twice the
+/// one-way delay and KubepulseOverlayRTTOverheadHigh (> 0.5 ms) fires for
+/// both node pairs and every latency protocol; nothing else does.
+#[test]
+fn pod_only_delay_fires_overlay_rtt_overhead_alert() {
+    if !lab::require_root() {
+        return;
+    }
+    let _t = timing_lock();
+    let mut lab = Lab::new(LabSpec {
+        nodes: 2,
+        pods_per_node: 1,
+        flavour: Flavour::Routed,
+    });
+    lab.add_delay_line();
+    // Host traffic back on the underlay (the /24 connected route on `ul`).
+    for (me, peer) in [(0usize, 1usize), (1, 0)] {
+        let dst = format!("{}/32", lab.host_ip(peer));
+        lab::netlab::ip(&["-n", &lab.host(me), "route", "del", &dst, "dev", "dl"]);
+    }
+    let all = AgentSpec::all(&lab);
+    let mut probes = fast_probes();
+    for p in ["udp", "icmp"] {
+        probes[p]["interval"] = "50ms".into();
+    }
+    for p in ["tcp", "tcp_connect", "http"] {
+        probes[p]["enabled"] = false.into();
+    }
+    let _agents = Agents::start(&lab, &all, &all, &probes);
+    let prom = Prom::start(&lab, &all);
+    let overhead = "node_peer_node_protocol:kubepulse_probe_rtt_min_seconds:pod_minus_host";
+
+    // Baseline (delay line at zero): overhead evaluated for both node pairs
+    // and both protocols, loss clean, nothing firing.
+    let ok = poll(Duration::from_secs(60), Duration::from_millis(500), || {
+        let o = prom.query(overhead);
+        let loss = prom.query("node_peer_node_path:kubepulse_probe_loss:ratio_rate5m");
+        (o.len() == 4 && loss.len() == 12 && loss.iter().all(|(_, v)| *v == 0.0)).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "baseline overhead / loss not ready: {:?} {:?}",
+        prom.query(overhead),
+        prom.query("node_peer_node_path:kubepulse_probe_loss:ratio_rate5m")
+    );
+    let baseline = set(&[CONTROLLER_ABSENT.into()]);
+    prom.expect_firing(
+        "delay baseline",
+        &baseline,
+        Duration::from_secs(10),
+        Duration::from_secs(5),
+    );
+    let base: Vec<f64> = prom.query(overhead).iter().map(|(_, v)| *v).collect();
+
+    let before = lab.delay_line_packets();
+    lab.set_delay(Duration::from_millis(1));
+    let mut want = vec![CONTROLLER_ABSENT.to_string()];
+    for (n, pn) in [("node0", "node1"), ("node1", "node0")] {
+        for proto in ["icmp", "udp"] {
+            want.push(format!(
+                "KubepulseOverlayRTTOverheadHigh{{severity=warning,node={n},peer_node={pn},protocol={proto}}}"
+            ));
+        }
+    }
+    prom.expect_firing(
+        "1 ms one-way delay on pod traffic",
+        &set(&want),
+        Duration::from_secs(30),
+        Duration::from_secs(5),
+    );
+    let now: Vec<f64> = prom.query(overhead).iter().map(|(_, v)| *v).collect();
+    eprintln!("pod-minus-host RTT min: baseline {base:?} s, with 1 ms delay {now:?} s");
+    assert!(lab.delay_line_packets() > before);
+
+    lab.set_delay(Duration::ZERO);
+    prom.expect_firing(
+        "delay removed",
+        &baseline,
+        Duration::from_secs(30),
+        Duration::from_secs(3),
+    );
+}
