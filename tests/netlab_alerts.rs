@@ -8,6 +8,11 @@
 //!   names keep their `rate5m` suffix; thresholds and expression logic are
 //!   untouched.
 //!
+//! Scenarios (one lab and one Prometheus each): 20% random loss between two
+//! pods on different nodes; a DF blackhole (> 1400 bytes) on node 1; 1 ms
+//! one-way delay on the pod network only (the delay line carries the pod
+//! CIDRs, host traffic stays on the underlay).
+//!
 //! Each scenario first shows a clean baseline (no network alert firing),
 //! then injects one fault and asserts the EXACT set of firing alerts
 //! (alertname + severity + node/peer_node/path/protocol): the right ones
@@ -117,7 +122,7 @@ impl Prom {
             prom.get("/-/ready").ok()
         });
         assert!(ready.is_some(), "prometheus not ready: {}", prom.log());
-        // The transformed rules loaded, with no evaluation errors so far.
+        // The transformed rules loaded.
         let rules = prom.get("/api/v1/rules").expect("rules API");
         assert!(
             rules.contains("KubepulsePathMTUBelowInterfaceMTU"),
@@ -125,6 +130,24 @@ impl Prom {
             prom.log()
         );
         prom
+    }
+
+    /// Every rule of the transformed file evaluated without error.
+    fn assert_rules_healthy(&self) {
+        let body = self.get("/api/v1/rules").expect("rules API");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("rules JSON");
+        let mut bad = Vec::new();
+        let mut n = 0;
+        for g in v["data"]["groups"].as_array().expect("rule groups") {
+            for r in g["rules"].as_array().expect("rules") {
+                n += 1;
+                if r["health"] != "ok" {
+                    bad.push(format!("{} {}: {}", r["name"], r["health"], r["lastError"]));
+                }
+            }
+        }
+        assert!(n > 50, "only {n} rules loaded");
+        assert!(bad.is_empty(), "rules not healthy: {bad:#?}");
     }
 
     fn log(&self) -> String {
@@ -297,6 +320,7 @@ fn loss_fires_pair_and_pod_network_alerts_only_for_the_lossy_pods() {
         Duration::from_secs(5),
     );
     assert!(lab.nft_counter(&ns1, "dropped") > 0);
+    prom.assert_rules_healthy();
 
     // Fault removed: everything resolves once the window is clean again.
     lab.run(&ns1, &["nft", "delete", "table", "inet", "kpl"]);
@@ -401,6 +425,7 @@ fn mtu_blackhole_fires_path_mtu_alert_only_for_paths_to_the_blackholed_node() {
         Duration::from_secs(5),
     );
     assert!(lab.nft_counter(&ns1, "blackholed") > 0);
+    prom.assert_rules_healthy();
 }
 
 /// Added delay on the pod network only: the lab's delay line carries the
@@ -478,6 +503,7 @@ fn pod_only_delay_fires_overlay_rtt_overhead_alert() {
     let now: Vec<f64> = prom.query(overhead).iter().map(|(_, v)| *v).collect();
     eprintln!("pod-minus-host RTT min: baseline {base:?} s, with 1 ms delay {now:?} s");
     assert!(lab.delay_line_packets() > before);
+    prom.assert_rules_healthy();
 
     lab.set_delay(Duration::ZERO);
     prom.expect_firing(
