@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use lab::agents::{fast_probes, AgentSpec, Agents};
 use lab::netlab::{poll, timing_lock, Flavour, Lab, LabSpec};
+use lab::text::percent_encode;
 
 /// Test-only `for:` of every alert.
 const FOR: &str = "2s";
@@ -55,18 +56,6 @@ fn test_rules() -> String {
         .collect();
     assert!(fors > 20, "expected every alert to have a for: ({fors})");
     out.join("\n") + "\n"
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// A Prometheus process inside a lab namespace.

@@ -20,11 +20,14 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use text::percent_encode;
 
 use serde_json::{json, Value as Json};
 use serde_yaml::Value as Yaml;
 
 mod common;
+#[path = "support/text.rs"]
+mod text;
 
 use common::apiserver::ApiServer;
 use common::kubelet::{Delays, Kubelet, Mode};
@@ -116,18 +119,6 @@ fn prometheus_bin() -> PathBuf {
         p.display()
     );
     p
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// A minimal HTTP/1.0 GET (no chunked encoding, the server closes).

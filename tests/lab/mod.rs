@@ -9,6 +9,8 @@ pub mod delayline;
 pub mod netlab;
 pub mod prom;
 pub mod sys;
+#[path = "../support/text.rs"]
+pub mod text;
 
 /// Env var that skips the lab tests where root is unavailable. `.ci/run`
 /// never sets it, so CI without root fails loudly instead of passing empty.

@@ -5,3 +5,4 @@
 
 pub mod process;
 pub mod scrape;
+pub mod text;
