@@ -154,6 +154,15 @@ label_enum! {
 }
 
 label_enum! {
+    /// The `reason` label of probe outcomes kept out of the statistics.
+    ExcludeReason {
+        /// A kubepulse bandwidth burst involved this agent's or the peer's
+        /// node while the probe was in flight (plus a drain margin).
+        BandwidthBurst => "bandwidth_burst",
+    }
+}
+
+label_enum! {
     /// The `mode` label of `kubepulse_icmp_socket_info`.
     IcmpMode {
         /// Unprivileged datagram ICMP socket (ping_group_range).

@@ -15,7 +15,7 @@ use kubepulse::discovery::{Identity, Peer, ProbePorts, Target};
 use kubepulse::labels::{AgentKind, IcmpMode, PathKind, ProbeErrorReason, Protocol};
 use kubepulse::metrics::AgentMetrics;
 use kubepulse::probe::latency::{self, LatencyProber, RttSample, SampleHook};
-use kubepulse::probe::{ProbeContext, TargetSet};
+use kubepulse::probe::{guard::KeepAll, ProbeContext, TargetSet};
 use kubepulse::proto::echo;
 use prometheus::Registry;
 use tokio::sync::watch;
@@ -197,6 +197,7 @@ impl Engine {
             targets: rx,
             all_peers: watch::channel(Arc::new(Vec::new())).1,
             shutdown: shutdown.clone(),
+            guard: Arc::new(KeepAll),
         };
         let prober = latency::start_with_hook(ctx, hook).expect("engine starts");
         Self {

@@ -14,7 +14,7 @@ use kubepulse::discovery::{Identity, Peer, ProbePorts, Target};
 use kubepulse::labels::{AgentKind, PathKind};
 use kubepulse::metrics::catalog::{self, MetricDef};
 use kubepulse::metrics::AgentMetrics;
-use kubepulse::probe::{scheduled, ProbeContext, TargetSet};
+use kubepulse::probe::{guard::KeepAll, scheduled, ProbeContext, TargetSet};
 use kubepulse::proto::{bandwidth as bw, echo};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -78,6 +78,7 @@ impl Running {
             targets: rx,
             all_peers: watch::channel(Arc::new(Vec::new())).1,
             shutdown: shutdown.clone(),
+            guard: Arc::new(KeepAll),
         };
         let handles = scheduled::start(ctx);
         Running {

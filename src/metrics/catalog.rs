@@ -81,6 +81,8 @@ def!(PROBE_REPLY_RTT, "kubepulse_probe_reply_rtt_seconds_total", Counter, ["prot
     "Sum of the round-trip times of answered probes; divide by kubepulse_probe_replies_total for the per-peer mean.");
 def!(PROBE_ERRORS, "kubepulse_probe_errors_total", Counter, ["protocol", "path", "reason"],
     "Probe errors that are not losses: failed sends, bad or late replies, samples dropped across clock steps.");
+def!(PROBE_EXCLUDED, "kubepulse_probe_excluded_total", Counter, ["protocol", "path", "reason"],
+    "Probe outcomes kept out of the statistics (sent, lost, RTT, jitter) because kubepulse's own traffic could have distorted them.");
 def!(
     PROBE_JITTER,
     "kubepulse_probe_jitter_seconds",
@@ -222,6 +224,7 @@ pub const ALL: &[MetricDef] = &[
     PROBE_REPLIES,
     PROBE_REPLY_RTT,
     PROBE_ERRORS,
+    PROBE_EXCLUDED,
     PROBE_JITTER,
     PROBE_RTT_MIN,
     PEER_CLOCK_OFFSET,

@@ -16,8 +16,8 @@ use prometheus::{
 };
 
 use crate::labels::{
-    BurstOutcome, Direction, HttpPhase, IcmpMode, PathKind, ProbeErrorReason, Protocol,
-    RejectReason, ResponderKind,
+    BurstOutcome, Direction, ExcludeReason, HttpPhase, IcmpMode, PathKind, ProbeErrorReason,
+    Protocol, RejectReason, ResponderKind,
 };
 use catalog::{MetricDef, MetricType};
 
@@ -114,6 +114,7 @@ pub struct AgentMetrics {
     replies: IntCounterVec,
     reply_rtt: CounterVec,
     errors: IntCounterVec,
+    excluded: IntCounterVec,
     jitter: GaugeVec,
     rtt_min: GaugeVec,
     clock_offset: GaugeVec,
@@ -149,6 +150,7 @@ impl AgentMetrics {
             replies: counter(r, &PROBE_REPLIES)?,
             reply_rtt: float_counter(r, &PROBE_REPLY_RTT)?,
             errors: counter(r, &PROBE_ERRORS)?,
+            excluded: counter(r, &PROBE_EXCLUDED)?,
             jitter: gauge(r, &PROBE_JITTER)?,
             rtt_min: gauge(r, &PROBE_RTT_MIN)?,
             clock_offset: gauge(r, &PEER_CLOCK_OFFSET)?,
@@ -221,6 +223,10 @@ impl AgentMetrics {
                 self.errors
                     .with_label_values(&[p.as_str(), path.as_str(), reason.as_str()]);
             }
+            for reason in ExcludeReason::ALL {
+                self.excluded
+                    .with_label_values(&[p.as_str(), path.as_str(), reason.as_str()]);
+            }
         }
         self.tcp_connect.with_label_values(&[path.as_str()]);
         for phase in HttpPhase::ALL {
@@ -263,6 +269,13 @@ impl AgentMetrics {
     /// Counts a probe error that is not a loss.
     pub fn probe_error(&self, protocol: Protocol, path: PathKind, reason: ProbeErrorReason) {
         self.errors
+            .with_label_values(&[protocol.as_str(), path.as_str(), reason.as_str()])
+            .inc();
+    }
+
+    /// Counts a probe outcome kept out of the statistics.
+    pub fn probe_excluded(&self, protocol: Protocol, path: PathKind, reason: ExcludeReason) {
+        self.excluded
             .with_label_values(&[protocol.as_str(), path.as_str(), reason.as_str()])
             .inc();
     }

@@ -5,6 +5,7 @@
 //! Every prober gets a [`ProbeContext`] and follows the current target set
 //! through its `watch` channel, so peers come and go without restarts.
 
+pub mod guard;
 pub mod latency;
 pub mod scheduled;
 
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ProbeSettings;
 use crate::discovery::{Identity, PeerSet, Target};
 use crate::metrics::AgentMetrics;
+use guard::SampleGuard;
 
 /// The current probe targets of one agent.
 pub type TargetSet = Arc<Vec<Target>>;
@@ -38,6 +40,9 @@ pub struct ProbeContext {
     pub all_peers: watch::Receiver<PeerSet>,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
+    /// Keeps outcomes that overlap our own bandwidth bursts out of the
+    /// statistics ([`guard::KeepAll`] when nothing can interfere).
+    pub guard: Arc<dyn SampleGuard>,
 }
 
 /// Errors that stop a prober from starting.

@@ -12,7 +12,7 @@ use crate::config::Settings;
 use crate::discovery::{self, Discovery, Identity, PeerSet, ProbePorts, Target};
 use crate::labels::{PathKind, Protocol};
 use crate::metrics::AgentMetrics;
-use crate::probe::{self, latency::LatencyProber, ProbeContext, TargetSet};
+use crate::probe::{self, guard::KeepAll, latency::LatencyProber, ProbeContext, TargetSet};
 use crate::responder::{self, Responders};
 use crate::Result;
 
@@ -154,6 +154,7 @@ pub async fn start(
         targets,
         all_peers: discovery.subscribe_all(),
         shutdown,
+        guard: Arc::new(KeepAll),
     };
     let latency = probe::latency::start(ctx.clone())?;
     let mut tasks = probe::scheduled::start(ctx);

@@ -3,6 +3,7 @@
 //! bandwidth slot schedule.
 
 pub mod backoff;
+pub mod busy;
 pub mod periodic;
 pub mod rendezvous;
 pub mod slots;
