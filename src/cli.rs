@@ -2,8 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::report::Format;
 
 /// kubepulse: continuous network and control-plane performance monitor for
 /// Kubernetes, exposed as a Prometheus exporter.
@@ -48,15 +51,43 @@ pub enum Command {
         #[arg(long, short = 'n', default_value_t = crate::roles::local::DEFAULT_AGENTS,
               value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=200))]
         agents: usize,
-        /// `/metrics` address.
-        #[arg(long, default_value_t = crate::roles::local::DEFAULT_LISTEN)]
-        listen: SocketAddr,
+        /// `/metrics` address [default: 127.0.0.1:9477; with --report, an
+        /// ephemeral port].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
         /// Also run bandwidth bursts (off by default in local mode).
         #[arg(long)]
         bandwidth: bool,
         /// Configuration file for probe schedules and limits.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Run for this long (e.g. `30s`), print the report and exit.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        report: Option<Duration>,
+        /// Format of the --report output.
+        #[arg(long, value_enum, default_value_t = Format::Table, requires = "report")]
+        format: Format,
+    },
+    /// Print the comparison tables of the seed reports (per path kind, with
+    /// the overhead against host-to-host; pod startup and apiserver
+    /// latency against their SLOs) from agents' `/metrics` or Prometheus.
+    Report {
+        /// `/metrics` URLs to scrape twice, --window apart.
+        #[arg(long, num_args = 1.., required_unless_present = "prometheus", conflicts_with = "prometheus")]
+        scrape: Vec<String>,
+        /// A Prometheus server (e.g. `http://prometheus:9090`) to ask for
+        /// increase() over --window.
+        #[arg(long)]
+        prometheus: Option<String>,
+        /// The window [default: 30s between scrapes; 1h from Prometheus].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        window: Option<Duration>,
+        /// End of the Prometheus window, Unix seconds [default: now].
+        #[arg(long, requires = "prometheus")]
+        at: Option<f64>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
     /// Run the leader-elected cluster controller: pod startup probes,
     /// apiserver latency sampling, node and control-plane health.

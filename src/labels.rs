@@ -82,6 +82,8 @@ label_enum! {
         FirstByte => "first_byte",
         /// First byte to last byte of the body.
         Transfer => "transfer",
+        /// Connect to last byte: the whole request, as ab times it.
+        Total => "total",
     }
 }
 

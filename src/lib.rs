@@ -15,6 +15,7 @@ pub mod labels;
 pub mod metrics;
 pub mod probe;
 pub mod proto;
+pub mod report;
 pub mod responder;
 pub mod roles;
 pub mod schedule;

@@ -1,8 +1,10 @@
 //! The `kubepulse` binary: parses the command line and runs a role.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -13,6 +15,7 @@ use kubepulse::config::{self, DiscoveryMode, LogFormat, Settings};
 use kubepulse::discovery::{kubernetes, static_peers::StaticDiscovery, Discovery};
 use kubepulse::http::{self, ServerState};
 use kubepulse::metrics::{self, AgentMetrics};
+use kubepulse::report::{self, snapshot::Window};
 use kubepulse::roles::{agent, local};
 use kubepulse::{shutdown, telemetry};
 
@@ -71,27 +74,85 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             bandwidth,
             config: path,
+            report,
+            format,
         } => {
             let settings = config::load(path.as_deref())?;
             init_logs(&cli, &settings);
+            let listen = listen.unwrap_or(if report.is_some() {
+                SocketAddr::new(local::DEFAULT_LISTEN.ip(), 0)
+            } else {
+                local::DEFAULT_LISTEN
+            });
             let opts = local::LocalOptions {
                 agents: *agents,
-                listen: *listen,
+                listen,
                 bandwidth: *bandwidth,
                 settings,
             };
             let signals = tokio::spawn(shutdown::on_signal(token.clone()));
             let run = local::start(opts, token.clone()).await?;
-            println!(
-                "kubepulse local: {} agents on loopback, metrics at http://{}/metrics",
-                run.agents.len(),
-                run.metrics_addr
-            );
+            if report.is_none() {
+                println!(
+                    "kubepulse local: {} agents on loopback, metrics at http://{}/metrics",
+                    run.agents.len(),
+                    run.metrics_addr
+                );
+            }
             tracing::info!(addr = %run.metrics_addr, agents = run.agents.len(), "Local mode running");
+            let mut result = Ok(());
+            if let Some(d) = report {
+                let first = run.snapshot();
+                let start = tokio::time::Instant::now();
+                tokio::select! {
+                    () = tokio::time::sleep(*d) => {}
+                    () = token.cancelled() => {}
+                }
+                let w = Window::between(&first, &run.snapshot(), start.elapsed().as_secs_f64());
+                let source = format!("kubepulse local, {} agents on loopback", run.agents.len());
+                print!("{}", report::render(&report::build(&w, &source), *format));
+                if token.is_cancelled() {
+                    result = Err(anyhow::anyhow!(
+                        "interrupted before the report window ended"
+                    ));
+                }
+                token.cancel();
+            }
             token.cancelled().await;
             run.join().await;
             signals.abort();
             tracing::info!("Stopped");
+            result
+        }
+        Command::Report {
+            scrape,
+            prometheus,
+            window,
+            at,
+            format,
+        } => {
+            let settings = Settings::default();
+            init_logs(&cli, &settings);
+            let (w, source) = match prometheus {
+                Some(url) => {
+                    let window = window.unwrap_or(Duration::from_secs(3600));
+                    let at = match at {
+                        Some(a) => *a,
+                        None => std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .context("the system clock is before 1970")?
+                            .as_secs_f64(),
+                    };
+                    let w = report::source::prometheus_window(url, window, at).await?;
+                    (w, format!("Prometheus {url}"))
+                }
+                None => {
+                    let window = window.unwrap_or(Duration::from_secs(30));
+                    let w = report::source::scrape_window(scrape, window).await?;
+                    (w, format!("scrapes of {}", scrape.join(", ")))
+                }
+            };
+            print!("{}", report::render(&report::build(&w, &source), *format));
             Ok(())
         }
         Command::Controller {

@@ -20,6 +20,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
+use crate::report::{
+    self,
+    snapshot::{Snapshot, Window},
+};
 
 /// How long in-flight requests may take after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,27 +92,20 @@ fn route(state: &ServerState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
                 text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "starting\n")
             }
         }
-        "/" => text(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            format!(
-                "<!doctype html><html><head><title>kubepulse</title></head><body>\
-                 <h1>kubepulse {}</h1><p>{}</p><ul>\
-                 <li><a href=\"/metrics\">/metrics</a></li>\
-                 <li><a href=\"/healthz\">/healthz</a></li>\
-                 <li><a href=\"/readyz\">/readyz</a></li></ul></body></html>\n",
-                env!("CARGO_PKG_VERSION"),
-                html_escape(&state.title)
-            ),
-        ),
+        "/" => text(StatusCode::OK, "text/html; charset=utf-8", page(state)),
         _ => text(StatusCode::NOT_FOUND, PLAIN, "not found\n"),
     }
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+/// The live page: this endpoint's own registries, since start.
+fn page(state: &ServerState) -> String {
+    let mut snap = Snapshot::default();
+    for r in &state.registries {
+        snap.merge(Snapshot::from_families(&r.gather()));
+    }
+    let report = report::build(&Window::since_start(&snap), &state.title);
+    let title = format!("kubepulse {}: {}", env!("CARGO_PKG_VERSION"), state.title);
+    report::page::render(&title, &report)
 }
 
 /// Serves until `shutdown` is cancelled, then drains in-flight requests.

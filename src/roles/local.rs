@@ -84,6 +84,8 @@ pub struct LocalRun {
     pub metrics_addr: SocketAddr,
     /// The agents' layout.
     pub agents: Vec<LocalAgent>,
+    /// Every registry served (process metrics, then one per agent).
+    pub registries: Vec<Registry>,
     running: Vec<agent::RunningAgent>,
     server: tokio::task::JoinHandle<()>,
     /// Kept so peers stay published while the run lasts.
@@ -91,6 +93,17 @@ pub struct LocalRun {
 }
 
 impl LocalRun {
+    /// What every agent has exported so far.
+    pub fn snapshot(&self) -> crate::report::snapshot::Snapshot {
+        let mut snap = crate::report::snapshot::Snapshot::default();
+        for r in &self.registries {
+            snap.merge(crate::report::snapshot::Snapshot::from_families(
+                &r.gather(),
+            ));
+        }
+        snap
+    }
+
     /// Waits for everything to stop after `shutdown` is cancelled.
     pub async fn join(self) {
         for a in self.running {
@@ -161,7 +174,7 @@ pub async fn start(opts: LocalOptions, shutdown: CancellationToken) -> Result<Lo
         .local_addr()
         .map_err(|e| Error::io("reading the metrics address", e))?;
     let state = ServerState::new(
-        registries,
+        registries.clone(),
         format!("local mode: {} agents on loopback", agents.len()),
     );
     state.set_ready();
@@ -169,6 +182,7 @@ pub async fn start(opts: LocalOptions, shutdown: CancellationToken) -> Result<Lo
     Ok(LocalRun {
         metrics_addr,
         agents,
+        registries,
         running,
         server,
         _discovery: discovery,

@@ -289,6 +289,8 @@ fn run_job(kind: Kind, ctx: &ProbeContext, target: &Target) {
                 m.observe_http_phase(path, HttpPhase::Connect, p.connect);
                 m.observe_http_phase(path, HttpPhase::FirstByte, p.first_byte);
                 m.observe_http_phase(path, HttpPhase::Transfer, p.transfer);
+                let total = p.connect + p.first_byte + p.transfer;
+                m.observe_http_phase(path, HttpPhase::Total, total);
                 tracing::trace!(peer = %peer.name, body = p.body_bytes, "HTTP probe done");
             }
             Err(e) => {
