@@ -629,6 +629,7 @@ fn every_dashboard_and_rule_query_works_against_prometheus() {
             }
         }
     }
+    problems.extend(report_agrees_with_promql(prom_addr));
     match &skewed {
         Some(alerts) if alerts.len() == 1 && alerts[0].contains("target_node=node-b") => {
             println!("\n{skew}: {}", alerts[0]);
@@ -654,6 +655,135 @@ fn every_dashboard_and_rule_query_works_against_prometheus() {
         ctl.log_tail()
     );
     drop(server);
+}
+
+/// One instant query at `at` (Unix seconds) that must return one number.
+fn scalar_at(prom: SocketAddr, expr: &str, at: f64) -> Result<f64, String> {
+    let (status, body) = http_get(
+        prom,
+        &format!("/api/v1/query?query={}&time={at:.3}", percent_encode(expr)),
+    )?;
+    let v: Json = serde_json::from_str(&body).map_err(|e| format!("HTTP {status}: {e}"))?;
+    let result = v["data"]["result"]
+        .as_array()
+        .ok_or_else(|| format!("{expr}: {body}"))?;
+    match result.as_slice() {
+        [one] => one["value"][1]
+            .as_str()
+            .and_then(|x| x.parse().ok())
+            .ok_or_else(|| format!("{expr}: no value in {one}")),
+        other => Err(format!("{expr}: {} series, want 1", other.len())),
+    }
+}
+
+/// `kubepulse report --prometheus` gives the numbers PromQL gives for the
+/// same window and evaluation time. Returns the disagreements.
+fn report_agrees_with_promql(prom: SocketAddr) -> Vec<String> {
+    const WINDOW: &str = "60s";
+    let at = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64()
+        * 1000.0)
+        .round()
+        / 1000.0;
+    let out = Command::new(env!("CARGO_BIN_EXE_kubepulse"))
+        .args([
+            "report",
+            "--prometheus",
+            &format!("http://{prom}"),
+            "--window",
+            WINDOW,
+        ])
+        .args(["--at", &format!("{at:.3}"), "--format", "json"])
+        .output()
+        .expect("run kubepulse report");
+    if !out.status.success() {
+        return vec![format!(
+            "kubepulse report failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )];
+    }
+    let report: Json = match serde_json::from_slice(&out.stdout) {
+        Ok(j) => j,
+        Err(e) => return vec![format!("report JSON: {e}")],
+    };
+    let mut problems = Vec::new();
+    let paths = report["paths"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = paths.iter().filter_map(|p| p["path"].as_str()).collect();
+    let expected = [
+        "host_cross_node",
+        "pod_same_node",
+        "pod_cross_node",
+        "pod_to_host",
+        "host_to_pod",
+    ];
+    if names != expected {
+        problems.push(format!(
+            "report path rows {names:?}, want {expected:?} (host baseline first)"
+        ));
+    }
+    let mut check = |what: &str, got: &Json, expr: String| {
+        let want = scalar_at(prom, &expr, at);
+        match (got.as_f64(), want) {
+            (Some(g), Ok(w)) if (g - w).abs() <= 1e-9 * w.abs().max(1e-9) => {
+                println!("report {what} = {g} = PromQL {expr}");
+            }
+            (g, w) => problems.push(format!(
+                "report {what}: {g:?} but PromQL {expr} gives {w:?}"
+            )),
+        }
+    };
+    for row in &paths {
+        let p = row["path"].as_str().unwrap_or_default();
+        for proto in ["udp", "tcp"] {
+            let sel = format!(r#"{{protocol="{proto}",path="{p}"}}"#);
+            for (q, field) in [(0.5, "p50"), (0.99, "p99")] {
+                check(
+                    &format!("{p} {proto} {field}"),
+                    &row[proto][field],
+                    format!("histogram_quantile({q}, sum by (le) (increase(kubepulse_probe_rtt_seconds_bucket{sel}[{WINDOW}])))"),
+                );
+            }
+            check(
+                &format!("{p} {proto} min"),
+                &row[proto]["min"],
+                format!("min(kubepulse_probe_rtt_min_seconds{sel})"),
+            );
+        }
+        let lat = format!(r#"{{path="{p}",protocol=~"udp|tcp|icmp"}}"#);
+        check(
+            &format!("{p} loss"),
+            &row["loss_ratio"],
+            format!(
+                "sum(increase(kubepulse_probe_lost_total{lat}[{WINDOW}])) / sum(increase(kubepulse_probe_sent_total{lat}[{WINDOW}]))"
+            ),
+        );
+        let udp = format!(r#"{{path="{p}",protocol="udp"}}"#);
+        check(
+            &format!("{p} udp mean"),
+            &row["udp_mean"],
+            format!(
+                "sum(increase(kubepulse_probe_reply_rtt_seconds_total{udp}[{WINDOW}])) / (sum(increase(kubepulse_probe_sent_total{udp}[{WINDOW}])) - sum(increase(kubepulse_probe_lost_total{udp}[{WINDOW}])))"
+            ),
+        );
+    }
+    match report["control_plane"]["apiserver"].as_array() {
+        Some(rows) if !rows.is_empty() => {
+            for r in rows {
+                let (v, res, sc) = (&r["verb"], &r["resource"], &r["scope"]);
+                let sel = format!(r#"{{verb={v},resource={res},scope={sc}}}"#);
+                check(
+                    &format!("apiserver {v} {res} {sc} p99"),
+                    &r["p99"],
+                    format!("histogram_quantile(0.99, sum by (le) (increase(kubepulse_apiserver_request_duration_seconds_bucket{sel}[{WINDOW}])))"),
+                );
+            }
+        }
+        _ => problems
+            .push("the report has no apiserver rows although the controller is scraped".into()),
+    }
+    problems
 }
 
 #[test]
