@@ -126,6 +126,25 @@ async fn binary_measures_survives_sigkill_and_cleans_up() {
         sc.body
     );
 
+    // The controller's page shows the control-plane tables.
+    let (status, page) = support::scrape::http_get(first.metrics, "/").expect("GET /");
+    assert_eq!(status, 200);
+    for want in [
+        "<h2>Pod startup (s; SLO: pod_startup p99 &lt;= 5 s)</h2>",
+        "<tr data-row=\"pod_startup\">",
+        "<h2>apiserver calls",
+        "<tr data-row=\"DELETE\"><td>DELETE</td><td>configmaps</td>",
+    ] {
+        assert!(
+            page.contains(want),
+            "{want} missing from the controller page:\n{page}"
+        );
+    }
+    assert!(
+        !page.contains("Latency by path"),
+        "no agent tables on the controller page"
+    );
+
     // A node that leaves takes its per-node series with it.
     let nodes: kube::Api<Node> = kube::Api::all(server.actor_client("test"));
     nodes

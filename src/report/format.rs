@@ -66,53 +66,10 @@ fn strings<const N: usize>(a: [&str; N]) -> Vec<String> {
     a.iter().map(|s| (*s).to_string()).collect()
 }
 
-/// The tables of a report, in print order.
+/// The tables of a report, in print order (no path tables for a report
+/// without agents, such as the controller's page).
 pub fn tables(r: &Report) -> Vec<Table> {
-    let mut out = vec![
-        Table {
-            title: "Latency by path (ms; RTT as min/p50/p99; overhead: mean UDP RTT against host_cross_node)".into(),
-            header: strings([
-                "path", "udp rtt", "udp mean", "tcp rtt", "icmp rtt", "loss %", "jitter", "connect p99",
-                "http p50", "http p99", "rtt overhead %",
-            ]),
-            rows: r
-                .paths
-                .iter()
-                .map(|p| {
-                    vec![
-                        p.path.to_string(),
-                        rtt(&p.udp),
-                        ms(p.udp_mean),
-                        rtt(&p.tcp),
-                        rtt(&p.icmp),
-                        pct(p.loss_ratio, false),
-                        ms(p.jitter),
-                        ms(p.tcp_connect_p99),
-                        ms(p.http_p50),
-                        ms(p.http_p99),
-                        pct(p.rtt_overhead, true),
-                    ]
-                })
-                .collect(),
-        },
-        Table {
-            title: "Bandwidth and MTU by path (last bursts; overhead: send goodput against host_cross_node)".into(),
-            header: strings(["path", "send Mbit/s", "recv Mbit/s", "bw overhead %", "path mtu"]),
-            rows: r
-                .paths
-                .iter()
-                .map(|p| {
-                    vec![
-                        p.path.to_string(),
-                        mbit(p.bandwidth_send),
-                        mbit(p.bandwidth_receive),
-                        pct(p.bandwidth_overhead, true),
-                        num(p.path_mtu),
-                    ]
-                })
-                .collect(),
-        },
-    ];
+    let mut out = path_tables(r);
     if !r.matrix.is_empty() {
         out.push(Table {
             title: "Probed pairs (UDP)".into(),
@@ -210,6 +167,58 @@ pub fn tables(r: &Report) -> Vec<Table> {
         });
     }
     out
+}
+
+/// Latency and bandwidth per path kind; none without path rows.
+fn path_tables(r: &Report) -> Vec<Table> {
+    if r.paths.is_empty() {
+        return Vec::new();
+    }
+    vec![
+        Table {
+            title: "Latency by path (ms; RTT as min/p50/p99; overhead: mean UDP RTT against host_cross_node)".into(),
+            header: strings([
+                "path", "udp rtt", "udp mean", "tcp rtt", "icmp rtt", "loss %", "jitter", "connect p99",
+                "http p50", "http p99", "rtt overhead %",
+            ]),
+            rows: r
+                .paths
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.path.to_string(),
+                        rtt(&p.udp),
+                        ms(p.udp_mean),
+                        rtt(&p.tcp),
+                        rtt(&p.icmp),
+                        pct(p.loss_ratio, false),
+                        ms(p.jitter),
+                        ms(p.tcp_connect_p99),
+                        ms(p.http_p50),
+                        ms(p.http_p99),
+                        pct(p.rtt_overhead, true),
+                    ]
+                })
+                .collect(),
+        },
+        Table {
+            title: "Bandwidth and MTU by path (last bursts; overhead: send goodput against host_cross_node)".into(),
+            header: strings(["path", "send Mbit/s", "recv Mbit/s", "bw overhead %", "path mtu"]),
+            rows: r
+                .paths
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.path.to_string(),
+                        mbit(p.bandwidth_send),
+                        mbit(p.bandwidth_receive),
+                        pct(p.bandwidth_overhead, true),
+                        num(p.path_mtu),
+                    ]
+                })
+                .collect(),
+        },
+    ]
 }
 
 fn aligned(t: &Table, out: &mut String) {

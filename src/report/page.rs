@@ -12,8 +12,10 @@ use super::model::{MatrixCell, Report};
 pub const REFRESH_SECONDS: u32 = 10;
 /// Side of one matrix cell, px.
 const CELL: usize = 64;
-/// Room for row and column names, px.
-const MARGIN: usize = 150;
+/// Room for row names, px.
+const MARGIN: usize = 110;
+/// Room for column names, px.
+const TOP: usize = 24;
 
 /// Escapes text for HTML and SVG.
 pub fn escape(s: &str) -> String {
@@ -65,10 +67,10 @@ fn matrix_svg(path: &str, cells: &[&MatrixCell], out: &mut String) {
     let cols: BTreeSet<&str> = cells.iter().map(|c| c.peer_node.as_str()).collect();
     let rows: Vec<&str> = rows.into_iter().collect();
     let cols: Vec<&str> = cols.into_iter().collect();
-    let (w, h) = (MARGIN + CELL * cols.len(), MARGIN / 2 + CELL * rows.len());
+    let (w, h) = (MARGIN + CELL * cols.len(), TOP + CELL * rows.len());
     let _ = writeln!(
         out,
-        "<h3>{path}</h3>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
+        "<figure><figcaption>{path}</figcaption>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
          role=\"img\" aria-label=\"loss and mean RTT, {path}\" data-path=\"{path}\">"
     );
     for (j, c) in cols.iter().enumerate() {
@@ -76,12 +78,12 @@ fn matrix_svg(path: &str, cells: &[&MatrixCell], out: &mut String) {
         let _ = writeln!(
             out,
             "<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\" class=\"col\">{}</text>",
-            MARGIN / 2 - 8,
+            TOP - 8,
             escape(c)
         );
     }
     for (i, r) in rows.iter().enumerate() {
-        let y = MARGIN / 2 + CELL * i;
+        let y = TOP + CELL * i;
         let _ = writeln!(
             out,
             "<text x=\"{}\" y=\"{}\" text-anchor=\"end\" class=\"row\">{}</text>",
@@ -117,7 +119,7 @@ fn matrix_svg(path: &str, cells: &[&MatrixCell], out: &mut String) {
             );
         }
     }
-    out.push_str("</svg>\n");
+    out.push_str("</svg></figure>\n");
 }
 
 /// The whole page.
@@ -133,6 +135,8 @@ pub fn render(title: &str, r: &Report) -> String {
          th,td{{border:1px solid #ccc;padding:3px 7px;text-align:right;font-variant-numeric:tabular-nums}}\
          td:first-child,th:first-child{{text-align:left}}th{{background:#f3f3f3}}\
          svg text{{font-size:11px}}svg .loss{{font-size:10px;fill:#333}}\
+         .matrix{{display:flex;flex-wrap:wrap;gap:28px}}figure{{margin:0}}\
+         figcaption{{font-weight:600;margin-bottom:4px}}\
          </style></head><body>\n<h1>{t}</h1>\n\
          <p>Since start; reloads every {REFRESH_SECONDS} s. \
          <a href=\"/metrics\">/metrics</a> · <a href=\"/healthz\">/healthz</a> · \
@@ -147,11 +151,13 @@ pub fn render(title: &str, r: &Report) -> String {
     }
     if !r.matrix.is_empty() {
         out.push_str("<h2>Matrix (UDP): mean RTT in ms and loss, probed pairs only</h2>\n");
+        out.push_str("<div class=\"matrix\">\n");
         let paths: BTreeSet<&str> = r.matrix.iter().map(|c| c.path).collect();
         for p in paths {
             let cells: Vec<&MatrixCell> = r.matrix.iter().filter(|c| c.path == p).collect();
             matrix_svg(p, &cells, &mut out);
         }
+        out.push_str("</div>\n");
     }
     out.push_str("</body></html>\n");
     out
