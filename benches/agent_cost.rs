@@ -1,10 +1,21 @@
-//! Measures what the issue-2 closing note reports, side by side in one run:
-//! - the series count of a `kubepulse local` scrape with 4 agents;
-//! - one agent's RSS and CPU while idle-probing 3 peers at default cadence;
-//! - loopback UDP RTT p50/p99 as kubepulse reports it, next to
-//!   `ping -c 100 -i 0.01` on the same machine at the same spacing.
+//! What one agent costs, side by side with fping in the same run.
 //!
-//! Run: `cargo bench --bench agent_cost` (release build; takes about 90 s).
+//! For K = 10, 50 and 200 peers: one prober agent probes K peers at the
+//! default cadence (UDP, TCP and ICMP once a second each; TCP connect, HTTP
+//! and path MTU at their defaults; bandwidth off), all answered by one
+//! responder agent on 127.0.0.1 (K peers with distinct names and nodes, so
+//! K series keys). Over a window it prints the prober's whole process CPU
+//! per latency probe sent, `fping -l -p 1000` to K loopback addresses
+//! (127.0.1.1..K) in the same run and its CPU per probe, their ratio, the
+//! prober's RSS and series, and the responder's CPU per echoed probe.
+//! Then the loopback UDP RTT as kubepulse reports it next to `fping` at
+//! the same spacing.
+//!
+//! Run: `cargo build --release && cargo bench --bench agent_cost`
+//! (about 5 minutes). Environment: `AGENT_COST_BIN` measures another
+//! kubepulse binary (e.g. an older build; set `AGENT_COST_LEGACY=1` if it
+//! predates `metrics.max_series`), `AGENT_COST_WINDOW` the window in
+//! seconds (default 40), `AGENT_COST_K` a comma-separated list of K.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,6 +31,9 @@ impl Drop for Proc {
 }
 
 fn bin() -> String {
+    if let Ok(b) = std::env::var("AGENT_COST_BIN") {
+        return b;
+    }
     let exe = std::env::current_exe().expect("current exe");
     // target/release/deps/agent_cost-xxxx -> target/release/kubepulse
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
@@ -65,6 +79,18 @@ fn series(body: &str) -> usize {
     body.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .count()
+}
+
+/// Sum of the samples of `name` whose line contains every matcher.
+fn sum(body: &str, name: &str, matchers: &[&str]) -> f64 {
+    body.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+                && matchers.iter().all(|m| l.contains(m))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// (cumulative upper bound, count) buckets of a histogram series.
@@ -115,6 +141,7 @@ fn quantile(q: f64, b: &[(f64, f64)]) -> f64 {
     prev.0
 }
 
+/// (CPU seconds, user + system, of every thread that ever ran; RSS bytes).
 fn proc_stat(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
     let fields: Vec<&str> = stat
@@ -135,28 +162,143 @@ fn proc_stat(pid: u32) -> (f64, f64) {
     (ticks / 100.0, rss_kb * 1024.0)
 }
 
-fn config(
-    name: &str,
-    ip: &str,
-    peers: &[(&str, &str)],
-    udp_interval: &str,
-) -> tempfile::NamedTempFile {
+const RESPONDER_PORTS: [u16; 4] = [39_101, 39_102, 39_103, 39_104];
+const PROBER_PORTS: [u16; 4] = [39_201, 39_202, 39_203, 39_204];
+
+fn ports_yaml(p: [u16; 4]) -> String {
+    format!(
+        "{{udp_echo: {}, tcp_echo: {}, bandwidth: {}, http: {}}}",
+        p[0], p[1], p[2], p[3]
+    )
+}
+
+fn write_config(text: &str) -> tempfile::NamedTempFile {
     let mut f = tempfile::Builder::new()
         .suffix(".yaml")
         .tempfile()
         .expect("temp");
+    f.write_all(text.as_bytes()).expect("write");
+    f
+}
+
+fn peer_ip(i: usize) -> String {
+    format!("127.0.1.{}", i + 1)
+}
+
+/// A prober probing `k` peers, all served by the responder's ports.
+fn prober_config(k: usize, legacy: bool) -> tempfile::NamedTempFile {
     let mut s = format!(
-        "agent: {{name: {name}, node: {name}, kind: host, bind_address: {ip}, metrics_listen: '127.0.0.1:0'}}\n\
-         probes: {{udp: {{interval: {udp_interval}, timeout: 1s}}, bandwidth: {{enabled: false}}}}\n\
-         discovery:\n  peers:\n"
+        "agent: {{name: prober, node: prober, kind: host, bind_address: 127.0.0.2, \
+         metrics_listen: '127.0.0.1:0', ports: {}}}\n\
+         probes: {{bandwidth: {{enabled: false}}}}\n",
+        ports_yaml(PROBER_PORTS)
     );
-    for (n, a) in peers {
+    if !legacy {
+        // Measure the engine on all K targets, not the default budget's cap.
+        s.push_str("metrics: {max_series: 1000000}\n");
+    }
+    s.push_str("discovery:\n  peers:\n");
+    for i in 0..k {
         s.push_str(&format!(
-            "    - {{name: {n}, node: {n}, kind: host, address: {a}}}\n"
+            "    - {{name: p{i}, node: n{i}, kind: host, address: 127.0.0.1, ports: {}}}\n",
+            ports_yaml(RESPONDER_PORTS)
         ));
     }
-    f.write_all(s.as_bytes()).expect("write");
-    f
+    write_config(&s)
+}
+
+fn responder_config() -> tempfile::NamedTempFile {
+    write_config(&format!(
+        "agent: {{name: responder, node: responder, kind: host, bind_address: 127.0.0.1, \
+         metrics_listen: '127.0.0.1:0', ports: {}}}\n\
+         probes: {{bandwidth: {{enabled: false}}}}\n\
+         discovery:\n  peers: []\n",
+        ports_yaml(RESPONDER_PORTS)
+    ))
+}
+
+struct Row {
+    k: usize,
+    kp_cpu_per_probe: f64,
+    fping_cpu_per_probe: f64,
+    rss: f64,
+    series: usize,
+    responder_cpu_per_echo: f64,
+    probes_per_s: f64,
+}
+
+fn latency_probes(body: &str) -> f64 {
+    sum(body, "kubepulse_probe_sent_total", &[])
+}
+
+fn echoed(body: &str) -> f64 {
+    sum(
+        body,
+        "kubepulse_responder_requests_total",
+        &["responder=\"udp_echo\""],
+    ) + sum(
+        body,
+        "kubepulse_responder_requests_total",
+        &["responder=\"tcp_echo\""],
+    )
+}
+
+fn measure_kubepulse(k: usize, window: Duration, legacy: bool) -> Row {
+    let rcfg = responder_config();
+    let (responder, raddr) = start(&["agent", "--config", &rcfg.path().to_string_lossy()]);
+    let pcfg = prober_config(k, legacy);
+    let (prober, paddr) = start(&["agent", "--config", &pcfg.path().to_string_lossy()]);
+    // Connections up, first PMTU searches and HTTP probes done.
+    std::thread::sleep(Duration::from_secs(6));
+    let (ppid, rpid) = (prober.0.id(), responder.0.id());
+    let (p0, _) = proc_stat(ppid);
+    let (r0, _) = proc_stat(rpid);
+    let sent0 = latency_probes(&scrape(paddr));
+    let echo0 = echoed(&scrape(raddr));
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    let (p1, rss) = proc_stat(ppid);
+    let (r1, _) = proc_stat(rpid);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let body = scrape(paddr);
+    let sent1 = latency_probes(&body);
+    let echo1 = echoed(&scrape(raddr));
+    let probes = sent1 - sent0;
+    assert!(probes > 0.0, "the prober sent nothing");
+    Row {
+        k,
+        kp_cpu_per_probe: (p1 - p0) / probes,
+        fping_cpu_per_probe: 0.0,
+        rss,
+        series: series(&body),
+        responder_cpu_per_echo: (r1 - r0) / (echo1 - echo0).max(1.0),
+        probes_per_s: probes / elapsed,
+    }
+}
+
+/// fping's CPU per probe to `k` loopback addresses, each once a second.
+fn measure_fping(k: usize, window: Duration) -> f64 {
+    let mut args: Vec<String> = ["-l", "-q", "-p", "1000", "-i", "1"]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    args.extend((0..k).map(peer_ip));
+    let child = Command::new("fping")
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fping (apt-get install fping)");
+    let fping = Proc(child);
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = fping.0.id();
+    let (c0, _) = proc_stat(pid);
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    let (c1, _) = proc_stat(pid);
+    // Open loop: every target once per period.
+    let probes = k as f64 * t0.elapsed().as_secs_f64();
+    (c1 - c0) / probes
 }
 
 fn main() {
@@ -166,40 +308,41 @@ fn main() {
         println!("agent_cost: skipped (run with cargo bench)");
         return;
     }
-    // 1. Series count of a local scrape with 4 agents.
-    let (local, addr) = start(&["local", "--agents", "4", "--listen", "127.0.0.1:0"]);
-    std::thread::sleep(Duration::from_secs(5));
-    let local_series = series(&scrape(addr));
-    drop(local);
+    let window = Duration::from_secs(
+        std::env::var("AGENT_COST_WINDOW")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(40),
+    );
+    let legacy = std::env::var("AGENT_COST_LEGACY").is_ok_and(|v| v == "1");
+    let ks: Vec<usize> = std::env::var("AGENT_COST_K")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![10, 50, 200]);
 
-    // 2. One agent idle-probing 3 peers at the default cadence.
-    let ips = ["127.0.0.51", "127.0.0.52", "127.0.0.53", "127.0.0.54"];
-    let names = ["n1", "n2", "n3", "n4"];
-    let mut procs = Vec::new();
-    let mut cfgs = Vec::new();
-    for i in 0..4 {
-        let peers: Vec<(&str, &str)> = (0..4)
-            .filter(|j| *j != i)
-            .map(|j| (names[j], ips[j]))
-            .collect();
-        let cfg = config(names[i], ips[i], &peers, "1s");
-        let path = cfg.path().to_string_lossy().into_owned();
-        procs.push(start(&["agent", "--config", &path]));
-        cfgs.push(cfg);
+    let mut rows = Vec::new();
+    for &k in &ks {
+        let mut row = measure_kubepulse(k, window, legacy);
+        row.fping_cpu_per_probe = measure_fping(k, window);
+        eprintln!(
+            "K={k}: {:.1} us/probe ({:.0} probes/s), fping {:.1} us/probe",
+            row.kp_cpu_per_probe * 1e6,
+            row.probes_per_s,
+            row.fping_cpu_per_probe * 1e6
+        );
+        rows.push(row);
     }
-    let pid = procs[0].0 .0.id();
-    std::thread::sleep(Duration::from_secs(5));
-    let (cpu0, _) = proc_stat(pid);
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(60));
-    let (cpu1, rss) = proc_stat(pid);
-    let cpu_pct = 100.0 * (cpu1 - cpu0) / t0.elapsed().as_secs_f64();
-    let agent_series = series(&scrape(procs[0].1));
-    drop(procs);
 
-    // 3. Loopback UDP RTT at 10 ms spacing, next to ping at the same spacing.
-    let a = config("rtt-a", "127.0.0.61", &[("rtt-b", "127.0.0.62")], "10ms");
-    let b = config("rtt-b", "127.0.0.62", &[("rtt-a", "127.0.0.61")], "10ms");
+    // Loopback UDP RTT at 10 ms spacing, next to ping at the same spacing.
+    let rtt_cfg = |name: &str, ip: &str, peer: &str, peer_ip: &str| {
+        write_config(&format!(
+            "agent: {{name: {name}, node: {name}, kind: host, bind_address: {ip}, metrics_listen: '127.0.0.1:0'}}\n\
+             probes: {{udp: {{interval: 10ms, timeout: 1s}}, bandwidth: {{enabled: false}}}}\n\
+             discovery:\n  peers:\n    - {{name: {peer}, node: {peer}, kind: host, address: {peer_ip}}}\n"
+        ))
+    };
+    let a = rtt_cfg("rtt-a", "127.0.0.61", "rtt-b", "127.0.0.62");
+    let b = rtt_cfg("rtt-b", "127.0.0.62", "rtt-a", "127.0.0.61");
     let (_pa, addr_a) = start(&["agent", "--config", &a.path().to_string_lossy()]);
     let (_pb, _) = start(&["agent", "--config", &b.path().to_string_lossy()]);
     // Warm up, then count only the samples taken while ping runs.
@@ -209,16 +352,20 @@ fn main() {
         "kubepulse_probe_rtt_seconds",
         &["protocol=\"udp\""],
     );
-    let ping = Command::new("ping")
-        .args(["-c", "100", "-i", "0.01", "127.0.0.1"])
+    // `fping -C`: one line "addr : t1 t2 ..." in ms on stderr.
+    let ping = Command::new("fping")
+        .args(["-C", "100", "-p", "10", "-q", "127.0.0.1"])
         .output()
-        .expect("ping (iputils-ping)");
-    let mut ping_rtts: Vec<f64> = String::from_utf8_lossy(&ping.stdout)
-        .lines()
-        .filter_map(|l| l.split("time=").nth(1))
-        .filter_map(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+        .expect("fping");
+    let mut ping_rtts: Vec<f64> = String::from_utf8_lossy(&ping.stderr)
+        .split(" : ")
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|t| t.parse::<f64>().ok())
         .map(|ms| ms / 1000.0)
         .collect();
+    assert!(!ping_rtts.is_empty(), "no fping samples");
     ping_rtts.sort_by(f64::total_cmp);
     let pq = |q: f64| {
         ping_rtts[((q * ping_rtts.len() as f64).ceil() as usize)
@@ -230,38 +377,60 @@ fn main() {
         "kubepulse_probe_rtt_seconds",
         &["protocol=\"udp\""],
     );
-    let b: Vec<(f64, f64)> = after
+    let hist: Vec<(f64, f64)> = after
         .iter()
         .map(|(le, c)| {
             let prev = before.iter().find(|(l, _)| l == le).map_or(0.0, |x| x.1);
             (*le, c - prev)
         })
         .collect();
+
     let us = |s: f64| s * 1e6;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "kubepulse agent cost and loopback accuracy (load average: {})",
+        "kubepulse agent cost ({}; window {} s; load average: {})",
+        bin(),
+        window.as_secs(),
         load.trim()
     );
-    println!("  local mode, 4 agents: {local_series} series in one scrape");
-    println!("  one agent probing 3 peers (udp+tcp+icmp 1/s, connect 10s, http 30s, pmtu 10m):");
     println!(
-        "    RSS {:.1} MiB, CPU {:.3}% of one core over 60 s, {agent_series} series",
-        rss / 1048576.0,
-        cpu_pct
+        "one prober, K peers, udp+tcp+icmp 1/s, tcp connect 10 s, http 30 s, pmtu 10 m, bandwidth off"
     );
+    println!();
+    println!("| K peers | prober CPU per probe | fping CPU per probe | ratio | RSS | series | responder CPU per echoed probe |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {:.1} µs | {:.1} µs | {:.2}x | {:.1} MiB | {} | {:.1} µs |",
+            r.k,
+            us(r.kp_cpu_per_probe),
+            us(r.fping_cpu_per_probe),
+            r.kp_cpu_per_probe / r.fping_cpu_per_probe,
+            r.rss / 1_048_576.0,
+            r.series,
+            us(r.responder_cpu_per_echo),
+        );
+    }
+    if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+        println!(
+            "\ncost per probe at K={} / at K={}: {:.2}x",
+            last.k,
+            first.k,
+            last.kp_cpu_per_probe / first.kp_cpu_per_probe
+        );
+    }
     println!(
-        "  loopback RTT at 10 ms spacing ({} kubepulse UDP samples, {} ping samples):",
-        b.last().map(|x| x.1).unwrap_or(0.0),
+        "\nloopback RTT at 10 ms spacing ({} kubepulse UDP samples, {} fping samples):",
+        hist.last().map(|x| x.1).unwrap_or(0.0),
         ping_rtts.len()
     );
     println!(
-        "    kubepulse udp p50 {:.1} us, p99 {:.1} us (histogram interpolation, doubling buckets)",
-        us(quantile(0.5, &b)),
-        us(quantile(0.99, &b))
+        "  kubepulse udp p50 {:.1} us, p99 {:.1} us (histogram interpolation, doubling buckets)",
+        us(quantile(0.5, &hist)),
+        us(quantile(0.99, &hist))
     );
     println!(
-        "    ping          p50 {:.1} us, p99 {:.1} us",
+        "  fping         p50 {:.1} us, p99 {:.1} us",
         us(pq(0.5)),
         us(pq(0.99))
     );

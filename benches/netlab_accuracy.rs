@@ -55,10 +55,14 @@ struct Row {
     kp_cpu_per_gb: f64,
 }
 
+/// Mean RTT between two scrapes from the per-path histogram (`l` without
+/// `peer_node`): the prober here has exactly one peer on the path, and TCP
+/// and ICMP keep no per-peer RTT sum (series budget).
 fn mean_between(a: &Scrape, b: &Scrape, l: &[(&str, &str)]) -> f64 {
-    let sum = b.sum("kubepulse_probe_reply_rtt_seconds_total", l)
-        - a.sum("kubepulse_probe_reply_rtt_seconds_total", l);
-    let n = b.sum("kubepulse_probe_replies_total", l) - a.sum("kubepulse_probe_replies_total", l);
+    let sum =
+        b.sum("kubepulse_probe_rtt_seconds_sum", l) - a.sum("kubepulse_probe_rtt_seconds_sum", l);
+    let n = b.sum("kubepulse_probe_rtt_seconds_count", l)
+        - a.sum("kubepulse_probe_rtt_seconds_count", l);
     sum / n
 }
 
@@ -157,8 +161,8 @@ fn measure(lab: &Lab, p: &Path) -> Row {
             ("peer_node", p.to.node.as_str()),
         ]
     };
-    row.kp_icmp_mean = mean_between(&a, &b, &l("icmp"));
-    row.kp_tcp_mean = mean_between(&a, &b, &l("tcp"));
+    row.kp_icmp_mean = mean_between(&a, &b, &l("icmp")[..2]);
+    row.kp_tcp_mean = mean_between(&a, &b, &l("tcp")[..2]);
     row.kp_tcp_min = b.sum("kubepulse_probe_rtt_min_seconds", &l("tcp"));
     row.kp_udp_min = b.sum("kubepulse_probe_rtt_min_seconds", &l("udp"));
     row.kp_icmp_min = b.sum("kubepulse_probe_rtt_min_seconds", &l("icmp"));

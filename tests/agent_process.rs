@@ -62,7 +62,8 @@ fn departed_peer_shows_loss_then_its_series_are_removed() {
 
     let udp_b = [("protocol", "udp"), ("peer_node", "node-b")];
     let (sc, ok) = scrape::scrape_until(a.metrics, Duration::from_secs(30), |sc| {
-        sc.sum("kubepulse_probe_replies_total", &udp_b) >= 5.0
+        sc.sum("kubepulse_probe_sent_total", &udp_b) - sc.sum("kubepulse_probe_lost_total", &udp_b)
+            >= 5.0
     });
     assert!(ok, "a never got replies from b:\n{}", sc.body);
     let lost_before = sc.sum("kubepulse_probe_lost_total", &udp_b);
@@ -116,13 +117,13 @@ fn clock_offset_estimate_is_within_half_rtt_of_the_injected_offset() {
 
     for (kp, peer, injected) in [(&a, "node-b", 5.0), (&b, "node-a", 0.0)] {
         let m = [("peer_node", peer)];
+        let udp = [("protocol", "udp"), ("peer_node", peer)];
         let (sc, ok) = scrape::scrape_until(kp.metrics, Duration::from_secs(30), |sc| {
             !sc.select("kubepulse_peer_clock_offset_seconds", &m)
                 .is_empty()
-                && sc.sum(
-                    "kubepulse_probe_replies_total",
-                    &[("protocol", "udp"), ("peer_node", peer)],
-                ) >= 5.0
+                && sc.sum("kubepulse_probe_sent_total", &udp)
+                    - sc.sum("kubepulse_probe_lost_total", &udp)
+                    >= 5.0
         });
         assert!(ok, "no clock offset estimate for {peer}:\n{}", sc.body);
         let offset = sc.sum("kubepulse_peer_clock_offset_seconds", &m);

@@ -174,6 +174,7 @@ fn periodic(enabled: bool, interval: Duration) -> Periodic {
 
 struct Engine {
     registry: Registry,
+    metrics: AgentMetrics,
     targets: watch::Sender<TargetSet>,
     shutdown: CancellationToken,
     prober: Option<LatencyProber>,
@@ -183,6 +184,11 @@ impl Engine {
     fn start(settings: ProbeSettings, targets: Vec<Target>, hook: Option<SampleHook>) -> Self {
         let registry = Registry::new();
         let metrics = AgentMetrics::new(registry.clone()).expect("metrics");
+        // As the agent's target publisher does: the series exist (and are
+        // live) before the engine sees a target.
+        for t in &targets {
+            metrics.precreate_peer(t.path, &t.peer.node, Protocol::ALL);
+        }
         let (tx, rx) = watch::channel::<TargetSet>(Arc::new(targets));
         let shutdown = CancellationToken::new();
         let ctx = ProbeContext {
@@ -193,7 +199,7 @@ impl Engine {
             },
             bind: LOCALHOST,
             settings,
-            metrics,
+            metrics: metrics.clone(),
             targets: rx,
             all_peers: watch::channel(Arc::new(Vec::new())).1,
             shutdown: shutdown.clone(),
@@ -202,10 +208,32 @@ impl Engine {
         let prober = latency::start_with_hook(ctx, hook).expect("engine starts");
         Self {
             registry,
+            metrics,
             targets: tx,
             shutdown,
             prober: Some(prober),
         }
+    }
+
+    /// Replaces the target set as the agent's publisher does: departed
+    /// keys' series removed, new ones created, then the set published.
+    fn set_targets(&self, new: Vec<Target>) {
+        let old = self.targets.borrow().clone();
+        for (path, node) in kubepulse::roles::agent::departed_keys(&old, &new) {
+            self.metrics.remove_peer(path, &node);
+        }
+        for t in &new {
+            self.metrics
+                .precreate_peer(t.path, &t.peer.node, Protocol::ALL);
+        }
+        self.targets.send_replace(Arc::new(new));
+    }
+
+    /// Probes answered and kept: sent minus lost (both are booked when a
+    /// probe's outcome is known).
+    fn kept(&self, p: Protocol, node: &str) -> f64 {
+        self.peer_value("kubepulse_probe_sent_total", p, node)
+            - self.peer_value("kubepulse_probe_lost_total", p, node)
     }
 
     /// A sample value: counter, gauge, or a histogram's count.
@@ -308,7 +336,6 @@ fn probes_live_and_dead_targets_and_follows_target_changes() {
     if mode != IcmpMode::Unavailable {
         live_protocols.push(Protocol::Icmp);
     }
-    let replies = "kubepulse_probe_replies_total";
     let live = ["node-a", "node-b"];
     // The stand-in responders' threads start cold; measure from the first
     // reply on every live stream so their start-up is not in the numbers.
@@ -316,19 +343,17 @@ fn probes_live_and_dead_targets_and_follows_target_changes() {
         "first replies from live peers",
         Duration::from_secs(20),
         || {
-            live.iter().all(|n| {
-                live_protocols
-                    .iter()
-                    .all(|p| e.peer_value(replies, *p, n) >= 1.0)
-            })
+            live.iter()
+                .all(|n| live_protocols.iter().all(|p| e.kept(*p, n) >= 1.0))
         },
     );
-    let names = [
-        replies,
-        "kubepulse_probe_reply_rtt_seconds_total",
-        "kubepulse_probe_lost_total",
-    ];
-    let snapshot = |n: &str, p: Protocol| names.map(|m| e.peer_value(m, p, n));
+    let snapshot = |n: &str, p: Protocol| {
+        [
+            e.kept(p, n),
+            e.peer_value("kubepulse_probe_reply_rtt_seconds_total", p, n),
+            e.peer_value("kubepulse_probe_lost_total", p, n),
+        ]
+    };
     let base: Vec<[f64; 3]> = live
         .iter()
         .flat_map(|n| live_protocols.iter().map(|p| snapshot(n, *p)))
@@ -338,9 +363,10 @@ fn probes_live_and_dead_targets_and_follows_target_changes() {
         Duration::from_secs(20),
         || {
             live.iter().zip(0..).all(|(n, i)| {
-                live_protocols.iter().zip(0..).all(|(p, j)| {
-                    e.peer_value(replies, *p, n) >= base[i * live_protocols.len() + j][0] + 20.0
-                })
+                live_protocols
+                    .iter()
+                    .zip(0..)
+                    .all(|(p, j)| e.kept(*p, n) >= base[i * live_protocols.len() + j][0] + 20.0)
             }) && e.peer_value("kubepulse_probe_lost_total", Protocol::Udp, "node-dead") >= 5.0
                 && e.error_count(Protocol::Tcp, ProbeErrorReason::ConnectFailed) >= 2.0
         },
@@ -351,17 +377,37 @@ fn probes_live_and_dead_targets_and_follows_target_changes() {
             let b = base[i * live_protocols.len() + j];
             let now = snapshot(node, *p);
             let n = now[0] - b[0];
-            let mean = (now[1] - b[1]) / n;
             let min = e.peer_value("kubepulse_probe_rtt_min_seconds", *p, node);
+            assert!(n >= 20.0, "{p} {node}: {n} kept replies");
+            assert!(min > 0.0 && min < 0.1, "{p} {node} min RTT {min}");
+            assert_eq!(now[2], 0.0, "{p} {node} lost probes");
+            let detail = [
+                "kubepulse_probe_reply_rtt_seconds_total",
+                "kubepulse_probe_jitter_seconds",
+            ];
+            let labels = [
+                ("protocol", p.as_str()),
+                ("path", "pod_cross_node"),
+                ("peer_node", *node),
+            ];
+            if *p != Protocol::Udp {
+                // The series budget: TCP and ICMP RTT detail is per path.
+                for m in detail {
+                    assert_eq!(e.value(m, &labels), None, "{m} {p} {node}");
+                }
+                continue;
+            }
+            // Mean over kept replies: reply RTT sum / (sent - lost).
+            let mean = (now[1] - b[1]) / n;
             eprintln!(
                 "{p} {node}: {n} replies, mean RTT {:.1} us, min {:.1} us",
                 mean * 1e6,
                 min * 1e6
             );
             assert!(mean > 0.0 && mean < 0.1, "{p} {node} mean RTT {mean}");
-            assert!(min > 0.0 && min <= mean, "{p} {node} min RTT {min}");
-            assert!(e.peer_value("kubepulse_probe_jitter_seconds", *p, node) >= 0.0);
-            assert_eq!(now[2], 0.0, "{p} {node} lost probes");
+            assert!(min <= mean, "{p} {node} min RTT {min}");
+            let jitter = e.value(detail[1], &labels).expect("UDP jitter series");
+            assert!(jitter >= 0.0);
         }
     }
     for p in &live_protocols {
@@ -374,35 +420,46 @@ fn probes_live_and_dead_targets_and_follows_target_changes() {
         assert!(hist >= 40.0, "{p} histogram count {hist}");
     }
     if mode == IcmpMode::Unavailable {
-        assert_eq!(e.peer_value(replies, Protocol::Icmp, "node-a"), 0.0);
+        assert_eq!(e.kept(Protocol::Icmp, "node-a"), 0.0);
     }
     // The dead peer: UDP probes are sent and lost, TCP never connects.
-    assert_eq!(e.peer_value(replies, Protocol::Udp, "node-dead"), 0.0);
-    assert_eq!(e.peer_value(replies, Protocol::Tcp, "node-dead"), 0.0);
+    assert_eq!(e.kept(Protocol::Udp, "node-dead"), 0.0);
+    assert_eq!(e.kept(Protocol::Tcp, "node-dead"), 0.0);
     assert!(e.peer_value("kubepulse_probe_sent_total", Protocol::Udp, "node-dead") >= 5.0);
 
     // Drop b and the dead peer, add c (served by b's responders).
     let tc = target("c", b.ports);
-    e.targets.send_replace(Arc::new(vec![ta, tc]));
+    e.set_targets(vec![ta, tc]);
     wait_for(
         "the new target's first replies",
         Duration::from_secs(10),
-        || e.peer_value(replies, Protocol::Udp, "node-c") >= 1.0,
+        || e.kept(Protocol::Udp, "node-c") >= 1.0,
     );
     let sent = |p, n| e.peer_value("kubepulse_probe_sent_total", p, n);
-    let frozen: Vec<f64> = [Protocol::Udp, Protocol::Tcp]
-        .iter()
-        .flat_map(|p| [sent(*p, "node-b"), sent(*p, "node-dead")])
-        .collect();
     let c0 = sent(Protocol::Udp, "node-c");
     wait_for("ten more probes to c", Duration::from_secs(10), || {
         sent(Protocol::Udp, "node-c") >= c0 + 10.0
     });
-    let after: Vec<f64> = [Protocol::Udp, Protocol::Tcp]
-        .iter()
-        .flat_map(|p| [sent(*p, "node-b"), sent(*p, "node-dead")])
-        .collect();
-    assert_eq!(frozen, after, "removed targets are no longer probed");
+    // The engine has long caught up: none of the removed keys' series
+    // came back, whatever their streams still had in flight.
+    for m in [
+        "kubepulse_probe_sent_total",
+        "kubepulse_probe_lost_total",
+        "kubepulse_probe_rtt_min_seconds",
+        "kubepulse_probe_reply_rtt_seconds_total",
+        "kubepulse_probe_jitter_seconds",
+    ] {
+        for node in ["node-b", "node-dead"] {
+            for p in [Protocol::Udp, Protocol::Tcp, Protocol::Icmp] {
+                let l = [("protocol", p.as_str()), ("peer_node", node)];
+                assert_eq!(e.value(m, &l), None, "{m} {p} {node} after removal");
+            }
+        }
+    }
+    for node in ["node-b", "node-dead"] {
+        let l = [("peer_node", node)];
+        assert_eq!(e.value("kubepulse_peer_clock_offset_seconds", &l), None);
+    }
     e.stop();
 }
 
@@ -622,7 +679,10 @@ fn bad_and_late_replies_are_counted_apart_from_losses() {
     // Late replies are losses too (they missed the timeout); never replies.
     let slow = |m| e.peer_value(m, Protocol::Udp, "node-slow");
     assert!(slow("kubepulse_probe_lost_total") >= 5.0);
-    assert_eq!(slow("kubepulse_probe_replies_total"), 0.0);
+    assert_eq!(
+        slow("kubepulse_probe_sent_total"),
+        slow("kubepulse_probe_lost_total")
+    );
     assert_eq!(err("pod_cross_node", ProbeErrorReason::BadReply), 0.0);
     assert_eq!(err("service_clusterip", ProbeErrorReason::LateReply), 0.0);
     e.stop();

@@ -48,11 +48,10 @@ fn icmp_available(sc: &Scrape) -> bool {
 fn complete(sc: &Scrape) -> bool {
     FOUR_AGENT_PATHS.iter().all(|p| {
         let p = p.as_str();
+        // Kept replies: sent − lost (both booked at the probe's outcome).
         let replies = |proto| {
-            sc.sum(
-                "kubepulse_probe_replies_total",
-                &[("protocol", proto), ("path", p)],
-            )
+            let l = [("protocol", proto), ("path", p)];
+            sc.sum("kubepulse_probe_sent_total", &l) - sc.sum("kubepulse_probe_lost_total", &l)
         };
         replies("udp") > 0.0
             && replies("tcp") > 0.0

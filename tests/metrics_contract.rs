@@ -69,7 +69,9 @@ fn a_real_scrape_is_fully_documented() {
         1.0,
     );
     m.set_icmp_mode(kubepulse::labels::IcmpMode::Dgram);
-    m.set_clock_offset(PathKind::PodCrossNode, &peer.node, 0.001);
+    m.clock_offset(PathKind::PodCrossNode, &peer.node)
+        .expect("a live cross-node key has a clock offset")
+        .set(0.001);
 
     let body = metrics::encode(&[&registry]).expect("encode");
     let sc = scrape::parse(&body);

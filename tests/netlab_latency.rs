@@ -50,9 +50,16 @@ fn means(before: &[Scrape], after: &[Scrape]) -> Vec<f64> {
             let l = [("protocol", p), ("path", *path), ("peer_node", *node)];
             let sum = after[i].sum("kubepulse_probe_reply_rtt_seconds_total", &l)
                 - before[i].sum("kubepulse_probe_reply_rtt_seconds_total", &l);
-            let n = after[i].sum("kubepulse_probe_replies_total", &l)
-                - before[i].sum("kubepulse_probe_replies_total", &l);
-            v.push(if n > 0.0 { sum / n } else { f64::NAN });
+            // Kept replies are sent - lost; only UDP keeps a per-peer sum.
+            let kept = |s: &Scrape| {
+                s.sum("kubepulse_probe_sent_total", &l) - s.sum("kubepulse_probe_lost_total", &l)
+            };
+            let n = kept(&after[i]) - kept(&before[i]);
+            v.push(if n > 0.0 && p == "udp" {
+                sum / n
+            } else {
+                f64::NAN
+            });
         }
     }
     v

@@ -32,7 +32,8 @@ fn ruleset(prober: &str, permille: u32) -> String {
     )
 }
 
-/// (lost, resolved = lost + replies) of `protocol` towards node1.
+/// (lost, resolved = sent) of `protocol` towards node1: a probe is counted
+/// sent when its outcome (reply or loss) is known.
 fn resolved(s: &Scrape, protocol: &str) -> (f64, f64) {
     let l = [
         ("protocol", protocol),
@@ -40,8 +41,7 @@ fn resolved(s: &Scrape, protocol: &str) -> (f64, f64) {
         ("peer_node", "node1"),
     ];
     let lost = s.sum("kubepulse_probe_lost_total", &l);
-    let replies = s.sum("kubepulse_probe_replies_total", &l);
-    (lost, lost + replies)
+    (lost, s.sum("kubepulse_probe_sent_total", &l))
 }
 
 #[test]

@@ -48,6 +48,21 @@ fn keys_with(s: &Scrape, metric: &str, protocol: &str) -> BTreeSet<(String, Stri
         .collect()
 }
 
+/// (path, peer_node) keys of `protocol` with kept replies: sent − lost > 0
+/// (both are booked when a probe's outcome is known).
+fn keys_with_replies(s: &Scrape, protocol: &str) -> BTreeSet<(String, String)> {
+    s.select("kubepulse_probe_sent_total", &[("protocol", protocol)])
+        .filter_map(|x| {
+            let (path, node) = (x.labels.get("path")?, x.labels.get("peer_node")?);
+            let lost = s.sum(
+                "kubepulse_probe_lost_total",
+                &[("protocol", protocol), ("path", path), ("peer_node", node)],
+            );
+            (x.value - lost > 0.0).then(|| (path.clone(), node.clone()))
+        })
+        .collect()
+}
+
 /// Paths with a positive value of `metric` (a histogram `_count`).
 fn paths_with(s: &Scrape, metric: &str, want: &[(&str, &str)]) -> BTreeSet<String> {
     s.select(metric, want)
@@ -82,9 +97,7 @@ fn classification(flavour: Flavour) {
             Duration::from_secs(20),
             "results on every expected path",
             |s| {
-                let latency_done = PROTOCOLS
-                    .iter()
-                    .all(|p| keys_with(s, "kubepulse_probe_replies_total", p) == want);
+                let latency_done = PROTOCOLS.iter().all(|p| keys_with_replies(s, p) == want);
                 let connect = paths_with(s, "kubepulse_tcp_connect_duration_seconds_count", &[]);
                 let http = paths_with(
                     s,
@@ -114,12 +127,7 @@ fn classification(flavour: Flavour) {
                 "{} {p} sent",
                 a.name
             );
-            assert_eq!(
-                keys_with(&s, "kubepulse_probe_replies_total", p),
-                want,
-                "{} {p} replies",
-                a.name
-            );
+            assert_eq!(keys_with_replies(&s, p), want, "{} {p} replies", a.name);
             assert_eq!(
                 paths_with(&s, "kubepulse_probe_rtt_seconds_count", &[("protocol", p)]),
                 want_paths,

@@ -31,6 +31,26 @@ pub struct Settings {
     pub log: LogSettings,
     /// The `kubepulse controller` role.
     pub controller: ControllerSettings,
+    /// What the agent exports.
+    pub metrics: MetricsSettings,
+}
+
+/// Limits on what the agent exports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Hard series budget of one agent: targets whose series would exceed
+    /// it are not probed (counted in `kubepulse_targets_over_budget`). See
+    /// `crate::metrics::budget` for the formula.
+    pub max_series: usize,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            max_series: crate::metrics::budget::DEFAULT_MAX_SERIES,
+        }
+    }
 }
 
 /// Identity and listen addresses of one agent.

@@ -70,15 +70,8 @@ def!(
     ["protocol", "path", "peer_node"],
     "Probes that got no reply within the timeout."
 );
-def!(
-    PROBE_REPLIES,
-    "kubepulse_probe_replies_total",
-    Counter,
-    ["protocol", "path", "peer_node"],
-    "Probes answered within the timeout."
-);
 def!(PROBE_REPLY_RTT, "kubepulse_probe_reply_rtt_seconds_total", Counter, ["protocol", "path", "peer_node"],
-    "Sum of the round-trip times of answered probes; divide by kubepulse_probe_replies_total for the per-peer mean.");
+    "Sum of the round-trip times of answered UDP probes; divide by the increase of sent minus lost for the per-peer mean.");
 def!(PROBE_ERRORS, "kubepulse_probe_errors_total", Counter, ["protocol", "path", "reason"],
     "Probe errors that are not losses: failed sends, bad or late replies, samples dropped across clock steps.");
 def!(PROBE_EXCLUDED, "kubepulse_probe_excluded_total", Counter, ["protocol", "path", "reason"],
@@ -88,7 +81,7 @@ def!(
     "kubepulse_probe_jitter_seconds",
     Gauge,
     ["protocol", "path", "peer_node"],
-    "RFC 3550 interarrival jitter estimate of round-trip times to the peer."
+    "RFC 3550 interarrival jitter estimate of UDP round-trip times to the peer."
 );
 def!(PROBE_RTT_MIN, "kubepulse_probe_rtt_min_seconds", Gauge, ["protocol", "path", "peer_node"],
     "Smallest round-trip time to the peer over the last window (propagation plus fixed stack cost).");
@@ -193,6 +186,13 @@ def!(
     "Peers currently probed, by path kind."
 );
 def!(
+    TARGETS_OVER_BUDGET,
+    "kubepulse_targets_over_budget",
+    Gauge,
+    [],
+    "Probe targets not probed because their series would exceed the agent's series budget (metrics.max_series)."
+);
+def!(
     BUILD_INFO,
     "kubepulse_build_info",
     Gauge,
@@ -221,7 +221,6 @@ pub const ALL: &[MetricDef] = &[
     PROBE_RTT,
     PROBE_SENT,
     PROBE_LOST,
-    PROBE_REPLIES,
     PROBE_REPLY_RTT,
     PROBE_ERRORS,
     PROBE_EXCLUDED,
@@ -242,6 +241,7 @@ pub const ALL: &[MetricDef] = &[
     RESPONDER_CONNECTIONS,
     ICMP_SOCKET,
     PEERS,
+    TARGETS_OVER_BUDGET,
     BUILD_INFO,
 ];
 

@@ -5,8 +5,11 @@
 //! strings, except `peer_node` which comes from discovery and is bounded by
 //! the peer set.
 
+pub mod budget;
 pub mod catalog;
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use prometheus::core::Collector;
@@ -75,34 +78,66 @@ fn histogram(r: &Registry, d: &MetricDef) -> Result<HistogramVec, MetricsError> 
 }
 
 /// Handles for one (protocol, path, peer_node) latency stream, resolved once
-/// so the prober's hot path does no label lookups.
+/// so the prober's hot path does no label lookups. Handles of a key that is
+/// not (or no longer) probed are detached: writing them exports nothing.
 #[derive(Clone)]
 pub struct LatencySeries {
     /// RTT histogram shared by all peers of this (protocol, path).
     pub rtt: prometheus::Histogram,
-    /// Probes sent.
+    /// Probes sent whose outcome was booked (kept replies plus losses).
     pub sent: prometheus::IntCounter,
     /// Probes lost.
     pub lost: prometheus::IntCounter,
-    /// Probes answered.
-    pub replies: prometheus::IntCounter,
+    /// Windowed minimum RTT, seconds.
+    pub rtt_min: prometheus::Gauge,
+    /// Sum of reply RTTs and jitter: UDP only (the node x node RTT matrix);
+    /// TCP and ICMP keep their distribution in the per-path histogram.
+    pub detail: Option<PeerDetail>,
+}
+
+/// The per-peer RTT detail kept for one protocol (UDP).
+#[derive(Clone)]
+pub struct PeerDetail {
     /// Sum of RTTs of answered probes, seconds.
     pub reply_rtt: prometheus::Counter,
     /// RFC 3550 jitter, seconds.
     pub jitter: prometheus::Gauge,
-    /// Windowed minimum RTT, seconds.
-    pub rtt_min: prometheus::Gauge,
 }
 
 impl LatencySeries {
-    /// Records one answered probe.
-    pub fn observe_reply(&self, rtt: Duration) {
+    /// Records one kept, answered probe.
+    pub fn observe_reply(&self, rtt: Duration, jitter: Duration, rtt_min: Duration) {
         let s = rtt.as_secs_f64();
         self.rtt.observe(s);
-        self.replies.inc();
-        self.reply_rtt.inc_by(s);
+        self.sent.inc();
+        self.rtt_min.set(rtt_min.as_secs_f64());
+        if let Some(d) = &self.detail {
+            d.reply_rtt.inc_by(s);
+            d.jitter.set(jitter.as_secs_f64());
+        }
+    }
+
+    /// Records one kept, lost probe.
+    pub fn observe_loss(&self) {
+        self.sent.inc();
+        self.lost.inc();
     }
 }
+
+/// Whether `protocol` keeps per-peer RTT sum and jitter series.
+pub fn has_peer_detail(protocol: Protocol) -> bool {
+    protocol == Protocol::Udp
+}
+
+/// Whether the clock offset towards a peer is exported on `path`: only on
+/// the cross-node paths. The other paths measure the same node clocks again
+/// (pod_to_host, host_to_pod), the own node (same node) or whichever backend
+/// a Service picked.
+pub fn has_clock_offset(path: PathKind) -> bool {
+    matches!(path, PathKind::PodCrossNode | PathKind::HostCrossNode)
+}
+
+type LiveKeys = Arc<Mutex<HashSet<(PathKind, String)>>>;
 
 /// All metrics of an agent, registered in one [`Registry`].
 #[derive(Clone)]
@@ -111,7 +146,6 @@ pub struct AgentMetrics {
     rtt: HistogramVec,
     sent: IntCounterVec,
     lost: IntCounterVec,
-    replies: IntCounterVec,
     reply_rtt: CounterVec,
     errors: IntCounterVec,
     excluded: IntCounterVec,
@@ -132,6 +166,12 @@ pub struct AgentMetrics {
     responder_connections: IntGaugeVec,
     icmp_socket: IntGaugeVec,
     peers: IntGaugeVec,
+    over_budget: IntGaugeVec,
+    /// The (path, peer_node) keys whose per-peer series may exist. Every
+    /// writer of a per-peer series checks it under this lock, and
+    /// `remove_peer` clears a key under it, so no writer that is still
+    /// running for a departed peer can create its series again.
+    live: LiveKeys,
 }
 
 /// Latency protocols that have per-peer series.
@@ -147,7 +187,6 @@ impl AgentMetrics {
             rtt: histogram(r, &PROBE_RTT)?,
             sent: counter(r, &PROBE_SENT)?,
             lost: counter(r, &PROBE_LOST)?,
-            replies: counter(r, &PROBE_REPLIES)?,
             reply_rtt: float_counter(r, &PROBE_REPLY_RTT)?,
             errors: counter(r, &PROBE_ERRORS)?,
             excluded: counter(r, &PROBE_EXCLUDED)?,
@@ -168,6 +207,8 @@ impl AgentMetrics {
             responder_connections: int_gauge(r, &RESPONDER_CONNECTIONS)?,
             icmp_socket: int_gauge(r, &ICMP_SOCKET)?,
             peers: int_gauge(r, &PEERS)?,
+            over_budget: int_gauge(r, &TARGETS_OVER_BUDGET)?,
+            live: LiveKeys::default(),
             registry,
         };
         for p in LATENCY_PROTOCOLS {
@@ -190,6 +231,7 @@ impl AgentMetrics {
         for path in PathKind::ALL {
             m.peers.with_label_values(&[path.as_str()]);
         }
+        m.over_budget.with_label_values(&[] as &[&str]);
         Ok(m)
     }
 
@@ -198,26 +240,79 @@ impl AgentMetrics {
         &self.registry
     }
 
-    /// Resolves (and creates at zero) the latency series of one peer stream.
+    fn live(&self) -> MutexGuard<'_, HashSet<(PathKind, String)>> {
+        // A panic elsewhere cannot leave the set inconsistent: keep using it.
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn is_live(live: &HashSet<(PathKind, String)>, path: PathKind, peer_node: &str) -> bool {
+        // Borrowed lookup without allocating: few keys share a path.
+        live.iter().any(|(p, n)| *p == path && n == peer_node)
+    }
+
+    /// Resolves the latency series of one peer stream (creating them at zero
+    /// if the key is live; detached handles otherwise, so a prober that has
+    /// not caught up with a departure cannot bring its series back).
     pub fn latency(&self, protocol: Protocol, path: PathKind, peer_node: &str) -> LatencySeries {
+        let live = self.live();
+        let rtt = self
+            .rtt
+            .with_label_values(&[protocol.as_str(), path.as_str()]);
+        if Self::is_live(&live, path, peer_node) {
+            self.latency_series(rtt, protocol, path, peer_node)
+        } else {
+            detached_latency(rtt, protocol)
+        }
+    }
+
+    fn latency_series(
+        &self,
+        rtt: prometheus::Histogram,
+        protocol: Protocol,
+        path: PathKind,
+        peer_node: &str,
+    ) -> LatencySeries {
         let l = [protocol.as_str(), path.as_str(), peer_node];
         LatencySeries {
-            rtt: self.rtt.with_label_values(&l[..2]),
+            rtt,
             sent: self.sent.with_label_values(&l),
             lost: self.lost.with_label_values(&l),
-            replies: self.replies.with_label_values(&l),
-            reply_rtt: self.reply_rtt.with_label_values(&l),
-            jitter: self.jitter.with_label_values(&l),
             rtt_min: self.rtt_min.with_label_values(&l),
+            detail: has_peer_detail(protocol).then(|| PeerDetail {
+                reply_rtt: self.reply_rtt.with_label_values(&l),
+                jitter: self.jitter.with_label_values(&l),
+            }),
         }
+    }
+
+    /// The clock offset gauge of a peer, if it is exported on `path` and
+    /// the key is live. Not pre-created: zero would read as "in sync"
+    /// before anything was measured, so the prober resolves it at its first
+    /// estimate.
+    pub fn clock_offset(&self, path: PathKind, peer_node: &str) -> Option<prometheus::Gauge> {
+        if !has_clock_offset(path) {
+            return None;
+        }
+        let live = self.live();
+        Self::is_live(&live, path, peer_node).then(|| {
+            self.clock_offset
+                .with_label_values(&[path.as_str(), peer_node])
+        })
     }
 
     /// Creates every series a probe of `path` to `peer_node` will use, at
     /// zero, so a new peer is visible before its first result.
     pub fn precreate_peer(&self, path: PathKind, peer_node: &str, protocols: &[Protocol]) {
+        let mut live = self.live();
+        if !Self::is_live(&live, path, peer_node) {
+            live.insert((path, peer_node.to_string()));
+        }
         for p in protocols {
             if LATENCY_PROTOCOLS.contains(p) {
-                self.latency(*p, path, peer_node);
+                let rtt = self.rtt.with_label_values(&[p.as_str(), path.as_str()]);
+                self.latency_series(rtt, *p, path, peer_node);
             }
             for reason in ProbeErrorReason::ALL {
                 self.errors
@@ -241,15 +336,18 @@ impl AgentMetrics {
         }
     }
 
-    /// Removes every per-peer series of (`path`, `peer_node`). Aggregate
-    /// series (histograms, error counters by reason) stay.
+    /// Removes every per-peer series of (`path`, `peer_node`), the one owner
+    /// of their removal. Writers still running for the key (a PMTU search,
+    /// a burst, a latency stream) find it gone and create nothing after
+    /// this. Aggregate series (histograms, error counters by reason) stay.
     pub fn remove_peer(&self, path: PathKind, peer_node: &str) {
+        let mut live = self.live();
+        live.retain(|(p, n)| !(*p == path && n == peer_node));
         for p in LATENCY_PROTOCOLS {
             let l = [p.as_str(), path.as_str(), peer_node];
             // A series may never have been created; absence is fine.
             let _ = self.sent.remove_label_values(&l);
             let _ = self.lost.remove_label_values(&l);
-            let _ = self.replies.remove_label_values(&l);
             let _ = self.reply_rtt.remove_label_values(&l);
             let _ = self.jitter.remove_label_values(&l);
             let _ = self.rtt_min.remove_label_values(&l);
@@ -266,6 +364,13 @@ impl AgentMetrics {
         }
     }
 
+    /// Sets how many targets the series budget keeps from being probed.
+    pub fn set_targets_over_budget(&self, n: usize) {
+        self.over_budget
+            .with_label_values(&[] as &[&str])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
     /// Counts a probe error that is not a loss.
     pub fn probe_error(&self, protocol: Protocol, path: PathKind, reason: ProbeErrorReason) {
         self.errors
@@ -278,14 +383,6 @@ impl AgentMetrics {
         self.excluded
             .with_label_values(&[protocol.as_str(), path.as_str(), reason.as_str()])
             .inc();
-    }
-
-    /// Sets the clock offset estimate of a peer. Not pre-created: zero would
-    /// read as "in sync" before anything was measured.
-    pub fn set_clock_offset(&self, path: PathKind, peer_node: &str, seconds: f64) {
-        self.clock_offset
-            .with_label_values(&[path.as_str(), peer_node])
-            .set(seconds);
     }
 
     /// Counts a send that left late.
@@ -309,6 +406,10 @@ impl AgentMetrics {
 
     /// Sets the result of a path MTU search.
     pub fn set_path_mtu(&self, path: PathKind, peer_node: &str, path_mtu: u32, interface_mtu: u32) {
+        let live = self.live();
+        if !Self::is_live(&live, path, peer_node) {
+            return;
+        }
         self.path_mtu
             .with_label_values(&[path.as_str(), peer_node])
             .set(f64::from(path_mtu));
@@ -327,6 +428,11 @@ impl AgentMetrics {
         retransmits: u64,
         unix_time: f64,
     ) {
+        self.burst_outcome(path, direction, BurstOutcome::Ok);
+        let live = self.live();
+        if !Self::is_live(&live, path, peer_node) {
+            return;
+        }
         let l = [path.as_str(), peer_node, direction.as_str()];
         self.bandwidth.with_label_values(&l).set(bytes_per_second);
         self.bandwidth_last.with_label_values(&l).set(unix_time);
@@ -335,7 +441,6 @@ impl AgentMetrics {
                 .with_label_values(&[path.as_str(), peer_node])
                 .inc_by(retransmits);
         }
-        self.burst_outcome(path, direction, BurstOutcome::Ok);
     }
 
     /// Counts a burst outcome (`record_burst` counts `Ok` itself).
@@ -386,6 +491,30 @@ impl AgentMetrics {
                 .with_label_values(&[path.as_str()])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+    }
+}
+
+/// Unregistered handles of the same kinds: what a prober writes for a key
+/// that is not live.
+fn detached_latency(rtt: prometheus::Histogram, protocol: Protocol) -> LatencySeries {
+    fn counter() -> prometheus::IntCounter {
+        prometheus::IntCounter::with_opts(Opts::new("detached", "detached"))
+            .unwrap_or_else(|_| unreachable!("a constant valid name"))
+    }
+    fn gauge() -> prometheus::Gauge {
+        prometheus::Gauge::with_opts(Opts::new("detached", "detached"))
+            .unwrap_or_else(|_| unreachable!("a constant valid name"))
+    }
+    LatencySeries {
+        rtt,
+        sent: counter(),
+        lost: counter(),
+        rtt_min: gauge(),
+        detail: has_peer_detail(protocol).then(|| PeerDetail {
+            reply_rtt: prometheus::Counter::with_opts(Opts::new("detached", "detached"))
+                .unwrap_or_else(|_| unreachable!("a constant valid name")),
+            jitter: gauge(),
+        }),
     }
 }
 

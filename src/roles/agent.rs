@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::discovery::{self, Discovery, Identity, PeerSet, ProbePorts, Target};
 use crate::labels::{PathKind, Protocol};
-use crate::metrics::AgentMetrics;
+use crate::metrics::{budget, AgentMetrics};
 use crate::probe::{self, guard::KeepAll, latency::LatencyProber, ProbeContext, TargetSet};
 use crate::responder::{self, Responders};
 use crate::Result;
@@ -84,15 +84,23 @@ fn path_counts(targets: &[Target]) -> Vec<(PathKind, usize)> {
 fn spawn_target_publisher(
     identity: Identity,
     protocols: Vec<Protocol>,
+    max_series: usize,
     metrics: AgentMetrics,
     mut peers: watch::Receiver<PeerSet>,
     tx: watch::Sender<TargetSet>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let mut over_budget = 0;
         loop {
             let snapshot = peers.borrow_and_update().clone();
-            let new = discovery::targets(&identity, &snapshot);
+            let (new, dropped) = budget::fit(discovery::targets(&identity, &snapshot), max_series);
+            if dropped != over_budget && dropped > 0 {
+                tracing::warn!(agent = %identity.name, dropped, max_series,
+                    "Series budget reached: some targets are not probed (raise metrics.max_series or lower the fan-out)");
+            }
+            over_budget = dropped;
+            metrics.set_targets_over_budget(dropped);
             let old = tx.borrow().clone();
             for (path, node) in departed_keys(&old, &new) {
                 tracing::info!(path = %path, peer_node = %node, "Peer left; removing its series");
@@ -141,6 +149,7 @@ pub async fn start(
     let publisher = spawn_target_publisher(
         identity.clone(),
         enabled_protocols(settings),
+        settings.metrics.max_series,
         metrics.clone(),
         peers,
         tx,

@@ -59,13 +59,19 @@ impl<T> InFlight<T> {
     /// Records probe `seq`, due by `deadline`. Returns how many older probes
     /// had to be counted lost to stay within [`MAX_IN_FLIGHT`] (0 or 1).
     pub fn insert(&mut self, seq: u64, deadline: Instant, info: T) -> usize {
-        let mut lost = 0;
+        usize::from(self.push(seq, deadline, info).is_some())
+    }
+
+    /// Like [`InFlight::insert`], but hands back what was stored with the
+    /// probe counted lost early, if any.
+    pub fn push(&mut self, seq: u64, deadline: Instant, info: T) -> Option<T> {
+        let mut lost = None;
         if self.pending.len() >= MAX_IN_FLIGHT {
             if let Some(e) = self.pending.pop_front() {
-                if e.info.is_some() {
+                if let Some(info) = e.info {
                     self.outstanding -= 1;
                     self.remember_lost(e.seq);
-                    lost = 1;
+                    lost = Some(info);
                 }
             }
         }
@@ -102,20 +108,27 @@ impl<T> InFlight<T> {
     /// Counts and forgets the probes whose deadline is at or before `now`;
     /// returns how many were lost.
     pub fn expire(&mut self, now: Instant) -> usize {
-        let mut lost = 0;
+        self.expire_each(now, |_| {})
+    }
+
+    /// Like [`InFlight::expire`], calling `lost` with what was stored with
+    /// each lost probe, oldest first.
+    pub fn expire_each(&mut self, now: Instant, mut lost: impl FnMut(T)) -> usize {
+        let mut n = 0;
         while let Some(e) = self.pending.front() {
             if e.info.is_some() && e.deadline > now {
                 break;
             }
             if let Some(e) = self.pending.pop_front() {
-                if e.info.is_some() {
+                if let Some(info) = e.info {
                     self.outstanding -= 1;
                     self.remember_lost(e.seq);
-                    lost += 1;
+                    lost(info);
+                    n += 1;
                 }
             }
         }
-        lost
+        n
     }
 
     /// The earliest deadline of a probe still unanswered.

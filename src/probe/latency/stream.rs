@@ -1,16 +1,22 @@
 //! One probe stream: a (target, protocol) pair with its schedule, probes in
-//! flight and running statistics. No IO: the engine sends and receives, the
-//! stream keeps the books and updates the metrics.
+//! flight and running statistics. No IO and no metrics: the engine sends and
+//! receives, the stream keeps the books and hands every result to one
+//! [`Sink`] as an [`Event`] (the engine's sink writes Prometheus handles,
+//! the unit tests below collect them).
+//!
+//! A probe is booked once, when its outcome is known (reply or loss), after
+//! asking the [`SampleGuard`]: a kept probe yields exactly one
+//! [`Event::Reply`] or [`Event::Lost`] (each stands for one probe sent), an
+//! excluded one only [`Event::Excluded`]. So `sent − lost` is the number of
+//! kept replies at every scrape.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::labels::{PathKind, ProbeErrorReason, Protocol};
-use crate::metrics::{AgentMetrics, LatencySeries};
+use crate::labels::{ExcludeReason, PathKind, ProbeErrorReason, Protocol};
+use crate::probe::guard::SampleGuard;
 use crate::schedule::Periodic;
 use crate::stats::{clock_offset, kernel_rtt, InFlight, Jitter, Match, WindowedMin};
-
-use super::{RttSample, SampleHook};
 
 /// What was recorded just before a probe left.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +40,41 @@ pub(super) enum Arrival {
     Mono(Instant),
 }
 
+/// A result of a stream's books, for the sink.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Event {
+    /// A probe was sent and answered, and kept.
+    Reply {
+        /// Its round-trip time.
+        rtt: Duration,
+        /// The stream's RFC 3550 jitter after this sample.
+        jitter: Duration,
+        /// The stream's windowed minimum RTT after this sample.
+        rtt_min: Duration,
+    },
+    /// A probe was sent and lost (timeout, overflow or failed send), and
+    /// kept.
+    Lost,
+    /// A probe's outcome was kept out of the statistics.
+    Excluded(ExcludeReason),
+    /// Something that is not a loss went wrong.
+    Error(ProbeErrorReason),
+    /// The min-delay filtered clock offset of the peer, seconds.
+    ClockOffset(f64),
+}
+
+/// Where a stream's events go.
+pub(super) trait Sink {
+    /// Takes one event of one stream.
+    fn event(&mut self, ev: Event);
+}
+
+impl Sink for Vec<Event> {
+    fn event(&mut self, ev: Event) {
+        self.push(ev);
+    }
+}
+
 /// The books of one stream.
 pub(super) struct Stream {
     pub protocol: Protocol,
@@ -41,9 +82,7 @@ pub(super) struct Stream {
     pub id: u64,
     pub schedule: Periodic,
     timeout: Duration,
-    peer: Arc<str>,
     peer_node: Arc<str>,
-    series: LatencySeries,
     next_seq: u64,
     inflight: InFlight<SendStamp>,
     jitter: Jitter,
@@ -60,15 +99,16 @@ pub(super) struct ResponderTimes {
     pub reply_real_ns: u64,
 }
 
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl Stream {
     /// A new stream starting at `now` with a random phase.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         protocol: Protocol,
         path: PathKind,
-        peer: Arc<str>,
         peer_node: Arc<str>,
-        series: LatencySeries,
         interval: Duration,
         timeout: Duration,
         rtt_min_window: Duration,
@@ -82,9 +122,7 @@ impl Stream {
             id: rand::random(),
             schedule: Periodic::with_random_phase(now, interval),
             timeout,
-            peer,
             peer_node,
-            series,
             next_seq: 0,
             inflight: InFlight::new(),
             jitter: Jitter::new(),
@@ -100,24 +138,55 @@ impl Stream {
         s
     }
 
-    /// Books a probe that left.
-    pub fn sent(&mut self, seq: u64, stamp: SendStamp) {
-        self.series.sent.inc();
-        let lost = self.inflight.insert(seq, stamp.mono + self.timeout, stamp);
-        self.count_lost(lost);
+    /// Records a probe that left; it is booked when its outcome is known.
+    pub fn sent(
+        &mut self,
+        seq: u64,
+        stamp: SendStamp,
+        guard: &dyn SampleGuard,
+        sink: &mut dyn Sink,
+    ) {
+        if let Some(old) = self.inflight.push(seq, stamp.mono + self.timeout, stamp) {
+            self.book_loss(old, guard, sink);
+        }
     }
 
-    /// Books a probe whose send failed: sent, lost and an error.
-    pub fn send_failed(&mut self, metrics: &AgentMetrics) {
-        self.series.sent.inc();
-        self.series.lost.inc();
-        metrics.probe_error(self.protocol, self.path, ProbeErrorReason::SendFailed);
+    /// Books a probe whose send failed: a loss (unless excluded) and an
+    /// error.
+    pub fn send_failed(&mut self, stamp: SendStamp, guard: &dyn SampleGuard, sink: &mut dyn Sink) {
+        match guard.exclude(&self.peer_node, stamp.real_ns, stamp.real_ns) {
+            Some(reason) => sink.event(Event::Excluded(reason)),
+            None => sink.event(Event::Lost),
+        }
+        sink.event(Event::Error(ProbeErrorReason::SendFailed));
     }
 
-    /// Counts the probes whose timeout passed by `now` as lost.
-    pub fn expire(&mut self, now: Instant) {
-        let lost = self.inflight.expire(now);
-        self.count_lost(lost);
+    /// Books the probes whose timeout passed by `now` as lost.
+    pub fn expire(&mut self, now: Instant, guard: &dyn SampleGuard, sink: &mut dyn Sink) {
+        let timeout = self.timeout;
+        let peer_node = &self.peer_node;
+        self.inflight.expire_each(now, |stamp| {
+            Self::loss_event(peer_node, timeout, stamp, guard, sink);
+        });
+    }
+
+    fn book_loss(&self, stamp: SendStamp, guard: &dyn SampleGuard, sink: &mut dyn Sink) {
+        Self::loss_event(&self.peer_node, self.timeout, stamp, guard, sink);
+    }
+
+    fn loss_event(
+        peer_node: &str,
+        timeout: Duration,
+        stamp: SendStamp,
+        guard: &dyn SampleGuard,
+        sink: &mut dyn Sink,
+    ) {
+        // A loss is known when its timeout passes.
+        let done = stamp.real_ns.saturating_add(ns(timeout));
+        match guard.exclude(peer_node, stamp.real_ns, done) {
+            Some(reason) => sink.event(Event::Excluded(reason)),
+            None => sink.event(Event::Lost),
+        }
     }
 
     /// The earliest timeout of a probe in flight.
@@ -132,15 +201,15 @@ impl Stream {
         seq: u64,
         arrival: Arrival,
         responder: Option<ResponderTimes>,
-        metrics: &AgentMetrics,
-        hook: Option<&SampleHook>,
+        guard: &dyn SampleGuard,
+        sink: &mut dyn Sink,
     ) {
         let stamp = match self.inflight.complete(seq) {
             Match::Answered(s) => s,
-            Match::Late => return self.error(metrics, ProbeErrorReason::LateReply),
-            Match::Unknown => return self.error(metrics, ProbeErrorReason::BadReply),
+            Match::Late => return sink.event(Event::Error(ProbeErrorReason::LateReply)),
+            Match::Unknown => return sink.event(Event::Error(ProbeErrorReason::BadReply)),
         };
-        let (rtt, now) = match arrival {
+        let (rtt, now, done_ns) = match arrival {
             Arrival::Kernel {
                 rx_real_ns,
                 now_real_ns,
@@ -149,61 +218,260 @@ impl Stream {
                 let real_elapsed = i128::from(now_real_ns) - i128::from(stamp.real_ns);
                 let mono_elapsed = now_mono.saturating_duration_since(stamp.mono);
                 match kernel_rtt(stamp.real_ns, rx_real_ns, real_elapsed, mono_elapsed) {
-                    Ok(rtt) => {
-                        if let Some(r) = responder {
-                            self.update_clock_offset(
-                                now_mono,
-                                [stamp.real_ns, r.rx_real_ns, r.reply_real_ns, rx_real_ns],
-                                metrics,
-                            );
-                        }
-                        (rtt, now_mono)
-                    }
-                    Err(_) => return self.error(metrics, ProbeErrorReason::ClockStep),
+                    Ok(rtt) => (rtt, now_mono, rx_real_ns),
+                    // Neither a reply nor a loss: the probe is not booked.
+                    Err(_) => return sink.event(Event::Error(ProbeErrorReason::ClockStep)),
                 }
             }
-            Arrival::Mono(at) => (at.saturating_duration_since(stamp.mono), at),
+            Arrival::Mono(at) => {
+                let rtt = at.saturating_duration_since(stamp.mono);
+                (rtt, at, stamp.real_ns.saturating_add(ns(rtt)))
+            }
         };
-        self.series.observe_reply(rtt);
-        self.series
-            .jitter
-            .set(self.jitter.update(rtt).as_secs_f64());
-        self.series
-            .rtt_min
-            .set(self.rtt_min.push(now, rtt).as_secs_f64());
-        if let Some(h) = hook {
-            h(&RttSample {
-                protocol: self.protocol,
-                path: self.path,
-                peer: self.peer.clone(),
-                rtt,
-            });
+        if let Some(reason) = guard.exclude(&self.peer_node, stamp.real_ns, done_ns) {
+            return sink.event(Event::Excluded(reason));
+        }
+        let jitter = self.jitter.update(rtt);
+        let rtt_min = self.rtt_min.push(now, rtt);
+        sink.event(Event::Reply {
+            rtt,
+            jitter,
+            rtt_min,
+        });
+        if let (Arrival::Kernel { rx_real_ns, .. }, Some(r)) = (arrival, responder) {
+            let t = [stamp.real_ns, r.rx_real_ns, r.reply_real_ns, rx_real_ns];
+            if let Some(e) = clock_offset(t[0], t[1], t[2], t[3]) {
+                let (_, offset_ns) = self.clock.push(now, (e.rtt_ns, e.offset_ns));
+                // i64 ns to f64 seconds: exact well below a microsecond.
+                #[allow(clippy::cast_precision_loss)]
+                sink.event(Event::ClockOffset(offset_ns as f64 / 1e9));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::guard::KeepAll;
+
+    const TIMEOUT: Duration = Duration::from_millis(100);
+
+    fn stream(now: Instant) -> Stream {
+        Stream::new(
+            Protocol::Udp,
+            PathKind::PodCrossNode,
+            Arc::from("node-b"),
+            Duration::from_secs(1),
+            TIMEOUT,
+            Duration::from_secs(60),
+            now,
+        )
+    }
+
+    fn stamp(mono: Instant, real_ns: u64) -> SendStamp {
+        SendStamp { mono, real_ns }
+    }
+
+    /// Excludes everything towards one peer node.
+    struct ExcludeNode(&'static str);
+    impl SampleGuard for ExcludeNode {
+        fn exclude(&self, peer_node: &str, _: u64, _: u64) -> Option<ExcludeReason> {
+            (peer_node == self.0).then_some(ExcludeReason::BandwidthBurst)
         }
     }
 
-    /// Feeds one exchange (t1..t4, wall clock ns) to the min-delay filter and
-    /// exports the filtered offset.
-    fn update_clock_offset(&mut self, now: Instant, t: [u64; 4], metrics: &AgentMetrics) {
-        let Some(e) = clock_offset(t[0], t[1], t[2], t[3]) else {
-            return;
-        };
-        let (_, offset_ns) = self.clock.push(now, (e.rtt_ns, e.offset_ns));
-        // i64 ns to f64 seconds: exact well below a microsecond.
-        #[allow(clippy::cast_precision_loss)]
-        let seconds = offset_ns as f64 / 1e9;
-        metrics.set_clock_offset(self.path, &self.peer_node, seconds);
+    fn count(evs: &[Event], f: impl Fn(&Event) -> bool) -> usize {
+        evs.iter().filter(|e| f(e)).count()
     }
 
-    /// Counts a reply that matched no probe of this stream's path.
-    pub fn error(&self, metrics: &AgentMetrics, reason: ProbeErrorReason) {
-        metrics.probe_error(self.protocol, self.path, reason);
-    }
-
-    fn count_lost(&self, n: usize) {
-        if n > 0 {
-            self.series
-                .lost
-                .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    #[test]
+    fn reply_loss_late_and_unknown_become_events() {
+        let t0 = Instant::now();
+        let mut s = stream(t0);
+        let mut ev = Vec::new();
+        for seq in 0..3 {
+            s.sent(seq, stamp(t0, 1_000), &KeepAll, &mut ev);
         }
+        assert!(ev.is_empty(), "nothing is booked before an outcome");
+        s.reply(
+            1,
+            Arrival::Mono(t0 + Duration::from_millis(2)),
+            None,
+            &KeepAll,
+            &mut ev,
+        );
+        assert_eq!(
+            ev,
+            vec![Event::Reply {
+                rtt: Duration::from_millis(2),
+                jitter: Duration::ZERO,
+                rtt_min: Duration::from_millis(2),
+            }]
+        );
+        ev.clear();
+        s.expire(t0 + TIMEOUT, &KeepAll, &mut ev);
+        assert_eq!(ev, vec![Event::Lost, Event::Lost]);
+        assert_eq!(s.next_timeout(), None);
+        ev.clear();
+        s.reply(0, Arrival::Mono(t0 + 2 * TIMEOUT), None, &KeepAll, &mut ev);
+        s.reply(1, Arrival::Mono(t0 + 2 * TIMEOUT), None, &KeepAll, &mut ev);
+        s.reply(9, Arrival::Mono(t0 + 2 * TIMEOUT), None, &KeepAll, &mut ev);
+        assert_eq!(
+            ev,
+            vec![
+                Event::Error(ProbeErrorReason::LateReply),
+                Event::Error(ProbeErrorReason::BadReply),
+                Event::Error(ProbeErrorReason::BadReply),
+            ]
+        );
+    }
+
+    #[test]
+    fn kernel_stamps_give_rtt_and_clock_offset() {
+        let t0 = Instant::now();
+        let mut s = stream(t0);
+        let mut ev = Vec::new();
+        let sent_ns = 1_000_000_000;
+        s.sent(0, stamp(t0, sent_ns), &KeepAll, &mut ev);
+        // Peer clock 5 ms ahead; 100 us each way; 10 us in the responder.
+        let ahead = 5_000_000;
+        let times = ResponderTimes {
+            rx_real_ns: sent_ns + 100_000 + ahead,
+            reply_real_ns: sent_ns + 110_000 + ahead,
+        };
+        let rx = sent_ns + 210_000;
+        let arrival = Arrival::Kernel {
+            rx_real_ns: rx,
+            now_real_ns: rx + 5_000,
+            now_mono: t0 + Duration::from_nanos(215_000),
+        };
+        s.reply(0, arrival, Some(times), &KeepAll, &mut ev);
+        assert!(matches!(ev[0], Event::Reply { rtt, .. } if rtt == Duration::from_nanos(210_000)));
+        assert_eq!(ev[1], Event::ClockOffset(0.005));
+        assert_eq!(ev.len(), 2);
+    }
+
+    #[test]
+    fn clock_step_books_nothing_but_the_error() {
+        let t0 = Instant::now();
+        let mut s = stream(t0);
+        let mut ev = Vec::new();
+        s.sent(0, stamp(t0, 1_000_000_000), &KeepAll, &mut ev);
+        // The wall clock jumped 1 s back while the probe was in flight.
+        let arrival = Arrival::Kernel {
+            rx_real_ns: 100_000,
+            now_real_ns: 200_000,
+            now_mono: t0 + Duration::from_micros(300),
+        };
+        s.reply(0, arrival, None, &KeepAll, &mut ev);
+        assert_eq!(ev, vec![Event::Error(ProbeErrorReason::ClockStep)]);
+        ev.clear();
+        s.expire(t0 + TIMEOUT, &KeepAll, &mut ev);
+        assert!(ev.is_empty(), "a matched probe cannot be lost later");
+    }
+
+    #[test]
+    fn guard_excluding_one_peer_books_only_exclusions() {
+        let t0 = Instant::now();
+        let guard = ExcludeNode("node-b");
+        let mut s = stream(t0);
+        let mut ev = Vec::new();
+        for seq in 0..4 {
+            s.sent(seq, stamp(t0, 1_000), &guard, &mut ev);
+        }
+        s.reply(
+            0,
+            Arrival::Mono(t0 + Duration::from_millis(1)),
+            None,
+            &guard,
+            &mut ev,
+        );
+        s.reply(
+            1,
+            Arrival::Mono(t0 + Duration::from_millis(1)),
+            None,
+            &guard,
+            &mut ev,
+        );
+        s.expire(t0 + TIMEOUT, &guard, &mut ev);
+        s.send_failed(stamp(t0, 1_000), &guard, &mut ev);
+        let excluded = count(&ev, |e| {
+            matches!(e, Event::Excluded(ExcludeReason::BandwidthBurst))
+        });
+        assert_eq!(excluded, 5, "2 replies, 2 losses, 1 failed send: {ev:?}");
+        assert_eq!(
+            count(&ev, |e| matches!(e, Event::Reply { .. } | Event::Lost)),
+            0
+        );
+        assert_eq!(count(&ev, |e| matches!(e, Event::ClockOffset(_))), 0);
+        // The same probes to another peer node are all kept.
+        let mut other = Stream::new(
+            Protocol::Udp,
+            PathKind::PodCrossNode,
+            Arc::from("node-c"),
+            Duration::from_secs(1),
+            TIMEOUT,
+            Duration::from_secs(60),
+            t0,
+        );
+        let mut kept = Vec::new();
+        other.sent(0, stamp(t0, 1_000), &guard, &mut kept);
+        other.sent(1, stamp(t0, 1_000), &guard, &mut kept);
+        other.reply(
+            0,
+            Arrival::Mono(t0 + Duration::from_millis(1)),
+            None,
+            &guard,
+            &mut kept,
+        );
+        other.expire(t0 + TIMEOUT, &guard, &mut kept);
+        assert_eq!(count(&kept, |e| matches!(e, Event::Reply { .. })), 1);
+        assert_eq!(count(&kept, |e| matches!(e, Event::Lost)), 1);
+        assert_eq!(count(&kept, |e| matches!(e, Event::Excluded(_))), 0);
+    }
+
+    /// The guard sees the probe's wall-clock span: send time and, for a
+    /// loss, send time plus the timeout.
+    #[test]
+    fn guard_sees_the_probe_span() {
+        use std::sync::Mutex;
+        struct Record(Mutex<Vec<(u64, u64)>>);
+        impl SampleGuard for Record {
+            fn exclude(&self, _: &str, sent: u64, done: u64) -> Option<ExcludeReason> {
+                if let Ok(mut v) = self.0.lock() {
+                    v.push((sent, done));
+                }
+                None
+            }
+        }
+        let g = Record(Mutex::new(Vec::new()));
+        let t0 = Instant::now();
+        let mut s = stream(t0);
+        let mut ev = Vec::new();
+        s.sent(0, stamp(t0, 5_000), &g, &mut ev);
+        s.sent(1, stamp(t0, 6_000), &g, &mut ev);
+        s.reply(
+            0,
+            Arrival::Mono(t0 + Duration::from_micros(3)),
+            None,
+            &g,
+            &mut ev,
+        );
+        s.expire(t0 + TIMEOUT, &g, &mut ev);
+        let seen = g.0.lock().map(|v| v.clone()).unwrap_or_default();
+        assert_eq!(seen, vec![(5_000, 8_000), (6_000, 6_000 + 100_000_000)]);
+    }
+
+    #[test]
+    fn overflow_loss_is_booked_through_the_guard() {
+        let t0 = Instant::now();
+        let mut s = stream(t0);
+        let mut ev = Vec::new();
+        let n = crate::stats::inflight::MAX_IN_FLIGHT as u64 + 3;
+        for seq in 0..n {
+            s.sent(seq, stamp(t0, 1), &KeepAll, &mut ev);
+        }
+        assert_eq!(ev, vec![Event::Lost; 3]);
     }
 }

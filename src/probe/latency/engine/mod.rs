@@ -1,15 +1,24 @@
-//! The engine loop: follow targets, send what is due, wait in `ppoll` until
-//! the next deadline or a reply, book replies and losses. Runs on its own
-//! thread with 1 ns timer slack; nothing here touches tokio except the
+//! The engine loop: follow targets, wait in `ppoll` until the earliest
+//! deadline or a reply, book replies, then serve the streams whose deadline
+//! (send, probe timeout or TCP reconnect) has come. Runs on its own thread
+//! with 1 ns timer slack; nothing here touches tokio except the
 //! non-blocking `watch` and cancellation reads.
+//!
+//! Cost per probe does not grow with the number of targets: deadlines live
+//! in a min-heap (one live entry per stream, stale ones skipped), the poll
+//! set is rebuilt only when a TCP connection changes state, sockets are read
+//! only when `ppoll` says they are readable, and nothing is allocated per
+//! probe (metric handles are resolved once per stream).
 
 mod receive;
+mod sink;
 mod targets;
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,10 +34,13 @@ use crate::sys::poll::{ppoll, PollFd, READABLE};
 use crate::sys::thread::{prefer_realtime, set_timer_slack};
 use crate::sys::timestamp::{enable_rx_timestamps, ControlBuf};
 
-use super::stream::{SendStamp, Stream};
+use super::stream::{SendStamp, Sink, Stream};
 use super::tcp::{SendError, TcpConn, TcpEvent};
 use super::SampleHook;
+use crate::metrics::{AgentMetrics, LatencySeries};
+use crate::probe::guard::SampleGuard;
 use receive::book_tcp_event;
+use sink::{ClockHandle, MetricsSink};
 use targets::diff;
 
 /// Longest single wait, so cancellation and target changes are seen within
@@ -38,6 +50,8 @@ const MAX_WAIT: Duration = Duration::from_millis(50);
 const MAX_DRAIN: usize = 256;
 /// How long replies to a removed target's streams are silently ignored.
 const RETIRED_GRACE: Duration = Duration::from_secs(10);
+/// How often the retired streams are forgotten.
+const RETIRED_SWEEP: Duration = Duration::from_secs(1);
 /// Receive buffer: the largest UDP payload plus an IPv4 header with options.
 const RX_BUF: usize = echo::MAX_LEN + 60 + icmp::HEADER_LEN;
 
@@ -51,6 +65,58 @@ enum Dest {
 struct Probe {
     stream: Stream,
     dest: Dest,
+    series: LatencySeries,
+    clock: ClockHandle,
+    peer: Arc<str>,
+    peer_node: Arc<str>,
+    /// The deadline of this stream's live heap entry.
+    armed: Instant,
+}
+
+impl Probe {
+    /// Runs `f` on the stream with the sink that books into this probe's
+    /// metric handles: the one place stream events become metrics.
+    fn book(
+        &mut self,
+        metrics: &AgentMetrics,
+        hook: Option<&SampleHook>,
+        guard: &dyn SampleGuard,
+        f: impl FnOnce(&mut Stream, &dyn SampleGuard, &mut dyn Sink),
+    ) {
+        let mut sink = MetricsSink {
+            protocol: self.stream.protocol,
+            path: self.stream.path,
+            series: &self.series,
+            clock: &mut self.clock,
+            metrics,
+            hook,
+            peer: &self.peer,
+            peer_node: &self.peer_node,
+        };
+        f(&mut self.stream, guard, &mut sink);
+    }
+
+    /// When this stream next needs serving.
+    fn next_wake(&self) -> Instant {
+        let mut wake = self.stream.schedule.next_deadline();
+        if let Some(t) = self.stream.next_timeout() {
+            wake = wake.min(t);
+        }
+        if let Dest::Tcp(c) = &self.dest {
+            if let Some(t) = c.next_timer() {
+                wake = wake.min(t);
+            }
+        }
+        wake
+    }
+
+    /// What the poll set holds for this stream, to notice changes.
+    fn interest(&self) -> Option<(RawFd, i16)> {
+        match &self.dest {
+            Dest::Tcp(c) => c.interest().map(|(fd, ev)| (fd.as_raw_fd(), ev)),
+            _ => None,
+        }
+    }
 }
 
 struct IcmpSocket {
@@ -78,6 +144,13 @@ pub(super) struct Engine {
     targets: HashMap<Target, Vec<u64>>,
     probes: HashMap<u64, Probe>,
     retired: HashMap<u64, Instant>,
+    next_sweep: Instant,
+    /// Min-heap of (deadline, stream id); an entry is live while it equals
+    /// the stream's `armed`.
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    fds: Vec<PollFd>,
+    slots: Vec<Slot>,
+    fds_dirty: bool,
     rx: Vec<u8>,
     tx: Vec<u8>,
     cmsg: ControlBuf,
@@ -118,6 +191,11 @@ impl Engine {
             targets: HashMap::new(),
             probes: HashMap::new(),
             retired: HashMap::new(),
+            next_sweep: Instant::now(),
+            timers: BinaryHeap::new(),
+            fds: Vec::new(),
+            slots: Vec::new(),
+            fds_dirty: true,
             rx: vec![0u8; RX_BUF],
             tx: Vec::with_capacity(icmp::HEADER_LEN + echo::HEADER_LEN),
             cmsg: ControlBuf::default(),
@@ -142,50 +220,125 @@ impl Engine {
         }
         let initial = self.ctx.targets.borrow_and_update().clone();
         self.reconcile(&initial, Instant::now());
-        let mut fds: Vec<PollFd> = Vec::new();
-        let mut slots: Vec<Slot> = Vec::new();
         while !self.ctx.shutdown.is_cancelled() {
             // An error means the sender is gone: keep the last target set.
             if self.ctx.targets.has_changed().unwrap_or(false) {
                 let set = self.ctx.targets.borrow_and_update().clone();
                 self.reconcile(&set, Instant::now());
             }
+            if self.fds_dirty {
+                self.rebuild_poll_set();
+            }
             let now = Instant::now();
-            self.tick_tcp(now);
-            self.fire_due(now);
-            self.retired.retain(|_, until| *until > now);
-
-            let now = Instant::now();
-            let wait = self.next_wake(now).saturating_duration_since(now);
-            self.poll_set(&mut fds, &mut slots);
-            if let Err(e) = ppoll(&mut fds, wait) {
+            let wake = self
+                .timers
+                .peek()
+                .map_or(now + MAX_WAIT, |Reverse((t, _))| (*t).min(now + MAX_WAIT));
+            if let Err(e) = ppoll(&mut self.fds, wake.saturating_duration_since(now)) {
                 tracing::warn!(error = %e, "ppoll failed in the latency engine");
                 std::thread::sleep(Duration::from_millis(10));
             }
             // Taken before reading, so any reply queued by now is booked
             // before a probe it answers can be declared lost.
             let woke = Instant::now();
-            self.drain_udp();
-            self.drain_icmp();
-            for (fd, slot) in fds.iter().zip(&slots) {
-                if let Slot::Tcp(id) = *slot {
-                    if fd.revents() != 0 {
-                        self.tcp_ready(id, fd.revents(), woke);
-                    }
-                }
-            }
-            for p in self.probes.values_mut() {
-                p.stream.expire(woke);
+            self.read_ready(woke);
+            self.run_timers(woke);
+            if woke >= self.next_sweep {
+                self.retired.retain(|_, until| *until > woke);
+                self.next_sweep = woke + RETIRED_SWEEP;
             }
         }
         tracing::debug!(agent = %self.ctx.identity.name, "Latency engine stopped");
+    }
+
+    /// Reads every descriptor `ppoll` marked.
+    fn read_ready(&mut self, woke: Instant) {
+        for i in 0..self.fds.len() {
+            let (Some(fd), Some(slot)) = (self.fds.get(i), self.slots.get(i)) else {
+                break;
+            };
+            let revents = fd.revents();
+            if revents == 0 {
+                continue;
+            }
+            match *slot {
+                Slot::Udp => self.drain_udp(),
+                Slot::Icmp => self.drain_icmp(),
+                Slot::Tcp(id) => self.tcp_ready(id, revents, woke),
+            }
+        }
+    }
+
+    /// Serves every stream whose deadline is at or before `now`.
+    fn run_timers(&mut self, now: Instant) {
+        while let Some(Reverse((when, id))) = self.timers.peek().copied() {
+            if when > now {
+                break;
+            }
+            self.timers.pop();
+            match self.probes.get(&id) {
+                Some(p) if p.armed == when => self.serve(id, now),
+                // Removed, or re-armed since: a stale entry.
+                _ => {}
+            }
+        }
+    }
+
+    /// Connect/reconnect, send if due, expire timed-out probes, re-arm.
+    fn serve(&mut self, id: u64, now: Instant) {
+        let Some(p) = self.probes.get_mut(&id) else {
+            return;
+        };
+        let metrics = &self.ctx.metrics;
+        let guard = &*self.ctx.guard;
+        let hook = self.hook.as_ref();
+        let before = p.interest();
+        if let Dest::Tcp(c) = &mut p.dest {
+            c.tick(now, &mut self.tcp_events);
+        }
+        for ev in self.tcp_events.drain(..) {
+            book_tcp_event(p, ev, metrics, hook, guard);
+        }
+        fire(
+            p,
+            now,
+            self.epoch,
+            &self.udp,
+            &self.icmp,
+            &mut self.tx,
+            metrics,
+            hook,
+            guard,
+        );
+        p.book(metrics, hook, guard, |s, g, sink| s.expire(now, g, sink));
+        if p.interest() != before {
+            self.fds_dirty = true;
+        }
+        // Every deadline left is after `now` (fire and expire consumed the
+        // due ones, tick moved the TCP timer on); the floor is a guard.
+        let next = p.next_wake().max(now + Duration::from_nanos(1));
+        p.armed = next;
+        self.timers.push(Reverse((next, id)));
+    }
+
+    /// Arms `id` earlier if its next deadline moved before the armed one.
+    fn rearm_if_earlier(&mut self, id: u64) {
+        if let Some(p) = self.probes.get_mut(&id) {
+            let next = p.next_wake();
+            if next < p.armed {
+                p.armed = next;
+                self.timers.push(Reverse((next, id)));
+            }
+        }
     }
 
     fn reconcile(&mut self, set: &[Target], now: Instant) {
         let (removed, added) = diff(self.targets.keys(), set);
         for t in removed {
             for id in self.targets.remove(&t).unwrap_or_default() {
-                self.probes.remove(&id);
+                if let Some(p) = self.probes.remove(&id) {
+                    self.fds_dirty |= p.interest().is_some();
+                }
                 self.retired.insert(id, now + RETIRED_GRACE);
             }
         }
@@ -231,135 +384,136 @@ impl Engine {
             let stream = Stream::new(
                 protocol,
                 t.path,
-                peer.clone(),
                 peer_node.clone(),
-                series,
                 periodic.interval,
                 periodic.timeout,
                 s.rtt_min_window,
                 now,
             );
-            ids.push(stream.id);
-            self.probes.insert(stream.id, Probe { stream, dest });
+            let id = stream.id;
+            let mut probe = Probe {
+                stream,
+                dest,
+                series,
+                clock: ClockHandle::Unresolved,
+                peer: peer.clone(),
+                peer_node: peer_node.clone(),
+                armed: now,
+            };
+            probe.armed = probe.next_wake();
+            self.timers.push(Reverse((probe.armed, id)));
+            ids.push(id);
+            self.probes.insert(id, probe);
         }
         ids
     }
 
-    fn next_wake(&self, now: Instant) -> Instant {
-        let mut wake = now + MAX_WAIT;
-        for p in self.probes.values() {
-            wake = wake.min(p.stream.schedule.next_deadline());
-            if let Some(t) = p.stream.next_timeout() {
-                wake = wake.min(t);
-            }
-            if let Dest::Tcp(c) = &p.dest {
-                if let Some(t) = c.next_timer() {
-                    wake = wake.min(t);
-                }
-            }
-        }
-        wake
-    }
-
-    fn poll_set(&self, fds: &mut Vec<PollFd>, slots: &mut Vec<Slot>) {
-        fds.clear();
-        slots.clear();
+    fn rebuild_poll_set(&mut self) {
+        self.fds.clear();
+        self.slots.clear();
         if let Some(u) = &self.udp {
-            fds.push(PollFd::new(u.as_fd(), READABLE));
-            slots.push(Slot::Udp);
+            self.fds.push(PollFd::new(u.as_fd(), READABLE));
+            self.slots.push(Slot::Udp);
         }
         if let Some(i) = &self.icmp {
-            fds.push(PollFd::new(i.sock.as_fd(), READABLE));
-            slots.push(Slot::Icmp);
+            self.fds.push(PollFd::new(i.sock.as_fd(), READABLE));
+            self.slots.push(Slot::Icmp);
         }
         for (id, p) in &self.probes {
             if let Dest::Tcp(c) = &p.dest {
                 if let Some((fd, events)) = c.interest() {
-                    fds.push(PollFd::new(fd, events));
-                    slots.push(Slot::Tcp(*id));
+                    self.fds.push(PollFd::new(fd, events));
+                    self.slots.push(Slot::Tcp(*id));
                 }
             }
         }
-    }
-
-    fn tick_tcp(&mut self, now: Instant) {
-        let metrics = &self.ctx.metrics;
-        for p in self.probes.values_mut() {
-            if let Dest::Tcp(c) = &mut p.dest {
-                c.tick(now, &mut self.tcp_events);
-                for ev in self.tcp_events.drain(..) {
-                    book_tcp_event(&mut p.stream, c, ev, metrics, self.hook.as_ref());
-                }
-            }
-        }
+        self.fds_dirty = false;
     }
 
     fn tcp_ready(&mut self, id: u64, revents: i16, now: Instant) {
         let Some(p) = self.probes.get_mut(&id) else {
             return;
         };
+        let before = p.interest();
         if let Dest::Tcp(c) = &mut p.dest {
             c.ready(revents, now, &mut self.tcp_events);
-            for ev in self.tcp_events.drain(..) {
-                book_tcp_event(&mut p.stream, c, ev, &self.ctx.metrics, self.hook.as_ref());
-            }
         }
+        let (metrics, guard, hook) = (&self.ctx.metrics, &*self.ctx.guard, self.hook.as_ref());
+        for ev in self.tcp_events.drain(..) {
+            book_tcp_event(p, ev, metrics, hook, guard);
+        }
+        if p.interest() != before {
+            self.fds_dirty = true;
+        }
+        self.rearm_if_earlier(id);
     }
+}
 
-    fn fire_due(&mut self, now: Instant) {
-        let metrics = &self.ctx.metrics;
-        for p in self.probes.values_mut() {
-            let Some(fire) = p.stream.schedule.fire(now) else {
-                continue;
-            };
-            if fire.late {
-                metrics.send_late(p.stream.protocol);
+/// Sends `p`'s probe if its deadline has come.
+#[allow(clippy::too_many_arguments)]
+fn fire(
+    p: &mut Probe,
+    now: Instant,
+    epoch: Instant,
+    udp: &Option<Socket>,
+    icmp: &Option<IcmpSocket>,
+    tx: &mut Vec<u8>,
+    metrics: &AgentMetrics,
+    hook: Option<&SampleHook>,
+    guard: &dyn SampleGuard,
+) {
+    let Some(fire) = p.stream.schedule.fire(now) else {
+        return;
+    };
+    if fire.late {
+        metrics.send_late(p.stream.protocol);
+    }
+    let seq = p.stream.take_seq();
+    let mut hdr = EchoHeader {
+        seq,
+        stream: p.stream.id,
+        ..EchoHeader::default()
+    };
+    let mut msg = [0u8; echo::HEADER_LEN];
+    // Clocks are read last, just before the send syscall.
+    let stamp = SendStamp {
+        mono: Instant::now(),
+        real_ns: realtime_ns(),
+    };
+    hdr.tx_mono_ns = u64::try_from(stamp.mono.duration_since(epoch).as_nanos()).unwrap_or(0);
+    hdr.tx_real_ns = stamp.real_ns;
+    if hdr.encode_request(&mut msg).is_none() {
+        return;
+    }
+    let result = match &mut p.dest {
+        Dest::Udp(to) => match udp {
+            Some(u) => u.send_to(&msg, &SockAddr::from(*to)).map(|_| ()),
+            None => return,
+        },
+        Dest::Icmp(to) => match icmp {
+            Some(i) => {
+                // The ICMP seq is 16 bits; the payload carries the full one.
+                icmp::build_echo_request(i.ident, seq as u16, &msg, tx);
+                let to = SockAddr::from(SocketAddrV4::new(*to, 0));
+                i.sock.send_to(tx, &to).map(|_| ())
             }
-            let seq = p.stream.take_seq();
-            let mut hdr = EchoHeader {
-                seq,
-                stream: p.stream.id,
-                ..EchoHeader::default()
-            };
-            let mut msg = [0u8; echo::HEADER_LEN];
-            // Clocks are read last, just before the send syscall.
-            let stamp = SendStamp {
-                mono: Instant::now(),
-                real_ns: realtime_ns(),
-            };
-            hdr.tx_mono_ns =
-                u64::try_from(stamp.mono.duration_since(self.epoch).as_nanos()).unwrap_or(0);
-            hdr.tx_real_ns = stamp.real_ns;
-            if hdr.encode_request(&mut msg).is_none() {
-                continue;
-            }
-            let result = match &mut p.dest {
-                Dest::Udp(to) => match &self.udp {
-                    Some(u) => u.send_to(&msg, &SockAddr::from(*to)).map(|_| ()),
-                    None => continue,
-                },
-                Dest::Icmp(to) => match &self.icmp {
-                    Some(i) => {
-                        // The ICMP seq is 16 bits; the payload carries the full one.
-                        icmp::build_echo_request(i.ident, seq as u16, &msg, &mut self.tx);
-                        let to = SockAddr::from(SocketAddrV4::new(*to, 0));
-                        i.sock.send_to(&self.tx, &to).map(|_| ())
-                    }
-                    None => continue,
-                },
-                Dest::Tcp(c) => match c.send(&msg, now) {
-                    Ok(()) => Ok(()),
-                    Err(SendError::NotConnected) => continue,
-                    Err(SendError::Failed(e)) => Err(e),
-                },
-            };
-            match result {
-                Ok(()) => p.stream.sent(seq, stamp),
-                Err(e) => {
-                    tracing::debug!(error = %e, protocol = %p.stream.protocol, "Probe send failed");
-                    p.stream.send_failed(metrics);
-                }
-            }
+            None => return,
+        },
+        Dest::Tcp(c) => match c.send(&msg, now) {
+            Ok(()) => Ok(()),
+            Err(SendError::NotConnected) => return,
+            Err(SendError::Failed(e)) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => p.book(metrics, hook, guard, |s, g, sink| {
+            s.sent(seq, stamp, g, sink)
+        }),
+        Err(e) => {
+            tracing::debug!(error = %e, protocol = %p.stream.protocol, "Probe send failed");
+            p.book(metrics, hook, guard, |s, g, sink| {
+                s.send_failed(stamp, g, sink)
+            });
         }
     }
 }

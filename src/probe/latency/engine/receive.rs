@@ -9,14 +9,15 @@ use std::time::Instant;
 
 use crate::labels::{IcmpMode, ProbeErrorReason, Protocol};
 use crate::metrics::AgentMetrics;
+use crate::probe::guard::SampleGuard;
 use crate::probe::ProbeContext;
 use crate::proto::echo::{EchoHeader, Kind};
 use crate::proto::icmp;
 use crate::sys::clock::realtime_ns;
 use crate::sys::timestamp::{recv_timestamped, Received};
 
-use super::super::stream::{Arrival, ResponderTimes, Stream};
-use super::super::tcp::{TcpConn, TcpEvent};
+use super::super::stream::{Arrival, ResponderTimes};
+use super::super::tcp::TcpEvent;
 use super::super::SampleHook;
 use super::{Dest, Engine, Probe, MAX_DRAIN};
 
@@ -48,12 +49,11 @@ impl Engine {
                             rx_real_ns: h.rx_real_ns,
                             reply_real_ns: h.reply_real_ns,
                         };
-                        p.stream.reply(
-                            h.seq,
-                            arrival,
-                            Some(times),
+                        p.book(
                             &self.ctx.metrics,
                             self.hook.as_ref(),
+                            &*self.ctx.guard,
+                            |s, g, sink| s.reply(h.seq, arrival, Some(times), g, sink),
                         );
                     }
                     _ if self.retired.contains_key(&h.stream) => {}
@@ -98,12 +98,19 @@ impl Engine {
             };
             if let Some(p) = self.probes.get_mut(&h.stream) {
                 if p.stream.protocol != Protocol::Icmp || h.seq as u16 != e.seq {
-                    p.stream
-                        .error(&self.ctx.metrics, ProbeErrorReason::BadReply);
+                    self.ctx.metrics.probe_error(
+                        p.stream.protocol,
+                        p.stream.path,
+                        ProbeErrorReason::BadReply,
+                    );
                     continue;
                 }
-                p.stream
-                    .reply(h.seq, arrival, None, &self.ctx.metrics, self.hook.as_ref());
+                p.book(
+                    &self.ctx.metrics,
+                    self.hook.as_ref(),
+                    &*self.ctx.guard,
+                    |s, g, sink| s.reply(h.seq, arrival, None, g, sink),
+                );
             }
         }
     }
@@ -132,35 +139,45 @@ pub(super) fn bad_udp_reply(
         .values()
         .find(|p| matches!(p.dest, Dest::Udp(a) if Some(a) == from));
     match hit {
-        Some(p) => p.stream.error(&ctx.metrics, ProbeErrorReason::BadReply),
+        Some(p) => {
+            ctx.metrics
+                .probe_error(p.stream.protocol, p.stream.path, ProbeErrorReason::BadReply)
+        }
         None => tracing::debug!(?from, "Ignoring a datagram from no current target"),
     }
 }
 
 pub(super) fn book_tcp_event(
-    stream: &mut Stream,
-    conn: &mut TcpConn,
+    p: &mut Probe,
     ev: TcpEvent,
     metrics: &AgentMetrics,
     hook: Option<&SampleHook>,
+    guard: &dyn SampleGuard,
 ) {
+    let (protocol, path) = (p.stream.protocol, p.stream.path);
     match ev {
         TcpEvent::ConnectFailed(e) => {
-            tracing::debug!(error = %e, path = %stream.path, "TCP probe connect failed");
-            stream.error(metrics, ProbeErrorReason::ConnectFailed);
+            tracing::debug!(error = %e, path = %path, "TCP probe connect failed");
+            metrics.probe_error(protocol, path, ProbeErrorReason::ConnectFailed);
         }
         TcpEvent::Closed(e) => {
-            tracing::debug!(error = ?e, path = %stream.path, "TCP probe connection closed");
+            tracing::debug!(error = ?e, path = %path, "TCP probe connection closed");
         }
         TcpEvent::Frame(f, at) => match EchoHeader::decode(&f) {
-            Ok((Kind::Reply, h)) if h.stream == stream.id => {
-                conn.healthy();
-                stream.reply(h.seq, Arrival::Mono(at), None, metrics, hook);
+            Ok((Kind::Reply, h)) if h.stream == p.stream.id => {
+                if let Dest::Tcp(c) = &mut p.dest {
+                    c.healthy();
+                }
+                p.book(metrics, hook, guard, |s, g, sink| {
+                    s.reply(h.seq, Arrival::Mono(at), None, g, sink);
+                });
             }
             _ => {
                 // The byte stream cannot be trusted past a bad frame.
-                stream.error(metrics, ProbeErrorReason::BadReply);
-                conn.drop_connection(at);
+                metrics.probe_error(protocol, path, ProbeErrorReason::BadReply);
+                if let Dest::Tcp(c) = &mut p.dest {
+                    c.drop_connection(at);
+                }
             }
         },
     }

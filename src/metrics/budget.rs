@@ -1,0 +1,317 @@
+//! The agent's series budget: how many series an agent exports for a given
+//! set of probe targets, exactly, and which targets fit a hard budget.
+//!
+//! The formula counts what the metrics code creates with the default probe
+//! settings (UDP, TCP, ICMP, TCP connect, HTTP, path MTU and bandwidth all
+//! on). With some probes off an agent exports fewer series, never more, so
+//! the functions stay upper bounds.
+//!
+//! `S = SERIES_FIXED + SERIES_PER_PATH·P + SERIES_PER_PEER_KEY·K + C`, where
+//! `P` is the number of path kinds in use, `K` the number of (path,
+//! peer_node) keys and `C` how many of those keys are on a cross-node path
+//! (they also carry the peer's clock offset). `docs/metrics.md` carries the
+//! same formula; the test at the bottom builds every series through the real
+//! metrics code and checks it exactly.
+
+use std::collections::HashSet;
+
+use crate::discovery::Target;
+use crate::labels::PathKind;
+
+use super::has_clock_offset;
+
+/// Default `metrics.max_series`: the most series one agent exports.
+pub const DEFAULT_MAX_SERIES: usize = 2000;
+
+/// Series per (path, peer_node) key: sent, lost and windowed minimum RTT for
+/// each of the 3 latency protocols; the UDP reply RTT sum and jitter (the
+/// node x node RTT matrix); path and interface MTU; 2 directions × 2
+/// bandwidth gauges (goodput, last burst); retransmits.
+pub const SERIES_PER_PEER_KEY: usize = 3 * 3 + 2 + 2 + 2 * 2 + 1;
+/// Extra series per key on a cross-node path: the peer's clock offset.
+pub const SERIES_PER_CROSS_NODE_KEY: usize = 1;
+/// Series per path kind in use: RTT histograms (3 protocols × 20 lines),
+/// errors (4 protocols × 5 reasons), exclusions (4 protocols × 1 reason),
+/// TCP connect histogram (20), HTTP phase histograms (3 × 20), bandwidth
+/// bursts (2 directions × 3 outcomes).
+pub const SERIES_PER_PATH: usize = 3 * 20 + 4 * 5 + 4 + 20 + 3 * 20 + 2 * 3;
+/// Series independent of peers: send-late (3), responder requests (4),
+/// rejections (4 × 5), connections (3), ICMP mode (3), peers by path (7),
+/// targets over budget, build info, discovery (2) and the 7 `process_*`
+/// series.
+pub const SERIES_FIXED: usize = 3 + 4 + 4 * 5 + 3 + 3 + 7 + 1 + 1 + 2 + 7;
+/// Path kinds an agent uses: pod agents pod_cross_node, pod_to_host and the
+/// two Service paths; host agents host_cross_node, host_to_pod and the two
+/// Service paths. pod_same_node adds one when a node runs two pod agents.
+pub const PATHS_PER_AGENT: usize = 4;
+
+/// The series an agent exports with `peer_keys` (path, peer_node) keys, of
+/// which `cross_node_keys` are on a cross-node path, over `paths` path kinds.
+pub fn series_for(peer_keys: usize, cross_node_keys: usize, paths: usize) -> usize {
+    SERIES_FIXED
+        + SERIES_PER_PATH * paths
+        + SERIES_PER_PEER_KEY * peer_keys
+        + SERIES_PER_CROSS_NODE_KEY * cross_node_keys.min(peer_keys)
+}
+
+/// The most (path, peer_node) keys that fit `budget` over `paths` path
+/// kinds, counting every key as cross-node (the worst case). 0 when even
+/// the fixed and per-path series exceed the budget.
+pub fn max_peer_keys(budget: usize, paths: usize) -> usize {
+    let base = SERIES_FIXED + SERIES_PER_PATH * paths;
+    budget.saturating_sub(base) / (SERIES_PER_PEER_KEY + SERIES_PER_CROSS_NODE_KEY)
+}
+
+/// The series of one agent with `peer_nodes` other nodes, each running a pod
+/// and a host agent, fanned out to `max_peers` nodes, plus the Service
+/// targets: `2·m + 3 + s` keys (m = min(n, max_peers); `s` extra agents on
+/// the agent's own node, 0 outside rollouts), `m` of them cross-node, over
+/// `4 + [s > 0]` path kinds.
+pub fn series_bound(peer_nodes: usize, max_peers: usize, same_node_extra: usize) -> usize {
+    let m = peer_nodes.min(max_peers);
+    let keys = 2 * m + 3 + same_node_extra;
+    let paths = PATHS_PER_AGENT + usize::from(same_node_extra > 0);
+    series_for(keys, m, paths)
+}
+
+/// The most peer nodes a pod or host agent can fan out to within `budget`
+/// (the `max_peers` for [`series_bound`]), with `same_node_extra` extra
+/// agents on its own node; 0 when not even one fits.
+pub fn max_peer_nodes(budget: usize, same_node_extra: usize) -> usize {
+    let keys_per_node = 2 * SERIES_PER_PEER_KEY + SERIES_PER_CROSS_NODE_KEY;
+    let base = series_bound(0, 0, same_node_extra);
+    budget.saturating_sub(base) / keys_per_node
+}
+
+/// The targets that fit `budget`, in their given order: a target whose key
+/// is already kept costs nothing; a new key (and a new path kind) is kept
+/// only while the total stays within the budget. Returns the kept targets
+/// and how many were left out.
+pub fn fit(targets: Vec<Target>, budget: usize) -> (Vec<Target>, usize) {
+    let mut keys: HashSet<(PathKind, &str)> = HashSet::new();
+    let mut paths: HashSet<PathKind> = HashSet::new();
+    let mut cross = 0;
+    let mut keep = Vec::with_capacity(targets.len());
+    for t in &targets {
+        let key = (t.path, t.peer.node.as_str());
+        if keys.contains(&key) {
+            keep.push(true);
+            continue;
+        }
+        let new_path = usize::from(!paths.contains(&t.path));
+        let new_cross = usize::from(has_clock_offset(t.path));
+        let total = series_for(keys.len() + 1, cross + new_cross, paths.len() + new_path);
+        let fits = total <= budget;
+        if fits {
+            keys.insert(key);
+            paths.insert(t.path);
+            cross += new_cross;
+        }
+        keep.push(fits);
+    }
+    let dropped = keep.iter().filter(|k| !**k).count();
+    let kept = targets
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(t, k)| k.then_some(t))
+        .collect();
+    (kept, dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::{targets, Identity, Peer, ProbePorts};
+    use crate::labels::{AgentKind, Direction, IcmpMode, Protocol};
+    use crate::metrics::{register_process_metrics, AgentMetrics};
+    use crate::schedule::rendezvous::fan_out;
+
+    fn agent(node: usize, kind: AgentKind) -> Peer {
+        Peer {
+            name: format!("agent-{kind}-{node}"),
+            address: "127.0.0.1".parse().expect("ip"),
+            node: format!("node-{node:04}"),
+            kind,
+            ports: ProbePorts::default(),
+            path: None,
+        }
+    }
+
+    fn count(r: &prometheus::Registry) -> usize {
+        r.gather()
+            .iter()
+            .map(|f| {
+                f.get_metric()
+                    .iter()
+                    .map(|m| {
+                        if f.get_field_type() == prometheus::proto::MetricType::HISTOGRAM {
+                            m.get_histogram().get_bucket().len() + 3
+                        } else {
+                            1
+                        }
+                    })
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    fn me() -> Identity {
+        Identity {
+            name: "agent-pod-0".into(),
+            node: "node-0000".into(),
+            kind: AgentKind::Pod,
+        }
+    }
+
+    /// The targets of a pod agent on node 0 with `nodes` nodes (a pod and a
+    /// host agent each, `extra` more pod agents on node 0), fanned out as
+    /// the Kubernetes discovery does, Services included.
+    fn plan(nodes: usize, max_peers: usize, extra: usize) -> Vec<Target> {
+        let mut peers: Vec<Peer> = (0..nodes)
+            .flat_map(|i| [agent(i, AgentKind::Pod), agent(i, AgentKind::Host)])
+            .collect();
+        for i in 0..extra {
+            let mut p = agent(0, AgentKind::Pod);
+            p.name = format!("agent-pod-0-new-{i}");
+            peers.push(p);
+        }
+        let mut probe = fan_out(&me(), &peers, max_peers);
+        let mut svc = agent(1, AgentKind::Pod);
+        svc.name = "service-clusterip/kubepulse-agent".into();
+        svc.node = "kubepulse-agent".into();
+        svc.path = Some(PathKind::ServiceClusterip);
+        probe.push(svc.clone());
+        svc.name = "service-nodeport/kubepulse-agent".into();
+        svc.node = "node-0001".into();
+        svc.path = Some(PathKind::ServiceNodeport);
+        probe.push(svc);
+        targets(&me(), &probe)
+    }
+
+    /// Every series an agent can create for `targets`, through the real
+    /// metrics code: every writer of every per-peer series has written.
+    fn simulate(targets: &[Target]) -> usize {
+        let registry = prometheus::Registry::new();
+        register_process_metrics(&registry).expect("process metrics");
+        crate::discovery::kubernetes::DiscoveryMetrics::new(&registry).expect("discovery");
+        let m = AgentMetrics::new(registry.clone()).expect("metrics");
+        m.set_icmp_mode(IcmpMode::Dgram);
+        for t in targets {
+            let (path, node) = (t.path, t.peer.node.as_str());
+            m.precreate_peer(path, node, Protocol::ALL);
+            m.set_path_mtu(path, node, 1500, 1500);
+            for d in Direction::ALL {
+                m.record_burst(path, node, *d, 1.0, 0, 1.0);
+            }
+            if let Some(g) = m.clock_offset(path, node) {
+                g.set(0.001);
+            }
+        }
+        count(&registry)
+    }
+
+    #[test]
+    fn series_count_matches_the_formula_and_stays_bounded() {
+        for (nodes, max, extra) in [
+            (11, 200, 0),
+            (33, 200, 0),
+            (201, 200, 0),
+            (1001, 200, 0),
+            (1001, 20, 0),
+            (33, 200, 1),
+        ] {
+            let got = simulate(&plan(nodes, max, extra));
+            let bound = series_bound(nodes - 1, max, extra);
+            eprintln!(
+                "peer nodes={} max_peers={max} extra={extra}: {got} series (bound {bound})",
+                nodes - 1
+            );
+            // Exact: every term of the formula is really used.
+            assert_eq!(got, bound);
+        }
+        assert_eq!(
+            simulate(&plan(1001, 200, 0)),
+            simulate(&plan(201, 200, 0)),
+            "flat above max_peers"
+        );
+    }
+
+    /// The fan-out the cluster-scale work targets (32 peer nodes, pod and
+    /// host path each, 3 Service targets) fits the default budget.
+    #[test]
+    fn default_fan_out_fits_the_default_budget() {
+        assert!(
+            series_bound(32, 32, 0) <= DEFAULT_MAX_SERIES,
+            "{}",
+            series_bound(32, 32, 0)
+        );
+        assert_eq!(
+            max_peer_nodes(DEFAULT_MAX_SERIES, 0),
+            32,
+            "the fan-out the controller targets"
+        );
+    }
+
+    #[test]
+    fn max_peer_nodes_is_the_largest_that_fits() {
+        for budget in [0, 1000, 2000, 10_000] {
+            for extra in [0, 1, 2] {
+                let m = max_peer_nodes(budget, extra);
+                if series_bound(0, 0, extra) <= budget {
+                    assert!(series_bound(m, m, extra) <= budget);
+                }
+                assert!(
+                    series_bound(m + 1, m + 1, extra) > budget,
+                    "{budget} {extra}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn max_peer_keys_is_the_largest_that_fits() {
+        for budget in [0, 500, 1000, 2000, 5000] {
+            for paths in [1, 4, 5] {
+                let k = max_peer_keys(budget, paths);
+                if k > 0 {
+                    assert!(series_for(k, k, paths) <= budget);
+                }
+                if SERIES_FIXED + SERIES_PER_PATH * paths <= budget {
+                    assert!(series_for(k + 1, k + 1, paths) > budget, "{budget} {paths}");
+                }
+            }
+        }
+    }
+
+    /// Whatever discovery hands the agent, the kept targets' real series
+    /// stay within the budget, and only what does not fit is left out.
+    #[test]
+    fn fit_enforces_the_budget_on_real_series() {
+        for (nodes, budget) in [(201, 2000), (201, 900), (11, 2000), (33, 2000), (33, 1968)] {
+            let all = plan(nodes, 200, 0);
+            let n = all.len();
+            let (kept, dropped) = fit(all.clone(), budget);
+            assert_eq!(kept.len() + dropped, n);
+            let got = simulate(&kept);
+            assert!(
+                got <= budget,
+                "{nodes} nodes, budget {budget}: {got} series"
+            );
+            if dropped == 0 {
+                assert_eq!(got, simulate(&all));
+            } else {
+                // One more key would not have fitted (within a key's worth).
+                assert!(
+                    got + SERIES_PER_PEER_KEY + SERIES_PER_CROSS_NODE_KEY + SERIES_PER_PATH
+                        > budget,
+                    "{got}"
+                );
+            }
+        }
+        // 32 peer nodes at the default budget: nothing is left out.
+        assert_eq!(fit(plan(33, 200, 0), DEFAULT_MAX_SERIES).1, 0);
+        // 200 peer nodes without a bounded fan-out: capped, and visible.
+        let (kept, dropped) = fit(plan(201, 200, 0), DEFAULT_MAX_SERIES);
+        assert!(dropped > 0 && !kept.is_empty());
+    }
+}
