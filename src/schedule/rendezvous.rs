@@ -87,9 +87,9 @@ pub fn fan_out(me: &Identity, peers: &[Peer], max_peers: usize) -> Vec<Peer> {
 pub const SERIES_PER_PEER_KEY: usize = 3 * 6 + 2 + 2 * 2 + 1;
 /// Series per path kind in use: RTT histograms (3 protocols × 20 lines),
 /// errors (4 protocols × 5 reasons), exclusions (4 protocols × 1 reason),
-/// TCP connect histogram (20), HTTP phase histograms (4 × 20), bandwidth
+/// TCP connect histogram (20), HTTP phase histograms (3 × 20), bandwidth
 /// bursts (2 directions × 3 outcomes).
-pub const SERIES_PER_PATH: usize = 3 * 20 + 4 * 5 + 4 + 20 + 4 * 20 + 2 * 3;
+pub const SERIES_PER_PATH: usize = 3 * 20 + 4 * 5 + 4 + 20 + 3 * 20 + 2 * 3;
 /// Series independent of peers: send-late (3), responder requests (4),
 /// rejections (4 × 5), connections (3), ICMP mode (3), peers by path (7),
 /// build info, discovery (2) and the 7 `process_*` series.
@@ -101,7 +101,7 @@ pub const PATHS_PER_AGENT: usize = 4;
 
 /// Upper bound on the series one agent exports with `peer_nodes` other
 /// nodes, each running a pod and a host agent, and the Service targets:
-/// `50 + 190·(4 + [s > 0]) + 25·(2·min(n, max_peers) + 3 + s)` where `s`
+/// `50 + 170·(4 + [s > 0]) + 25·(2·min(n, max_peers) + 3 + s)` where `s`
 /// is the number of extra agents on the agent's own node (0 outside
 /// rollouts).
 pub fn series_bound(peer_nodes: usize, max_peers: usize, same_node_extra: usize) -> usize {
