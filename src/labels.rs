@@ -74,10 +74,10 @@ label_enum! {
 }
 
 label_enum! {
-    /// The `phase` label of HTTP probe durations.
+    /// The `phase` label of HTTP probe durations. The TCP connect of the
+    /// request is in `total`; alone it is what `kubepulse_tcp_connect_duration_seconds`
+    /// measures, so it has no phase of its own (one histogram fewer per path).
     HttpPhase {
-        /// TCP connect.
-        Connect => "connect",
         /// Request sent to first response byte.
         FirstByte => "first_byte",
         /// First byte to last byte of the body.

@@ -111,7 +111,7 @@ def!(
     "kubepulse_http_probe_duration_seconds",
     Histogram,
     ["path", "phase"],
-    "Duration of each phase of an HTTP GET on a fresh connection: connect, first_byte, transfer, and total (the whole request)."
+    "Duration of each phase of an HTTP GET on a fresh connection: first_byte, transfer, and total (connect to last byte, the whole request)."
 );
 def!(
     PATH_MTU,

@@ -286,7 +286,6 @@ fn run_job(kind: Kind, ctx: &ProbeContext, target: &Target) {
             // Phases are recorded for complete 2xx responses only, so the
             // three histograms describe the same probes.
             Ok(p) => {
-                m.observe_http_phase(path, HttpPhase::Connect, p.connect);
                 m.observe_http_phase(path, HttpPhase::FirstByte, p.first_byte);
                 m.observe_http_phase(path, HttpPhase::Transfer, p.transfer);
                 let total = p.connect + p.first_byte + p.transfer;
