@@ -149,8 +149,7 @@ fn bandwidth_bursts_follow_the_slot_schedule() {
     use std::time::{SystemTime, UNIX_EPOCH};
 
     let (a_ip, b_ip) = ("127.0.0.35", "127.0.0.36");
-    let slots =
-        "  bandwidth: {enabled: true, schedule: slots, burst_bytes: 1048576, max_duration: 200ms, \
+    let slots = "  bandwidth: {enabled: true, schedule: slots, duration: 100ms, \
                  slots: {slot: 1s, max_pairs: 1, duty_budget: 1.0}}\n";
     let with_slots = |cfg: String| cfg.replace("  bandwidth: {enabled: false}\n", slots);
     let mut a_cfg = temp();

@@ -480,8 +480,7 @@ async fn bandwidth_bursts_both_ways_and_busy() {
     s.bandwidth.enabled = true;
     s.bandwidth.schedule = kubepulse::config::BandwidthSchedule::Interval;
     s.bandwidth.interval = Duration::from_millis(300);
-    s.bandwidth.burst_bytes = 4 << 20;
-    s.bandwidth.max_duration = Duration::from_secs(1);
+    s.bandwidth.duration = Duration::from_millis(100);
     let r = Running::start(
         s,
         vec![

@@ -94,10 +94,11 @@ mod tests {
 
     #[test]
     fn out_of_range_values_name_the_key() {
-        let f = file("probes:\n  bandwidth:\n    burst_bytes: 1000000000\n");
+        let f = file("probes:\n  bandwidth:\n    max_rate_bits_per_second: 1000000000000\n");
         let err = load_from(Some(f.0.path()), HashMap::new()).expect_err("must fail");
         assert!(
-            err.to_string().contains("probes.bandwidth.burst_bytes"),
+            err.to_string()
+                .contains("probes.bandwidth.max_rate_bits_per_second"),
             "{err}"
         );
         let f = file("discovery:\n  peers:\n    - {name: a, node: n, kind: pod, address: 127.0.0.1}\n    - {name: a, node: n, kind: pod, address: 127.0.0.2}\n");

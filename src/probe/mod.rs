@@ -5,6 +5,7 @@
 //! Every prober gets a [`ProbeContext`] and follows the current target set
 //! through its `watch` channel, so peers come and go without restarts.
 
+pub mod burst_guard;
 pub mod guard;
 pub mod latency;
 pub mod scheduled;

@@ -103,19 +103,25 @@ impl<T> InFlight<T> {
     /// returns how many were lost.
     pub fn expire(&mut self, now: Instant) -> usize {
         let mut lost = 0;
+        self.expire_each(now, |_| lost += 1);
+        lost
+    }
+
+    /// Forgets the probes whose deadline is at or before `now`, handing
+    /// what was stored for each lost one to `lost`.
+    pub fn expire_each(&mut self, now: Instant, mut lost: impl FnMut(T)) {
         while let Some(e) = self.pending.front() {
             if e.info.is_some() && e.deadline > now {
                 break;
             }
             if let Some(e) = self.pending.pop_front() {
-                if e.info.is_some() {
+                if let Some(info) = e.info {
                     self.outstanding -= 1;
                     self.remember_lost(e.seq);
-                    lost += 1;
+                    lost(info);
                 }
             }
         }
-        lost
     }
 
     /// The earliest deadline of a probe still unanswered.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::labels::{PathKind, ProbeErrorReason, Protocol};
 use crate::metrics::{AgentMetrics, LatencySeries};
+use crate::probe::guard::SampleGuard;
 use crate::schedule::Periodic;
 use crate::stats::{clock_offset, kernel_rtt, InFlight, Jitter, Match, WindowedMin};
 
@@ -51,6 +52,9 @@ pub(super) struct Stream {
     /// Min-delay clock filter: (round trip, offset) in ns; the exchange with
     /// the smallest round trip bounds the offset most tightly.
     clock: WindowedMin<(u64, i64)>,
+    /// Asked once per outcome; excluded outcomes are booked only there.
+    guard: Arc<dyn SampleGuard>,
+    metrics: AgentMetrics,
 }
 
 /// The responder's wall-clock receive and send times from an echo reply.
@@ -73,6 +77,8 @@ impl Stream {
         timeout: Duration,
         rtt_min_window: Duration,
         now: Instant,
+        guard: Arc<dyn SampleGuard>,
+        metrics: AgentMetrics,
     ) -> Self {
         Self {
             protocol,
@@ -90,6 +96,8 @@ impl Stream {
             jitter: Jitter::new(),
             rtt_min: WindowedMin::new(rtt_min_window),
             clock: WindowedMin::new(rtt_min_window),
+            guard,
+            metrics,
         }
     }
 
@@ -100,11 +108,24 @@ impl Stream {
         s
     }
 
-    /// Books a probe that left.
+    /// Records a probe that left; it is booked as sent with its outcome
+    /// (reply or loss), once the sample guard has kept it.
     pub fn sent(&mut self, seq: u64, stamp: SendStamp) {
-        self.series.sent.inc();
         let lost = self.inflight.insert(seq, stamp.mono + self.timeout, stamp);
         self.count_lost(lost);
+    }
+
+    /// Whether the guard keeps an outcome in flight `[sent_ns, done_ns]`;
+    /// an excluded one is counted as such and nowhere else.
+    fn kept(&self, sent_ns: u64, done_ns: u64) -> bool {
+        match self.guard.exclude(&self.peer_node, sent_ns, done_ns) {
+            Some(reason) => {
+                self.metrics
+                    .probe_excluded(self.protocol, self.path, reason);
+                false
+            }
+            None => true,
+        }
     }
 
     /// Books a probe whose send failed: sent, lost and an error.
@@ -114,10 +135,17 @@ impl Stream {
         metrics.probe_error(self.protocol, self.path, ProbeErrorReason::SendFailed);
     }
 
-    /// Counts the probes whose timeout passed by `now` as lost.
+    /// Counts the probes whose timeout passed by `now` as lost (a loss is
+    /// in flight until its timeout).
     pub fn expire(&mut self, now: Instant) {
-        let lost = self.inflight.expire(now);
-        self.count_lost(lost);
+        let mut lost = Vec::new();
+        self.inflight.expire_each(now, |s| lost.push(s.real_ns));
+        let timeout = u64::try_from(self.timeout.as_nanos()).unwrap_or(u64::MAX);
+        let kept = lost
+            .into_iter()
+            .filter(|sent| self.kept(*sent, sent.saturating_add(timeout)))
+            .count();
+        self.count_lost(kept);
     }
 
     /// The earliest timeout of a probe in flight.
@@ -140,7 +168,7 @@ impl Stream {
             Match::Late => return self.error(metrics, ProbeErrorReason::LateReply),
             Match::Unknown => return self.error(metrics, ProbeErrorReason::BadReply),
         };
-        let (rtt, now) = match arrival {
+        let (rtt, now, exchange) = match arrival {
             Arrival::Kernel {
                 rx_real_ns,
                 now_real_ns,
@@ -150,20 +178,23 @@ impl Stream {
                 let mono_elapsed = now_mono.saturating_duration_since(stamp.mono);
                 match kernel_rtt(stamp.real_ns, rx_real_ns, real_elapsed, mono_elapsed) {
                     Ok(rtt) => {
-                        if let Some(r) = responder {
-                            self.update_clock_offset(
-                                now_mono,
-                                [stamp.real_ns, r.rx_real_ns, r.reply_real_ns, rx_real_ns],
-                                metrics,
-                            );
-                        }
-                        (rtt, now_mono)
+                        let exchange = responder
+                            .map(|r| [stamp.real_ns, r.rx_real_ns, r.reply_real_ns, rx_real_ns]);
+                        (rtt, now_mono, exchange)
                     }
                     Err(_) => return self.error(metrics, ProbeErrorReason::ClockStep),
                 }
             }
-            Arrival::Mono(at) => (at.saturating_duration_since(stamp.mono), at),
+            Arrival::Mono(at) => (at.saturating_duration_since(stamp.mono), at, None),
         };
+        let rtt_ns = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX);
+        if !self.kept(stamp.real_ns, stamp.real_ns.saturating_add(rtt_ns)) {
+            return;
+        }
+        self.series.sent.inc();
+        if let Some(t) = exchange {
+            self.update_clock_offset(now, t, metrics);
+        }
         self.series.observe_reply(rtt);
         self.series
             .jitter
@@ -199,11 +230,12 @@ impl Stream {
         metrics.probe_error(self.protocol, self.path, reason);
     }
 
+    /// Books `n` probes as sent and lost.
     fn count_lost(&self, n: usize) {
         if n > 0 {
-            self.series
-                .lost
-                .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+            let n = u64::try_from(n).unwrap_or(u64::MAX);
+            self.series.sent.inc_by(n);
+            self.series.lost.inc_by(n);
         }
     }
 }

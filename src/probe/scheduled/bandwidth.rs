@@ -1,7 +1,10 @@
-//! Bandwidth bursts over blocking TCP: `Send` measures the goodput of bytes
-//! the peer acknowledged (sender `TCP_INFO.bytes_acked`, so bytes parked in
-//! the local socket buffer never count), `Receive` the goodput of bytes
-//! read. Both over the second half of the burst (see [`super::goodput`]).
+//! Bandwidth bursts over blocking TCP, bounded by time (a byte cap is only
+//! a safety limit): `Send` measures the goodput of bytes the peer
+//! acknowledged (sender `TCP_INFO.bytes_acked`, so bytes parked in the
+//! local socket buffer never count), `Receive` the goodput of bytes the
+//! kernel received (receiver `TCP_INFO.bytes_received`, so a descheduled
+//! read does not shift them). Both over the second half of the burst (see
+//! [`super::goodput`]).
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
@@ -20,9 +23,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 const CHUNK: usize = 128 << 10;
 /// TCP_INFO polling period once everything is written.
 const ACK_POLL: Duration = Duration::from_millis(1);
-/// How long a receiver waits past `max_duration` for data still in flight
-/// (the source stops itself at `max_duration`).
-const RECEIVE_GRACE: Duration = Duration::from_secs(1);
+/// Longest time between two `TCP_INFO` samples of a receiver.
+const SAMPLE_PERIOD: Duration = Duration::from_millis(1);
 
 /// A finished burst.
 #[derive(Debug, Clone, Copy)]
@@ -228,44 +230,45 @@ fn send(
 fn receive(
     mut s: TcpStream,
     bytes: u64,
-    max_duration: Duration,
+    duration: Duration,
     shutdown: &CancellationToken,
 ) -> Result<Burst, BurstError> {
+    // Bytes are timed by the kernel's count on arrival, sampled at least
+    // every SAMPLE_PERIOD: a read delayed by descheduling returns late, but
+    // the counter it samples is still right for the moment it is read.
+    let base = tcp_info(&s).map_err(io_err("TCP_INFO"))?.bytes_received;
     let mut buf = vec![0u8; CHUNK];
     let t0 = Instant::now();
-    let deadline = t0 + max_duration + RECEIVE_GRACE;
+    let deadline = t0 + duration;
     let mut samples: Vec<(Instant, u64)> = Vec::with_capacity(4096);
     samples.push((t0, 0));
     let mut got: u64 = 0;
     let mut complete = false;
-    while got < bytes {
+    s.set_read_timeout(Some(SAMPLE_PERIOD))
+        .map_err(io_err("set timeout"))?;
+    while got < bytes && left(deadline).is_some() {
         if shutdown.is_cancelled() {
             abort(s);
             return Err(BurstError::Cancelled);
         }
-        let Some(l) = left(deadline) else { break };
-        s.set_read_timeout(Some(l)).map_err(io_err("set timeout"))?;
         match s.read(&mut buf) {
-            Ok(0) => {
-                complete = true;
-                break;
-            }
-            Ok(n) => {
-                got += u64::try_from(n).unwrap_or(0);
-                samples.push((Instant::now(), got));
-            }
-            Err(e) if is_timeout(&e) => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if is_peer_close(&e) => {
-                complete = true;
-                break;
-            }
+            Ok(0) => complete = true,
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_peer_close(&e) => complete = true,
             Err(e) => return Err(io_err("reading")(e)),
         }
+        let received = tcp_info(&s).map_err(io_err("TCP_INFO"))?.bytes_received;
+        got = received.saturating_sub(base);
+        samples.push((Instant::now(), got));
+        if complete {
+            break;
+        }
     }
-    if complete || got >= bytes {
+    if complete {
         drop(s);
     } else {
+        // Time is up: stop the source rather than drain what it queued.
         abort(s);
     }
     let goodput = goodput::second_half(&samples).ok_or(BurstError::NoGoodput(got))?;

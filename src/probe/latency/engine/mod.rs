@@ -238,6 +238,8 @@ impl Engine {
                 periodic.timeout,
                 s.rtt_min_window,
                 now,
+                self.ctx.guard.clone(),
+                self.ctx.metrics.clone(),
             );
             ids.push(stream.id);
             self.probes.insert(stream.id, Probe { stream, dest });
