@@ -209,6 +209,7 @@ impl Engine {
             all_peers: watch::channel(Arc::new(Vec::new())).1,
             shutdown: shutdown.clone(),
             guard,
+            burst_keys: Arc::new(kubepulse::auth::BurstKeys::new(None).expect("run key")),
         };
         let prober = latency::start_with_hook(ctx, hook).expect("engine starts");
         Self {

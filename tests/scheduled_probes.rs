@@ -79,6 +79,7 @@ impl Running {
             all_peers: watch::channel(Arc::new(Vec::new())).1,
             shutdown: shutdown.clone(),
             guard: Arc::new(KeepAll),
+            burst_keys: Arc::new(kubepulse::auth::BurstKeys::new(None).expect("run key")),
         };
         let handles = scheduled::start(ctx);
         Running {

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::BurstKeys;
 use crate::config::{BandwidthSchedule, BandwidthSettings, Settings};
 use crate::discovery::{self, Discovery, Identity, PeerSet, ProbePorts, Target};
 use crate::labels::{PathKind, Protocol};
@@ -156,10 +157,15 @@ pub async fn start(
         node: a.node.clone(),
         kind: a.kind,
     };
+    if a.burst_key_file.is_none() && settings.probes.bandwidth.enabled {
+        tracing::warn!("No agent.burst_key_file: bandwidth bursts use a key of this process only, so agents in other processes refuse them");
+    }
+    let burst_keys = Arc::new(BurstKeys::new(a.burst_key_file.clone())?);
     let responders = responder::start(
         a.bind_address,
         a.ports,
         settings.responder,
+        burst_keys.clone(),
         metrics.clone(),
         shutdown.clone(),
     )
@@ -183,6 +189,7 @@ pub async fn start(
         targets,
         all_peers: discovery.subscribe_all(),
         shutdown,
+        burst_keys,
         guard: sample_guard(
             &identity,
             discovery.subscribe_all(),

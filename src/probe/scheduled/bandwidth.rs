@@ -8,13 +8,14 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
 use super::connect::{abort, timed_connect};
 use super::goodput::{self, Goodput};
-use crate::proto::bandwidth::{self as wire, Mode, Request, Status};
+use crate::auth::KeySet;
+use crate::proto::bandwidth::{self as wire, Mode, Request, Seal, Status};
 use crate::sys::tcp_info::{tcp_info, TcpInfo};
 
 /// Bound on connect and on waiting for the responder's status.
@@ -97,20 +98,32 @@ fn is_peer_close(e: &io::Error) -> bool {
     )
 }
 
-/// Connects, sends the request and reads the status.
+/// A fresh seal: now, and a random nonce.
+fn seal() -> Seal {
+    let timestamp_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Seal {
+        timestamp_ms,
+        nonce: rand::random(),
+    }
+}
+
+/// Connects, sends the signed request and reads the status.
 fn handshake(
     addr: SocketAddr,
     bind: IpAddr,
     req: Request,
+    keys: &KeySet,
 ) -> Result<Result<TcpStream, Status>, BurstError> {
     let (mut s, _) = timed_connect(addr, bind, HANDSHAKE_TIMEOUT).map_err(BurstError::Connect)?;
-    // The 24-byte request must leave now, not wait for Nagle.
+    // The request must leave now, not wait for Nagle.
     s.set_nodelay(true).map_err(io_err("set_nodelay"))?;
     s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(io_err("set timeout"))?;
     s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(io_err("set timeout"))?;
-    s.write_all(&req.encode())
+    s.write_all(&req.encode(&seal(), keys))
         .map_err(io_err("sending the request"))?;
     let mut resp = [0u8; wire::RESPONSE_LEN];
     s.read_exact(&mut resp)
@@ -124,13 +137,15 @@ fn handshake(
     }
 }
 
-/// Runs one burst in `mode` (seen from the responder: `Sink` = we send).
+/// Runs one burst in `mode` (seen from the responder: `Sink` = we send),
+/// for `max_duration` or `bytes` (the safety cap), whichever comes first.
 pub(super) fn burst(
     addr: SocketAddr,
     bind: IpAddr,
     mode: Mode,
     bytes: u64,
     max_duration: Duration,
+    keys: &KeySet,
     shutdown: &CancellationToken,
 ) -> Result<Burst, BurstError> {
     let req = Request {
@@ -138,7 +153,7 @@ pub(super) fn burst(
         bytes,
         max_duration,
     };
-    let s = match handshake(addr, bind, req)? {
+    let s = match handshake(addr, bind, req, keys)? {
         Ok(s) => s,
         Err(Status::Busy) => return Ok(Burst::Busy),
         Err(other) => return Err(BurstError::Refused(other)),

@@ -343,6 +343,16 @@ fn run_job(kind: Kind, ctx: &ProbeContext, target: &Target) {
         },
         Kind::Bandwidth => {
             let b = &s.bandwidth;
+            let keys = match ctx.burst_keys.current() {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(error = %e, "No burst key; bandwidth bursts skipped");
+                    for dir in Direction::ALL {
+                        m.burst_outcome(path, *dir, BurstOutcome::Error);
+                    }
+                    return;
+                }
+            };
             // Both directions back to back under the same permit.
             for (mode, dir) in [
                 (Mode::Sink, Direction::Send),
@@ -357,6 +367,7 @@ fn run_job(kind: Kind, ctx: &ProbeContext, target: &Target) {
                     mode,
                     b.byte_cap(),
                     b.duration,
+                    &keys,
                     &ctx.shutdown,
                 );
                 match r {
