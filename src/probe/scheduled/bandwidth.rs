@@ -24,6 +24,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 const CHUNK: usize = 128 << 10;
 /// TCP_INFO polling period once everything is written.
 const ACK_POLL: Duration = Duration::from_millis(1);
+/// A `TCP_INFO` read that takes longer than this was descheduled: its
+/// sample is not timed (a read takes a few microseconds).
+const MAX_SAMPLE_GAP: Duration = Duration::from_micros(200);
 /// Longest time between two `TCP_INFO` samples of a receiver.
 const SAMPLE_PERIOD: Duration = Duration::from_millis(1);
 
@@ -109,6 +112,17 @@ fn seal() -> Seal {
     }
 }
 
+/// Reads `TCP_INFO` with the time it describes: the middle of the call, or
+/// `None` when the thread was descheduled during it (a late timestamp on
+/// the window's first sample would inflate the goodput, on its last
+/// deflate it). The counters are still returned, to track progress.
+fn timed_info(s: &TcpStream) -> Result<(Option<Instant>, TcpInfo), BurstError> {
+    let before = Instant::now();
+    let info = tcp_info(s).map_err(io_err("TCP_INFO"))?;
+    let took = before.elapsed();
+    Ok(((took <= MAX_SAMPLE_GAP).then(|| before + took / 2), info))
+}
+
 /// Connects, sends the signed request and reads the status.
 fn handshake(
     addr: SocketAddr,
@@ -180,9 +194,11 @@ fn send(
     let mut last = base;
     let mut sample =
         |s: &TcpStream, samples: &mut Vec<(Instant, u64)>| -> Result<u64, BurstError> {
-            let i = tcp_info(s).map_err(io_err("TCP_INFO"))?;
+            let (at, i) = timed_info(s)?;
             let acked = i.bytes_acked.saturating_sub(base.bytes_acked);
-            samples.push((Instant::now(), acked));
+            if let Some(at) = at {
+                samples.push((at, acked));
+            }
             last = i;
             Ok(acked)
         };
@@ -273,9 +289,11 @@ fn receive(
             Err(e) if is_peer_close(&e) => complete = true,
             Err(e) => return Err(io_err("reading")(e)),
         }
-        let received = tcp_info(&s).map_err(io_err("TCP_INFO"))?.bytes_received;
-        got = received.saturating_sub(base);
-        samples.push((Instant::now(), got));
+        let (at, info) = timed_info(&s)?;
+        got = info.bytes_received.saturating_sub(base);
+        if let Some(at) = at {
+            samples.push((at, got));
+        }
         if complete {
             break;
         }
