@@ -77,7 +77,10 @@ mod tests {
         assert!(err.to_string().contains("probes.bandwidth.slots"), "{err}");
         let f = file("probes:\n  bandwidth:\n    duration: 5ms\n");
         let err = load_from(Some(f.0.path()), HashMap::new()).expect_err("must fail");
-        assert!(err.to_string().contains("probes.bandwidth.duration"), "{err}");
+        assert!(
+            err.to_string().contains("probes.bandwidth.duration"),
+            "{err}"
+        );
     }
 
     #[test]
