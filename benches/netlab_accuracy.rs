@@ -21,8 +21,12 @@ use lab::prom::Scrape;
 /// Latency probe spacing for kubepulse and ping alike (cadence moves RTT).
 const SPACING_MS: u64 = 10;
 const LAT_WINDOW: Duration = Duration::from_secs(8);
-/// Bursts whose CPU cost is summed (each moves 32 MiB).
+/// Bursts whose CPU cost is summed (each runs 250 ms, the default).
 const BURSTS: usize = 6;
+/// Alternating kubepulse / iperf3 rounds on the unshaped veth.
+const ROUNDS: usize = 5;
+/// iperf3's run time in the alternating comparison.
+const IPERF3_SECS: f64 = 5.0;
 
 /// One measured path.
 struct Path {
@@ -251,8 +255,8 @@ fn measure(lab: &Lab, p: &Path) -> Row {
     let c1 = cpu_seconds(&[&prober, &responder]);
     let bytes = x1 - x0;
     row.kp_bw = goodputs.iter().sum::<f64>() / goodputs.len() as f64;
-    // Per burst: its bytes at its goodput, capped by max_duration (1 s).
-    row.kp_burst_time = (bytes / bursts as f64 * 8.0 / row.kp_bw).min(1.0);
+    // Per burst: its bytes at its goodput (a burst runs for its duration).
+    row.kp_burst_time = bytes / bursts as f64 * 8.0 / row.kp_bw;
     row.kp_cpu_per_gb = (c1 - c0) / (bytes / 1e9);
     prober.stop(lab);
     responder.stop(lab);
@@ -261,6 +265,70 @@ fn measure(lab: &Lab, p: &Path) -> Row {
         lab.clear_tbf(1);
     }
     row
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// One iperf3 run of `secs` from `from` to `to`: receiver goodput, bit/s.
+fn iperf3(lab: &Lab, from: &AgentSpec, to: &AgentSpec, secs: f64) -> f64 {
+    let is = lab.spawn(&to.ns, &["iperf3", "-s", "-1"], None);
+    std::thread::sleep(Duration::from_millis(300));
+    let to_ip = to.address.to_string();
+    let t = format!("{secs}");
+    let out = lab.run(&from.ns, &["iperf3", "-c", &to_ip, "-t", &t, "-J"]);
+    lab.kill(is);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(f64::NAN)
+}
+
+/// The unshaped veth, where throughput moves between runs: `ROUNDS` rounds
+/// of one kubepulse burst pair (default 250 ms per direction) then one
+/// iperf3 run of 5 s, alternating so both see the same drift. Returns the
+/// kubepulse send and receive goodputs and the iperf3 goodputs (bit/s).
+fn alternating(lab: &Lab, from: &AgentSpec, to: &AgentSpec) -> [Vec<f64>; 3] {
+    let mut probes = fast_probes();
+    probes["udp"]["interval"] = "1s".into();
+    for k in ["tcp", "icmp", "tcp_connect", "http"] {
+        probes[k]["enabled"] = false.into();
+    }
+    let responder = Agents::start(lab, std::slice::from_ref(to), &[], &probes);
+    probes["bandwidth"] =
+        serde_json::json!({"enabled": true, "schedule": "interval", "interval": "1s"});
+    let (mut send, mut receive, mut reference) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let prober = Agents::start(
+            lab,
+            std::slice::from_ref(from),
+            std::slice::from_ref(to),
+            &probes,
+        );
+        let l = |dir: &'static str| {
+            [
+                ("path", "host_cross_node"),
+                ("peer_node", to.node.as_str()),
+                ("direction", dir),
+            ]
+        };
+        // The first burst pair of a fresh agent, then stop it before the
+        // next pair (a second later) can overlap iperf3.
+        let (s, r) = prober.wait_for(&from.name, Duration::from_secs(20), "a burst pair", |s| {
+            let bw = |d| s.one("kubepulse_bandwidth_bytes_per_second", &l(d));
+            Some((bw("send")?, bw("receive")?))
+        });
+        prober.stop(lab);
+        send.push(s * 8.0);
+        receive.push(r * 8.0);
+        std::thread::sleep(Duration::from_millis(300));
+        reference.push(iperf3(lab, from, to, IPERF3_SECS));
+    }
+    responder.stop(lab);
+    [send, receive, reference]
 }
 
 fn main() {
@@ -304,6 +372,7 @@ fn main() {
             tbf: Some(1000),
         },
     ];
+    let [send, receive, reference] = alternating(&lab, &paths[0].from, &paths[0].to);
     let rows: Vec<Row> = paths.iter().map(|p| measure(&lab, p)).collect();
     let us = |s: f64| s * 1e6;
     let mb = |b: f64| b / 1e6;
@@ -383,6 +452,34 @@ fn main() {
         (1.0 - p.kp_bw / h.kp_bw) * 100.0,
         (1.0 - p.iperf3_bw / h.iperf3_bw) * 100.0,
         (1.0 - p.qperf_bw / h.qperf_bw) * 100.0
+    );
+    let gb = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{:.1}", x / 1e9))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!();
+    println!(
+        "| unshaped veth, {ROUNDS} alternating rounds | median (Gbit/s) | runs | / iperf3 median |"
+    );
+    println!("|---|---|---|---|");
+    let iperf3_median = median(&reference);
+    for (name, v) in [
+        ("kubepulse send, 250 ms burst", &send),
+        ("kubepulse receive, 250 ms burst", &receive),
+        ("iperf3, 5 s run", &reference),
+    ] {
+        println!(
+            "| {name} | {:.2} | {} | **{:.2}** |",
+            median(v) / 1e9,
+            gb(v),
+            median(v) / iperf3_median
+        );
+    }
+    println!(
+        "| test time, one burst / one iperf3 run | 0.25 / {IPERF3_SECS} s | | **{:.2}** |",
+        0.25 / IPERF3_SECS
     );
     eprintln!("raw: {rows:#?}");
 }

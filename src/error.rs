@@ -21,6 +21,9 @@ pub enum Error {
     /// A prober could not start.
     #[error("starting probes")]
     Probe(#[from] ProbeError),
+    /// The bandwidth burst key could not be loaded.
+    #[error(transparent)]
+    BurstKey(#[from] crate::auth::KeyError),
     /// A socket could not be bound or configured.
     #[error("{what}")]
     Io {

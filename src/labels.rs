@@ -152,6 +152,9 @@ label_enum! {
         ConnectionLimit => "connection_limit",
         /// The request asked for more bytes or time than allowed.
         OverLimit => "over_limit",
+        /// A bandwidth request with a bad MAC, a timestamp outside ±30 s or
+        /// a replayed nonce.
+        Unauthenticated => "unauthenticated",
     }
 }
 

@@ -5,6 +5,7 @@
 //! `discovery::path`) has no IO and is unit-tested directly; IO lives in
 //! `probe`, `responder`, `http` and `roles`; all `unsafe` is in `sys`.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod discovery;

@@ -150,10 +150,22 @@ fn bandwidth_bursts_follow_the_slot_schedule() {
     use std::time::{SystemTime, UNIX_EPOCH};
 
     let (a_ip, b_ip) = ("127.0.0.35", "127.0.0.36");
-    let slots =
-        "  bandwidth: {enabled: true, schedule: slots, burst_bytes: 1048576, max_duration: 200ms, \
+    let slots = "  bandwidth: {enabled: true, schedule: slots, duration: 100ms, \
                  slots: {slot: 1s, max_pairs: 1, duty_budget: 1.0}}\n";
-    let with_slots = |cfg: String| cfg.replace("  bandwidth: {enabled: false}\n", slots);
+    // Both agents share this run's burst key, as a Secret would give them.
+    let mut key = temp();
+    write(
+        &mut key,
+        &format!("{}\n", hex::encode(rand::random::<[u8; 32]>())),
+    );
+    let key_line = format!(
+        "  burst_key_file: {}\nprobes:\n",
+        key.path().to_str().expect("path")
+    );
+    let with_slots = |cfg: String| {
+        cfg.replace("  bandwidth: {enabled: false}\n", slots)
+            .replacen("probes:\n", &key_line, 1)
+    };
     let mut a_cfg = temp();
     write(
         &mut a_cfg,

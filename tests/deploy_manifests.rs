@@ -326,6 +326,26 @@ fn service_and_config_agree_with_the_code() {
         let ds = find(&objs, "DaemonSet", ds);
         let mounted = &ds["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"];
         assert_eq!(mounted, "kubepulse-agent");
+        // The burst key Secret is mounted where the config looks for it.
+        let volumes = ds["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .expect("volumes");
+        let key = volumes
+            .iter()
+            .find(|v| v["secret"]["secretName"] == "kubepulse-burst-key")
+            .expect("burst key Secret volume");
+        let mount = container(ds)["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .find(|m| m["name"] == key["name"])
+            .expect("burst key mounted");
+        let file = s.agent.burst_key_file.as_ref().expect("burst_key_file set");
+        assert_eq!(
+            file.parent().and_then(|p| p.to_str()),
+            mount["mountPath"].as_str()
+        );
+        assert_eq!(file.file_name().and_then(|f| f.to_str()), Some("burst.key"));
         let e = env(container(ds));
         assert_eq!(e["KUBEPULSE_CONFIG"]["value"], "/etc/kubepulse/config.yaml");
     }

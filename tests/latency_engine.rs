@@ -12,10 +12,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kubepulse::config::settings::{Periodic, ProbeSettings};
 use kubepulse::discovery::{Identity, Peer, ProbePorts, Target};
+use kubepulse::labels::ExcludeReason;
 use kubepulse::labels::{AgentKind, IcmpMode, PathKind, ProbeErrorReason, Protocol};
 use kubepulse::metrics::AgentMetrics;
+use kubepulse::probe::guard::{KeepAll, SampleGuard};
 use kubepulse::probe::latency::{self, LatencyProber, RttSample, SampleHook};
-use kubepulse::probe::{guard::KeepAll, ProbeContext, TargetSet};
+use kubepulse::probe::{ProbeContext, TargetSet};
 use kubepulse::proto::echo;
 use prometheus::Registry;
 use tokio::sync::watch;
@@ -182,6 +184,15 @@ struct Engine {
 
 impl Engine {
     fn start(settings: ProbeSettings, targets: Vec<Target>, hook: Option<SampleHook>) -> Self {
+        Self::start_guarded(settings, targets, hook, Arc::new(KeepAll))
+    }
+
+    fn start_guarded(
+        settings: ProbeSettings,
+        targets: Vec<Target>,
+        hook: Option<SampleHook>,
+        guard: Arc<dyn SampleGuard>,
+    ) -> Self {
         let registry = Registry::new();
         let metrics = AgentMetrics::new(registry.clone()).expect("metrics");
         // As the agent's target publisher does: the series exist (and are
@@ -203,7 +214,8 @@ impl Engine {
             targets: rx,
             all_peers: watch::channel(Arc::new(Vec::new())).1,
             shutdown: shutdown.clone(),
-            guard: Arc::new(KeepAll),
+            guard,
+            burst_keys: Arc::new(kubepulse::auth::BurstKeys::new(None).expect("run key")),
         };
         let prober = latency::start_with_hook(ctx, hook).expect("engine starts");
         Self {
@@ -289,6 +301,11 @@ impl Engine {
     }
 
     fn stop(mut self) {
+        self.halt();
+    }
+
+    /// Stops the engine, keeping its metrics readable.
+    fn halt(&mut self) {
         self.shutdown.cancel();
         let prober = self.prober.take().expect("running");
         let (tx, rx) = mpsc::channel();
@@ -690,4 +707,113 @@ fn bad_and_late_replies_are_counted_apart_from_losses() {
     for t in [g, s] {
         t.join().expect("peer thread");
     }
+}
+
+/// Excludes every outcome towards `node-dead`, and those towards `node-b`
+/// sent in an even 100 ms block; counts its questions.
+#[derive(Default)]
+struct TestGuard {
+    asked: std::sync::atomic::AtomicU64,
+}
+
+impl SampleGuard for TestGuard {
+    fn exclude(&self, peer_node: &str, sent_ns: u64, done_ns: u64) -> Option<ExcludeReason> {
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        assert!(done_ns >= sent_ns, "outcome before its probe left");
+        let out = match peer_node {
+            "node-dead" => true,
+            "node-b" => (sent_ns / 100_000_000).is_multiple_of(2),
+            _ => false,
+        };
+        out.then_some(ExcludeReason::BandwidthBurst)
+    }
+}
+
+#[test]
+fn excluded_outcomes_are_counted_only_as_excluded() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let a = Responder::start();
+    let b = Responder::start();
+    let interval = Duration::from_millis(10);
+    let mut settings = ProbeSettings {
+        udp: periodic(true, interval),
+        tcp: periodic(true, interval),
+        icmp: periodic(false, interval),
+        rtt_min_window: Duration::from_secs(60),
+        ..ProbeSettings::default()
+    };
+    // Losses resolve quickly.
+    settings.udp.timeout = Duration::from_millis(200);
+    settings.tcp.timeout = Duration::from_millis(200);
+    let guard = Arc::new(TestGuard::default());
+    let mut e = Engine::start_guarded(
+        settings,
+        vec![
+            target("a", a.ports),
+            target("b", b.ports),
+            target("dead", dead_ports()),
+        ],
+        None,
+        guard.clone(),
+    );
+    let get = |e: &Engine, name: &str, p: Protocol, node: &str| {
+        e.value(
+            name,
+            &[
+                ("protocol", p.as_str()),
+                ("path", "pod_cross_node"),
+                ("peer_node", node),
+            ],
+        )
+        .unwrap_or_else(|| panic!("{name} {p} {node}: series missing"))
+    };
+    let excluded = |e: &Engine, p: Protocol| {
+        e.value(
+            "kubepulse_probe_excluded_total",
+            &[
+                ("protocol", p.as_str()),
+                ("path", "pod_cross_node"),
+                ("reason", "bandwidth_burst"),
+            ],
+        )
+        .expect("excluded series pre-created")
+    };
+    let replies_b = |e: &Engine| {
+        e.value(
+            "kubepulse_probe_replies_total",
+            &[("protocol", "udp"), ("peer_node", "node-b")],
+        )
+    };
+    wait_for(
+        "kept and excluded outcomes",
+        Duration::from_secs(10),
+        || {
+            replies_b(&e).is_some_and(|r| r >= 20.0)
+                && excluded(&e, Protocol::Udp) >= 40.0
+                && guard.asked.load(Ordering::Relaxed) >= 100
+        },
+    );
+    e.halt();
+    // The dead peer's probes were all excluded: none sent, none lost.
+    let p = Protocol::Udp;
+    assert_eq!(get(&e, "kubepulse_probe_sent_total", p, "node-dead"), 0.0);
+    assert_eq!(get(&e, "kubepulse_probe_lost_total", p, "node-dead"), 0.0);
+    for p in [Protocol::Udp, Protocol::Tcp] {
+        // The kept half of b's probes: sent = replies + lost still holds.
+        let sent = get(&e, "kubepulse_probe_sent_total", p, "node-b");
+        let replies = get(&e, "kubepulse_probe_replies_total", p, "node-b");
+        let lost = get(&e, "kubepulse_probe_lost_total", p, "node-b");
+        assert!(sent > 0.0);
+        assert_eq!(
+            sent,
+            replies + lost,
+            "{p}: sent {sent} replies {replies} lost {lost}"
+        );
+        // a is untouched.
+        assert!(get(&e, "kubepulse_probe_replies_total", p, "node-a") > 0.0);
+    }
+    // Excluded = the dead peer's probes plus about half of b's.
+    assert!(excluded(&e, Protocol::Udp) >= 40.0);
+    assert!(excluded(&e, Protocol::Tcp) > 0.0);
+    drop((a, b));
 }

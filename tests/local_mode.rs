@@ -20,7 +20,7 @@ probes:
   icmp: {interval: 100ms, timeout: 1s}
   tcp_connect: {interval: 500ms, timeout: 1s}
   http: {interval: 500ms, timeout: 2s}
-  bandwidth: {interval: 2s, burst_bytes: 4194304}
+  bandwidth: {interval: 2s, duration: 100ms}
 ";
 
 fn config_file(text: &str) -> tempfile::NamedTempFile {

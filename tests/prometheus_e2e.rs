@@ -315,7 +315,7 @@ fn write_agent_config(dir: &Path) -> PathBuf {
             "agent:\n  ports: {{udp_echo: {echo}, tcp_echo: {echo}, bandwidth: {bandwidth}, http: {http}}}\n\
              probes:\n  tcp_connect: {{interval: 1s, timeout: 1s}}\n  http: {{interval: 1s, timeout: 1s}}\n  \
              pmtu: {{interval: 5s}}\n  rtt_min_window: 10s\n  \
-             bandwidth: {{interval: 5s, burst_bytes: 1048576}}\n"
+             bandwidth: {{interval: 5s, duration: 50ms}}\n"
         ),
     )
     .expect("write agent config");

@@ -4,12 +4,14 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use kubepulse::auth::{BurstKeys, KeySet};
 use kubepulse::config::ResponderSettings;
 use kubepulse::discovery::ProbePorts;
 use kubepulse::metrics::AgentMetrics;
-use kubepulse::proto::bandwidth::{self as bw, Mode, Status};
+use kubepulse::proto::bandwidth::{self as bw, Mode, Seal, Status};
 use kubepulse::proto::echo::{self, EchoHeader, Kind};
 use kubepulse::responder::{self, Responders};
 use prometheus::Registry;
@@ -37,9 +39,16 @@ impl Fixture {
             bandwidth: 0,
             http: 0,
         };
-        let r = responder::start(ip, any, limits, metrics.clone(), stop.clone())
-            .await
-            .expect("responders start");
+        let r = responder::start(
+            ip,
+            any,
+            limits,
+            Arc::new(run_keys()),
+            metrics.clone(),
+            stop.clone(),
+        )
+        .await
+        .expect("responders start");
         let ports = r.ports();
         for p in [ports.udp_echo, ports.tcp_echo, ports.bandwidth, ports.http] {
             assert_ne!(p, 0, "port 0 must be replaced by the bound port");
@@ -399,17 +408,44 @@ async fn tcp_echo_closes_idle_connections() {
 
 // === Bandwidth ===
 
-/// Connects and sends a burst request; returns the stream and the status.
-fn burst(f: &Fixture, mode: Mode, bytes: u64, max: Duration) -> (TcpStream, Status) {
-    let mut s = tcp_client(f.addr(f.ports.bandwidth));
+/// This run's burst key, shared with the responders of this process.
+fn run_keys() -> BurstKeys {
+    BurstKeys::new(None).expect("run key")
+}
+
+/// A seal made now (`age` ago) with a random nonce.
+fn seal_aged(age: Duration) -> Seal {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock") - age;
+    Seal {
+        timestamp_ms: now.as_millis() as u64,
+        nonce: rand::random(),
+    }
+}
+
+/// A request signed with this run's key.
+fn signed(mode: Mode, bytes: u64, max: Duration) -> [u8; bw::REQUEST_LEN] {
     let req = bw::Request {
         mode,
         bytes,
         max_duration: max,
     };
-    s.write_all(&req.encode()).expect("request");
+    req.encode(
+        &seal_aged(Duration::ZERO),
+        &*run_keys().current().expect("key"),
+    )
+}
+
+/// Sends raw request bytes; returns the stream and the status.
+fn send_request(f: &Fixture, msg: &[u8]) -> (TcpStream, Status) {
+    let mut s = tcp_client(f.addr(f.ports.bandwidth));
+    s.write_all(msg).expect("request");
     let status = read_status(&mut s);
     (s, status)
+}
+
+/// Connects and sends a burst request; returns the stream and the status.
+fn burst(f: &Fixture, mode: Mode, bytes: u64, max: Duration) -> (TcpStream, Status) {
+    send_request(f, &signed(mode, bytes, max))
 }
 
 fn read_status(s: &mut TcpStream) -> Status {
@@ -524,12 +560,7 @@ async fn bandwidth_rejects_over_limit_and_malformed_requests() {
     assert_eq!(f.rejected("bandwidth", "malformed"), 0.0);
 
     // Bad magic, and a request cut short.
-    let mut bad = bw::Request {
-        mode: Mode::Sink,
-        bytes: 1,
-        max_duration: second,
-    }
-    .encode();
+    let mut bad = signed(Mode::Sink, 1, second);
     bad[0] = b'X';
     for msg in [&bad[..], &bad[..10]] {
         let mut s = tcp_client(f.addr(f.ports.bandwidth));
@@ -540,6 +571,62 @@ async fn bandwidth_rejects_over_limit_and_malformed_requests() {
     }
     assert_eq!(f.rejected("bandwidth", "malformed"), 2.0);
     assert_eq!(f.requests("bandwidth"), 0.0);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_source_requests_get_no_data() {
+    let f = Fixture::default4().await;
+    let second = Duration::from_secs(1);
+    let req = bw::Request {
+        mode: Mode::Source,
+        bytes: 1 << 20,
+        max_duration: second,
+    };
+    let run = run_keys().current().expect("key");
+    let stranger = KeySet::random().expect("key");
+    let mut tampered = signed(Mode::Source, 1, second);
+    // Ask for more than was signed.
+    tampered[15] = 0xff;
+    let fresh = req.encode(&seal_aged(Duration::ZERO), &*run);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "another key",
+            req.encode(&seal_aged(Duration::ZERO), &stranger).to_vec(),
+        ),
+        (
+            "31 s old",
+            req.encode(&seal_aged(Duration::from_secs(31)), &*run)
+                .to_vec(),
+        ),
+        ("tampered", tampered.to_vec()),
+        ("no MAC", {
+            let mut m = fresh;
+            m[bw::SIGNED_LEN..].fill(0);
+            m.to_vec()
+        }),
+    ];
+    for (what, msg) in &cases {
+        let (mut s, status) = send_request(&f, msg);
+        assert_eq!(status, Status::Unauthenticated, "{what}");
+        // Not a single byte of burst data follows the refusal.
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "{what}: {} bytes of data", rest.len());
+    }
+    // The genuine request runs once; its replay is refused.
+    let (mut s, status) = send_request(&f, &fresh);
+    assert_eq!(status, Status::Ok);
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).expect("burst until EOF");
+    assert_eq!(got.len(), 1 << 20);
+    let (mut s, status) = send_request(&f, &fresh);
+    assert_eq!(status, Status::Unauthenticated, "replayed");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "replay got {} bytes", rest.len());
+    assert_eq!(f.rejected("bandwidth", "unauthenticated"), 5.0);
+    assert_eq!(f.requests("bandwidth"), 1.0);
     f.stop().await;
 }
 
@@ -656,6 +743,7 @@ async fn a_port_in_use_is_a_bind_error() {
         LOCAL4,
         ports,
         ResponderSettings::default(),
+        Arc::new(run_keys()),
         metrics,
         CancellationToken::new(),
     )

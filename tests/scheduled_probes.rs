@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use kubepulse::config::ProbeSettings;
 use kubepulse::discovery::{Identity, Peer, ProbePorts, Target};
-use kubepulse::labels::{AgentKind, PathKind};
+use kubepulse::labels::{AgentKind, ExcludeReason, PathKind};
 use kubepulse::metrics::catalog::{self, MetricDef};
 use kubepulse::metrics::AgentMetrics;
-use kubepulse::probe::{guard::KeepAll, scheduled, ProbeContext, TargetSet};
+use kubepulse::probe::guard::{KeepAll, SampleGuard};
+use kubepulse::probe::{scheduled, ProbeContext, TargetSet};
 use kubepulse::proto::{bandwidth as bw, echo};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -63,6 +64,14 @@ struct Running {
 
 impl Running {
     fn start(settings: ProbeSettings, targets: Vec<Target>) -> Self {
+        Self::start_guarded(settings, targets, Arc::new(KeepAll))
+    }
+
+    fn start_guarded(
+        settings: ProbeSettings,
+        targets: Vec<Target>,
+        guard: Arc<dyn SampleGuard>,
+    ) -> Self {
         let metrics = AgentMetrics::new(prometheus::Registry::new()).expect("metrics");
         let (tx, rx) = watch::channel::<TargetSet>(Arc::new(targets));
         let shutdown = CancellationToken::new();
@@ -78,7 +87,8 @@ impl Running {
             targets: rx,
             all_peers: watch::channel(Arc::new(Vec::new())).1,
             shutdown: shutdown.clone(),
-            guard: Arc::new(KeepAll),
+            guard,
+            burst_keys: Arc::new(kubepulse::auth::BurstKeys::new(None).expect("run key")),
         };
         let handles = scheduled::start(ctx);
         Running {
@@ -212,6 +222,77 @@ async fn tcp_connect_times_connects_and_counts_failures() {
     );
     assert_eq!(hist(&r, "pod_to_host"), 0.0, "failures are not timed");
     assert_eq!(err(&r, "pod_cross_node"), 0.0, "the open port never fails");
+    r.stop().await;
+}
+
+/// Excludes every outcome towards node "b".
+struct ExcludeB;
+
+impl SampleGuard for ExcludeB {
+    fn exclude(&self, peer_node: &str, sent_ns: u64, done_ns: u64) -> Option<ExcludeReason> {
+        assert!(done_ns >= sent_ns, "outcome before its probe");
+        (peer_node == "b").then_some(ExcludeReason::BandwidthBurst)
+    }
+}
+
+#[tokio::test]
+async fn excluded_connect_and_http_probes_are_counted_only_as_excluded() {
+    let l = TcpListener::bind((LOCALHOST, 0)).expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    spawn_server(l, drop);
+    let web = http_server("200 OK");
+    let mut s = quiet_settings();
+    for p in [&mut s.tcp_connect, &mut s.http] {
+        p.enabled = true;
+        p.interval = Duration::from_millis(100);
+        p.timeout = Duration::from_secs(2);
+    }
+    let ports = ports_with(|p| {
+        p.tcp_echo = port;
+        p.http = web;
+    });
+    let r = Running::start_guarded(
+        s,
+        vec![
+            target("b", PathKind::PodCrossNode, ports),
+            target("c", PathKind::PodToHost, ports),
+        ],
+        Arc::new(ExcludeB),
+    );
+    let excluded = |r: &Running, protocol: &str| {
+        r.value(
+            &catalog::PROBE_EXCLUDED,
+            &[
+                ("protocol", protocol),
+                ("path", "pod_cross_node"),
+                ("reason", "bandwidth_burst"),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    let connects = |r: &Running, path: &str| r.value(&catalog::TCP_CONNECT, &[("path", path)]);
+    let first_byte = |r: &Running, path: &str| {
+        r.value(
+            &catalog::HTTP_PHASE,
+            &[("path", path), ("phase", "first_byte")],
+        )
+    };
+    r.eventually("kept and excluded probes", |r| {
+        excluded(r, "tcp") >= 3.0
+            && excluded(r, "http") >= 3.0
+            && connects(r, "pod_to_host").is_some_and(|n| n >= 3.0)
+            && first_byte(r, "pod_to_host").is_some_and(|n| n >= 3.0)
+    })
+    .await;
+    // Node b's probes all ran, and none reached a histogram (whose series
+    // is only created by a first observation here: absent or zero).
+    let b_connects = r.value(&catalog::TCP_CONNECT, &[("path", "pod_cross_node")]);
+    assert!(matches!(b_connects, None | Some(0.0)), "{b_connects:?}");
+    let b_http = r.value(
+        &catalog::HTTP_PHASE,
+        &[("path", "pod_cross_node"), ("phase", "first_byte")],
+    );
+    assert!(matches!(b_http, None | Some(0.0)), "{b_http:?}");
     r.stop().await;
 }
 
@@ -480,8 +561,7 @@ async fn bandwidth_bursts_both_ways_and_busy() {
     s.bandwidth.enabled = true;
     s.bandwidth.schedule = kubepulse::config::BandwidthSchedule::Interval;
     s.bandwidth.interval = Duration::from_millis(300);
-    s.bandwidth.burst_bytes = 4 << 20;
-    s.bandwidth.max_duration = Duration::from_secs(1);
+    s.bandwidth.duration = Duration::from_millis(100);
     let r = Running::start(
         s,
         vec![

@@ -73,8 +73,9 @@ fn settings(name: &str, ip: IpAddr) -> Settings {
     p.pmtu.timeout = ms(50);
     p.bandwidth.schedule = BandwidthSchedule::Interval;
     p.bandwidth.interval = ms(50);
-    p.bandwidth.burst_bytes = 64 << 10;
-    p.bandwidth.max_duration = ms(100);
+    // Short bursts capped at 64 KiB: 50 ms at 10 Mbit/s.
+    p.bandwidth.duration = ms(50);
+    p.bandwidth.max_rate_bits_per_second = 10_000_000;
     p.realtime_priority = false;
     s
 }

@@ -61,6 +61,26 @@ mod tests {
         assert_eq!(s, Settings::default());
         assert_eq!(s.probes.udp.interval, Duration::from_secs(1));
         assert_eq!(s.probes.pmtu.interval, Duration::from_secs(600));
+        // Time-bounded bursts: 250 ms, a byte cap of 250 ms at 100 Gbit/s,
+        // and one agent's forward and reverse burst fit in half a slot, so
+        // the pod and host halves never overlap.
+        let b = &s.probes.bandwidth;
+        assert_eq!(b.duration, Duration::from_millis(250));
+        assert_eq!(b.byte_cap(), 3_125_000_000);
+        assert!(b.slot_span() <= b.slots.slot / 2);
+    }
+
+    #[test]
+    fn a_burst_too_long_for_its_slot_is_an_error() {
+        let f = file("probes:\n  bandwidth:\n    duration: 1s\n    slots: {slot: 4s}\n");
+        let err = load_from(Some(f.0.path()), HashMap::new()).expect_err("must fail");
+        assert!(err.to_string().contains("probes.bandwidth.slots"), "{err}");
+        let f = file("probes:\n  bandwidth:\n    duration: 5ms\n");
+        let err = load_from(Some(f.0.path()), HashMap::new()).expect_err("must fail");
+        assert!(
+            err.to_string().contains("probes.bandwidth.duration"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -94,10 +114,11 @@ mod tests {
 
     #[test]
     fn out_of_range_values_name_the_key() {
-        let f = file("probes:\n  bandwidth:\n    burst_bytes: 1000000000\n");
+        let f = file("probes:\n  bandwidth:\n    max_rate_bits_per_second: 1000000000000\n");
         let err = load_from(Some(f.0.path()), HashMap::new()).expect_err("must fail");
         assert!(
-            err.to_string().contains("probes.bandwidth.burst_bytes"),
+            err.to_string()
+                .contains("probes.bandwidth.max_rate_bits_per_second"),
             "{err}"
         );
         let f = file("discovery:\n  peers:\n    - {name: a, node: n, kind: pod, address: 127.0.0.1}\n    - {name: a, node: n, kind: pod, address: 127.0.0.2}\n");

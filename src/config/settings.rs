@@ -3,6 +3,7 @@
 //! error, never silently seconds or milliseconds.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -69,6 +70,11 @@ pub struct AgentSettings {
     pub ports: ProbePorts,
     /// Address of the `/metrics` endpoint.
     pub metrics_listen: SocketAddr,
+    /// File with the bandwidth burst key(s), mounted from a Secret: one key
+    /// per line (hex, at least 32 bytes); the first signs, every one is
+    /// accepted (rotation). Unset: a random key for this process (local
+    /// mode; agents in other processes cannot burst to it).
+    pub burst_key_file: Option<PathBuf>,
 }
 
 impl Default for AgentSettings {
@@ -80,6 +86,7 @@ impl Default for AgentSettings {
             bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             ports: ProbePorts::default(),
             metrics_listen: DEFAULT_METRICS_LISTEN,
+            burst_key_file: None,
         }
     }
 }
@@ -199,17 +206,47 @@ pub struct BandwidthSettings {
     /// Time between two bursts to the same peer (`schedule: interval`).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// Bytes per burst.
-    pub burst_bytes: u64,
-    /// Upper bound on a burst's duration.
+    /// How long each burst (each direction) runs: bursts are bounded by
+    /// time, so fast links get as long to reach speed as slow ones.
     #[serde(with = "humantime_serde")]
-    pub max_duration: Duration,
+    pub duration: Duration,
+    /// Safety limit: a burst never moves more than
+    /// `duration × max_rate_bits_per_second / 8` bytes.
+    pub max_rate_bits_per_second: u64,
+    /// How long after a burst's last byte the queues it filled may still
+    /// delay latency probes (and how far node clocks may differ): the
+    /// sample guard's drain margin.
+    #[serde(with = "humantime_serde")]
+    pub guard_drain: Duration,
 }
 
-/// Largest burst a prober may ask for and a responder accepts: 32 MiB.
-pub const MAX_BURST_BYTES: u64 = 32 << 20;
+impl BandwidthSettings {
+    /// The byte cap of one burst: `duration × max_rate_bits_per_second / 8`.
+    pub fn byte_cap(&self) -> u64 {
+        let bits = u128::from(self.max_rate_bits_per_second) * self.duration.as_nanos();
+        u64::try_from(bits / 8 / 1_000_000_000)
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// The longest time one agent's bursts of a slot half take: a forward
+    /// and a reverse burst, each its duration plus a handshake and the
+    /// responder's grace.
+    pub fn slot_span(&self) -> Duration {
+        (self.duration + BURST_OVERHEAD).saturating_mul(2)
+    }
+}
+
+/// Highest burst rate a prober may ask for: 100 Gbit/s.
+pub const MAX_RATE_BITS_PER_SECOND: u64 = 100_000_000_000;
 /// Longest burst a prober may ask for and a responder accepts.
 pub const MAX_BURST_DURATION: Duration = Duration::from_secs(1);
+/// Largest burst a prober may ask for and a responder accepts: the longest
+/// burst at the highest rate (12.5 GB).
+pub const MAX_BURST_BYTES: u64 = MAX_RATE_BITS_PER_SECOND / 8;
+/// Time a burst takes beyond its duration: connect and handshake (a few
+/// RTTs) and the last bytes in flight.
+pub const BURST_OVERHEAD: Duration = Duration::from_millis(50);
 
 /// How bandwidth bursts are scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -232,8 +269,9 @@ impl Default for BandwidthSettings {
             schedule: BandwidthSchedule::Slots,
             slots: SlotConfig::default(),
             interval: Duration::from_secs(3600),
-            burst_bytes: MAX_BURST_BYTES,
-            max_duration: MAX_BURST_DURATION,
+            duration: Duration::from_millis(250),
+            max_rate_bits_per_second: MAX_RATE_BITS_PER_SECOND,
+            guard_drain: Duration::from_millis(100),
         }
     }
 }

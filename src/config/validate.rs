@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::settings::{
     BandwidthSchedule, ControllerSettings, Periodic, Settings, MAX_BURST_BYTES, MAX_BURST_DURATION,
+    MAX_RATE_BITS_PER_SECOND,
 };
 
 /// A configuration error, naming the offending key.
@@ -118,16 +119,18 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
     }
     let b = &p.bandwidth;
     if b.enabled {
-        if b.burst_bytes == 0 || b.burst_bytes > MAX_BURST_BYTES {
+        if b.max_rate_bits_per_second < 1_000_000
+            || b.max_rate_bits_per_second > MAX_RATE_BITS_PER_SECOND
+        {
             return Err(invalid(
-                "probes.bandwidth.burst_bytes",
-                format!("must be within 1..={MAX_BURST_BYTES}"),
+                "probes.bandwidth.max_rate_bits_per_second",
+                format!("must be within 1000000..={MAX_RATE_BITS_PER_SECOND}"),
             ));
         }
-        if b.max_duration.is_zero() || b.max_duration > MAX_BURST_DURATION {
+        if b.duration < Duration::from_millis(10) || b.duration > MAX_BURST_DURATION {
             return Err(invalid(
-                "probes.bandwidth.max_duration",
-                "must be positive and at most 1s",
+                "probes.bandwidth.duration",
+                "must be within 10ms..=1s",
             ));
         }
         if b.interval < Duration::from_secs(1) {
@@ -135,7 +138,7 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
         }
         if b.schedule == BandwidthSchedule::Slots {
             b.slots
-                .validate(b.max_duration)
+                .validate(b.slot_span() / 2)
                 .map_err(|e| invalid("probes.bandwidth.slots", e.to_string()))?;
         }
     }
@@ -146,7 +149,7 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
     if r.max_burst_bytes > MAX_BURST_BYTES || r.max_burst_duration > MAX_BURST_DURATION {
         return Err(invalid(
             "responder.max_burst_bytes",
-            "bursts are capped at 32 MiB and 1s",
+            "bursts are capped at 12.5 GB (1s at 100 Gbit/s) and 1s",
         ));
     }
     if r.http_body_bytes > 1 << 20 {

@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 
 use crate::discovery::Target;
-use crate::labels::PathKind;
+use crate::labels::{IcmpMode, PathKind, RejectReason, ResponderKind};
 
 use super::has_clock_offset;
 
@@ -35,11 +35,21 @@ pub const SERIES_PER_CROSS_NODE_KEY: usize = 1;
 /// TCP connect histogram (20), HTTP phase histograms (3 × 20), bandwidth
 /// bursts (2 directions × 3 outcomes).
 pub const SERIES_PER_PATH: usize = 3 * 20 + 4 * 5 + 4 + 20 + 3 * 20 + 2 * 3;
-/// Series independent of peers: send-late (3), responder requests (4),
-/// rejections (4 × 5), connections (3), ICMP mode (3), peers by path (7),
-/// targets over budget, build info, discovery (2) and the 7 `process_*`
-/// series.
-pub const SERIES_FIXED: usize = 3 + 4 + 4 * 5 + 3 + 3 + 7 + 1 + 1 + 2 + 7;
+/// Series independent of peers: send-late (3), responder requests (one per
+/// responder), rejections (responders × reasons), connections (3), ICMP
+/// mode (one per mode), peers by path (one per path kind), targets over
+/// budget, build info, discovery (2) and the 7 `process_*` series. Counted
+/// from the label enums, so a new label value moves the formula with it.
+pub const SERIES_FIXED: usize = 3
+    + ResponderKind::ALL.len()
+    + ResponderKind::ALL.len() * RejectReason::ALL.len()
+    + 3
+    + IcmpMode::ALL.len()
+    + PathKind::ALL.len()
+    + 1
+    + 1
+    + 2
+    + 7;
 /// Path kinds an agent uses: pod agents pod_cross_node, pod_to_host and the
 /// two Service paths; host agents host_cross_node, host_to_pod and the two
 /// Service paths. pod_same_node adds one when a node runs two pod agents.

@@ -61,7 +61,7 @@ def!(
     "kubepulse_probe_sent_total",
     Counter,
     ["protocol", "path", "peer_node"],
-    "Probes sent."
+    "Probes sent, counted once answered or lost; probes the burst guard excluded are not counted."
 );
 def!(
     PROBE_LOST,

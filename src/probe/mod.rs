@@ -5,6 +5,7 @@
 //! Every prober gets a [`ProbeContext`] and follows the current target set
 //! through its `watch` channel, so peers come and go without restarts.
 
+pub mod burst_guard;
 pub mod guard;
 pub mod latency;
 pub mod scheduled;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::BurstKeys;
 use crate::config::ProbeSettings;
 use crate::discovery::{Identity, PeerSet, Target};
 use crate::metrics::AgentMetrics;
@@ -43,6 +45,8 @@ pub struct ProbeContext {
     /// Keeps outcomes that overlap our own bandwidth bursts out of the
     /// statistics ([`guard::KeepAll`] when nothing can interfere).
     pub guard: Arc<dyn SampleGuard>,
+    /// Signs bandwidth burst requests.
+    pub burst_keys: Arc<BurstKeys>,
 }
 
 /// Errors that stop a prober from starting.

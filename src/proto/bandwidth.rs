@@ -1,25 +1,36 @@
 //! The bandwidth burst handshake. The prober connects to the bandwidth
-//! responder and sends a 24-byte request; the responder answers with an
-//! 8-byte response. On `Ok`, a `Sink` burst has the prober send `bytes`
-//! bytes which the responder discards; a `Source` burst has the responder
-//! send `bytes` bytes, then close. Either side stops at `max_duration`.
+//! responder and sends an 80-byte authenticated request; the responder
+//! answers with an 8-byte response. On `Ok`, a `Sink` burst has the prober
+//! send `bytes` bytes which the responder discards; a `Source` burst has the
+//! responder send `bytes` bytes, then close. Either side stops at
+//! `max_duration`.
 //!
 //! ```text
-//! request:  0..4 magic "KPB1"  4 version  5 direction (1 sink, 2 source)
+//! request:  0..4 magic "KPB1"  4 version (2)  5 direction (1 sink, 2 source)
 //!           6..8 reserved  8..16 bytes  16..20 max duration, ms  20..24 reserved
+//!           24..32 timestamp, ms since the Unix epoch  32..48 nonce
+//!           48..80 HMAC-SHA256 over bytes 0..48, keyed by the cluster's burst key
 //! response: 0..4 magic "KPB1"  4 version  5 status  6..8 reserved
 //! ```
+//!
+//! Decoding checks the framing only; the MAC, the timestamp window and the
+//! nonce are checked by the responder ([`crate::auth`]).
 
 use std::time::Duration;
 
 use super::DecodeError;
+use crate::auth::{Mac, MAC_LEN};
 
 /// Magic number of bandwidth messages.
 pub const MAGIC: [u8; 4] = *b"KPB1";
-/// Current version.
-pub const VERSION: u8 = 1;
+/// Current version (2: authenticated requests).
+pub const VERSION: u8 = 2;
 /// Request length.
-pub const REQUEST_LEN: usize = 24;
+pub const REQUEST_LEN: usize = SIGNED_LEN + MAC_LEN;
+/// Length of the part of a request the MAC covers.
+pub const SIGNED_LEN: usize = 48;
+/// Length of a request nonce.
+pub const NONCE_LEN: usize = 16;
 /// Response length.
 pub const RESPONSE_LEN: usize = 8;
 
@@ -43,6 +54,29 @@ pub struct Request {
     pub max_duration: Duration,
 }
 
+/// What makes a request fresh and attributable: when it was made, a
+/// random nonce, and the MAC over it and the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seal {
+    /// Prober's wall clock, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Random, never reused by a prober.
+    pub nonce: [u8; NONCE_LEN],
+}
+
+/// A decoded request with its seal and MAC, not yet verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealedRequest {
+    /// The request.
+    pub request: Request,
+    /// Its timestamp and nonce.
+    pub seal: Seal,
+    /// The bytes the MAC covers.
+    pub signed: [u8; SIGNED_LEN],
+    /// The MAC as received.
+    pub mac: [u8; MAC_LEN],
+}
+
 /// The responder's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -54,6 +88,8 @@ pub enum Status {
     OverLimit = 2,
     /// The request did not parse.
     Malformed = 3,
+    /// Bad MAC, stale timestamp or replayed nonce.
+    Unauthenticated = 4,
 }
 
 fn check_header(buf: &[u8]) -> Result<(), DecodeError> {
@@ -67,8 +103,8 @@ fn check_header(buf: &[u8]) -> Result<(), DecodeError> {
 }
 
 impl Request {
-    /// Encodes the request.
-    pub fn encode(&self) -> [u8; REQUEST_LEN] {
+    /// Encodes the request with `seal`, signed by `mac`.
+    pub fn encode(&self, seal: &Seal, mac: &impl Mac) -> [u8; REQUEST_LEN] {
         let mut b = [0u8; REQUEST_LEN];
         b[0..4].copy_from_slice(&MAGIC);
         b[4] = VERSION;
@@ -76,10 +112,36 @@ impl Request {
         b[8..16].copy_from_slice(&self.bytes.to_be_bytes());
         let ms = u32::try_from(self.max_duration.as_millis()).unwrap_or(u32::MAX);
         b[16..20].copy_from_slice(&ms.to_be_bytes());
+        b[24..32].copy_from_slice(&seal.timestamp_ms.to_be_bytes());
+        b[32..48].copy_from_slice(&seal.nonce);
+        let tag = mac.sign(&b[..SIGNED_LEN]);
+        b[SIGNED_LEN..].copy_from_slice(&tag);
         b
     }
 
-    /// Decodes a request.
+    /// Decodes a request and its seal; the MAC is not checked here.
+    pub fn decode_sealed(buf: &[u8]) -> Result<SealedRequest, DecodeError> {
+        let request = Self::decode(buf)?;
+        let mut signed = [0u8; SIGNED_LEN];
+        signed.copy_from_slice(&buf[..SIGNED_LEN]);
+        let mut mac = [0u8; MAC_LEN];
+        mac.copy_from_slice(&buf[SIGNED_LEN..]);
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&buf[24..32]);
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&buf[32..48]);
+        Ok(SealedRequest {
+            request,
+            seal: Seal {
+                timestamp_ms: u64::from_be_bytes(ts),
+                nonce,
+            },
+            signed,
+            mac,
+        })
+    }
+
+    /// Decodes the request part of a message (framing only: no MAC check).
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         if buf.len() != REQUEST_LEN {
             return Err(if buf.len() < REQUEST_LEN {
@@ -127,6 +189,7 @@ impl Status {
             1 => Ok(Status::Busy),
             2 => Ok(Status::OverLimit),
             3 => Ok(Status::Malformed),
+            4 => Ok(Status::Unauthenticated),
             _ => Err(DecodeError::BadField("status")),
         }
     }
@@ -136,6 +199,24 @@ impl Status {
 mod tests {
     use super::*;
 
+    /// A stand-in MAC: the first bytes of the message, repeated.
+    struct TestMac;
+
+    impl Mac for TestMac {
+        fn sign(&self, msg: &[u8]) -> [u8; MAC_LEN] {
+            let mut t = [0u8; MAC_LEN];
+            for (i, b) in t.iter_mut().enumerate() {
+                *b = msg[i % msg.len()] ^ 0x5a;
+            }
+            t
+        }
+    }
+
+    const SEAL: Seal = Seal {
+        timestamp_ms: 1_700_000_000_123,
+        nonce: [9; NONCE_LEN],
+    };
+
     #[test]
     fn round_trips() {
         let r = Request {
@@ -143,12 +224,19 @@ mod tests {
             bytes: 32 << 20,
             max_duration: Duration::from_secs(1),
         };
-        assert_eq!(Request::decode(&r.encode()), Ok(r));
+        let wire = r.encode(&SEAL, &TestMac);
+        assert_eq!(Request::decode(&wire), Ok(r));
+        let sealed = Request::decode_sealed(&wire).expect("decodes");
+        assert_eq!(sealed.request, r);
+        assert_eq!(sealed.seal, SEAL);
+        assert_eq!(sealed.signed[..], wire[..SIGNED_LEN]);
+        assert_eq!(sealed.mac, TestMac.sign(&wire[..SIGNED_LEN]));
         for s in [
             Status::Ok,
             Status::Busy,
             Status::OverLimit,
             Status::Malformed,
+            Status::Unauthenticated,
         ] {
             assert_eq!(Status::decode(&s.encode()), Ok(s));
         }
@@ -161,8 +249,13 @@ mod tests {
             bytes: 1,
             max_duration: Duration::from_millis(5),
         }
-        .encode();
+        .encode(&SEAL, &TestMac);
         assert_eq!(Request::decode(&r[..3]), Err(DecodeError::Short(3)));
+        // A version 1 request (24 bytes, unauthenticated) is refused.
+        assert_eq!(Request::decode(&r[..24]), Err(DecodeError::Short(24)));
+        let mut v1 = r;
+        v1[4] = 1;
+        assert_eq!(Request::decode(&v1), Err(DecodeError::Version(1)));
         let mut bad = r;
         bad[5] = 7;
         assert_eq!(Request::decode(&bad), Err(DecodeError::BadField("mode")));

@@ -1,5 +1,7 @@
 //! Bandwidth sink/source: one burst at a time, per the handshake in
-//! [`crate::proto::bandwidth`].
+//! [`crate::proto::bandwidth`], for authenticated requests only
+//! ([`crate::auth`]): anyone who can reach the port must not be able to
+//! make this node send.
 //!
 //! The handshake runs on the shared runtime; the data transfer runs with
 //! blocking IO on a blocking-pool thread, so runtime scheduling does not
@@ -8,18 +10,19 @@
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::{accept_loop, Slot, POLL_INTERVAL};
+use crate::auth::{BurstKeys, Freshness};
 use crate::config::ResponderSettings;
 use crate::labels::{RejectReason, ResponderKind};
 use crate::metrics::AgentMetrics;
-use crate::proto::bandwidth::{Mode, Request, Status, REQUEST_LEN};
+use crate::proto::bandwidth::{Mode, Request, SealedRequest, Status, REQUEST_LEN};
 
 const KIND: ResponderKind = ResponderKind::Bandwidth;
 /// How long a prober has to send its request after connecting.
@@ -74,29 +77,75 @@ impl Drop for BurstGuard {
     }
 }
 
+/// What a request must pass before its burst starts, in order.
+struct Gate {
+    limits: Limits,
+    keys: Arc<BurstKeys>,
+    fresh: Mutex<Freshness>,
+    flag: BurstFlag,
+}
+
+/// A refusal: what the prober is told and how it is counted.
+type Refused = (Status, RejectReason);
+
+const UNAUTHENTICATED: Refused = (Status::Unauthenticated, RejectReason::Unauthenticated);
+
+impl Gate {
+    /// Decides on a request: the burst it may run, or why not.
+    fn admit(&self, buf: &[u8; REQUEST_LEN]) -> Result<(Request, BurstGuard), Refused> {
+        let sealed = Request::decode_sealed(buf)
+            .map_err(|_| (Status::Malformed, RejectReason::Malformed))?;
+        self.authenticate(&sealed)?;
+        let req = sealed.request;
+        check(&req, self.limits).map_err(|reason| (Status::OverLimit, reason))?;
+        let guard = self
+            .flag
+            .try_take()
+            .ok_or((Status::Busy, RejectReason::Busy))?;
+        Ok((req, guard))
+    }
+
+    /// MAC under a current key, timestamp within ±30 s, nonce unseen.
+    fn authenticate(&self, sealed: &SealedRequest) -> Result<(), Refused> {
+        let keys = self.keys.current().map_err(|e| {
+            tracing::warn!(error = %e, "No burst key; refusing bandwidth requests");
+            UNAUTHENTICATED
+        })?;
+        if !keys.verify(&sealed.signed, &sealed.mac) {
+            return Err(UNAUTHENTICATED);
+        }
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        fresh.check(&sealed.seal, now_ms).map_err(|e| {
+            tracing::debug!(error = %e, "Bandwidth request refused");
+            UNAUTHENTICATED
+        })
+    }
+}
+
 /// Serves bursts until `stop`, then waits for running ones to end.
 pub(super) async fn serve(
     listener: TcpListener,
     limits: ResponderSettings,
+    keys: Arc<BurstKeys>,
     metrics: AgentMetrics,
     stop: CancellationToken,
 ) {
     let max = limits.max_connections;
-    let limits = Limits {
-        max_bytes: limits.max_burst_bytes,
-        max_duration: limits.max_burst_duration,
-    };
-    let flag = BurstFlag::default();
+    let gate = Arc::new(Gate {
+        limits: Limits {
+            max_bytes: limits.max_burst_bytes,
+            max_duration: limits.max_burst_duration,
+        },
+        keys,
+        fresh: Mutex::new(Freshness::new()),
+        flag: BurstFlag::default(),
+    });
     let conn_stop = stop.clone();
     accept_loop(listener, KIND, max, metrics.clone(), stop, |s, slot| {
-        connection(
-            s,
-            slot,
-            limits,
-            flag.clone(),
-            metrics.clone(),
-            conn_stop.clone(),
-        )
+        connection(s, slot, gate.clone(), metrics.clone(), conn_stop.clone())
     })
     .await;
 }
@@ -130,8 +179,7 @@ async fn read_request(stream: &mut TcpStream) -> Received {
 async fn connection(
     mut stream: TcpStream,
     slot: Slot,
-    limits: Limits,
-    flag: BurstFlag,
+    gate: Arc<Gate>,
     metrics: AgentMetrics,
     stop: CancellationToken,
 ) {
@@ -143,16 +191,7 @@ async fn connection(
     let decided = match received {
         Received::Nothing => return,
         Received::Incomplete => Err((Status::Malformed, RejectReason::Malformed)),
-        Received::Request(buf) => match Request::decode(&buf) {
-            Err(_) => Err((Status::Malformed, RejectReason::Malformed)),
-            Ok(req) => match check(&req, limits) {
-                Err(reason) => Err((Status::OverLimit, reason)),
-                Ok(()) => match flag.try_take() {
-                    None => Err((Status::Busy, RejectReason::Busy)),
-                    Some(guard) => Ok((req, guard)),
-                },
-            },
-        },
+        Received::Request(buf) => gate.admit(&buf),
     };
     let (req, guard) = match decided {
         Ok(go) => go,

@@ -30,6 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::BurstKeys;
 use crate::config::ResponderSettings;
 use crate::discovery::ProbePorts;
 use crate::labels::{RejectReason, ResponderKind};
@@ -143,6 +144,7 @@ pub async fn start(
     bind: IpAddr,
     ports: ProbePorts,
     limits: ResponderSettings,
+    burst_keys: Arc<BurstKeys>,
     metrics: AgentMetrics,
     shutdown: CancellationToken,
 ) -> Result<Responders, ResponderError> {
@@ -207,7 +209,13 @@ pub async fn start(
     }
     r.tasks.push((
         "bandwidth",
-        tokio::spawn(bandwidth::serve(bw, limits, metrics.clone(), stop.clone())),
+        tokio::spawn(bandwidth::serve(
+            bw,
+            limits,
+            burst_keys,
+            metrics.clone(),
+            stop.clone(),
+        )),
     ));
     r.tasks.push((
         "http",

@@ -3,17 +3,22 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::auth::BurstKeys;
+use crate::config::{BandwidthSchedule, BandwidthSettings, Settings};
 use crate::discovery::{self, Discovery, Identity, PeerSet, ProbePorts, Target};
 use crate::labels::{PathKind, Protocol};
 use crate::metrics::{budget, AgentMetrics};
-use crate::probe::{self, guard::KeepAll, latency::LatencyProber, ProbeContext, TargetSet};
+use crate::probe::burst_guard::{BurstGuard, BurstWindows};
+use crate::probe::guard::{KeepAll, SampleGuard};
+use crate::probe::{self, latency::LatencyProber, ProbeContext, TargetSet};
 use crate::responder::{self, Responders};
+use crate::schedule::computed::ComputedSchedule;
 use crate::Result;
 
 /// A running agent.
@@ -120,6 +125,31 @@ fn spawn_target_publisher(
     })
 }
 
+/// The sample guard for this agent's bursts: on the slot schedule every
+/// agent knows when either end of a path bursts; with `schedule: interval`
+/// (local mode, small static setups) bursts are unscheduled and nothing is
+/// excluded.
+fn sample_guard(
+    me: &Identity,
+    all_peers: watch::Receiver<PeerSet>,
+    b: &BandwidthSettings,
+) -> Arc<dyn SampleGuard> {
+    if !b.enabled || b.schedule != BandwidthSchedule::Slots {
+        return Arc::new(KeepAll);
+    }
+    let slot = b.slots.slot;
+    // Pod agents burst from the slot start, host agents from its middle
+    // (`schedule::slots`).
+    let windows = BurstWindows::new(
+        slot,
+        &[Duration::ZERO, slot / 2],
+        b.slot_span(),
+        b.guard_drain,
+    );
+    let busy = ComputedSchedule::new(me.clone(), all_peers, b.slots);
+    Arc::new(BurstGuard::new(Arc::new(busy), me.node.clone(), windows))
+}
+
 /// Starts an agent: binds responders, then probers. Returns once everything
 /// is bound, so a caller can report readiness.
 pub async fn start(
@@ -135,10 +165,15 @@ pub async fn start(
         node: a.node.clone(),
         kind: a.kind,
     };
+    if a.burst_key_file.is_none() && settings.probes.bandwidth.enabled {
+        tracing::warn!("No agent.burst_key_file: bandwidth bursts use a key of this process only, so agents in other processes refuse them");
+    }
+    let burst_keys = Arc::new(BurstKeys::new(a.burst_key_file.clone())?);
     let responders = responder::start(
         a.bind_address,
         a.ports,
         settings.responder,
+        burst_keys.clone(),
         metrics.clone(),
         shutdown.clone(),
     )
@@ -163,7 +198,12 @@ pub async fn start(
         targets,
         all_peers: discovery.subscribe_all(),
         shutdown,
-        guard: Arc::new(KeepAll),
+        burst_keys,
+        guard: sample_guard(
+            &identity,
+            discovery.subscribe_all(),
+            &settings.probes.bandwidth,
+        ),
     };
     let latency = probe::latency::start(ctx.clone())?;
     let mut tasks = probe::scheduled::start(ctx);

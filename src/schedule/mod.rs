@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod busy;
+pub mod computed;
 pub mod periodic;
 pub mod rendezvous;
 pub mod slots;

@@ -13,6 +13,10 @@ pub struct TcpInfo {
     /// Bytes acknowledged by the peer (`tcpi_bytes_acked`, RFC 4898
     /// tcpEStatsAppHCThruOctetsAcked); includes 1 for the SYN.
     pub bytes_acked: u64,
+    /// Bytes received in order (`tcpi_bytes_received`, RFC 4898
+    /// tcpEStatsAppHCThruOctetsReceived): counted by the kernel when they
+    /// arrive, not when the application reads them.
+    pub bytes_received: u64,
     /// Retransmitted segments over the connection's life.
     pub total_retrans: u32,
     /// Smoothed RTT.
@@ -55,15 +59,16 @@ pub fn tcp_info(sock: &impl AsFd) -> io::Result<TcpInfo> {
     let info = unsafe { info.assume_init() };
     let len = usize::try_from(len).unwrap_or(0);
     let has = |offset: usize, field: usize| offset + field <= len;
-    if !has(offset_of!(libc::tcp_info, tcpi_bytes_acked), 8) {
+    if !has(offset_of!(libc::tcp_info, tcpi_bytes_received), 8) {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            format!("TCP_INFO returned {len} bytes: no tcpi_bytes_acked"),
+            format!("TCP_INFO returned {len} bytes: no tcpi_bytes_received"),
         ));
     }
     let micros = |us: u32| Duration::from_micros(u64::from(us));
     Ok(TcpInfo {
         bytes_acked: info.tcpi_bytes_acked,
+        bytes_received: info.tcpi_bytes_received,
         total_retrans: info.tcpi_total_retrans,
         rtt: micros(info.tcpi_rtt),
         min_rtt: has(offset_of!(libc::tcp_info, tcpi_min_rtt), 4)
@@ -100,6 +105,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         };
         assert_eq!(after.bytes_acked - before.bytes_acked, 10_000);
+        // The receiver's kernel counted the same bytes on arrival.
+        let got = tcp_info(&s).expect("tcp_info").bytes_received;
+        assert_eq!(got, 10_000);
         assert_eq!(after.total_retrans, 0);
         assert!(after.min_rtt.is_some(), "kernel >= 4.9 reports min_rtt");
     }

@@ -101,6 +101,20 @@ pub fn binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kubepulse")))
 }
 
+/// This run's bandwidth burst key, shared by every agent the test binary
+/// starts (as a cluster's Secret is): one hex key, written once.
+pub fn burst_key_file() -> PathBuf {
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("lab-burst-key-{}", std::process::id()));
+        let key: [u8; 32] = rand::random();
+        std::fs::write(&path, format!("{}\n", hex::encode(key))).expect("write burst key");
+        path
+    })
+    .clone()
+}
+
 /// Running agents; they die with the lab.
 pub struct Agents {
     /// The agents, in start order.
@@ -124,6 +138,7 @@ impl Agents {
                     "kind": a.kind,
                     "bind_address": a.address.to_string(),
                     "metrics_listen": a.metrics_addr().to_string(),
+                    "burst_key_file": burst_key_file(),
                 },
                 "probes": probes,
                 "discovery": {

@@ -1,17 +1,21 @@
-//! Bandwidth bursts over blocking TCP: `Send` measures the goodput of bytes
-//! the peer acknowledged (sender `TCP_INFO.bytes_acked`, so bytes parked in
-//! the local socket buffer never count), `Receive` the goodput of bytes
-//! read. Both over the second half of the burst (see [`super::goodput`]).
+//! Bandwidth bursts over blocking TCP, bounded by time (a byte cap is only
+//! a safety limit): `Send` measures the goodput of bytes the peer
+//! acknowledged (sender `TCP_INFO.bytes_acked`, so bytes parked in the
+//! local socket buffer never count), `Receive` the goodput of bytes the
+//! kernel received (receiver `TCP_INFO.bytes_received`, so a descheduled
+//! read does not shift them). Both over the second half of the burst (see
+//! [`super::goodput`]).
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
 use super::connect::{abort, timed_connect};
 use super::goodput::{self, Goodput};
-use crate::proto::bandwidth::{self as wire, Mode, Request, Status};
+use crate::auth::KeySet;
+use crate::proto::bandwidth::{self as wire, Mode, Request, Seal, Status};
 use crate::sys::tcp_info::{tcp_info, TcpInfo};
 
 /// Bound on connect and on waiting for the responder's status.
@@ -20,9 +24,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 const CHUNK: usize = 128 << 10;
 /// TCP_INFO polling period once everything is written.
 const ACK_POLL: Duration = Duration::from_millis(1);
-/// How long a receiver waits past `max_duration` for data still in flight
-/// (the source stops itself at `max_duration`).
-const RECEIVE_GRACE: Duration = Duration::from_secs(1);
+/// A `TCP_INFO` read that takes longer than this was descheduled: its
+/// sample is not timed (a read takes a few microseconds).
+const MAX_SAMPLE_GAP: Duration = Duration::from_micros(200);
+/// Longest time between two `TCP_INFO` samples of a receiver.
+const SAMPLE_PERIOD: Duration = Duration::from_millis(1);
 
 /// A finished burst.
 #[derive(Debug, Clone, Copy)]
@@ -95,20 +101,43 @@ fn is_peer_close(e: &io::Error) -> bool {
     )
 }
 
-/// Connects, sends the request and reads the status.
+/// A fresh seal: now, and a random nonce.
+fn seal() -> Seal {
+    let timestamp_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Seal {
+        timestamp_ms,
+        nonce: rand::random(),
+    }
+}
+
+/// Reads `TCP_INFO` with the time it describes: the middle of the call, or
+/// `None` when the thread was descheduled during it (a late timestamp on
+/// the window's first sample would inflate the goodput, on its last
+/// deflate it). The counters are still returned, to track progress.
+fn timed_info(s: &TcpStream) -> Result<(Option<Instant>, TcpInfo), BurstError> {
+    let before = Instant::now();
+    let info = tcp_info(s).map_err(io_err("TCP_INFO"))?;
+    let took = before.elapsed();
+    Ok(((took <= MAX_SAMPLE_GAP).then(|| before + took / 2), info))
+}
+
+/// Connects, sends the signed request and reads the status.
 fn handshake(
     addr: SocketAddr,
     bind: IpAddr,
     req: Request,
+    keys: &KeySet,
 ) -> Result<Result<TcpStream, Status>, BurstError> {
     let (mut s, _) = timed_connect(addr, bind, HANDSHAKE_TIMEOUT).map_err(BurstError::Connect)?;
-    // The 24-byte request must leave now, not wait for Nagle.
+    // The request must leave now, not wait for Nagle.
     s.set_nodelay(true).map_err(io_err("set_nodelay"))?;
     s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(io_err("set timeout"))?;
     s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(io_err("set timeout"))?;
-    s.write_all(&req.encode())
+    s.write_all(&req.encode(&seal(), keys))
         .map_err(io_err("sending the request"))?;
     let mut resp = [0u8; wire::RESPONSE_LEN];
     s.read_exact(&mut resp)
@@ -122,13 +151,15 @@ fn handshake(
     }
 }
 
-/// Runs one burst in `mode` (seen from the responder: `Sink` = we send).
+/// Runs one burst in `mode` (seen from the responder: `Sink` = we send),
+/// for `max_duration` or `bytes` (the safety cap), whichever comes first.
 pub(super) fn burst(
     addr: SocketAddr,
     bind: IpAddr,
     mode: Mode,
     bytes: u64,
     max_duration: Duration,
+    keys: &KeySet,
     shutdown: &CancellationToken,
 ) -> Result<Burst, BurstError> {
     let req = Request {
@@ -136,7 +167,7 @@ pub(super) fn burst(
         bytes,
         max_duration,
     };
-    let s = match handshake(addr, bind, req)? {
+    let s = match handshake(addr, bind, req, keys)? {
         Ok(s) => s,
         Err(Status::Busy) => return Ok(Burst::Busy),
         Err(other) => return Err(BurstError::Refused(other)),
@@ -163,9 +194,11 @@ fn send(
     let mut last = base;
     let mut sample =
         |s: &TcpStream, samples: &mut Vec<(Instant, u64)>| -> Result<u64, BurstError> {
-            let i = tcp_info(s).map_err(io_err("TCP_INFO"))?;
+            let (at, i) = timed_info(s)?;
             let acked = i.bytes_acked.saturating_sub(base.bytes_acked);
-            samples.push((Instant::now(), acked));
+            if let Some(at) = at {
+                samples.push((at, acked));
+            }
             last = i;
             Ok(acked)
         };
@@ -228,44 +261,47 @@ fn send(
 fn receive(
     mut s: TcpStream,
     bytes: u64,
-    max_duration: Duration,
+    duration: Duration,
     shutdown: &CancellationToken,
 ) -> Result<Burst, BurstError> {
+    // Bytes are timed by the kernel's count on arrival, sampled at least
+    // every SAMPLE_PERIOD: a read delayed by descheduling returns late, but
+    // the counter it samples is still right for the moment it is read.
+    let base = tcp_info(&s).map_err(io_err("TCP_INFO"))?.bytes_received;
     let mut buf = vec![0u8; CHUNK];
     let t0 = Instant::now();
-    let deadline = t0 + max_duration + RECEIVE_GRACE;
+    let deadline = t0 + duration;
     let mut samples: Vec<(Instant, u64)> = Vec::with_capacity(4096);
     samples.push((t0, 0));
     let mut got: u64 = 0;
     let mut complete = false;
-    while got < bytes {
+    s.set_read_timeout(Some(SAMPLE_PERIOD))
+        .map_err(io_err("set timeout"))?;
+    while got < bytes && left(deadline).is_some() {
         if shutdown.is_cancelled() {
             abort(s);
             return Err(BurstError::Cancelled);
         }
-        let Some(l) = left(deadline) else { break };
-        s.set_read_timeout(Some(l)).map_err(io_err("set timeout"))?;
         match s.read(&mut buf) {
-            Ok(0) => {
-                complete = true;
-                break;
-            }
-            Ok(n) => {
-                got += u64::try_from(n).unwrap_or(0);
-                samples.push((Instant::now(), got));
-            }
-            Err(e) if is_timeout(&e) => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if is_peer_close(&e) => {
-                complete = true;
-                break;
-            }
+            Ok(0) => complete = true,
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_peer_close(&e) => complete = true,
             Err(e) => return Err(io_err("reading")(e)),
         }
+        let (at, info) = timed_info(&s)?;
+        got = info.bytes_received.saturating_sub(base);
+        if let Some(at) = at {
+            samples.push((at, got));
+        }
+        if complete {
+            break;
+        }
     }
-    if complete || got >= bytes {
+    if complete {
         drop(s);
     } else {
+        // Time is up: stop the source rather than drain what it queued.
         abort(s);
     }
     let goodput = goodput::second_half(&samples).ok_or(BurstError::NoGoodput(got))?;

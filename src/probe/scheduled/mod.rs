@@ -258,6 +258,23 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// Wall clock, ns since the epoch (the sample guard's clock).
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Whether the sample guard excludes a probe in flight from `sent_ns` until
+/// now; an excluded probe is counted as such and booked nowhere else.
+fn excluded(ctx: &ProbeContext, target: &Target, protocol: Protocol, sent_ns: u64) -> bool {
+    let Some(reason) = ctx.guard.exclude(&target.peer.node, sent_ns, unix_ns()) else {
+        return false;
+    };
+    ctx.metrics.probe_excluded(protocol, target.path, reason);
+    true
+}
+
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -274,7 +291,12 @@ fn run_job(kind: Kind, ctx: &ProbeContext, target: &Target) {
     let at = |port: u16| SocketAddr::new(peer.address, port);
     match kind {
         Kind::TcpConnect => {
-            match connect::probe(at(peer.ports.tcp_echo), ctx.bind, s.tcp_connect.timeout) {
+            let sent_ns = unix_ns();
+            let r = connect::probe(at(peer.ports.tcp_echo), ctx.bind, s.tcp_connect.timeout);
+            if excluded(ctx, target, Protocol::Tcp, sent_ns) {
+                return;
+            }
+            match r {
                 Ok(d) => m.observe_tcp_connect(path, d),
                 Err(e) => {
                     tracing::debug!(peer = %peer.name, error = %e, "TCP connect probe failed");
@@ -282,17 +304,21 @@ fn run_job(kind: Kind, ctx: &ProbeContext, target: &Target) {
                 }
             }
         }
-        Kind::Http => match http::probe(at(peer.ports.http), ctx.bind, s.http.timeout) {
+        Kind::Http => match (
+            unix_ns(),
+            http::probe(at(peer.ports.http), ctx.bind, s.http.timeout),
+        ) {
+            (sent_ns, _) if excluded(ctx, target, Protocol::Http, sent_ns) => {}
             // Phases are recorded for complete 2xx responses only, so the
             // three histograms describe the same probes.
-            Ok(p) => {
+            (_, Ok(p)) => {
                 m.observe_http_phase(path, HttpPhase::FirstByte, p.first_byte);
                 m.observe_http_phase(path, HttpPhase::Transfer, p.transfer);
                 let total = p.connect + p.first_byte + p.transfer;
                 m.observe_http_phase(path, HttpPhase::Total, total);
                 tracing::trace!(peer = %peer.name, body = p.body_bytes, "HTTP probe done");
             }
-            Err(e) => {
+            (_, Err(e)) => {
                 tracing::debug!(peer = %peer.name, error = %e, "HTTP probe failed");
                 let reason = match e {
                     http::HttpError::Connect(_) => ProbeErrorReason::ConnectFailed,
@@ -318,6 +344,16 @@ fn run_job(kind: Kind, ctx: &ProbeContext, target: &Target) {
         },
         Kind::Bandwidth => {
             let b = &s.bandwidth;
+            let keys = match ctx.burst_keys.current() {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(error = %e, "No burst key; bandwidth bursts skipped");
+                    for dir in Direction::ALL {
+                        m.burst_outcome(path, *dir, BurstOutcome::Error);
+                    }
+                    return;
+                }
+            };
             // Both directions back to back under the same permit.
             for (mode, dir) in [
                 (Mode::Sink, Direction::Send),
@@ -330,8 +366,9 @@ fn run_job(kind: Kind, ctx: &ProbeContext, target: &Target) {
                     at(peer.ports.bandwidth),
                     ctx.bind,
                     mode,
-                    b.burst_bytes,
-                    b.max_duration,
+                    b.byte_cap(),
+                    b.duration,
+                    &keys,
                     &ctx.shutdown,
                 );
                 match r {

@@ -1,0 +1,23 @@
+//! Authenticated bandwidth bursts: only agents holding the cluster's burst
+//! key can make a responder send or sink data.
+//!
+//! A request carries an HMAC-SHA256 ([`ring::hmac`]) over the request, a
+//! timestamp and a nonce ([`crate::proto::bandwidth`]). The responder
+//! accepts it when the MAC verifies under one of its keys ([`keys`]; two
+//! during a rotation), the timestamp is within ±30 s of its clock and the
+//! nonce was not seen before ([`replay`]).
+
+pub mod keys;
+pub mod replay;
+
+pub use keys::{BurstKeys, KeyError, KeySet};
+pub use replay::{Freshness, Refusal};
+
+/// Length of a MAC (HMAC-SHA256).
+pub const MAC_LEN: usize = 32;
+
+/// Something that signs messages.
+pub trait Mac {
+    /// The MAC of `msg`.
+    fn sign(&self, msg: &[u8]) -> [u8; MAC_LEN];
+}
