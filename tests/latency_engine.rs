@@ -778,17 +778,15 @@ fn excluded_outcomes_are_counted_only_as_excluded() {
         )
         .expect("excluded series pre-created")
     };
-    let replies_b = |e: &Engine| {
-        e.value(
-            "kubepulse_probe_replies_total",
-            &[("protocol", "udp"), ("peer_node", "node-b")],
-        )
+    let kept_b = |e: &Engine| {
+        let m = |name| e.value(name, &[("protocol", "udp"), ("peer_node", "node-b")]);
+        Some(m("kubepulse_probe_sent_total")? - m("kubepulse_probe_lost_total")?)
     };
     wait_for(
         "kept and excluded outcomes",
         Duration::from_secs(10),
         || {
-            replies_b(&e).is_some_and(|r| r >= 20.0)
+            kept_b(&e).is_some_and(|r| r >= 20.0)
                 && excluded(&e, Protocol::Udp) >= 40.0
                 && guard.asked.load(Ordering::Relaxed) >= 100
         },
@@ -799,18 +797,21 @@ fn excluded_outcomes_are_counted_only_as_excluded() {
     assert_eq!(get(&e, "kubepulse_probe_sent_total", p, "node-dead"), 0.0);
     assert_eq!(get(&e, "kubepulse_probe_lost_total", p, "node-dead"), 0.0);
     for p in [Protocol::Udp, Protocol::Tcp] {
-        // The kept half of b's probes: sent = replies + lost still holds.
-        let sent = get(&e, "kubepulse_probe_sent_total", p, "node-b");
-        let replies = get(&e, "kubepulse_probe_replies_total", p, "node-b");
-        let lost = get(&e, "kubepulse_probe_lost_total", p, "node-b");
-        assert!(sent > 0.0);
-        assert_eq!(
-            sent,
-            replies + lost,
-            "{p}: sent {sent} replies {replies} lost {lost}"
-        );
-        // a is untouched.
-        assert!(get(&e, "kubepulse_probe_replies_total", p, "node-a") > 0.0);
+        // Only kept replies reach the RTT histogram: its count is the kept
+        // probes' sent − lost, summed over the peers.
+        let kept = |node| {
+            get(&e, "kubepulse_probe_sent_total", p, node)
+                - get(&e, "kubepulse_probe_lost_total", p, node)
+        };
+        let observed = e
+            .value(
+                "kubepulse_probe_rtt_seconds",
+                &[("protocol", p.as_str()), ("path", "pod_cross_node")],
+            )
+            .expect("RTT histogram");
+        let (a_kept, b_kept) = (kept("node-a"), kept("node-b"));
+        assert!(b_kept > 0.0 && a_kept > 0.0, "{p}: a {a_kept} b {b_kept}");
+        assert_eq!(observed, a_kept + b_kept + kept("node-dead"), "{p}");
     }
     // Excluded = the dead peer's probes plus about half of b's.
     assert!(excluded(&e, Protocol::Udp) >= 40.0);
