@@ -415,16 +415,22 @@ async fn http_probe_records_three_phases_and_bad_status() {
         .unwrap_or(0.0)
     };
     r.eventually("phases and errors", |r| {
-        ["connect", "first_byte", "transfer"]
+        ["first_byte", "transfer", "total"]
             .iter()
             .all(|p| phase(r, p).0 >= 2.0)
             && err(r, "pod_to_host", "bad_reply") >= 1.0
             && err(r, "host_to_pod", "connect_failed") >= 1.0
     })
     .await;
-    assert!(phase(&r, "connect").1 > 0.0);
     assert!(phase(&r, "first_byte").1 > 0.0);
-    for p in ["connect", "first_byte", "transfer"] {
+    // The whole request includes the other phases (and the connect).
+    let (n, total) = phase(&r, "total");
+    assert!(
+        n == phase(&r, "first_byte").0,
+        "one total per complete probe"
+    );
+    assert!(total >= phase(&r, "first_byte").1 + phase(&r, "transfer").1);
+    for p in ["first_byte", "transfer", "total"] {
         let (n, sum) = phase(&r, p);
         println!(
             "loopback http {p}: mean {:.1} us over {n} probes",
