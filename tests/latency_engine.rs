@@ -196,6 +196,7 @@ impl Engine {
             metrics,
             targets: rx,
             all_peers: watch::channel(Arc::new(Vec::new())).1,
+            plan: watch::channel(None).1,
             shutdown: shutdown.clone(),
             guard: Arc::new(KeepAll),
         };

@@ -77,6 +77,7 @@ impl Running {
             metrics: metrics.clone(),
             targets: rx,
             all_peers: watch::channel(Arc::new(Vec::new())).1,
+            plan: watch::channel(None).1,
             shutdown: shutdown.clone(),
             guard: Arc::new(KeepAll),
         };

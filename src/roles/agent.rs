@@ -153,6 +153,7 @@ pub async fn start(
         metrics,
         targets,
         all_peers: discovery.subscribe_all(),
+        plan: discovery.subscribe_plan(),
         shutdown,
         guard: Arc::new(KeepAll),
     };
