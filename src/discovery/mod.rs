@@ -37,6 +37,13 @@ pub struct ProbePorts {
     pub http: u16,
 }
 
+impl ProbePorts {
+    /// Whether these are the default ports.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 impl Default for ProbePorts {
     fn default() -> Self {
         Self {
@@ -71,8 +78,9 @@ pub struct Peer {
     pub node: String,
     /// Pod network or host network.
     pub kind: AgentKind,
-    /// Its responder ports.
-    #[serde(default)]
+    /// Its responder ports (omitted when the defaults, which keeps the
+    /// published plans small).
+    #[serde(default, skip_serializing_if = "ProbePorts::is_default")]
     pub ports: ProbePorts,
     /// An explicit path kind (Service paths); `None` means classify from
     /// node and kind.

@@ -24,3 +24,10 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// The zone of nodes without [`ZONE_LABEL`]: all of them form one zone.
 pub const DEFAULT_ZONE: &str = "";
+
+/// The series bound of one agent probing `peer_nodes` peer nodes (each on
+/// the pod and the host path), in one place so the bench and the docs
+/// follow the series budget when its formula moves.
+pub fn agent_series_bound(peer_nodes: usize) -> usize {
+    crate::schedule::rendezvous::series_bound(peer_nodes, usize::MAX, 0)
+}
