@@ -181,6 +181,7 @@ async fn publishes_one_plan_per_node_and_only_changes() {
     })
     .await;
     p.stop().await;
+    assert_calls_are_granted(&server);
 
     // A new leader finds every plan current and writes nothing.
     let before = patches(&server);
@@ -193,6 +194,34 @@ async fn publishes_one_plan_per_node_and_only_changes() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(patches(&server), before, "nothing rewritten");
     p.stop().await;
+}
+
+/// Every call the publisher made is granted by `k8s::rbac::RULES` (which
+/// `tests/controller_rbac.rs` compares with the manifests).
+fn assert_calls_are_granted(server: &ApiServer) {
+    use kubepulse::k8s::rbac::{grants, Place};
+    let granted = grants();
+    for r in server.requests().into_iter().filter(|r| r.actor.is_none()) {
+        let verb = match r.verb {
+            Some(Verb::List) => "list",
+            Some(Verb::Watch) => "watch",
+            Some(Verb::Get) => "get",
+            Some(Verb::Create) => "create",
+            Some(Verb::Update) => "update",
+            Some(Verb::Patch) => "patch",
+            Some(Verb::Delete) => "delete",
+            None => panic!("not an API call: {}", r.uri),
+        };
+        let place = if r.uri.contains("/namespaces/") {
+            Place::OwnNamespace
+        } else {
+            Place::Cluster
+        };
+        let ok = granted.iter().any(|(p, g, res, names, v)| {
+            *p == place && g.is_empty() && *res == r.resource && names.is_empty() && v == verb
+        });
+        assert!(ok, "{verb} {} ({place:?}) is not granted", r.uri);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -380,6 +380,54 @@ mod tests {
     }
 
     #[test]
+    fn plan_bursts_follow_the_controllers_cycle() {
+        use crate::plan::{bandwidth, fanout, node_plan, PlanConfig, PlanNode};
+        let cfg = SlotConfig::default();
+        let peers = cluster(30);
+        let nodes: Vec<PlanNode> = (0..30)
+            .map(|i| PlanNode {
+                name: format!("node-{i:04}"),
+                zone: String::new(),
+            })
+            .collect();
+        let fan = fanout::fan_out(&nodes, &PlanConfig::default());
+        let bw = bandwidth::schedule(&fan, &cfg);
+        let plans = node_plan::node_plans(&fan, &bw, &peers, &cfg, |_, _| Vec::new());
+        let mut seen = 0;
+        for b in &bw.bursts {
+            for kind in [AgentKind::Pod, AgentKind::Host] {
+                let me = peers
+                    .iter()
+                    .find(|p| p.node == b.initiator && p.kind == kind)
+                    .map(identity)
+                    .expect("agent");
+                // Any later cycle gives the same bursts.
+                let slot = b.slot + 2 * bw.cycle_slots;
+                let got = plan_bursts(slot, &me, &plans[&b.initiator], &cfg);
+                assert_eq!(got.len(), 1, "{} in slot {}", b.initiator, b.slot);
+                assert_eq!(got[0].peer.node, b.responder);
+                assert_eq!(got[0].peer.kind, kind, "pod to pod, host to host");
+                let half = cfg.slot / 2;
+                let want = if kind == AgentKind::Pod {
+                    Duration::ZERO
+                } else {
+                    half
+                };
+                assert_eq!(got[0].offset, want);
+                // The responder initiates nothing in that slot.
+                let other = peers
+                    .iter()
+                    .find(|p| p.node == b.responder && p.kind == kind)
+                    .map(identity)
+                    .expect("agent");
+                assert!(plan_bursts(slot, &other, &plans[&b.responder], &cfg).is_empty());
+                seen += 1;
+            }
+        }
+        assert!(seen > 0);
+    }
+
+    #[test]
     fn slot_arithmetic_and_validation() {
         let cfg = SlotConfig::default();
         assert_eq!(cfg.slot_at(Duration::from_millis(14_999)), 2);
