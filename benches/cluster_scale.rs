@@ -308,20 +308,32 @@ async fn api_row(n: usize, zones: usize) -> ApiRow {
         bytes_written += (w - last_writes) as u64 * avg;
         last_writes = w;
     }
-    // Until the publisher has caught up: no write for 3 intervals.
-    let mut stable = 0;
-    while stable < 3 {
-        tokio::time::sleep(MIN_INTERVAL).await;
+    // Until the publisher has caught up: no plan names a replaced pod.
+    let t0 = Instant::now();
+    loop {
+        let stale = server.objects::<ConfigMap>(NS).iter().any(|c| {
+            let text = c["data"]["plan.json"].as_str().unwrap_or("");
+            text.matches("-g0\"").count() > usize::from(text.contains(&pod_name(0, false, 0)))
+        });
         let w = server.count(Verb::Patch, "configmaps");
-        if w == last_writes {
-            stable += 1;
-        } else {
+        if w != last_writes {
             let avg = plan_sizes(&server) / n.max(1) as u64;
             bytes_written += (w - last_writes) as u64 * avg;
             last_writes = w;
-            stable = 0;
         }
+        if !stale {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(900),
+            "publisher never caught up"
+        );
+        tokio::time::sleep(MIN_INTERVAL).await;
     }
+    // Writes in flight when the last stale plan was replaced.
+    tokio::time::sleep(MIN_INTERVAL * 2).await;
+    let w = server.count(Verb::Patch, "configmaps");
+    bytes_written += (w - last_writes) as u64 * (plan_sizes(&server) / n.max(1) as u64);
     let writes = server.count(Verb::Patch, "configmaps") + server.count(Verb::Delete, "configmaps")
         - writes0;
     let agent = server.watch_delivered("configmaps", None);
