@@ -14,6 +14,7 @@ pub mod http;
 pub mod k8s;
 pub mod labels;
 pub mod metrics;
+pub mod plan;
 pub mod probe;
 pub mod proto;
 pub mod report;

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use kubepulse::config::{self, DiscoveryMode, KubernetesDiscoverySettings, DEFAULT_METRICS_LISTEN};
+use kubepulse::config::{self, DiscoveryMode, PlanSettings, DEFAULT_METRICS_LISTEN};
 use kubepulse::discovery::kubernetes::{facts, API_ACCESS};
 use kubepulse::discovery::ProbePorts;
 use serde_json::Value;
@@ -209,7 +209,7 @@ fn labels(v: &Value) -> BTreeMap<String, String> {
 #[test]
 fn daemonsets_agree_with_the_code() {
     let objs = objects();
-    let want_labels = selector(&KubernetesDiscoverySettings::default().label_selector);
+    let want_labels = selector(&PlanSettings::default().label_selector);
     for network in ["pod", "host"] {
         let ds = find(&objs, "DaemonSet", &format!("kubepulse-agent-{network}"));
         let spec = &ds["spec"]["template"]["spec"];
@@ -282,7 +282,8 @@ fn daemonsets_agree_with_the_code() {
 #[test]
 fn service_and_config_agree_with_the_code() {
     let objs = objects();
-    let defaults = KubernetesDiscoverySettings::default();
+    // The controller's plan publisher finds the agents and their Service.
+    let defaults = PlanSettings::default();
     let svc = find(&objs, "Service", &defaults.service_name);
     assert_eq!(svc["spec"]["type"], "NodePort");
     let sel = labels(&svc["spec"]["selector"]);
@@ -318,10 +319,9 @@ fn service_and_config_agree_with_the_code() {
     let s = config::load_from(Some(&path), Default::default()).expect("config loads");
     assert_eq!(s.discovery.mode, DiscoveryMode::Kubernetes);
     assert_eq!(
-        s.discovery.kubernetes.label_selector,
-        defaults.label_selector
+        s.discovery.kubernetes.plan_config_map, "",
+        "each agent reads its own node's plan"
     );
-    assert_eq!(s.discovery.kubernetes.service_name, defaults.service_name);
     for ds in ["kubepulse-agent-pod", "kubepulse-agent-host"] {
         let ds = find(&objs, "DaemonSet", ds);
         let mounted = &ds["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"];

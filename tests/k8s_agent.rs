@@ -1,8 +1,10 @@
 //! The `kubepulse agent` binary in Kubernetes mode, end to end against the
-//! API test server: it reads its identity from the downward-API variables,
-//! finds its client through a kubeconfig, turns discovered pods into probe
+//! API test server with the controller's plan publisher running in the test:
+//! the agent reads its identity from the downward-API variables, finds its
+//! client through a kubeconfig, turns its node's published plan into probe
 //! targets (`kubepulse_peers`, per-peer series), removes the series of
-//! departed peers, and reports the API going down. Loopback only.
+//! departed peers, keeps its last plan while the controller is gone, and
+//! reports the API going down. It never reads pods. Loopback only.
 
 #[path = "common/apiserver.rs"]
 mod apiserver;
@@ -12,9 +14,12 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use apiserver::ApiServer;
+use apiserver::{ApiServer, Verb};
 use k8s_openapi::api::core::v1::Pod;
+use kubepulse::config::PlanSettings;
+use kubepulse::k8s::plan_publisher::PlanPublisher;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 const NS: &str = "kubepulse";
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -125,6 +130,15 @@ async fn agent_binary_follows_the_api() {
         .spawn()
         .expect("spawn kubepulse");
     let _agent = Agent(child);
+    let publisher_token = CancellationToken::new();
+    let settings = PlanSettings {
+        min_interval: Duration::from_millis(200),
+        ..PlanSettings::default()
+    };
+    let publisher = tokio::spawn(
+        PlanPublisher::new(server.actor_client("controller"), NS, settings.clone())
+            .run(publisher_token.clone()),
+    );
 
     wait_scrape(metrics, "both peers discovered", |t| {
         value(t, "kubepulse_discovery_up") == Some(1.0)
@@ -143,10 +157,23 @@ async fn agent_binary_follows_the_api() {
     })
     .await;
 
-    // A new node while the API is up, then the API goes down: the peer is
-    // kept and the outage is reported.
+    // A new node while the API is up.
     server.apply(&pod("agent-pod-n3", "n3", false, p2));
     wait_scrape(metrics, "n3 discovered", |t| t.contains("peer_node=\"n3\"")).await;
+
+    // The controller goes away: the agent keeps probing its last plan even
+    // though n3's agent is gone meanwhile.
+    publisher_token.cancel();
+    publisher.await.expect("publisher stopped");
+    assert!(server.delete::<Pod>(NS, "agent-pod-n3"));
+    tokio::time::sleep(settings.min_interval * 5).await;
+    let t = scrape(metrics).expect("scrape");
+    assert!(
+        t.contains("peer_node=\"n3\""),
+        "last plan kept without a controller"
+    );
+
+    // Then the API goes down: the peer is kept and the outage is reported.
     server.set_down(true);
     wait_scrape(metrics, "discovery down", |t| {
         value(t, "kubepulse_discovery_up") == Some(0.0) && t.contains("peer_node=\"n3\"")
@@ -157,4 +184,15 @@ async fn agent_binary_follows_the_api() {
         value(t, "kubepulse_discovery_up") == Some(1.0)
     })
     .await;
+    // The agent's only reads were of its plan, never pods.
+    let agent: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.actor.is_none())
+        .collect();
+    assert!(agent.iter().any(|r| r.verb == Some(Verb::Watch)));
+    for r in agent {
+        assert_eq!(r.resource, "configmaps", "{}", r.uri);
+        assert!(r.uri.contains("kubepulse-plan-n1"), "{}", r.uri);
+    }
 }

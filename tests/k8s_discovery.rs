@@ -1,21 +1,26 @@
 //! Kubernetes discovery through the real kube-rs client and watcher against
-//! the API test server: peers join and leave, a pod changes IP, the watch
-//! breaks (dropped connection, 410 Expired) and resumes, the API goes down
-//! for a while (peers kept, `kubepulse_discovery_up` 0 then 1), list
-//! failures (500, 429 with Retry-After), Service targets and the fan-out.
+//! the API test server: the agent reads only its node's plan ConfigMap (by
+//! name), follows changes to it, ignores every other plan, keeps the last
+//! plan while the API is down (`kubepulse_discovery_up` 0 then 1), through
+//! broken watches (dropped connection, 410 Expired), list failures (500,
+//! 429) and unreadable plans, and never touches pods or Services.
 
 #[path = "common/apiserver.rs"]
 mod apiserver;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use apiserver::{ApiServer, Fault, Verb};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kubepulse::config::KubernetesDiscoverySettings;
 use kubepulse::discovery::kubernetes::{DiscoveryMetrics, KubernetesDiscovery, KubernetesOptions};
-use kubepulse::discovery::{Discovery, Identity, PeerSet, ProbePorts};
-use kubepulse::labels::{AgentKind, PathKind};
+use kubepulse::discovery::{Discovery, Identity, Peer, PeerSet, PlanWatch, ProbePorts};
+use kubepulse::k8s::plan_inputs::{config_map_name, DATA_KEY};
+use kubepulse::labels::AgentKind;
+use kubepulse::plan::node_plan::FORMAT_VERSION;
+use kubepulse::plan::{NodePlan, PlannedBurst};
+use kubepulse::schedule::busy::BusyNodes;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -23,22 +28,72 @@ use tokio_util::sync::CancellationToken;
 const NS: &str = "kubepulse";
 const DEADLINE: Duration = Duration::from_secs(60);
 
-fn pod(name: &str, node: &str, ip: &str, host: bool) -> Pod {
-    let host_ip = format!("10.0.0.{}", node.trim_start_matches('n'));
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS, "labels": {
-            "app.kubernetes.io/name": "kubepulse", "app.kubernetes.io/component": "agent"}},
-        "spec": {"nodeName": node, "hostNetwork": host, "containers": [{"name": "agent"}]},
-        "status": {"phase": "Running", "podIP": ip, "hostIP": host_ip}
-    }))
-    .expect("pod json")
+fn peer(name: &str, node: &str, ip: &str, kind: AgentKind) -> Peer {
+    Peer {
+        name: name.into(),
+        address: ip.parse().expect("ip"),
+        node: node.into(),
+        kind,
+        ports: ProbePorts::default(),
+        path: None,
+    }
+}
+
+/// A plan for `node` probing `targets` (a pod agent each), with one burst
+/// towards the first target in slot 7 of a 100-slot cycle.
+fn plan(node: &str, targets: &[&str]) -> NodePlan {
+    let mut peers = vec![peer(
+        &format!("agent-pod-{node}"),
+        node,
+        "10.1.0.1",
+        AgentKind::Pod,
+    )];
+    for (i, t) in targets.iter().enumerate() {
+        peers.push(peer(
+            &format!("agent-pod-{t}"),
+            t,
+            &format!("10.1.{}.1", i + 1),
+            AgentKind::Pod,
+        ));
+    }
+    let mut busy = BTreeMap::new();
+    busy.insert(node.to_string(), vec![7]);
+    if let Some(t) = targets.first() {
+        busy.insert(t.to_string(), vec![7]);
+    }
+    NodePlan {
+        version: FORMAT_VERSION,
+        node: node.into(),
+        zone: String::new(),
+        target_nodes: targets.iter().map(|t| t.to_string()).collect(),
+        probers: targets.len(),
+        peers,
+        slot_ms: 5000,
+        cycle_slots: 100,
+        bursts: targets
+            .first()
+            .map(|t| PlannedBurst {
+                slot: 7,
+                peer_node: t.to_string(),
+            })
+            .into_iter()
+            .collect(),
+        busy,
+    }
+}
+
+fn publish(server: &ApiServer, node: &str, data: &str) {
+    server.apply_json::<ConfigMap>(json!({
+        "metadata": {"name": config_map_name(node), "namespace": NS},
+        "data": {DATA_KEY: data},
+    }));
 }
 
 struct Harness {
     server: ApiServer,
-    disc: KubernetesDiscovery,
+    _disc: KubernetesDiscovery,
     rx: watch::Receiver<PeerSet>,
+    plan: watch::Receiver<PlanWatch>,
     registry: prometheus::Registry,
     token: CancellationToken,
 }
@@ -49,9 +104,7 @@ impl Drop for Harness {
     }
 }
 
-fn start(server: ApiServer, tweak: impl FnOnce(&mut KubernetesDiscoverySettings)) -> Harness {
-    let mut settings = KubernetesDiscoverySettings::default();
-    tweak(&mut settings);
+fn start(server: ApiServer) -> Harness {
     let registry = prometheus::Registry::new();
     let metrics = DiscoveryMetrics::new(&registry).expect("metrics");
     let token = CancellationToken::new();
@@ -62,16 +115,18 @@ fn start(server: ApiServer, tweak: impl FnOnce(&mut KubernetesDiscoverySettings)
             kind: AgentKind::Pod,
         },
         namespace: NS.into(),
-        settings,
+        settings: KubernetesDiscoverySettings::default(),
         default_ports: ProbePorts::default(),
     };
     let disc = KubernetesDiscovery::start(server.client(), opts, metrics, token.clone())
         .expect("start discovery");
     let rx = disc.subscribe();
+    let plan = disc.subscribe_plan();
     Harness {
         server,
-        disc,
+        _disc: disc,
         rx,
+        plan,
         registry,
         token,
     }
@@ -120,140 +175,139 @@ async fn wait_metric(registry: &prometheus::Registry, name: &str, want: f64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peers_join_leave_and_change_ip() {
-    let server = ApiServer::start().await;
-    server.apply(&pod("agent-pod-n1", "n1", "10.1.1.1", false));
-    server.apply(&pod("agent-host-n1", "n1", "10.0.0.1", true));
-    server.apply(&pod("agent-pod-n2", "n2", "10.1.2.1", false));
-    // Not agents, or not ready: never peers.
-    let mut other = pod("web", "n1", "10.1.1.9", false);
-    other.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
-    server.apply(&other);
-    let mut pending = pod("agent-pod-n3", "n3", "10.1.3.1", false);
-    if let Some(s) = pending.status.as_mut() {
-        s.phase = Some("Pending".into());
-        s.pod_ip = None;
+/// Every request of the code under test touched only ConfigMaps, and every
+/// list and watch selected the agent's own plan by name.
+fn assert_only_own_plan(server: &ApiServer) {
+    let own = format!("metadata.name%3D{}", config_map_name("n1"));
+    let mine: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.actor.is_none())
+        .collect();
+    assert!(!mine.is_empty());
+    for r in mine {
+        assert_eq!(r.resource, "configmaps", "{}", r.uri);
+        match r.verb {
+            Some(Verb::List | Verb::Watch) => assert!(r.uri.contains(&own), "{}", r.uri),
+            Some(Verb::Get) => assert!(r.uri.contains(&config_map_name("n1")), "{}", r.uri),
+            other => panic!("unexpected {other:?}: {}", r.uri),
+        }
     }
-    server.apply(&pending);
+}
 
-    let mut h = start(server, |s| s.service_name.clear());
-    let peers = wait_peers(&mut h, "the initial agents", |p| {
-        names(p) == set(&["agent-host-n1", "agent-pod-n1", "agent-pod-n2"])
-    })
-    .await;
-    let host = peers
-        .iter()
-        .find(|p| p.name == "agent-host-n1")
-        .expect("host");
-    assert_eq!((host.kind, host.node.as_str()), (AgentKind::Host, "n1"));
-    let me = Identity {
-        name: "agent-pod-n1".into(),
-        node: "n1".into(),
-        kind: AgentKind::Pod,
-    };
-    assert_eq!(host.path_from(&me), Some(PathKind::PodToHost));
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_its_own_plan_only() {
+    let server = ApiServer::start().await;
+    let mut h = start(server);
     wait_metric(&h.registry, "kubepulse_discovery_up", 1.0).await;
-    assert!(
-        metric(
-            &h.registry,
-            "kubepulse_discovery_last_sync_timestamp_seconds"
-        ) > Some(1e9)
-    );
+    assert!(h.rx.borrow().is_empty(), "no plan yet: nothing to probe");
+    assert!(h.plan.borrow().is_none());
 
-    // The pending pod starts: it joins.
-    h.server
-        .apply(&pod("agent-pod-n3", "n3", "10.1.3.1", false));
-    wait_peers(&mut h, "n3 to join", |p| names(p).contains("agent-pod-n3")).await;
-    // n2's agent leaves.
-    assert!(h.server.delete::<Pod>(NS, "agent-pod-n2"));
-    wait_peers(&mut h, "n2 to leave", |p| {
-        !names(p).contains("agent-pod-n2")
+    publish(&h.server, "n1", &plan("n1", &["n2", "n3"]).to_json());
+    wait_peers(&mut h, "the first plan", |p| {
+        names(p) == set(&["agent-pod-n1", "agent-pod-n2", "agent-pod-n3"])
     })
     .await;
-    // n3's pod is recreated with a new IP under the same name.
-    h.server
-        .apply(&pod("agent-pod-n3", "n3", "10.1.3.77", false));
-    let peers = wait_peers(&mut h, "the new IP", |p| {
-        p.iter()
-            .any(|x| x.name == "agent-pod-n3" && x.address.to_string() == "10.1.3.77")
+    let got = h.plan.borrow().clone().expect("plan published");
+    assert_eq!(got.burst_in(107), Some("n2"));
+    assert!(got.busy(207, "n2") && !got.busy(208, "n2"));
+
+    // Another node's plan is not this agent's business.
+    publish(&h.server, "n2", &plan("n2", &["n9"]).to_json());
+    // A change to its own plan arrives.
+    publish(&h.server, "n1", &plan("n1", &["n3", "n4"]).to_json());
+    wait_peers(&mut h, "the changed plan", |p| {
+        names(p) == set(&["agent-pod-n1", "agent-pod-n3", "agent-pod-n4"])
     })
     .await;
-    assert_eq!(peers.len(), 3);
-    // A terminating pod leaves at once (before its object is gone).
-    let mut dying = pod("agent-pod-n3", "n3", "10.1.3.77", false);
-    dying.metadata.deletion_timestamp =
-        serde_json::from_value(json!("2026-01-01T00:00:00Z")).expect("time");
-    h.server.apply(&dying);
-    wait_peers(&mut h, "the terminating pod to leave", |p| {
-        !names(p).contains("agent-pod-n3")
+    assert!(!names(&h.rx.borrow()).contains("agent-pod-n9"));
+    assert_only_own_plan(&h.server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_or_deleted_plans_keep_the_last_one() {
+    let server = ApiServer::start().await;
+    publish(&server, "n1", &plan("n1", &["n2"]).to_json());
+    let mut h = start(server);
+    let before = wait_peers(&mut h, "the plan", |p| p.len() == 2).await;
+    publish(&h.server, "n1", "{not json");
+    let mut future = plan("n1", &["n5"]);
+    future.version = FORMAT_VERSION + 1;
+    publish(&h.server, "n1", &future.to_json());
+    assert!(h.server.delete::<ConfigMap>(NS, &config_map_name("n1")));
+    // A marker plan proves the bad ones above were all processed.
+    publish(&h.server, "n1", &plan("n1", &["n6"]).to_json());
+    let after = wait_peers(&mut h, "the marker plan", |p| {
+        names(p).contains("agent-pod-n6")
     })
     .await;
+    assert_ne!(before, after);
+    assert!(
+        !names(&after).contains("agent-pod-n5"),
+        "future format rejected"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_breaks_and_resumes() {
     let server = ApiServer::start().await;
-    server.apply(&pod("agent-pod-n1", "n1", "10.1.1.1", false));
-    let mut h = start(server, |s| s.service_name.clear());
+    publish(&server, "n1", &plan("n1", &[]).to_json());
+    let mut h = start(server);
     wait_peers(&mut h, "self", |p| p.len() == 1).await;
-    let lists = h.server.count(Verb::List, "pods");
+    let lists = h.server.count(Verb::List, "configmaps");
 
-    // A dropped connection: the watcher re-watches from its resourceVersion
-    // (no re-list needed) and sees a change made afterwards.
+    // A dropped connection: the watcher re-watches from its resourceVersion.
     h.server.drop_connections();
-    h.server
-        .apply(&pod("agent-pod-n2", "n2", "10.1.2.1", false));
+    publish(&h.server, "n1", &plan("n1", &["n2"]).to_json());
     wait_peers(&mut h, "n2 after the drop", |p| p.len() == 2).await;
 
     // 410 Expired on the next watch: the watcher must re-list.
     h.server.fail_next(Some(Verb::Watch), Fault::Expired);
     h.server.drop_connections();
     let deadline = tokio::time::Instant::now() + DEADLINE;
-    while h.server.count(Verb::List, "pods") == lists {
+    while h.server.count(Verb::List, "configmaps") == lists {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no re-list after 410"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    h.server
-        .apply(&pod("agent-pod-n3", "n3", "10.1.3.1", false));
+    publish(&h.server, "n1", &plan("n1", &["n2", "n3"]).to_json());
     wait_peers(&mut h, "n3 after the re-list", |p| p.len() == 3).await;
 
-    // Changes made while disconnected and then compacted away: the resumed
-    // watch gets 410 and the re-list brings the store up to date.
+    // A change made while disconnected and compacted away: the resumed
+    // watch gets 410 and the re-list brings the plan up to date.
     h.server.set_down(true);
-    assert!(h.server.delete::<Pod>(NS, "agent-pod-n2"));
-    h.server
-        .apply(&pod("agent-pod-n4", "n4", "10.1.4.1", false));
+    publish(&h.server, "n1", &plan("n1", &["n4"]).to_json());
     h.server.compact();
     h.server.set_down(false);
-    wait_peers(&mut h, "the state after compaction", |p| {
-        names(p) == set(&["agent-pod-n1", "agent-pod-n3", "agent-pod-n4"])
+    wait_peers(&mut h, "the plan after compaction", |p| {
+        names(p) == set(&["agent-pod-n1", "agent-pod-n4"])
     })
     .await;
-    // Bookmarks are accepted silently; a later change still arrives.
     h.server.bookmark();
-    h.server
-        .apply(&pod("agent-pod-n5", "n5", "10.1.5.1", false));
-    wait_peers(&mut h, "n5 after a bookmark", |p| p.len() == 4).await;
+    publish(&h.server, "n1", &plan("n1", &["n5"]).to_json());
+    wait_peers(&mut h, "n5 after a bookmark", |p| {
+        names(p).contains("agent-pod-n5")
+    })
+    .await;
+    assert_only_own_plan(&h.server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_down_keeps_last_peers() {
+async fn api_down_keeps_last_plan() {
     let server = ApiServer::start().await;
-    server.apply(&pod("agent-pod-n1", "n1", "10.1.1.1", false));
-    server.apply(&pod("agent-pod-n2", "n2", "10.1.2.1", false));
-    let mut h = start(server, |_| {});
-    let before = wait_peers(&mut h, "both agents", |p| p.len() == 2).await;
+    publish(&server, "n1", &plan("n1", &["n2"]).to_json());
+    let mut h = start(server);
+    let before = wait_peers(&mut h, "the plan", |p| p.len() == 2).await;
     wait_metric(&h.registry, "kubepulse_discovery_up", 1.0).await;
 
     h.server.set_down(true);
     wait_metric(&h.registry, "kubepulse_discovery_up", 0.0).await;
-    assert_eq!(*h.rx.borrow(), before, "the last known peers are kept");
+    assert_eq!(*h.rx.borrow(), before, "the last plan is kept");
+    assert!(h.plan.borrow().is_some());
     // A change while down shows up once the API is back.
-    assert!(h.server.delete::<Pod>(NS, "agent-pod-n2"));
+    publish(&h.server, "n1", &plan("n1", &[]).to_json());
     h.server.set_down(false);
     wait_metric(&h.registry, "kubepulse_discovery_up", 1.0).await;
     wait_peers(&mut h, "n2 gone after recovery", |p| p.len() == 1).await;
@@ -262,85 +316,13 @@ async fn api_down_keeps_last_peers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_failures_are_retried() {
     let server = ApiServer::start().await;
-    server.apply(&pod("agent-pod-n1", "n1", "10.1.1.1", false));
+    publish(&server, "n1", &plan("n1", &[]).to_json());
     // First list: 500 (the watcher backs off and retries); second: 429 with
     // Retry-After (kube's client retries it itself); third succeeds.
     server.fail_next(Some(Verb::List), Fault::Status(500));
     server.fail_next(Some(Verb::List), Fault::TooManyRequests { retry_after: 1 });
-    let mut h = start(server, |s| s.service_name.clear());
+    let mut h = start(server);
     wait_peers(&mut h, "self after the failures", |p| p.len() == 1).await;
-    assert!(h.server.count(Verb::List, "pods") >= 3);
+    assert!(h.server.count(Verb::List, "configmaps") >= 3);
     wait_metric(&h.registry, "kubepulse_discovery_up", 1.0).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn service_targets_follow_the_service() {
-    let server = ApiServer::start().await;
-    server.apply(&pod("agent-pod-n1", "n1", "10.1.1.1", false));
-    server.apply(&pod("agent-pod-n2", "n2", "10.1.2.1", false));
-    let svc: Service = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "kubepulse-agent", "namespace": NS},
-        "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "ports": [
-            {"name": "udp-echo", "port": 9478, "protocol": "UDP", "nodePort": 30478},
-            {"name": "tcp-echo", "port": 9478, "protocol": "TCP", "nodePort": 30479},
-            {"name": "bandwidth", "port": 9479, "nodePort": 30480},
-            {"name": "http", "port": 9480, "nodePort": 30481}]}
-    }))
-    .expect("svc");
-    server.apply(&svc);
-    // Another Service in the namespace must not matter.
-    let mut other = svc.clone();
-    other.metadata.name = Some("something-else".into());
-    server.apply(&other);
-    let mut h = start(server, |_| {});
-    let peers = wait_peers(&mut h, "the service targets", |p| p.len() == 4).await;
-    let cip = peers
-        .iter()
-        .find(|p| p.path == Some(PathKind::ServiceClusterip))
-        .expect("clusterip peer");
-    assert_eq!(cip.address.to_string(), "10.96.0.10");
-    let np = peers
-        .iter()
-        .find(|p| p.path == Some(PathKind::ServiceNodeport))
-        .expect("nodeport peer");
-    assert_eq!(
-        (np.node.as_str(), np.address.to_string()),
-        ("n2", "10.0.0.2".into())
-    );
-    assert_eq!(np.ports.udp_echo, 30478);
-    // The Service goes away: so do its targets.
-    assert!(h.server.delete::<Service>(NS, "kubepulse-agent"));
-    wait_peers(&mut h, "service targets gone", |p| p.len() == 2).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fan_out_is_bounded_above_max_peers() {
-    let server = ApiServer::start().await;
-    for i in 1..=30 {
-        server.apply(&pod(
-            &format!("agent-pod-n{i}"),
-            &format!("n{i}"),
-            &format!("10.1.{i}.1"),
-            false,
-        ));
-        server.apply(&pod(
-            &format!("agent-host-n{i}"),
-            &format!("n{i}"),
-            &format!("10.0.0.{i}"),
-            true,
-        ));
-    }
-    let mut h = start(server, |s| {
-        s.service_name.clear();
-        s.max_peers = 5;
-    });
-    let peers = wait_peers(&mut h, "the fanned-out set", |p| !p.is_empty()).await;
-    let nodes: BTreeSet<&str> = peers.iter().map(|p| p.node.as_str()).collect();
-    assert_eq!(nodes.len(), 6, "own node plus 5: {nodes:?}");
-    assert!(nodes.contains("n1"));
-    assert_eq!(peers.len(), 12, "pod and host agent of each chosen node");
-    let mut all = h.disc.subscribe_all();
-    let all = all.borrow_and_update().clone();
-    assert_eq!(all.len(), 60, "the schedule sees every agent");
 }

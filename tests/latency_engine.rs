@@ -213,6 +213,7 @@ impl Engine {
             metrics: metrics.clone(),
             targets: rx,
             all_peers: watch::channel(Arc::new(Vec::new())).1,
+            plan: watch::channel(None).1,
             shutdown: shutdown.clone(),
             guard,
             burst_keys: Arc::new(kubepulse::auth::BurstKeys::new(None).expect("run key")),

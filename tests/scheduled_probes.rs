@@ -86,6 +86,7 @@ impl Running {
             metrics: metrics.clone(),
             targets: rx,
             all_peers: watch::channel(Arc::new(Vec::new())).1,
+            plan: watch::channel(None).1,
             shutdown: shutdown.clone(),
             guard,
             burst_keys: Arc::new(kubepulse::auth::BurstKeys::new(None).expect("run key")),

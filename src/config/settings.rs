@@ -327,33 +327,17 @@ pub struct DiscoverySettings {
     pub kubernetes: KubernetesDiscoverySettings,
 }
 
-/// Peer discovery through the Kubernetes API (`mode: kubernetes`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Peer discovery through the Kubernetes API (`mode: kubernetes`): the
+/// agent reads only its node's probe plan, published by the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct KubernetesDiscoverySettings {
-    /// Namespace of the agent pods; empty means the agent's own namespace
+    /// Namespace of the plans; empty means the agent's own namespace
     /// (`KUBEPULSE_NAMESPACE` from the downward API).
     pub namespace: String,
-    /// Label selector matching the agent pods of both DaemonSets.
-    pub label_selector: String,
-    /// Name of the agents' Service (ClusterIP + NodePort) probed as the
-    /// `service_clusterip` and `service_nodeport` paths; empty disables them.
-    pub service_name: String,
-    /// Full mesh up to this many peer nodes; above it each agent probes this
-    /// many, chosen by rendezvous hashing, plus every agent on its own node.
-    pub max_peers: usize,
-}
-
-impl Default for KubernetesDiscoverySettings {
-    fn default() -> Self {
-        Self {
-            namespace: String::new(),
-            label_selector: "app.kubernetes.io/name=kubepulse,app.kubernetes.io/component=agent"
-                .into(),
-            service_name: "kubepulse-agent".into(),
-            max_peers: 200,
-        }
-    }
+    /// Name of the plan ConfigMap; empty means the controller's name for
+    /// this node (`kubepulse-plan-<node>`).
+    pub plan_config_map: String,
 }
 
 /// Discovery sources.
@@ -363,7 +347,7 @@ pub enum DiscoveryMode {
     /// The `peers` list of the config file.
     #[default]
     Static,
-    /// The agent pods and Service found through the Kubernetes API.
+    /// The node's probe plan, published by the controller.
     Kubernetes,
 }
 
@@ -426,6 +410,8 @@ pub struct ControllerSettings {
     pub nodes: NodeHealthSettings,
     /// Leader election.
     pub leader: LeaderSettings,
+    /// The probe plan published to the agents.
+    pub plan: PlanSettings,
 }
 
 impl Default for ControllerSettings {
@@ -440,6 +426,49 @@ impl Default for ControllerSettings {
             sampler: SamplerSettings::default(),
             nodes: NodeHealthSettings::default(),
             leader: LeaderSettings::default(),
+            plan: PlanSettings::default(),
+        }
+    }
+}
+
+/// The probe plan the controller computes and publishes, one ConfigMap per
+/// node ([`crate::k8s::plan_publisher`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlanSettings {
+    /// Whether plans are published (agents in `discovery.mode: kubernetes`
+    /// need them).
+    pub enabled: bool,
+    /// Namespace of the agent pods, their Service and the plans; empty
+    /// means the controller's own namespace.
+    pub agent_namespace: String,
+    /// Label selector matching the agent pods of both DaemonSets.
+    pub label_selector: String,
+    /// The agents' Service, added to every plan as the `service_clusterip`
+    /// and `service_nodeport` targets; empty disables them.
+    pub service_name: String,
+    /// Least time between two publications: a rollout of N agents is
+    /// coalesced into few plan updates.
+    #[serde(with = "humantime_serde")]
+    pub min_interval: Duration,
+    /// Who probes whom.
+    pub fan_out: crate::plan::PlanConfig,
+    /// The bandwidth slot schedule; must equal the agents'
+    /// `probes.bandwidth.slots`.
+    pub bandwidth: SlotConfig,
+}
+
+impl Default for PlanSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            agent_namespace: String::new(),
+            label_selector: "app.kubernetes.io/name=kubepulse,app.kubernetes.io/component=agent"
+                .into(),
+            service_name: "kubepulse-agent".into(),
+            min_interval: Duration::from_secs(5),
+            fan_out: crate::plan::PlanConfig::default(),
+            bandwidth: SlotConfig::default(),
         }
     }
 }

@@ -83,6 +83,15 @@ fn validate_controller(c: &ControllerSettings) -> Result<(), ConfigError> {
             "need 0 < retry_period < renew_deadline < lease_duration",
         ));
     }
+    if let Err(e) = c.plan.fan_out.validate() {
+        return Err(invalid("controller.plan.fan_out", e.to_string()));
+    }
+    if c.plan.label_selector.trim().is_empty() {
+        return Err(invalid(
+            "controller.plan.label_selector",
+            "must not be empty (it would select every pod)",
+        ));
+    }
     Ok(())
 }
 

@@ -1,14 +1,17 @@
-//! Discovery through the Kubernetes API: a reflector over the agent pods
-//! (label selector, own namespace) and one over the agents' Service.
+//! Discovery through the Kubernetes API: the agent reads only its own
+//! node's probe plan, one ConfigMap written by the controller
+//! ([`crate::k8s::plan_publisher`]), through a watch on that one object.
+//! No agent lists or watches the other agents, so the apiserver's load does
+//! not grow with the square of the cluster.
 //!
-//! The watchers re-list after `410 Gone` and back off on errors (kube's
-//! default backoff). While the API is unreachable the reflector stores keep
-//! their contents, so the last known peers go on being probed; the state is
-//! exported as `kubepulse_discovery_up` and logged on every transition.
+//! The watch re-lists after `410 Gone` and backs off on errors (kube's
+//! default backoff). While the controller or the API is down the last plan
+//! goes on being probed; the API's state is exported as
+//! `kubepulse_discovery_up` and logged on every transition.
 //!
-//! Two peer sets are published: the fanned-out set this agent probes
-//! ([`Discovery::subscribe`]) and every agent ([`Discovery::subscribe_all`],
-//! the input of the bandwidth schedule).
+//! Three things are published: the peers to probe
+//! ([`Discovery::subscribe`], also [`Discovery::subscribe_all`]) and the
+//! plan itself ([`Discovery::subscribe_plan`], the bandwidth schedule).
 
 pub mod facts;
 
@@ -16,20 +19,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::{FutureExt, Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::ListParams;
-use kube::runtime::reflector::{self, Store};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client};
 use prometheus::{Gauge, IntGauge, Registry};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Discovery, Identity, PeerSet, ProbePorts};
+use super::{Discovery, Identity, PeerSet, PlanWatch, ProbePorts};
 use crate::config::{KubernetesDiscoverySettings, Settings};
+use crate::k8s::plan_inputs::{config_map_name, DATA_KEY};
 use crate::metrics::{catalog, MetricsError};
+use crate::plan::NodePlan;
 
 /// One RBAC rule the agent needs: exactly the API calls this module makes.
 /// `deploy/rbac.yaml` must grant these and nothing else (a test compares).
@@ -43,21 +46,16 @@ pub struct ApiAccess {
     pub verbs: &'static [&'static str],
 }
 
-/// Every API call of the agent, in its own namespace: pods are listed and
-/// watched (reflector and the recovery check), the Service is listed and
-/// watched by name (field selector).
-pub const API_ACCESS: &[ApiAccess] = &[
-    ApiAccess {
-        api_group: "",
-        resource: "pods",
-        verbs: &["list", "watch"],
-    },
-    ApiAccess {
-        api_group: "",
-        resource: "services",
-        verbs: &["list", "watch"],
-    },
-];
+/// Every API call of the agent, in its own namespace: its plan ConfigMap
+/// is listed and watched by name (field selector) and read by name while
+/// the API is down. RBAC cannot limit these to one name the agent only
+/// learns at run time (its node), so the grant covers the namespace's
+/// ConfigMaps, which hold nothing but kubepulse's own configuration.
+pub const API_ACCESS: &[ApiAccess] = &[ApiAccess {
+    api_group: "",
+    resource: "configmaps",
+    verbs: &["get", "list", "watch"],
+}];
 
 /// How often the API is re-checked while discovery is down: a re-established
 /// watch is silent until something changes, so recovery needs a positive
@@ -124,16 +122,28 @@ pub struct KubernetesOptions {
     pub identity: Identity,
     /// Namespace of the agent pods and Service.
     pub namespace: String,
-    /// Settings (selector, Service name, fan-out).
+    /// Settings (plan ConfigMap name).
     pub settings: KubernetesDiscoverySettings,
-    /// Ports assumed for pods that do not name theirs.
+    /// Unused since the controller names every peer's ports; kept so
+    /// callers need not change.
     pub default_ports: ProbePorts,
+}
+
+impl KubernetesOptions {
+    /// The plan ConfigMap this agent reads.
+    pub fn plan_name(&self) -> String {
+        if self.settings.plan_config_map.is_empty() {
+            config_map_name(&self.identity.node)
+        } else {
+            self.settings.plan_config_map.clone()
+        }
+    }
 }
 
 /// A running Kubernetes discovery.
 pub struct KubernetesDiscovery {
     probe: watch::Sender<PeerSet>,
-    all: watch::Sender<PeerSet>,
+    plan: watch::Sender<PlanWatch>,
     task: JoinHandle<()>,
 }
 
@@ -142,10 +152,8 @@ impl Discovery for KubernetesDiscovery {
         self.probe.subscribe()
     }
 
-    /// Every agent pod, sorted by name and not fanned out: the common input
-    /// of the bandwidth schedule ([`crate::schedule::slots::my_bursts`]).
-    fn subscribe_all(&self) -> watch::Receiver<PeerSet> {
-        self.all.subscribe()
+    fn subscribe_plan(&self) -> watch::Receiver<PlanWatch> {
+        self.plan.subscribe()
     }
 }
 
@@ -157,29 +165,17 @@ impl KubernetesDiscovery {
         metrics: DiscoveryMetrics,
         shutdown: CancellationToken,
     ) -> Result<Self, KubernetesError> {
-        if opts.settings.max_peers == 0 {
-            return Err(KubernetesError::Invalid {
-                key: "max_peers",
-                reason: "must be at least 1",
-            });
-        }
-        if opts.settings.label_selector.trim().is_empty() {
-            return Err(KubernetesError::Invalid {
-                key: "label_selector",
-                reason: "must not be empty (it would select every pod)",
-            });
-        }
         let (probe, _) = watch::channel(PeerSet::default());
-        let (all, _) = watch::channel(PeerSet::default());
+        let (plan, _) = watch::channel(None);
         let task = tokio::spawn(run(
             client,
             opts,
             metrics,
             probe.clone(),
-            all.clone(),
+            plan.clone(),
             shutdown,
         ));
-        Ok(Self { probe, all, task })
+        Ok(Self { probe, plan, task })
     }
 
     /// Waits for the watch task to end (after the shutdown token fires).
@@ -220,39 +216,10 @@ pub async fn start_in_cluster(
     KubernetesDiscovery::start(client, opts, metrics, shutdown)
 }
 
-/// Which watcher an update came from, and whether it proves the API answered.
-enum Update {
-    Pods(Result<bool, watcher::Error>),
-    Service(Result<bool, watcher::Error>),
-}
-
 /// `true` for events that carry data from the API; `Init` is emitted
 /// before the list request, so it proves nothing.
 fn answered<K>(e: &watcher::Event<K>) -> bool {
     !matches!(e, watcher::Event::Init)
-}
-
-fn reflect<K>(
-    api: Api<K>,
-    cfg: watcher::Config,
-) -> (Store<K>, impl Stream<Item = watcher::Result<bool>>)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = watcher(api, cfg)
-        .default_backoff()
-        // Managed fields are large and unused: keep the cache small.
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
-        .reflect(writer)
-        .map(|r| r.map(|e| answered(&e)));
-    (store, stream)
 }
 
 /// The discovery's view of the API's health, exported and logged on change.
@@ -270,29 +237,35 @@ impl Health {
         self.metrics.last_sync.set(now);
         if self.up != Some(true) {
             if self.up.is_some() {
-                tracing::info!("Kubernetes API reachable again; peer discovery in sync");
+                tracing::info!("Kubernetes API reachable again; probe plan in sync");
             }
             self.up = Some(true);
             self.metrics.up.set(1);
         }
     }
 
-    fn failed(&mut self, what: &str, e: &watcher::Error, peers: usize) {
+    /// The one place a kube error of the plan reader is logged.
+    fn failed(&mut self, e: &dyn std::fmt::Display, code: Option<u16>, peers: usize) {
         // A watch expiring (410 Gone) is routine: the watcher re-lists at once.
-        if let watcher::Error::WatchError(s) = e {
-            if s.code == 410 {
-                tracing::info!(resource = what, "Watch expired; re-listing");
-                return;
-            }
+        if code == Some(410) {
+            tracing::info!("Plan watch expired; re-listing");
+            return;
         }
         if self.up != Some(false) {
-            tracing::warn!(resource = what, error = %e, peers,
-                "Kubernetes API unreachable; probing the last known peers");
+            tracing::warn!(error = %e, peers,
+                "Kubernetes API unreachable; probing the last plan");
             self.up = Some(false);
             self.metrics.up.set(0);
         } else {
-            tracing::debug!(resource = what, error = %e, "Kubernetes API still unreachable");
+            tracing::debug!(error = %e, "Kubernetes API still unreachable");
         }
+    }
+}
+
+fn watch_code(e: &watcher::Error) -> Option<u16> {
+    match e {
+        watcher::Error::WatchError(s) => Some(s.code),
+        _ => None,
     }
 }
 
@@ -301,38 +274,28 @@ async fn run(
     opts: KubernetesOptions,
     metrics: DiscoveryMetrics,
     probe_tx: watch::Sender<PeerSet>,
-    all_tx: watch::Sender<PeerSet>,
+    plan_tx: watch::Sender<PlanWatch>,
     shutdown: CancellationToken,
 ) {
-    let s = &opts.settings;
-    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &opts.namespace);
-    let (pods, pod_stream) = reflect(
-        pods_api.clone(),
-        watcher::Config::default().labels(&s.label_selector),
-    );
-    let (services, svc_stream) = if s.service_name.is_empty() {
-        (None, futures::stream::pending().boxed())
-    } else {
-        let api: Api<Service> = Api::namespaced(client.clone(), &opts.namespace);
-        let by_name = format!("metadata.name={}", s.service_name);
-        let (store, stream) = reflect(api, watcher::Config::default().fields(&by_name));
-        (Some(store), stream.map(Update::Service).boxed())
-    };
-    let mut updates = futures::stream::select(pod_stream.map(Update::Pods).boxed(), svc_stream);
+    let name = opts.plan_name();
+    let api: Api<ConfigMap> = Api::namespaced(client, &opts.namespace);
+    let by_name = format!("metadata.name={name}");
+    let mut events = watcher(api.clone(), watcher::Config::default().fields(&by_name))
+        .default_backoff()
+        .boxed();
     let mut health = Health { metrics, up: None };
-    let mut pods_ready = false;
     let mut kind_warned = false;
+    let mut waiting_logged = false;
     let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let update = tokio::select! {
+        let event = tokio::select! {
             _ = shutdown.cancelled() => break,
-            u = updates.next() => match u { Some(u) => u, None => break },
+            e = events.next() => match e { Some(e) => e, None => break },
             _ = recheck.tick(), if health.up == Some(false) => {
-                // Cheapest call the RBAC already allows; bounded, because the
-                // client has no read timeout and this loop must stay responsive.
-                let lp = ListParams::default().labels(&s.label_selector).limit(1);
-                let check = tokio::time::timeout(RECHECK_INTERVAL, pods_api.list(&lp));
+                // Bounded, because the client has no read timeout and this
+                // loop must stay responsive.
+                let check = tokio::time::timeout(RECHECK_INTERVAL, api.get_opt(&name));
                 if matches!(check.await, Ok(Ok(_))) {
                     health.synced();
                 }
@@ -340,26 +303,38 @@ async fn run(
             }
         };
         let peers_now = probe_tx.borrow().len();
-        match update {
-            Update::Pods(Ok(answered)) | Update::Service(Ok(answered)) => {
-                if answered {
-                    health.synced();
-                }
-            }
-            Update::Pods(Err(e)) => health.failed("pods", &e, peers_now),
-            Update::Service(Err(e)) => health.failed("services", &e, peers_now),
-        }
-        if !pods_ready {
-            // Publish only once the first list is complete, never a partial set.
-            pods_ready = pods
-                .wait_until_ready()
-                .now_or_never()
-                .is_some_and(|r| r.is_ok());
-            if !pods_ready {
+        let event = match event {
+            Ok(ev) => ev,
+            Err(e) => {
+                health.failed(&e, watch_code(&e), peers_now);
                 continue;
             }
+        };
+        if answered(&event) {
+            health.synced();
         }
-        let own_kind = publish(&opts, &pods, services.as_ref(), &probe_tx, &all_tx);
+        let cm = match event {
+            watcher::Event::Apply(cm) | watcher::Event::InitApply(cm) => cm,
+            watcher::Event::InitDone if plan_tx.borrow().is_none() && !waiting_logged => {
+                tracing::info!(config_map = %name, "No probe plan yet; waiting for the controller");
+                waiting_logged = true;
+                continue;
+            }
+            watcher::Event::Delete(_) => {
+                tracing::warn!(config_map = %name, peers = peers_now,
+                    "Probe plan deleted; probing the last plan");
+                continue;
+            }
+            _ => continue,
+        };
+        let Some(plan) = decode(&cm, &name) else {
+            continue;
+        };
+        let own_kind = plan
+            .peers
+            .iter()
+            .find(|p| p.name == opts.identity.name)
+            .map(|p| p.kind);
         if own_kind.is_some_and(|k| k != opts.identity.kind) && !kind_warned {
             // Path labels would be wrong: e.g. the hostNetwork DaemonSet
             // without KUBEPULSE__AGENT__KIND=host.
@@ -367,38 +342,49 @@ async fn run(
                 "agent.kind disagrees with this pod's spec.hostNetwork; path labels will be wrong");
             kind_warned = true;
         }
+        publish(plan, &probe_tx, &plan_tx);
     }
 }
 
-/// Recomputes both peer sets from the stores; subscribers are woken only
-/// when a set actually changed. Returns the kind of this agent's own pod,
-/// if it is among the peers.
-fn publish(
-    opts: &KubernetesOptions,
-    pods: &Store<Pod>,
-    services: Option<&Store<Service>>,
-    probe_tx: &watch::Sender<PeerSet>,
-    all_tx: &watch::Sender<PeerSet>,
-) -> Option<crate::labels::AgentKind> {
-    let pods = pods.state();
-    let svc = services.and_then(|s| s.state().into_iter().next());
-    let (all, probe) = facts::peer_sets(
-        &opts.identity,
-        pods.iter().map(|p| p.as_ref()),
-        svc.as_deref(),
-        opts.settings.max_peers,
-        opts.default_ports,
-    );
-    let own_kind = all
-        .iter()
-        .find(|p| p.name == opts.identity.name)
-        .map(|p| p.kind);
-    all_tx.send_if_modified(|cur| replace_if_changed(cur, all));
-    let n = probe.len();
-    if probe_tx.send_if_modified(|cur| replace_if_changed(cur, probe)) {
-        tracing::info!(peers = n, "Peer set changed");
+/// The plan in `cm`, or `None` (logged) when it is missing or unreadable:
+/// the last good plan stays in force.
+fn decode(cm: &ConfigMap, name: &str) -> Option<NodePlan> {
+    let Some(text) = cm.data.as_ref().and_then(|d| d.get(DATA_KEY)) else {
+        tracing::warn!(config_map = %name, key = DATA_KEY, "Probe plan has no data; keeping the last plan");
+        return None;
+    };
+    match NodePlan::from_json(text) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(config_map = %name, error = %e, "Unreadable probe plan; keeping the last plan");
+            None
+        }
     }
-    own_kind
+}
+
+/// Publishes the plan; peer subscribers are woken only when the peers
+/// actually changed.
+fn publish(plan: NodePlan, probe_tx: &watch::Sender<PeerSet>, plan_tx: &watch::Sender<PlanWatch>) {
+    let n = plan.peers.len();
+    let targets = plan.target_nodes.len();
+    let probers = plan.probers;
+    let peers = plan.peers.clone();
+    // The plan first: whoever wakes on the peers sees the matching plan.
+    plan_tx.send_if_modified(|cur| {
+        if cur.as_deref() == Some(&plan) {
+            return false;
+        }
+        *cur = Some(Arc::new(plan));
+        true
+    });
+    if probe_tx.send_if_modified(|cur| replace_if_changed(cur, peers)) {
+        tracing::info!(
+            peers = n,
+            target_nodes = targets,
+            probers,
+            "Probe plan changed"
+        );
+    }
 }
 
 fn replace_if_changed(cur: &mut PeerSet, new: Vec<super::Peer>) -> bool {

@@ -1,5 +1,5 @@
-//! Peer discovery. Every source (static config today, the Kubernetes API
-//! later) publishes the current peer set on a `watch` channel; probers only
+//! Peer discovery. Every source (static config, the controller's plan via
+//! the Kubernetes API) publishes the current peer set on a `watch` channel; probers only
 //! ever see [`PeerSet`] snapshots, so a new source changes nothing downstream.
 
 pub mod kubernetes;
@@ -37,6 +37,13 @@ pub struct ProbePorts {
     pub http: u16,
 }
 
+impl ProbePorts {
+    /// Whether these are the default ports.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 impl Default for ProbePorts {
     fn default() -> Self {
         Self {
@@ -71,8 +78,9 @@ pub struct Peer {
     pub node: String,
     /// Pod network or host network.
     pub kind: AgentKind,
-    /// Its responder ports.
-    #[serde(default)]
+    /// Its responder ports (omitted when the defaults, which keeps the
+    /// published plans small).
+    #[serde(default, skip_serializing_if = "ProbePorts::is_default")]
     pub ports: ProbePorts,
     /// An explicit path kind (Service paths); `None` means classify from
     /// node and kind.
@@ -104,6 +112,10 @@ impl Peer {
 
 /// An immutable snapshot of the peers to probe.
 pub type PeerSet = Arc<Vec<Peer>>;
+
+/// The node's probe plan, when a controller publishes one
+/// (`discovery.mode: kubernetes`); `None` in static and local mode.
+pub type PlanWatch = Option<Arc<crate::plan::NodePlan>>;
 
 /// A probe target: a peer and the path kind its probes are labelled with.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -139,6 +151,13 @@ pub trait Discovery {
     fn subscribe_all(&self) -> watch::Receiver<PeerSet> {
         self.subscribe()
     }
+
+    /// The controller's plan (bandwidth schedule, busy slots). Sources
+    /// without a controller publish `None` and the agents compute the
+    /// bandwidth schedule from [`Discovery::subscribe_all`].
+    fn subscribe_plan(&self) -> watch::Receiver<PlanWatch> {
+        watch::channel(None).1
+    }
 }
 
 /// A shared source is still a source (the agent keeps one handle, the
@@ -150,6 +169,10 @@ impl<D: Discovery + ?Sized> Discovery for Arc<D> {
 
     fn subscribe_all(&self) -> watch::Receiver<PeerSet> {
         (**self).subscribe_all()
+    }
+
+    fn subscribe_plan(&self) -> watch::Receiver<PlanWatch> {
+        (**self).subscribe_plan()
     }
 }
 

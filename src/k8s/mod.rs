@@ -13,6 +13,8 @@ pub mod metrics;
 pub mod nodes;
 pub mod objects;
 pub mod phases;
+pub mod plan_inputs;
+pub mod plan_publisher;
 pub mod pod_startup;
 pub mod rbac;
 pub mod scope;

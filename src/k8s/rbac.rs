@@ -74,6 +74,31 @@ pub const RULES: &[Rule] = &[
         names: &["kubepulse-controller"],
         verbs: &["get", "update"],
     },
+    // Probe plan publisher (agent namespace = own namespace): watches the
+    // agent pods and their Service, applies one ConfigMap per node (an
+    // apply that creates needs create too), lists them at leader start and
+    // deletes those of departed nodes.
+    Rule {
+        place: Place::OwnNamespace,
+        group: "",
+        resource: "pods",
+        names: &[],
+        verbs: &["list", "watch"],
+    },
+    Rule {
+        place: Place::OwnNamespace,
+        group: "",
+        resource: "services",
+        names: &[],
+        verbs: &["list", "watch"],
+    },
+    Rule {
+        place: Place::OwnNamespace,
+        group: "",
+        resource: "configmaps",
+        names: &[],
+        verbs: &["create", "delete", "list", "patch"],
+    },
     // Node heartbeats.
     Rule {
         place: Place::NodeLease,
@@ -90,7 +115,7 @@ pub const RULES: &[Rule] = &[
         names: &[],
         verbs: &["list", "watch"],
     },
-    // Node readiness and probe targets.
+    // Node readiness, probe targets and the plan's nodes and zones.
     Rule {
         place: Place::Cluster,
         group: "",

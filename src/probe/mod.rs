@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::BurstKeys;
 use crate::config::ProbeSettings;
-use crate::discovery::{Identity, PeerSet, Target};
+use crate::discovery::{Identity, PeerSet, PlanWatch, Target};
 use crate::metrics::AgentMetrics;
 use guard::SampleGuard;
 
@@ -38,8 +38,12 @@ pub struct ProbeContext {
     pub metrics: AgentMetrics,
     /// Current targets.
     pub targets: watch::Receiver<TargetSet>,
-    /// Every known agent, not fanned out (input of the bandwidth slots).
+    /// Every known agent, not fanned out (input of the bandwidth slots
+    /// when there is no controller plan).
     pub all_peers: watch::Receiver<PeerSet>,
+    /// The controller's plan, if any: its bandwidth schedule replaces the
+    /// one computed from `all_peers`.
+    pub plan: watch::Receiver<PlanWatch>,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
     /// Keeps outcomes that overlap our own bandwidth bursts out of the

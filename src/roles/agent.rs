@@ -197,6 +197,7 @@ pub async fn start(
         metrics,
         targets,
         all_peers: discovery.subscribe_all(),
+        plan: discovery.subscribe_plan(),
         shutdown,
         burst_keys,
         guard: sample_guard(

@@ -1,5 +1,6 @@
 //! `kubepulse controller`: leader election, and while leading the node
-//! watches, the sweeper, the pod startup probe and the apiserver sampler.
+//! watches, the sweeper, the pod startup probe, the apiserver sampler and
+//! the probe plan publisher.
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use crate::k8s::client::Clients;
 use crate::k8s::leader::LeaderElector;
 use crate::k8s::metrics::ControllerMetrics;
 use crate::k8s::nodes::{self, NodeCollector, NodeView};
+use crate::k8s::plan_publisher::PlanPublisher;
 use crate::k8s::pod_startup::PodProbe;
 use crate::k8s::sweeper::Sweeper;
 use crate::k8s::K8sError;
@@ -158,6 +160,13 @@ async fn supervise(
                 s.sampler.clone(),
             );
             tasks.spawn(sampler.run(child.clone()));
+        }
+        if s.plan.enabled {
+            let ns = Some(s.plan.agent_namespace.as_str())
+                .filter(|n| !n.is_empty())
+                .unwrap_or(&s.namespace);
+            let publisher = PlanPublisher::new(clients.main.clone(), ns, s.plan.clone());
+            tasks.spawn(publisher.run(child.clone()));
         }
         // Lead until told otherwise.
         loop {

@@ -31,6 +31,8 @@
 //!   by verb and path, once, n times or until cleared),
 //!   [`ApiServer::set_down`] (connections refused and open ones cut),
 //!   [`ApiServer::drop_connections`], [`ApiServer::end_watches`];
+//! - events and bytes delivered by watch streams are counted per resource
+//!   and actor ([`ApiServer::watch_delivered`]);
 //! - every request is recorded ([`ApiServer::requests`]), with the actor
 //!   named by clients from [`ApiServer::actor_client`] (test infrastructure
 //!   such as a simulated kubelet) told apart from the code under test.
@@ -356,6 +358,24 @@ impl ApiServer {
     /// Every request seen so far.
     pub fn requests(&self) -> Vec<Seen> {
         self.shared.lock().seen.clone()
+    }
+
+    /// Events and bytes delivered so far by every watch stream on
+    /// `resource` opened by `actor` (`None`: the code under test).
+    pub fn watch_delivered(&self, resource: &str, actor: Option<&str>) -> (u64, u64) {
+        let d = self
+            .shared
+            .delivered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        d.iter()
+            .filter(|t| t.resource == resource && t.actor.as_deref() == actor)
+            .fold((0, 0), |(e, b), t| {
+                (
+                    e + t.events.load(Ordering::Relaxed),
+                    b + t.bytes.load(Ordering::Relaxed),
+                )
+            })
     }
 
     /// How many requests with `verb` on `resource` were seen.

@@ -1,6 +1,7 @@
-//! Pure conversions from Kubernetes objects to peers: which pods count, what
-//! each one tells us (address, node, pod or host network, ports) and the
-//! Service targets. No IO, so every rule is unit-tested directly.
+//! Pure conversions from Kubernetes objects to peers, used by the
+//! controller's plan publisher: which pods count, what each one tells us
+//! (address, node, pod or host network, ports) and the Service targets. No
+//! IO, so every rule is unit-tested directly.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -9,7 +10,6 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 
 use crate::discovery::{Identity, Peer, ProbePorts};
 use crate::labels::{AgentKind, PathKind};
-use crate::schedule::rendezvous;
 
 /// Downward-API variable holding the agent's pod name (`metadata.name`).
 pub const ENV_POD_NAME: &str = "KUBEPULSE_POD_NAME";
@@ -170,35 +170,8 @@ pub fn service_peers(
     out
 }
 
-/// The peer sets derived from the current pods and Service: every agent
-/// (sorted by name: the bandwidth schedule's input) and the fanned-out set
-/// this agent probes (including the Service targets).
-pub fn peer_sets<'a>(
-    me: &Identity,
-    pods: impl IntoIterator<Item = &'a Pod>,
-    svc: Option<&Service>,
-    max_peers: usize,
-    default_ports: ProbePorts,
-) -> (Vec<Peer>, Vec<Peer>) {
-    let mut all = Vec::new();
-    let mut host_ips = BTreeMap::new();
-    for f in pods.into_iter().filter_map(|p| pod_facts(p, default_ports)) {
-        if let Some(ip) = f.host_ip {
-            host_ips.insert(f.peer.node.clone(), ip);
-        }
-        all.push(f.peer);
-    }
-    all.sort_by(|a, b| a.name.cmp(&b.name));
-    all.dedup_by(|a, b| a.name == b.name);
-    let mut probe = rendezvous::fan_out(me, &all, max_peers);
-    if let Some(svc) = svc {
-        probe.extend(service_peers(svc, me, &host_ips, default_ports));
-    }
-    (all, probe)
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 

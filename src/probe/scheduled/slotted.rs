@@ -1,15 +1,16 @@
-//! Bandwidth bursts on the cluster-wide slot schedule
-//! ([`crate::schedule::slots`]): at every slot boundary the agent computes,
-//! from the full peer list, the bursts it initiates in that slot, and runs
-//! them at their offsets. Every agent computes the same schedule, so no node
-//! is in two bursts at once and the duty cycle stays under its budget with
-//! no coordinator.
+//! Bandwidth bursts on the cluster-wide slot schedule: at every slot
+//! boundary the agent takes the bursts it initiates in that slot from the
+//! controller's plan ([`crate::plan::bandwidth`]) or, without a controller
+//! (static and local mode), computes them from the full peer list
+//! ([`crate::schedule::slots`]), and runs them at their offsets. Either way
+//! every agent follows the same schedule, so no node is in two bursts at
+//! once and the duty cycle stays under its budget.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::discovery::Target;
 use crate::probe::ProbeContext;
-use crate::schedule::slots::{my_bursts, SlotConfig};
+use crate::schedule::slots::{my_bursts, plan_bursts, SlotConfig};
 
 use super::{run_job, Kind};
 
@@ -36,9 +37,17 @@ pub(super) async fn run(ctx: ProbeContext, cfg: SlotConfig) {
             _ = ctx.shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        let peers = ctx.all_peers.borrow().clone();
+        let plan = ctx.plan.borrow().clone();
+        let bursts = match plan {
+            // The controller's schedule, the same for every agent.
+            Some(plan) => plan_bursts(slot, &ctx.identity, &plan, &cfg),
+            None => {
+                let peers = ctx.all_peers.borrow().clone();
+                my_bursts(slot, &ctx.identity, &peers, &cfg)
+            }
+        };
         let slot_began = tokio::time::Instant::now();
-        for burst in my_bursts(slot, &ctx.identity, &peers, &cfg) {
+        for burst in bursts {
             tokio::select! {
                 _ = ctx.shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(slot_began + burst.offset) => {}

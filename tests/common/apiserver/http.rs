@@ -178,6 +178,11 @@ async fn serve(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         .as_ref()
         .and_then(|r| verb_of(req.method(), r.name.is_some(), &q));
     let uri = req.uri().to_string();
+    let actor: Option<String> = req
+        .headers()
+        .get(ACTOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
     let fault = {
         let mut inner = shared.lock();
         inner.seen.push(Seen {
@@ -188,11 +193,7 @@ async fn serve(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
                 .map(|r| r.resource.clone())
                 .unwrap_or_default(),
             uri: uri.clone(),
-            actor: req
-                .headers()
-                .get(ACTOR_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(String::from),
+            actor: actor.clone(),
         });
         verb.and_then(|v| faults::take(&mut inner, v, &uri))
     };
@@ -219,7 +220,7 @@ async fn serve(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     };
     match verb {
         Verb::List => list(shared, &route, &q),
-        Verb::Watch => watch_stream(shared, &route, &q),
+        Verb::Watch => watch_stream(shared, &route, &q, actor),
         Verb::Get => get_one(shared, &route),
         Verb::Create => create(shared, &route, &body),
         Verb::Update => update(shared, &route, &body),

@@ -65,6 +65,16 @@ pub(super) struct Shared {
     /// Bumped to end every open watch stream.
     pub(super) end_watches: watch::Sender<u64>,
     pub(super) down: AtomicBool,
+    /// Events and bytes each watch stream delivered, by (actor, resource).
+    pub(super) delivered: Mutex<Vec<WatchTally>>,
+}
+
+/// What one watch stream delivered.
+pub(super) struct WatchTally {
+    pub(super) actor: Option<String>,
+    pub(super) resource: String,
+    pub(super) events: Arc<std::sync::atomic::AtomicU64>,
+    pub(super) bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Shared {
@@ -85,6 +95,7 @@ impl Shared {
             kill: watch::channel(0).0,
             end_watches: watch::channel(0).0,
             down: AtomicBool::new(false),
+            delivered: Mutex::new(Vec::new()),
         }
     }
 

@@ -2,6 +2,8 @@
 //! synthetic ADDED), then live changes, bookmarks, 410 after compaction.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,7 +15,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::http::{status, status_body, Body};
 use super::selectors::Filter;
-use super::store::{kind_of, with_type, Broadcast, Change};
+use super::store::{kind_of, with_type, Broadcast, Change, WatchTally};
 use super::{Route, Shared};
 
 /// The watch event a change produces for `filter`, if any: objects moving
@@ -50,7 +52,17 @@ pub(super) fn watch_stream(
     shared: &Shared,
     route: &Route,
     q: &BTreeMap<String, String>,
+    actor: Option<String>,
 ) -> Response<Body> {
+    let tally = Tally::default();
+    if let Ok(mut d) = shared.delivered.lock() {
+        d.push(WatchTally {
+            actor,
+            resource: route.resource.clone(),
+            events: tally.events.clone(),
+            bytes: tally.bytes.clone(),
+        });
+    }
     let filter = match Filter::new(route, q) {
         Ok(f) => f,
         Err(e) => return status(400, "BadRequest", &e),
@@ -77,7 +89,7 @@ pub(super) fn watch_stream(
                 let ev = json!({"type": "ERROR", "object": status_body(410, "Expired", "too old resource version")});
                 let _ = tx.send(ev);
                 drop(tx);
-                return watch_response(rx);
+                return watch_response(rx, tally);
             }
             for c in inner.log.iter().filter(|c| c.rv > since) {
                 if let Some(ev) = event_for(&filter, c, &gv, &kind) {
@@ -98,7 +110,7 @@ pub(super) fn watch_stream(
         (shared.events.subscribe(), live)
     };
     tokio::spawn(forward_live(events, end, tx, live));
-    watch_response(rx)
+    watch_response(rx, tally)
 }
 
 /// Forwards live changes until the timeout, the client leaving, or
@@ -135,10 +147,20 @@ async fn forward_live(
     }
 }
 
-fn watch_response(rx: mpsc::UnboundedReceiver<Value>) -> Response<Body> {
-    let s = futures::stream::unfold(rx, |mut rx| async move {
+/// Counters of one watch stream (events and bytes written to the client).
+#[derive(Default, Clone)]
+struct Tally {
+    events: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+}
+
+fn watch_response(rx: mpsc::UnboundedReceiver<Value>, tally: Tally) -> Response<Body> {
+    let s = futures::stream::unfold((rx, tally), |(mut rx, tally)| async move {
         let ev = rx.recv().await?;
         let line = Bytes::from(format!("{ev}\n"));
+        tally.events.fetch_add(1, Ordering::Relaxed);
+        tally.bytes.fetch_add(line.len() as u64, Ordering::Relaxed);
+        let rx = (rx, tally);
         Some((Ok::<_, std::io::Error>(Frame::data(line)), rx))
     });
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(s)));

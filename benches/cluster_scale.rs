@@ -1,0 +1,416 @@
+//! Issue 11, item 4: the probe plan at cluster scale, and the apiserver
+//! load of the plan design against the old one (every agent watching every
+//! agent pod), in one run.
+//!
+//! For 100, 1,000 and 5,000 nodes in 1, 3 and 10 zones:
+//! 1. the plan computation alone (fan-out, bandwidth cycle, every node's
+//!    plan): time, the largest agent's peer nodes, targets and series
+//!    bound, min/max in-degree, the largest plan;
+//! 2. through the API test server: the controller's plan publisher and one
+//!    real `kubepulse agent` process (node `n00000`, loopback addresses
+//!    only), then a rolling restart of every agent pod in
+//!    `ROLLOUT_STEPS` steps. Measured: plan writes, the events and bytes
+//!    the real agent's watch received, and the events and bytes one watcher
+//!    of all agent pods (what every agent ran before) received. Totals over
+//!    all agents: new = 2 agents per node × every plan write; old = 2N
+//!    watchers × what one watcher received.
+//!
+//! Run: `cargo bench --bench cluster_scale` (release; a few minutes).
+//! `CLUSTER_SCALE_SIZES=100,1000` limits the sizes.
+
+#[path = "../tests/common/apiserver.rs"]
+#[allow(missing_docs, unused_imports)]
+mod apiserver;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use apiserver::{ApiServer, Verb};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use kube::runtime::watcher;
+use kube::Api;
+use kubepulse::config::PlanSettings;
+use kubepulse::k8s::plan_inputs::{self, Inputs};
+use kubepulse::k8s::plan_publisher::PlanPublisher;
+use kubepulse::plan::{self, PlanConfig};
+use kubepulse::schedule::slots::SlotConfig;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const NS: &str = "kubepulse";
+/// Rollout steps (a DaemonSet's maxUnavailable of 5 %).
+const ROLLOUT_STEPS: usize = 20;
+/// The publisher's debounce in the simulation (one rollout step each).
+const MIN_INTERVAL: Duration = Duration::from_millis(300);
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn node_name(i: usize) -> String {
+    format!("n{i:05}")
+}
+
+/// A loopback address per agent: the real agent may probe it, and nothing
+/// leaves the machine.
+fn ip(i: usize, host: bool) -> String {
+    format!("127.{}.{}.{}", 1 + usize::from(host), i / 256, i % 256)
+}
+
+fn node_obj(i: usize, zones: usize) -> Node {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": node_name(i), "labels": {
+            "topology.kubernetes.io/zone": format!("zone-{}", i % zones),
+            "kubernetes.io/hostname": node_name(i)}},
+    }))
+    .expect("node")
+}
+
+fn pod_obj(name: &str, i: usize, host: bool, gen: u32) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {
+            "app.kubernetes.io/name": "kubepulse", "app.kubernetes.io/component": "agent",
+            "controller-revision-hash": format!("rev{gen}")}},
+        "spec": {"nodeName": node_name(i), "hostNetwork": host, "containers": [{
+            "name": "agent", "image": "ghcr.io/kubepulse/kubepulse:0.1.0",
+            "ports": [
+                {"name": "metrics", "containerPort": 9477},
+                {"name": "udp-echo", "containerPort": 9478, "protocol": "UDP"},
+                {"name": "tcp-echo", "containerPort": 9478},
+                {"name": "bandwidth", "containerPort": 9479},
+                {"name": "http", "containerPort": 9480}]}]},
+        "status": {"phase": "Running", "podIP": ip(i, host), "hostIP": ip(i, true)}
+    }))
+    .expect("pod")
+}
+
+fn pod_name(i: usize, host: bool, gen: u32) -> String {
+    let kind = if host { "host" } else { "pod" };
+    format!("agent-{kind}-{}-g{gen}", node_name(i))
+}
+
+/// Part 1: the pure plan.
+struct PlanRow {
+    compute: Duration,
+    max_peer_nodes: usize,
+    max_targets: usize,
+    series: usize,
+    min_in: usize,
+    max_in: usize,
+    max_plan_bytes: usize,
+    /// Plan writes if every pod replacement were published on its own.
+    uncoalesced_writes: usize,
+}
+
+fn plan_row(n: usize, zones: usize) -> PlanRow {
+    let nodes: Vec<Node> = (0..n).map(|i| node_obj(i, zones)).collect();
+    let pods: Vec<Pod> = (0..n)
+        .flat_map(|i| [false, true].map(|h| pod_obj(&pod_name(i, h, 0), i, h, 0)))
+        .collect();
+    let pod_refs: Vec<&Pod> = pods.iter().collect();
+    let cfg = PlanConfig::default();
+    let slots = SlotConfig::default();
+    let t0 = Instant::now();
+    let pn = plan_inputs::plan_nodes(nodes.iter(), pods.iter(), &BTreeSet::new());
+    let computed = plan_inputs::compute(&Inputs {
+        nodes: &pn,
+        pods: &pod_refs,
+        service: None,
+        fan_out: &cfg,
+        slots: &slots,
+    });
+    let docs = plan_inputs::documents(&computed.plans);
+    let compute = t0.elapsed();
+    let indeg = computed.fan.in_degree();
+    let max_peer_nodes = computed.fan.max_out_degree();
+    PlanRow {
+        compute,
+        max_peer_nodes,
+        // The other agent on its own node, both agents of every peer node,
+        // the two Service targets.
+        max_targets: 1 + 2 * max_peer_nodes + 2,
+        series: plan::agent_series_bound(max_peer_nodes),
+        min_in: indeg.values().copied().min().unwrap_or(0),
+        max_in: indeg.values().copied().max().unwrap_or(0),
+        max_plan_bytes: docs.values().map(String::len).max().unwrap_or(0),
+        // A replaced pod changes its own node's plan and its probers'.
+        uncoalesced_writes: indeg.values().map(|d| 2 * (1 + d)).sum(),
+    }
+}
+
+/// Part 2: through the API test server.
+struct ApiRow {
+    writes: usize,
+    agent_events: u64,
+    agent_bytes: u64,
+    agent_series: usize,
+    new_events: u64,
+    new_bytes: u64,
+    old_events: u64,
+    old_bytes: u64,
+}
+
+fn scrape(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+async fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(t0.elapsed() < limit, "{what} not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn plan_count(server: &ApiServer) -> usize {
+    server
+        .objects::<ConfigMap>(NS)
+        .iter()
+        .filter(|c| {
+            c["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("kubepulse-plan-"))
+        })
+        .count()
+}
+
+fn plan_sizes(server: &ApiServer) -> u64 {
+    // The size of a watch event carrying each stored plan.
+    server
+        .objects::<ConfigMap>(NS)
+        .iter()
+        .map(|c| json!({"type": "MODIFIED", "object": c}).to_string().len() as u64 + 1)
+        .sum()
+}
+
+async fn api_row(n: usize, zones: usize) -> ApiRow {
+    let server = ApiServer::start().await;
+    for i in 0..n {
+        server.apply(&node_obj(i, zones));
+        for h in [false, true] {
+            server.apply(&pod_obj(&pod_name(i, h, 0), i, h, 0));
+        }
+    }
+    let token = CancellationToken::new();
+    let settings = PlanSettings {
+        min_interval: MIN_INTERVAL,
+        service_name: String::new(),
+        ..PlanSettings::default()
+    };
+    let publisher = tokio::spawn(
+        PlanPublisher::new(server.actor_client("controller"), NS, settings).run(token.clone()),
+    );
+    wait_for("every plan", Duration::from_secs(600), || {
+        plan_count(&server) == n
+    })
+    .await;
+
+    // One watcher of every agent pod: what each agent ran in the old design.
+    let old_api: Api<Pod> = Api::namespaced(server.actor_client("old-agent"), NS);
+    let old_cfg = watcher::Config::default().labels("app.kubernetes.io/component=agent");
+    let old_task = tokio::spawn(watcher(old_api, old_cfg).for_each(|_| async {}));
+
+    // One real agent process on node 0, reading its plan.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: t\n\
+             clusters: [{{name: t, cluster: {{server: \"{}\"}}}}]\n\
+             users: [{{name: t, user: {{}}}}]\n\
+             contexts: [{{name: t, context: {{cluster: t, user: t}}}}]\n",
+            server.url()
+        ),
+    )
+    .expect("kubeconfig");
+    let (metrics, p) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_kubepulse"))
+        .args(["agent", "--listen", &format!("127.0.0.1:{metrics}")])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("KUBEPULSE_POD_NAME", pod_name(0, false, 0))
+        .env("KUBEPULSE_NODE_NAME", node_name(0))
+        .env("KUBEPULSE_NAMESPACE", NS)
+        .env("KUBEPULSE__DISCOVERY__MODE", "kubernetes")
+        .env("KUBEPULSE__AGENT__BIND_ADDRESS", "127.0.0.1")
+        .env("KUBEPULSE__AGENT__PORTS__UDP_ECHO", p.to_string())
+        .env("KUBEPULSE__AGENT__PORTS__TCP_ECHO", p.to_string())
+        .env(
+            "KUBEPULSE__AGENT__PORTS__BANDWIDTH",
+            free_port().to_string(),
+        )
+        .env("KUBEPULSE__AGENT__PORTS__HTTP", free_port().to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn kubepulse (cargo bench builds it)");
+    let _agent = Proc(child);
+    wait_for("the agent's first plan", Duration::from_secs(120), || {
+        scrape(metrics).is_some_and(|t| t.contains("peer_node=\""))
+    })
+    .await;
+    wait_for(
+        "the old-design watcher's watch",
+        Duration::from_secs(120),
+        || {
+            server
+                .requests()
+                .iter()
+                .any(|r| r.actor.as_deref() == Some("old-agent") && r.verb == Some(Verb::Watch))
+        },
+    )
+    .await;
+
+    let writes0 =
+        server.count(Verb::Patch, "configmaps") + server.count(Verb::Delete, "configmaps");
+    let agent0 = server.watch_delivered("configmaps", None);
+    let old0 = server.watch_delivered("pods", Some("old-agent"));
+    let mut bytes_written: u64 = 0;
+    let mut last_writes = writes0;
+    // The rollout: every agent replaced, 5 % at a time, one step per
+    // debounce interval.
+    let all: Vec<(usize, bool)> = (0..n).flat_map(|i| [(i, false), (i, true)]).collect();
+    let step = all.len().div_ceil(ROLLOUT_STEPS);
+    for chunk in all.chunks(step) {
+        for &(i, h) in chunk {
+            if i == 0 && !h {
+                continue; // the real agent keeps its pod
+            }
+            assert!(server.delete::<Pod>(NS, &pod_name(i, h, 0)));
+            server.apply(&pod_obj(&pod_name(i, h, 1), i, h, 1));
+        }
+        tokio::time::sleep(MIN_INTERVAL).await;
+        // Plan bytes: the writes of this step times the average plan size.
+        let w = server.count(Verb::Patch, "configmaps");
+        let avg = plan_sizes(&server) / n.max(1) as u64;
+        bytes_written += (w - last_writes) as u64 * avg;
+        last_writes = w;
+    }
+    // Until the publisher has caught up: no plan names a replaced pod.
+    let t0 = Instant::now();
+    loop {
+        let stale = server.objects::<ConfigMap>(NS).iter().any(|c| {
+            let text = c["data"]["plan.json"].as_str().unwrap_or("");
+            text.matches("-g0\"").count() > usize::from(text.contains(&pod_name(0, false, 0)))
+        });
+        let w = server.count(Verb::Patch, "configmaps");
+        if w != last_writes {
+            let avg = plan_sizes(&server) / n.max(1) as u64;
+            bytes_written += (w - last_writes) as u64 * avg;
+            last_writes = w;
+        }
+        if !stale {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(900),
+            "publisher never caught up"
+        );
+        tokio::time::sleep(MIN_INTERVAL).await;
+    }
+    // Writes in flight when the last stale plan was replaced.
+    tokio::time::sleep(MIN_INTERVAL * 2).await;
+    let w = server.count(Verb::Patch, "configmaps");
+    bytes_written += (w - last_writes) as u64 * (plan_sizes(&server) / n.max(1) as u64);
+    let writes = server.count(Verb::Patch, "configmaps") + server.count(Verb::Delete, "configmaps")
+        - writes0;
+    let agent = server.watch_delivered("configmaps", None);
+    let old = server.watch_delivered("pods", Some("old-agent"));
+    let agent_series = scrape(metrics)
+        .map(|t| {
+            t.lines()
+                .filter(|l| l.starts_with("kubepulse_") || l.starts_with("process_"))
+                .count()
+        })
+        .unwrap_or(0);
+    token.cancel();
+    let _ = publisher.await;
+    old_task.abort();
+    let watchers = 2 * n as u64;
+    ApiRow {
+        writes,
+        agent_events: agent.0 - agent0.0,
+        agent_bytes: agent.1 - agent0.1,
+        agent_series,
+        new_events: 2 * writes as u64,
+        new_bytes: 2 * bytes_written,
+        old_events: watchers * (old.0 - old0.0),
+        old_bytes: watchers * (old.1 - old0.1),
+    }
+}
+
+fn human(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else {
+        format!("{:.0} kB", b / 1e3)
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let sizes: Vec<usize> = std::env::var("CLUSTER_SCALE_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![100, 1000, 5000]);
+    let cfg = PlanConfig::default();
+    println!(
+        "plan: k_zone={} k_cross={} min_probers={} max_peer_nodes={}; rollout in {ROLLOUT_STEPS} steps, min_interval {MIN_INTERVAL:?}",
+        cfg.k_zone, cfg.k_cross, cfg.min_probers, cfg.max_peer_nodes
+    );
+    println!();
+    println!("| nodes | zones | plan time | peer nodes (max) | targets (max) | series (max, bound) | in-degree min/max | largest plan | plan writes (rollout) | uncoalesced bound | real agent: events / bytes / series | new: events / bytes | old: events / bytes | ratio events / bytes |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for &n in &sizes {
+        for zones in [1, 3, 10] {
+            let p = plan_row(n, zones);
+            let a = api_row(n, zones).await;
+            println!(
+                "| {n} | {zones} | {:.0} ms | {} | {} | {} | {}/{} | {} | {} | {} | {} / {} / {} | {} / {} | {} / {} | {:.0}× / {:.0}× |",
+                p.compute.as_secs_f64() * 1e3,
+                p.max_peer_nodes,
+                p.max_targets,
+                p.series,
+                p.min_in,
+                p.max_in,
+                human(p.max_plan_bytes as u64),
+                a.writes,
+                p.uncoalesced_writes,
+                a.agent_events,
+                human(a.agent_bytes),
+                a.agent_series,
+                a.new_events,
+                human(a.new_bytes),
+                a.old_events,
+                human(a.old_bytes),
+                a.old_events as f64 / a.new_events.max(1) as f64,
+                a.old_bytes as f64 / a.new_bytes.max(1) as f64,
+            );
+        }
+    }
+}

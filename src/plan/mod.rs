@@ -1,0 +1,33 @@
+//! The probe plan: who probes whom, and when bandwidth bursts run.
+//!
+//! Pure logic, computed once by the leader-elected controller
+//! ([`crate::k8s::plan_publisher`]) and handed to each node as a small
+//! [`NodePlan`], so no agent ever lists or watches the other agents
+//! (Pingmesh's pinglists; gardener network-problem-detector's ConfigMap).
+//!
+//! - [`fanout`]: topology-aware, bounded fan-out with a guaranteed
+//!   in-degree, stable under churn (hashed rings per zone).
+//! - [`bandwidth`]: the bandwidth slot schedule over the plan's pairs only.
+//! - [`node_plan`]: one node's share of both, serialised for publication,
+//!   and the [`crate::schedule::busy::BusyNodes`] answer for its targets.
+
+pub mod bandwidth;
+pub mod fanout;
+pub mod node_plan;
+
+pub use bandwidth::BandwidthPlan;
+pub use fanout::{FanOut, PlanConfig, PlanNode};
+pub use node_plan::{NodePlan, PlannedBurst};
+
+/// The node label giving a node's zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// The zone of nodes without [`ZONE_LABEL`]: all of them form one zone.
+pub const DEFAULT_ZONE: &str = "";
+
+/// The series bound of one agent probing `peer_nodes` peer nodes (each on
+/// the pod and the host path), in one place so the bench and the docs
+/// follow the series budget when its formula moves.
+pub fn agent_series_bound(peer_nodes: usize) -> usize {
+    crate::metrics::budget::series_bound(peer_nodes, usize::MAX, 0)
+}
