@@ -150,6 +150,13 @@ label_enum! {
         ConnectionLimit => "connection_limit",
         /// The request asked for more bytes or time than allowed.
         OverLimit => "over_limit",
+        /// The source sent more echo requests or opened more connections
+        /// per second than its budget allows.
+        SourceRate => "source_rate",
+        /// The source already holds its share of open connections.
+        SourceConnections => "source_connections",
+        /// The source used up its bandwidth bytes per minute.
+        SourceBytes => "source_bytes",
     }
 }
 

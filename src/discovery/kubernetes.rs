@@ -286,12 +286,13 @@ impl Health {
             }
         }
         if self.up != Some(false) {
-            tracing::warn!(resource = what, error = %e, peers,
-                "Kubernetes API unreachable; probing the last known peers");
+            let f = crate::k8s::api_error::describe_watcher(e, what, None);
+            tracing::warn!(resource = what, reason = %f.reason, status = ?f.status, peers,
+                "Peer discovery failing: {f}; probing the last known peers");
             self.up = Some(false);
             self.metrics.up.set(0);
         } else {
-            tracing::debug!(resource = what, error = %e, "Kubernetes API still unreachable");
+            tracing::debug!(resource = what, error = %e, "Peer discovery still failing");
         }
     }
 }

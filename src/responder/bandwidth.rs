@@ -81,14 +81,14 @@ pub(super) async fn serve(
     metrics: AgentMetrics,
     stop: CancellationToken,
 ) {
-    let max = limits.max_connections;
+    let accept = limits;
     let limits = Limits {
         max_bytes: limits.max_burst_bytes,
         max_duration: limits.max_burst_duration,
     };
     let flag = BurstFlag::default();
     let conn_stop = stop.clone();
-    accept_loop(listener, KIND, max, metrics.clone(), stop, |s, slot| {
+    accept_loop(listener, KIND, &accept, metrics.clone(), stop, |s, slot| {
         connection(
             s,
             slot,
@@ -149,7 +149,10 @@ async fn connection(
                 Err(reason) => Err((Status::OverLimit, reason)),
                 Ok(()) => match flag.try_take() {
                     None => Err((Status::Busy, RejectReason::Busy)),
-                    Some(guard) => Ok((req, guard)),
+                    Some(guard) => match slot.charge_bytes(req.bytes) {
+                        Err(reason) => Err((Status::OverLimit, reason)),
+                        Ok(()) => Ok((req, guard)),
+                    },
                 },
             },
         },

@@ -43,23 +43,16 @@ pub(super) async fn serve(
         .header_read_timeout(idle_timeout(&limits))
         .keep_alive(true);
     let conn_stop = stop.clone();
-    accept_loop(
-        listener,
-        KIND,
-        limits.max_connections,
-        metrics.clone(),
-        stop,
-        |s, slot| {
-            connection(
-                s,
-                slot,
-                builder.clone(),
-                body.clone(),
-                metrics.clone(),
-                conn_stop.clone(),
-            )
-        },
-    )
+    accept_loop(listener, KIND, &limits, metrics.clone(), stop, |s, slot| {
+        connection(
+            s,
+            slot,
+            builder.clone(),
+            body.clone(),
+            metrics.clone(),
+            conn_stop.clone(),
+        )
+    })
     .await;
 }
 

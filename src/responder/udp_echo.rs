@@ -10,11 +10,13 @@ use crate::sys::thread::prefer_realtime;
 use std::io;
 use std::net::UdpSocket;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::budget::{Rate, TokenBuckets, DEFAULT_MAX_SOURCES};
 use super::{wall_ns, POLL_INTERVAL};
+use crate::config::ResponderSettings;
 use crate::labels::{RejectReason, ResponderKind};
 use crate::metrics::AgentMetrics;
 use crate::proto::echo;
@@ -27,23 +29,32 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(10);
 pub(super) fn spawn(
     sock: UdpSocket,
     offset_ns: u64,
-    realtime: bool,
+    limits: &ResponderSettings,
     metrics: AgentMetrics,
     stop: CancellationToken,
 ) -> io::Result<JoinHandle<()>> {
     // The timeout only serves to notice shutdown; requests wake us at once.
     sock.set_read_timeout(Some(POLL_INTERVAL))?;
+    let realtime = limits.realtime_priority;
+    let rate = Rate::new(f64::from(limits.udp_packets_per_second_per_source), 1.0);
     std::thread::Builder::new()
         .name("kp-udp-echo".into())
         .spawn(move || {
             if realtime {
                 prefer_realtime("udp echo");
             }
-            run(&sock, offset_ns, &metrics, &stop)
+            let budget = TokenBuckets::new(rate, DEFAULT_MAX_SOURCES, Instant::now());
+            run(&sock, offset_ns, budget, &metrics, &stop)
         })
 }
 
-fn run(sock: &UdpSocket, offset_ns: u64, metrics: &AgentMetrics, stop: &CancellationToken) {
+fn run(
+    sock: &UdpSocket,
+    offset_ns: u64,
+    mut budget: TokenBuckets,
+    metrics: &AgentMetrics,
+    stop: &CancellationToken,
+) {
     // One byte more than the largest valid message, to tell oversized
     // datagrams (truncated to the buffer) from the largest valid one.
     let mut buf = vec![0u8; echo::MAX_LEN + 1];
@@ -58,6 +69,11 @@ fn run(sock: &UdpSocket, offset_ns: u64, metrics: &AgentMetrics, stop: &Cancella
             }
         };
         let rx_ns = wall_ns(offset_ns);
+        // Over budget: dropped before any parsing, the cheapest answer.
+        if !budget.take(peer.ip(), 1.0, Instant::now()) {
+            metrics.responder_rejected(ResponderKind::UdpEcho, RejectReason::SourceRate);
+            continue;
+        }
         let Some(msg) = buf.get_mut(..n) else {
             continue;
         };

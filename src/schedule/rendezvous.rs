@@ -91,9 +91,9 @@ pub const SERIES_PER_PEER_KEY: usize = 3 * 6 + 2 + 2 * 2 + 1;
 /// bursts (2 directions × 3 outcomes).
 pub const SERIES_PER_PATH: usize = 3 * 20 + 4 * 5 + 4 + 20 + 3 * 20 + 2 * 3;
 /// Series independent of peers: send-late (3), responder requests (4),
-/// rejections (4 × 5), connections (3), ICMP mode (3), peers by path (7),
+/// rejections (4 × 8), connections (3), ICMP mode (3), peers by path (7),
 /// build info, discovery (2) and the 7 `process_*` series.
-pub const SERIES_FIXED: usize = 3 + 4 + 4 * 5 + 3 + 3 + 7 + 1 + 2 + 7;
+pub const SERIES_FIXED: usize = 3 + 4 + 4 * 8 + 3 + 3 + 7 + 1 + 2 + 7;
 /// Path kinds an agent uses: pod agents pod_cross_node, pod_to_host and the
 /// two Service paths; host agents host_cross_node, host_to_pod and the two
 /// Service paths. pod_same_node adds one when a node runs two pod agents.
@@ -101,7 +101,7 @@ pub const PATHS_PER_AGENT: usize = 4;
 
 /// Upper bound on the series one agent exports with `peer_nodes` other
 /// nodes, each running a pod and a host agent, and the Service targets:
-/// `50 + 170·(4 + [s > 0]) + 25·(2·min(n, max_peers) + 3 + s)` where `s`
+/// `62 + 170·(4 + [s > 0]) + 25·(2·min(n, max_peers) + 3 + s)` where `s`
 /// is the number of extra agents on the agent's own node (0 outside
 /// rollouts).
 pub fn series_bound(peer_nodes: usize, max_peers: usize, same_node_extra: usize) -> usize {
