@@ -173,7 +173,8 @@ pub fn from_status(
         409 => (
             ApiFailureReason::Conflict,
             format!(
-                "conflict: another writer changed {} first{said}",
+                "conflict on {} {}: another writer changed it first, or it already exists{said}",
+                call.verb,
                 call.object()
             ),
         ),
@@ -244,7 +245,17 @@ fn transport_reason(err: &(dyn std::error::Error + 'static)) -> (ApiFailureReaso
     let mut text_says_tls = false;
     let mut text_says_timeout = false;
     while let Some(e) = cur {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return (ApiFailureReason::Tls, "TLS failure");
+        }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            // io::Error::source() skips the wrapped error itself.
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+            {
+                return (ApiFailureReason::Tls, "TLS failure");
+            }
             match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => {
                     return (ApiFailureReason::ConnectionRefused, "connection refused")
@@ -254,10 +265,19 @@ fn transport_reason(err: &(dyn std::error::Error + 'static)) -> (ApiFailureReaso
             }
         }
         let text = e.to_string().to_ascii_lowercase();
-        if text.contains("certificate")
-            || text.contains("tls")
-            || text.contains("handshake")
-            || text.contains("invalid peer")
+        // rustls's messages, for when its error is not reachable as a type.
+        if [
+            "certificate",
+            "tls",
+            "handshake",
+            "invalid peer",
+            "corrupt message",
+            "fatal alert",
+            "peer misbehaved",
+            "peer is incompatible",
+        ]
+        .iter()
+        .any(|w| text.contains(w))
         {
             text_says_tls = true;
         }
@@ -387,6 +407,9 @@ mod tests {
         let f = describe(&kube::Error::ReadEvents(io), &LEASE_GET);
         assert_eq!(f.reason, ApiFailureReason::Tls);
         assert!(f.message.contains("UnknownIssuer"), "{f}");
+        let io = std::io::Error::other(rustls::Error::DecryptError);
+        let f = describe(&kube::Error::ReadEvents(io), &LEASE_GET);
+        assert_eq!(f.reason, ApiFailureReason::Tls);
         let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         let f = describe(&kube::Error::ReadEvents(io), &LEASE_GET);
         assert_eq!(f.reason, ApiFailureReason::Transport);

@@ -240,8 +240,9 @@ impl LeaderElector {
         if let Some(m) = &self.metrics {
             m.leader_error(f.reason);
         }
-        // A lost race is part of normal operation, not a reason to worry.
-        if f.reason != api_error::ApiFailureReason::Conflict {
+        // A lost update race is part of normal operation, not a reason to
+        // worry; a create conflict is: the GET said the Lease is missing.
+        if f.reason != api_error::ApiFailureReason::Conflict || verb != "update" {
             if let Some(held_back) = self.warnings.allow(Instant::now()) {
                 tracing::warn!(
                     reason = %f.reason,

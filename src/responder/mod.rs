@@ -1,6 +1,8 @@
 //! Probe responders: UDP echo, TCP request/response echo, TCP bandwidth
-//! sink/source and HTTP. Bounded connections, bounded bursts; malformed input
-//! is rejected and counted, never a panic.
+//! sink/source and HTTP. Bounded connections, bounded bursts, and budgets
+//! per source address ([`budget`]): UDP echo requests per second, TCP
+//! connections per second and open at once, bandwidth bytes per minute.
+//! Malformed or over-budget input is rejected and counted, never a panic.
 //!
 //! Where each one runs, and why:
 //! - UDP echo: a dedicated OS thread with a blocking socket. Its turnaround
@@ -17,6 +19,8 @@
 mod bandwidth;
 pub mod budget;
 mod http;
+#[cfg(fuzzing)]
+pub(crate) use http::fuzz_request;
 mod tcp_echo;
 mod udp_echo;
 

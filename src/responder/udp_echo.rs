@@ -1,6 +1,9 @@
-//! UDP echo: answers every valid echo request with the whole datagram
-//! (padding included, so path MTU probes see their size come back), stamped
-//! with the responder's wall-clock receive and send times.
+//! UDP echo: answers every valid echo request within its source's budget
+//! (`udp_packets_per_second_per_source`, see [`super::budget`]) with the
+//! whole datagram (padding included, so path MTU probes see their size come
+//! back), stamped with the responder's wall-clock receive and send times.
+//! Requests over budget are dropped before parsing and counted
+//! (`reason="source_rate"`): no reflector at line rate.
 //!
 //! Runs on its own OS thread with a blocking socket: its turnaround adds to
 //! every measured RTT, and on the shared runtime it would queue behind other
