@@ -326,3 +326,66 @@ async fn an_api_that_refuses_connections_is_named_and_not_ready() {
     tb.cancel();
     b.join().await;
 }
+
+/// `/readyz` of the real binary: 503 with the reason while the API refuses
+/// connections, 200 once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_tells_whether_the_api_is_reachable() {
+    use support::process::{free_port, Kubepulse};
+    use support::scrape::http_get;
+    let write_config = |url: &str| {
+        let mut f = tempfile::Builder::new()
+            .suffix(".yaml")
+            .tempfile()
+            .expect("temp");
+        write!(
+            f,
+            "controller:\n  api_url: {url}\n  name: readyz\n  pod_startup:\n    enabled: false\n  \
+             sampler:\n    enabled: false\n  leader:\n    lease_duration: 2s\n    \
+             renew_deadline: 1500ms\n    retry_period: 200ms\n"
+        )
+        .expect("write");
+        f
+    };
+    let readyz = |p: &Kubepulse| {
+        let addr = p.metrics;
+        move || http_get(addr, "/readyz").expect("GET /readyz")
+    };
+    let poll = |get: &dyn Fn() -> (u16, String), want: u16| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (code, body) = get();
+            if code == want {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/readyz stayed {code}: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    let closed = write_config(&format!("http://127.0.0.1:{}", free_port()));
+    let path = closed.path().to_str().expect("path").to_string();
+    let p = Kubepulse::start(&["controller", "--config", &path, "--listen", "127.0.0.1:0"]);
+    let get = readyz(&p);
+    let body = tokio::task::spawn_blocking(move || poll(&get, 503))
+        .await
+        .expect("poll");
+    assert!(
+        body.contains("cannot reach the Kubernetes API") && body.contains("connection refused"),
+        "{body}"
+    );
+    drop(p);
+
+    let server = ApiServer::with_namespaces(&["kubepulse"]).await;
+    let open = write_config(&server.url());
+    let path = open.path().to_str().expect("path").to_string();
+    let p = Kubepulse::start(&["controller", "--config", &path, "--listen", "127.0.0.1:0"]);
+    let get = readyz(&p);
+    let body = tokio::task::spawn_blocking(move || poll(&get, 200))
+        .await
+        .expect("poll");
+    assert!(body.contains("Kubernetes API reachable"), "{body}");
+}

@@ -127,11 +127,13 @@ impl LeaderCore {
     }
 }
 
-/// Lets one warning through per `interval`, counting those held back.
+/// Lets one warning through per `interval`, counting those held back; a
+/// warning of a new kind goes through at once (the problem changed).
 #[derive(Debug, Clone)]
 pub struct WarnLimiter {
     interval: Duration,
     last: Option<Instant>,
+    last_kind: Option<&'static str>,
     held_back: u64,
 }
 
@@ -141,21 +143,23 @@ impl WarnLimiter {
         Self {
             interval,
             last: None,
+            last_kind: None,
             held_back: 0,
         }
     }
 
-    /// `Some(n)` when a warning may be logged at `now` (`n` were held back
-    /// since the last one), `None` when it must be held back.
-    pub fn allow(&mut self, now: Instant) -> Option<u64> {
-        if self
+    /// `Some(n)` when a warning of `kind` may be logged at `now` (`n` were
+    /// held back since the last one), `None` when it must be held back.
+    pub fn allow(&mut self, kind: &'static str, now: Instant) -> Option<u64> {
+        let recent = self
             .last
-            .is_some_and(|t| now.saturating_duration_since(t) < self.interval)
-        {
+            .is_some_and(|t| now.saturating_duration_since(t) < self.interval);
+        if recent && self.last_kind == Some(kind) {
             self.held_back += 1;
             return None;
         }
         self.last = Some(now);
+        self.last_kind = Some(kind);
         Some(std::mem::take(&mut self.held_back))
     }
 }
@@ -243,7 +247,7 @@ impl LeaderElector {
         // A lost update race is part of normal operation, not a reason to
         // worry; a create conflict is: the GET said the Lease is missing.
         if f.reason != api_error::ApiFailureReason::Conflict || verb != "update" {
-            if let Some(held_back) = self.warnings.allow(Instant::now()) {
+            if let Some(held_back) = self.warnings.allow(f.reason.as_str(), Instant::now()) {
                 tracing::warn!(
                     reason = %f.reason,
                     status = ?f.status,
@@ -466,11 +470,15 @@ mod tests {
     #[test]
     fn warnings_are_rate_limited_and_count_what_was_held_back() {
         let t = Instant::now();
-        let mut w = WarnLimiter::new(Duration::from_secs(30));
-        assert_eq!(w.allow(t), Some(0));
-        assert_eq!(w.allow(t + Duration::from_secs(1)), None);
-        assert_eq!(w.allow(t + Duration::from_secs(29)), None);
-        assert_eq!(w.allow(t + Duration::from_secs(30)), Some(2));
-        assert_eq!(w.allow(t + Duration::from_secs(31)), None);
+        let s = Duration::from_secs;
+        let mut w = WarnLimiter::new(s(30));
+        assert_eq!(w.allow("forbidden", t), Some(0));
+        assert_eq!(w.allow("forbidden", t + s(1)), None);
+        assert_eq!(w.allow("forbidden", t + s(29)), None);
+        assert_eq!(w.allow("forbidden", t + s(30)), Some(2));
+        assert_eq!(w.allow("forbidden", t + s(31)), None);
+        // A new kind of failure is told at once.
+        assert_eq!(w.allow("tls", t + s(32)), Some(1));
+        assert_eq!(w.allow("tls", t + s(33)), None);
     }
 }
