@@ -137,6 +137,20 @@ pub fn describe_watcher(
     }
 }
 
+/// Names a failure from a raw response: its status and, when the body is
+/// a `Status` object, the apiserver's reason and message.
+pub fn from_response(code: u16, body: &[u8], call: &ApiCall<'_>) -> ApiFailure {
+    match serde_json::from_slice::<kube::core::Status>(body) {
+        Ok(st) => from_status(
+            code,
+            Some(st.reason.as_str()).filter(|r| !r.is_empty()),
+            &st.message,
+            call,
+        ),
+        Err(_) => from_status(code, None, "", call),
+    }
+}
+
 /// Names a failure from an HTTP status and the apiserver's reason and
 /// message (also for callers that send raw requests and read the status).
 pub fn from_status(
@@ -375,6 +389,26 @@ mod tests {
         let f = describe_watcher(&e, "nodes", None);
         assert_eq!(f.reason, ApiFailureReason::NotFound);
         assert!(f.message.contains("nodes does not exist"), "{f}");
+    }
+
+    #[test]
+    fn raw_responses_are_read_for_the_apiserver_reason() {
+        let body = br#"{"kind":"Status","apiVersion":"v1","status":"Failure","code":403,"reason":"Forbidden","message":"pods is forbidden"}"#;
+        let call = ApiCall {
+            verb: "create",
+            resource: "pods",
+            namespace: Some("kubepulse-probes"),
+            name: None,
+        };
+        let f = from_response(403, body, &call);
+        assert_eq!(f.api_reason.as_deref(), Some("Forbidden"));
+        assert!(f.message.contains("verb \"create\" on pods"), "{f}");
+        assert!(f.message.contains("pods is forbidden"), "{f}");
+        let f = from_response(502, b"<html>bad gateway</html>", &call);
+        assert_eq!(
+            (f.reason, f.api_reason),
+            (ApiFailureReason::ServerError, None)
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use kube::core::Request;
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
+use super::api_error::{self, ApiCall};
 use super::clock::next_target;
 use super::label_keys::PROBE_ID;
 use super::labels::{Outcome, Phase, Resource, Verb};
@@ -199,7 +200,14 @@ impl PodProbe {
                 self.follow(&mut st, &mut pod_w, &mut ev_w).await
             }
             Ok(r) => {
-                tracing::warn!(status = r.status, "Probe pod POST rejected");
+                let call = ApiCall {
+                    verb: "create",
+                    resource: "pods",
+                    namespace: Some(&self.namespace),
+                    name: None,
+                };
+                let f = api_error::from_response(r.status, &r.body, &call);
+                tracing::warn!(status = r.status, reason = %f.reason, "Probe pod POST rejected: {f}");
                 st.create_failed()
             }
             Err(e) => {
@@ -307,10 +315,18 @@ impl PodProbe {
             Ok(r) if r.ok() => marks.delete_sent = Some(r.sent),
             Ok(r) if r.status == 404 && quiet_404 => return,
             Ok(r) => {
+                let call = ApiCall {
+                    verb: "delete",
+                    resource: "pods",
+                    namespace: Some(&self.namespace),
+                    name: Some(name),
+                };
+                let f = api_error::from_response(r.status, &r.body, &call);
                 tracing::warn!(
                     status = r.status,
+                    reason = %f.reason,
                     pod = name,
-                    "Probe pod DELETE rejected; the sweeper will retry"
+                    "Probe pod DELETE rejected; the sweeper will retry: {f}"
                 );
                 return;
             }
