@@ -267,8 +267,10 @@ impl Default for ResponderSettings {
             test_clock_offset: Duration::ZERO,
             // Well above the probe plan: a peer sends a few echo requests
             // a second, opens a TCP connection every few seconds and runs a
-            // few bursts of at most 32 MiB per minute.
-            udp_packets_per_second_per_source: 1000,
+            // few bursts of at most 32 MiB per minute. UDP has the most
+            // room: Service probes SNATed by kube-proxy arrive from one
+            // node address for many agents.
+            udp_packets_per_second_per_source: 5000,
             tcp_connections_per_second_per_source: 100,
             max_connections_per_source: 32,
             bandwidth_bytes_per_minute_per_source: 1 << 30,
