@@ -276,6 +276,11 @@ impl LeaderElector {
     /// cancellation a leader releases the Lease so a peer takes over at once.
     pub async fn run(mut self, leading: watch::Sender<bool>, token: CancellationToken) {
         let name = self.settings.lease_name.clone();
+        if name != super::rbac::DEFAULT_LEASE_NAME {
+            // The shipped Role names the default Lease (see rbac::grants_for).
+            tracing::info!(lease = %name,
+                "Leader Lease renamed: the Role kubepulse-controller-leader must grant get and update on this name (resourceNames)");
+        }
         let mut core = LeaderCore::new(&self.identity, self.settings.renew_deadline);
         let mut seen: Option<(Option<String>, Option<MicroTime>)> = None;
         let mut unchanged_since = Instant::now();
