@@ -155,6 +155,13 @@ label_enum! {
         /// A bandwidth request with a bad MAC, a timestamp outside ±30 s or
         /// a replayed nonce.
         Unauthenticated => "unauthenticated",
+        /// The source sent more echo requests or opened more connections
+        /// per second than its budget allows.
+        SourceRate => "source_rate",
+        /// The source already holds its share of open connections.
+        SourceConnections => "source_connections",
+        /// The source used up its bandwidth bytes per minute.
+        SourceBytes => "source_bytes",
     }
 }
 

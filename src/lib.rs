@@ -27,6 +27,10 @@ pub mod stats;
 pub mod sys;
 pub mod telemetry;
 
+/// Entry points for the fuzz targets in `fuzz/` (built with `--cfg fuzzing`).
+#[cfg(fuzzing)]
+pub mod fuzzing;
+
 pub use error::{Error, Result};
 
 /// The git revision baked in at build time (`KUBEPULSE_REVISION`), or

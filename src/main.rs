@@ -192,7 +192,20 @@ async fn run_controller(settings: Settings, token: CancellationToken) -> anyhow:
     let server = tokio::spawn(http::serve(listener, state.clone(), token.clone()));
     let signals = tokio::spawn(shutdown::on_signal(token.clone()));
     let running = kubepulse::roles::controller::start(c, clients, m, token.clone())?;
-    // Ready means serving; only the leader measures.
+    // Ready means serving and reaching the API; only the leader measures.
+    let (api, leading) = (running.api.clone(), running.leading.clone());
+    let _ = state.check.set(Box::new(move || {
+        let role = if *leading.borrow() {
+            "leader"
+        } else {
+            "standby"
+        };
+        match api.get() {
+            None => Err("no Kubernetes API call has completed yet".into()),
+            Some(Ok(())) => Ok(format!("{role}, Kubernetes API reachable")),
+            Some(Err(why)) => Err(format!("cannot reach the Kubernetes API: {why}")),
+        }
+    }));
     state.set_ready();
     println!(
         "kubepulse controller {} (run {}): metrics at http://{}/metrics",

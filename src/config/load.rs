@@ -38,6 +38,17 @@ pub fn load_from(
     Ok(settings)
 }
 
+/// Loads settings from YAML text over the defaults, without a file or
+/// the environment (the fuzz target's entry; same rules as [`load_from`]).
+pub fn load_yaml_str(text: &str) -> Result<Settings, ConfigError> {
+    let b = Config::builder()
+        .add_source(Config::try_from(&Settings::default())?)
+        .add_source(File::from_str(text, config::FileFormat::Yaml));
+    let settings: Settings = b.build()?.try_deserialize()?;
+    validate(&settings)?;
+    Ok(settings)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +64,14 @@ mod tests {
             .expect("temp file");
         f.write_all(contents.as_bytes()).expect("write");
         Yaml(f)
+    }
+
+    #[test]
+    fn yaml_text_loads_like_a_file() {
+        let s = load_yaml_str("probes:\n  udp:\n    interval: 250ms\n").expect("loads");
+        assert_eq!(s.probes.udp.interval, Duration::from_millis(250));
+        assert!(load_yaml_str("probes: [").is_err());
+        assert!(load_yaml_str("nonsense_key: 1").is_err());
     }
 
     #[test]

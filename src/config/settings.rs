@@ -299,6 +299,18 @@ pub struct ResponderSettings {
     /// clock offset estimation. Never set in production.
     #[serde(with = "humantime_serde")]
     pub test_clock_offset: Duration,
+    /// UDP echo requests answered per second per source address (an IPv6
+    /// /64 counts as one source); up to one second's worth at once.
+    pub udp_packets_per_second_per_source: u32,
+    /// New TCP connections accepted per second per source, per TCP
+    /// responder; up to one second's worth at once.
+    pub tcp_connections_per_second_per_source: u32,
+    /// Connections one source may hold open on one TCP responder, so a
+    /// single source cannot take every slot of `max_connections`.
+    pub max_connections_per_source: usize,
+    /// Bandwidth burst bytes served per minute per source (charged at
+    /// the request, whatever the burst then moves).
+    pub bandwidth_bytes_per_minute_per_source: u64,
 }
 
 impl Default for ResponderSettings {
@@ -311,6 +323,15 @@ impl Default for ResponderSettings {
             idle_timeout: Duration::from_secs(120),
             realtime_priority: true,
             test_clock_offset: Duration::ZERO,
+            // Well above the probe plan: a peer sends a few echo requests
+            // a second, opens a TCP connection every few seconds and runs a
+            // few bursts of at most 32 MiB per minute. UDP has the most
+            // room: Service probes SNATed by kube-proxy arrive from one
+            // node address for many agents.
+            udp_packets_per_second_per_source: 5000,
+            tcp_connections_per_second_per_source: 100,
+            max_connections_per_source: 32,
+            bandwidth_bytes_per_minute_per_source: 1 << 30,
         }
     }
 }
@@ -582,7 +603,7 @@ pub struct LeaderSettings {
 impl Default for LeaderSettings {
     fn default() -> Self {
         Self {
-            lease_name: "kubepulse-controller".into(),
+            lease_name: crate::k8s::rbac::DEFAULT_LEASE_NAME.into(),
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),

@@ -161,6 +161,21 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
             "bursts are capped at 12.5 GB (1s at 100 Gbit/s) and 1s",
         ));
     }
+    if r.udp_packets_per_second_per_source == 0
+        || r.tcp_connections_per_second_per_source == 0
+        || r.max_connections_per_source == 0
+    {
+        return Err(invalid(
+            "responder.*_per_source",
+            "per-source budgets must be at least 1",
+        ));
+    }
+    if r.bandwidth_bytes_per_minute_per_source < r.max_burst_bytes {
+        return Err(invalid(
+            "responder.bandwidth_bytes_per_minute_per_source",
+            "must be at least responder.max_burst_bytes, or no burst could ever be served",
+        ));
+    }
     if r.http_body_bytes > 1 << 20 {
         return Err(invalid(
             "responder.http_body_bytes",

@@ -244,20 +244,22 @@ impl Health {
         }
     }
 
-    /// The one place a kube error of the plan reader is logged.
-    fn failed(&mut self, e: &dyn std::fmt::Display, code: Option<u16>, peers: usize) {
+    /// The one place a kube error of the plan reader is logged, named (403
+    /// with verb and resource, 404, refused, TLS...) rather than "unreachable".
+    fn failed(&mut self, e: &watcher::Error, namespace: &str, peers: usize) {
         // A watch expiring (410 Gone) is routine: the watcher re-lists at once.
-        if code == Some(410) {
+        if watch_code(e) == Some(410) {
             tracing::info!("Plan watch expired; re-listing");
             return;
         }
         if self.up != Some(false) {
-            tracing::warn!(error = %e, peers,
-                "Kubernetes API unreachable; probing the last plan");
+            let f = crate::k8s::api_error::describe_watcher(e, "configmaps", Some(namespace));
+            tracing::warn!(reason = %f.reason, status = ?f.status, peers,
+                "Reading the probe plan failed: {f}; probing the last plan");
             self.up = Some(false);
             self.metrics.up.set(0);
         } else {
-            tracing::debug!(error = %e, "Kubernetes API still unreachable");
+            tracing::debug!(error = %e, "Reading the probe plan still failing");
         }
     }
 }
@@ -306,7 +308,7 @@ async fn run(
         let event = match event {
             Ok(ev) => ev,
             Err(e) => {
-                health.failed(&e, watch_code(&e), peers_now);
+                health.failed(&e, &opts.namespace, peers_now);
                 continue;
             }
         };

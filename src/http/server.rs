@@ -38,7 +38,13 @@ pub struct ServerState {
     pub ready: AtomicBool,
     /// One-line description shown on `/`.
     pub title: String,
+    /// Asked by `/readyz` once ready: `Err` says why the role is not
+    /// ready after all (the controller: it cannot reach the API).
+    pub check: std::sync::OnceLock<ReadyCheck>,
 }
+
+/// A readiness check: `Ok` with a status line, or `Err` with the reason.
+pub type ReadyCheck = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
 
 impl ServerState {
     /// A state serving `registries`, not yet ready.
@@ -47,6 +53,7 @@ impl ServerState {
             registries,
             ready: AtomicBool::new(false),
             title: title.into(),
+            check: std::sync::OnceLock::new(),
         })
     }
 
@@ -87,7 +94,15 @@ fn route(state: &ServerState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
         "/readyz" => {
             if state.ready.load(Ordering::Acquire) {
-                text(StatusCode::OK, PLAIN, "ready\n")
+                match state.check.get().map(|c| c()) {
+                    None => text(StatusCode::OK, PLAIN, "ready\n"),
+                    Some(Ok(line)) => text(StatusCode::OK, PLAIN, format!("ready: {line}\n")),
+                    Some(Err(why)) => text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        PLAIN,
+                        format!("not ready: {why}\n"),
+                    ),
+                }
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "starting\n")
             }

@@ -6,7 +6,14 @@
 //! test server implement. Expiry is judged on our monotonic clock since we
 //! last saw the record change (as client-go does), so node clock skew
 //! cannot make a live holder look expired.
+//!
+//! The decisions are pure ([`LeaderCore::decide`], [`WarnLimiter`]); the
+//! loop in [`LeaderElector::run`] only does the IO. Every failed call is
+//! named ([`super::api_error`]), logged at `warn` (rate-limited) and
+//! counted in `kubepulse_controller_leader_errors_total{reason}`, so a
+//! controller that cannot lead says why.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -17,18 +24,174 @@ use kube::Client;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::api_error::{self, ApiCall, ApiFailure};
+use super::metrics::ControllerMetrics;
 use crate::config::LeaderSettings;
-
-/// Elects one leader among replicas sharing a Lease.
-pub struct LeaderElector {
-    api: Api<Lease>,
-    identity: String,
-    settings: LeaderSettings,
-}
 
 /// Whether a record unchanged since `observed_at` has expired at `now`.
 pub fn expired(observed_at: Instant, now: Instant, lease_duration: Duration) -> bool {
     now.saturating_duration_since(observed_at) >= lease_duration
+}
+
+/// What one read of the Lease showed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// The Lease does not exist.
+    Missing,
+    /// The Lease exists.
+    Held {
+        /// Its holder (`None`: released).
+        holder: Option<String>,
+        /// When we first saw its current (holder, renewTime) record, on our
+        /// monotonic clock.
+        unchanged_since: Instant,
+        /// Its lease duration.
+        duration: Duration,
+    },
+    /// The read failed: nothing is known.
+    Unknown,
+}
+
+/// What the elector does after a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create the Lease, holding it.
+    Create,
+    /// Renew our own Lease.
+    Renew,
+    /// Take over a released or expired Lease.
+    TakeOver,
+    /// Nothing to write: another replica holds it, or the read failed.
+    Wait,
+}
+
+/// The pure core of leader election: what to write after a read, and
+/// whether we lead. Leadership lasts `renew_deadline` after our last
+/// successful write, so a replica that cannot reach the API stops
+/// measuring before its Lease can expire and a peer takes over.
+#[derive(Debug, Clone)]
+pub struct LeaderCore {
+    identity: String,
+    renew_deadline: Duration,
+    last_write: Option<Instant>,
+}
+
+impl LeaderCore {
+    /// A core for `identity`, leading for `renew_deadline` after each write.
+    pub fn new(identity: &str, renew_deadline: Duration) -> Self {
+        Self {
+            identity: identity.to_string(),
+            renew_deadline,
+            last_write: None,
+        }
+    }
+
+    /// Decides what to do about `observed` at `now`. Seeing another holder
+    /// ends our leadership at once.
+    pub fn decide(&mut self, observed: &Observed, now: Instant) -> Action {
+        match observed {
+            Observed::Missing => Action::Create,
+            Observed::Unknown => Action::Wait,
+            Observed::Held {
+                holder,
+                unchanged_since,
+                duration,
+            } => {
+                if holder.as_deref() == Some(self.identity.as_str()) {
+                    Action::Renew
+                } else if holder.is_none() || expired(*unchanged_since, now, *duration) {
+                    Action::TakeOver
+                } else {
+                    self.last_write = None;
+                    Action::Wait
+                }
+            }
+        }
+    }
+
+    /// Notes a successful write (create, renew or take-over) at `now`.
+    pub fn wrote(&mut self, now: Instant) {
+        self.last_write = Some(now);
+    }
+
+    /// Whether we lead at `now`. Once the deadline has passed, leadership is
+    /// gone for good: only a new write brings it back.
+    pub fn leading(&mut self, now: Instant) -> bool {
+        let lead = self
+            .last_write
+            .is_some_and(|t| now.saturating_duration_since(t) < self.renew_deadline);
+        if !lead {
+            self.last_write = None;
+        }
+        lead
+    }
+}
+
+/// Lets one warning through per `interval`, counting those held back; a
+/// warning of a new kind goes through at once (the problem changed).
+#[derive(Debug, Clone)]
+pub struct WarnLimiter {
+    interval: Duration,
+    last: Option<Instant>,
+    last_kind: Option<&'static str>,
+    held_back: u64,
+}
+
+impl WarnLimiter {
+    /// At most one warning per `interval`.
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: None,
+            last_kind: None,
+            held_back: 0,
+        }
+    }
+
+    /// `Some(n)` when a warning of `kind` may be logged at `now` (`n` were
+    /// held back since the last one), `None` when it must be held back.
+    pub fn allow(&mut self, kind: &'static str, now: Instant) -> Option<u64> {
+        let recent = self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < self.interval);
+        if recent && self.last_kind == Some(kind) {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(now);
+        self.last_kind = Some(kind);
+        Some(std::mem::take(&mut self.held_back))
+    }
+}
+
+/// Whether this replica reached the API on its last attempt, for `/readyz`.
+#[derive(Debug, Clone, Default)]
+pub struct ApiReachability(Arc<Mutex<Option<Result<(), String>>>>);
+
+impl ApiReachability {
+    /// Records the result of the latest call.
+    pub fn set(&self, r: Result<(), String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+    }
+
+    /// `None` before the first call, else the latest result.
+    pub fn get(&self) -> Option<Result<(), String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// At most one leader-election warning per this interval.
+const WARN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Elects one leader among replicas sharing a Lease.
+pub struct LeaderElector {
+    api: Api<Lease>,
+    namespace: String,
+    identity: String,
+    settings: LeaderSettings,
+    metrics: Option<ControllerMetrics>,
+    reachability: ApiReachability,
+    warnings: WarnLimiter,
 }
 
 impl LeaderElector {
@@ -36,9 +199,24 @@ impl LeaderElector {
     pub fn new(client: Client, namespace: &str, identity: &str, settings: LeaderSettings) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
+            namespace: namespace.to_string(),
             identity: identity.to_string(),
             settings,
+            metrics: None,
+            reachability: ApiReachability::default(),
+            warnings: WarnLimiter::new(WARN_INTERVAL),
         }
+    }
+
+    /// Counts failures in `kubepulse_controller_leader_errors_total`.
+    pub fn with_metrics(mut self, metrics: ControllerMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Where this elector publishes whether it reaches the API.
+    pub fn reachability(&self) -> ApiReachability {
+        self.reachability.clone()
     }
 
     fn spec(&self, transitions: i32, acquire: Option<MicroTime>) -> LeaseSpec {
@@ -54,19 +232,103 @@ impl LeaderElector {
         }
     }
 
+    /// Names, counts and (rate-limited) logs a failed call on the Lease.
+    fn failed(&mut self, verb: &str, e: &kube::Error) -> ApiFailure {
+        let call = ApiCall {
+            verb,
+            resource: "leases.coordination.k8s.io",
+            namespace: Some(&self.namespace),
+            name: Some(&self.settings.lease_name),
+        };
+        let f = api_error::describe(e, &call);
+        if let Some(m) = &self.metrics {
+            m.leader_error(f.reason);
+        }
+        // A lost update race is part of normal operation, not a reason to
+        // worry; a create conflict is: the GET said the Lease is missing.
+        if f.reason != api_error::ApiFailureReason::Conflict || verb != "update" {
+            if let Some(held_back) = self.warnings.allow(f.reason.as_str(), Instant::now()) {
+                tracing::warn!(
+                    reason = %f.reason,
+                    status = ?f.status,
+                    api_reason = ?f.api_reason,
+                    held_back,
+                    "Leader election failed: {f}"
+                );
+            }
+        } else {
+            tracing::debug!("Leader lease update lost a race: {f}");
+        }
+        f
+    }
+
+    /// Records whether the last call reached the API at all (any HTTP
+    /// answer does; a transport failure does not).
+    fn reached(&self, r: Result<(), &ApiFailure>) {
+        self.reachability.set(match r {
+            Ok(()) => Ok(()),
+            Err(f) if f.status.is_some() => Ok(()),
+            Err(f) => Err(f.message.clone()),
+        });
+    }
+
     /// Runs until cancelled, publishing leadership on `leading`. On
     /// cancellation a leader releases the Lease so a peer takes over at once.
-    pub async fn run(self, leading: watch::Sender<bool>, token: CancellationToken) {
+    pub async fn run(mut self, leading: watch::Sender<bool>, token: CancellationToken) {
         let name = self.settings.lease_name.clone();
-        let mut observed: Option<(Option<String>, Option<MicroTime>)> = None;
-        let mut observed_at = Instant::now();
-        let mut last_renew: Option<Instant> = None;
+        if name != super::rbac::DEFAULT_LEASE_NAME {
+            // The shipped Role names the default Lease (see rbac::grants_for).
+            tracing::info!(lease = %name,
+                "Leader Lease renamed: the Role kubepulse-controller-leader must grant get and update on this name (resourceNames)");
+        }
+        let mut core = LeaderCore::new(&self.identity, self.settings.renew_deadline);
+        let mut seen: Option<(Option<String>, Option<MicroTime>)> = None;
+        let mut unchanged_since = Instant::now();
         loop {
             let now = Instant::now();
-            let is_leader = *leading.borrow();
-            match self.api.get_opt(&name).await {
-                Err(e) => tracing::debug!(error = %e, "Leader lease GET failed"),
+            let read = self.api.get_opt(&name).await;
+            let (observed, lease) = match read {
+                Err(e) => {
+                    let f = self.failed("get", &e);
+                    self.reached(Err(&f));
+                    (Observed::Unknown, None)
+                }
                 Ok(None) => {
+                    self.reached(Ok(()));
+                    (Observed::Missing, None)
+                }
+                Ok(Some(lease)) => {
+                    self.reached(Ok(()));
+                    let spec = lease.spec.clone().unwrap_or_default();
+                    let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+                    let record = (holder.clone(), spec.renew_time.clone());
+                    if seen.as_ref() != Some(&record) {
+                        seen = Some(record);
+                        unchanged_since = now;
+                    }
+                    let duration = spec
+                        .lease_duration_seconds
+                        .and_then(|s| u64::try_from(s).ok())
+                        .map_or(self.settings.lease_duration, Duration::from_secs);
+                    (
+                        Observed::Held {
+                            holder,
+                            unchanged_since,
+                            duration,
+                        },
+                        Some(lease),
+                    )
+                }
+            };
+            let was_leading = *leading.borrow();
+            let action = core.decide(&observed, now);
+            if let (true, Action::Wait, Observed::Held { holder, .. }) =
+                (was_leading, &action, &observed)
+            {
+                tracing::warn!(holder = ?holder, "Leader lease taken by another replica");
+            }
+            let written = match (&action, lease) {
+                (Action::Create, _) => {
                     let lease = Lease {
                         metadata: ObjectMeta {
                             name: Some(name.clone()),
@@ -74,59 +336,46 @@ impl LeaderElector {
                         },
                         spec: Some(self.spec(0, None)),
                     };
-                    if self
-                        .api
-                        .create(&PostParams::default(), &lease)
-                        .await
-                        .is_ok()
-                    {
-                        last_renew = Some(now);
-                    }
+                    Some(
+                        self.api
+                            .create(&PostParams::default(), &lease)
+                            .await
+                            .map(drop)
+                            .map_err(|e| ("create", e)),
+                    )
                 }
-                Ok(Some(mut lease)) => {
+                (Action::Renew | Action::TakeOver, Some(mut lease)) => {
                     let spec = lease.spec.clone().unwrap_or_default();
-                    let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
-                    let record = (holder.clone(), spec.renew_time.clone());
-                    if observed.as_ref() != Some(&record) {
-                        observed = Some(record);
-                        observed_at = now;
-                    }
-                    let duration = spec
-                        .lease_duration_seconds
-                        .and_then(|s| u64::try_from(s).ok())
-                        .map_or(self.settings.lease_duration, Duration::from_secs);
-                    let mine = holder.as_deref() == Some(self.identity.as_str());
-                    if !mine && is_leader {
-                        tracing::warn!(holder = ?holder, "Leader lease taken by another replica");
-                        last_renew = None;
-                        leading.send_replace(false);
-                    }
-                    if mine || holder.is_none() || expired(observed_at, now, duration) {
-                        let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!mine);
-                        let acquire = if mine {
-                            spec.acquire_time.clone()
-                        } else {
-                            None
-                        };
-                        lease.spec = Some(self.spec(transitions, acquire));
-                        match self
-                            .api
+                    let mine = action == Action::Renew;
+                    let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!mine);
+                    let acquire = if mine {
+                        spec.acquire_time.clone()
+                    } else {
+                        None
+                    };
+                    lease.spec = Some(self.spec(transitions, acquire));
+                    Some(
+                        self.api
                             .replace(&name, &PostParams::default(), &lease)
                             .await
-                        {
-                            Ok(_) => last_renew = Some(now),
-                            Err(e) => tracing::debug!(error = %e, "Leader lease update failed"),
-                        }
-                    }
+                            .map(drop)
+                            .map_err(|e| ("update", e)),
+                    )
                 }
+                _ => None,
+            };
+            match written {
+                Some(Ok(())) => core.wrote(now),
+                Some(Err((verb, e))) => {
+                    let f = self.failed(verb, &e);
+                    self.reached(Err(&f));
+                }
+                None => {}
             }
-            let lead = last_renew.is_some_and(|t| t.elapsed() < self.settings.renew_deadline);
+            let lead = core.leading(Instant::now());
             if lead != *leading.borrow() {
                 tracing::info!(identity = %self.identity, leading = lead, "Leadership changed");
                 leading.send_replace(lead);
-            }
-            if !lead {
-                last_renew = None;
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.settings.retry_period) => {}
@@ -139,9 +388,14 @@ impl LeaderElector {
         }
     }
 
-    async fn release(&self, name: &str) {
-        let Ok(Some(mut lease)) = self.api.get_opt(name).await else {
-            return;
+    async fn release(&mut self, name: &str) {
+        let mut lease = match self.api.get_opt(name).await {
+            Ok(Some(l)) => l,
+            Ok(None) => return,
+            Err(e) => {
+                self.failed("get", &e);
+                return;
+            }
         };
         let Some(spec) = lease.spec.as_mut() else {
             return;
@@ -151,7 +405,7 @@ impl LeaderElector {
         }
         spec.holder_identity = None;
         if let Err(e) = self.api.replace(name, &PostParams::default(), &lease).await {
-            tracing::debug!(error = %e, "Leader lease release failed");
+            self.failed("update", &e);
         }
     }
 }
@@ -167,5 +421,69 @@ mod tests {
         assert!(!expired(t, t + Duration::from_secs(14), d));
         assert!(expired(t, t + d, d));
         assert!(!expired(t + d, t, d));
+    }
+
+    fn held(holder: Option<&str>, since: Instant) -> Observed {
+        Observed::Held {
+            holder: holder.map(str::to_string),
+            unchanged_since: since,
+            duration: Duration::from_secs(15),
+        }
+    }
+
+    #[test]
+    fn decide_creates_renews_takes_over_or_waits() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        let mut c = LeaderCore::new("me", s(10));
+        assert_eq!(c.decide(&Observed::Missing, t), Action::Create);
+        assert_eq!(c.decide(&held(None, t), t), Action::TakeOver);
+        assert_eq!(c.decide(&held(Some("other"), t), t + s(14)), Action::Wait);
+        assert_eq!(
+            c.decide(&held(Some("other"), t), t + s(15)),
+            Action::TakeOver
+        );
+        assert_eq!(c.decide(&held(Some("me"), t), t), Action::Renew);
+        assert_eq!(c.decide(&Observed::Unknown, t), Action::Wait);
+        assert!(!c.leading(t), "no write yet");
+    }
+
+    #[test]
+    fn leadership_lasts_the_renew_deadline_after_a_write() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        let mut c = LeaderCore::new("me", s(10));
+        c.wrote(t);
+        assert!(c.leading(t + s(9)));
+        // The API cannot be read: still leading until the deadline...
+        assert_eq!(c.decide(&Observed::Unknown, t + s(9)), Action::Wait);
+        assert!(c.leading(t + s(9)));
+        // ...and not after it, for good.
+        assert!(!c.leading(t + s(10)));
+        assert!(!c.leading(t + s(9)));
+    }
+
+    #[test]
+    fn another_holder_ends_leadership_at_once() {
+        let t = Instant::now();
+        let mut c = LeaderCore::new("me", Duration::from_secs(10));
+        c.wrote(t);
+        assert_eq!(c.decide(&held(Some("other"), t), t), Action::Wait);
+        assert!(!c.leading(t));
+    }
+
+    #[test]
+    fn warnings_are_rate_limited_and_count_what_was_held_back() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        let mut w = WarnLimiter::new(s(30));
+        assert_eq!(w.allow("forbidden", t), Some(0));
+        assert_eq!(w.allow("forbidden", t + s(1)), None);
+        assert_eq!(w.allow("forbidden", t + s(29)), None);
+        assert_eq!(w.allow("forbidden", t + s(30)), Some(2));
+        assert_eq!(w.allow("forbidden", t + s(31)), None);
+        // A new kind of failure is told at once.
+        assert_eq!(w.allow("tls", t + s(32)), Some(1));
+        assert_eq!(w.allow("tls", t + s(33)), None);
     }
 }

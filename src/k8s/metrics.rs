@@ -9,6 +9,7 @@ use prometheus::{
     Registry,
 };
 
+use super::api_error::ApiFailureReason;
 use super::labels::{
     CodeClass, Outcome, Phase, Resource, Scope, SweepReason, Verb, WatchEvent, WatchName,
 };
@@ -54,6 +55,7 @@ pub struct ControllerMetrics {
     flowcontrol: GaugeVec,
     leader: IntGauge,
     acquisitions: IntCounter,
+    leader_errors: IntCounterVec,
     watch_restarts: IntCounterVec,
     lease_gap: HistogramVec,
 }
@@ -102,6 +104,13 @@ impl ControllerMetrics {
                 r,
                 IntCounter::with_opts(opts(&CONTROLLER_LEADER_ACQUISITIONS))?,
             )?,
+            leader_errors: reg(
+                r,
+                IntCounterVec::new(
+                    opts(&CONTROLLER_LEADER_ERRORS),
+                    CONTROLLER_LEADER_ERRORS.labels,
+                )?,
+            )?,
             watch_restarts: reg(
                 r,
                 IntCounterVec::new(
@@ -112,6 +121,9 @@ impl ControllerMetrics {
             lease_gap: hist(r, &NODE_LEASE_RENEW_INTERVAL, scope::lease_gap_buckets())?,
             registry,
         };
+        for reason in ApiFailureReason::ALL {
+            m.leader_errors.with_label_values(&[reason.as_str()]);
+        }
         for o in Outcome::ALL {
             m.probes.with_label_values(&[o.as_str()]);
         }
@@ -228,6 +240,13 @@ impl ControllerMetrics {
         if leading {
             self.acquisitions.inc();
         }
+    }
+
+    /// Counts a failed leader-election call by its named reason.
+    pub fn leader_error(&self, reason: ApiFailureReason) {
+        self.leader_errors
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     /// Counts a watch restart.

@@ -4,6 +4,7 @@
 //! Pure logic (`phases`, `scope`, `sweep`, `clock`, `rbac`) has no IO and is
 //! unit-tested; the rest talks to the apiserver through kube-rs.
 
+pub mod api_error;
 pub mod apiserver_latency;
 pub mod client;
 pub mod clock;
@@ -18,6 +19,7 @@ pub mod plan_publisher;
 pub mod pod_startup;
 pub mod rbac;
 pub mod scope;
+pub mod startup;
 pub mod sweep;
 pub mod sweeper;
 pub mod timed;

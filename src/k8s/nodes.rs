@@ -307,20 +307,45 @@ async fn drive<K, S, F>(
 {
     let mut stream = std::pin::pin!(stream);
     let mut seen = BTreeSet::new();
+    // Warn once per failing spell, naming the failure; retries are debug.
+    let mut failing = false;
     loop {
         let ev = tokio::select! {
             ev = stream.next() => ev,
             _ = token.cancelled() => return,
         };
         match ev {
-            Some(Ok(ev)) => f(ev, &mut seen),
+            Some(Ok(ev)) => {
+                failing = false;
+                f(ev, &mut seen)
+            }
             Some(Err(e)) => {
                 // The watcher re-lists with backoff; count it.
-                tracing::debug!(watch = %name, error = %e, "Watch failed");
+                if failing {
+                    tracing::debug!(watch = %name, error = %e, "Watch failed");
+                } else {
+                    let (resource, ns) = watched(name);
+                    let why = super::api_error::describe_watcher(&e, resource, ns);
+                    tracing::warn!(watch = %name, reason = %why.reason, status = ?why.status,
+                        "Watch failed, retrying with backoff: {why}");
+                    failing = true;
+                }
                 m.watch_restart(name);
             }
             None => return,
         }
+    }
+}
+
+/// The resource and namespace a watch reads, to name its failures.
+fn watched(name: WatchName) -> (&'static str, Option<&'static str>) {
+    match name {
+        WatchName::Nodes => ("nodes", None),
+        WatchName::NodeLeases => ("leases.coordination.k8s.io", Some(NODE_LEASE_NAMESPACE)),
+        WatchName::ControlPlaneLeases => {
+            ("leases.coordination.k8s.io", Some(CONTROL_PLANE_NAMESPACE))
+        }
+        WatchName::Sampler => ("configmaps", None),
     }
 }
 

@@ -14,13 +14,16 @@ use kube::core::Request;
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
+use super::api_error::{self, ApiCall};
 use super::clock::next_target;
 use super::label_keys::PROBE_ID;
 use super::labels::{Outcome, Phase, Resource, Verb};
 use super::metrics::ControllerMetrics;
 use super::nodes::NodeView;
 use super::objects::{is_mutated, probe_pod};
-use super::phases::{classify, pulled_message_is_pull, Findings, Marks, FATAL_WAITING_REASONS};
+use super::phases::Marks;
+pub use super::startup::{observe_event, observe_pod};
+use super::startup::{Ending, Input, Startup, Step};
 use super::timed::{self, Call};
 use super::K8sError;
 use crate::config::PodStartupSettings;
@@ -107,6 +110,9 @@ impl PodProbe {
                 Ok(r) => {
                     tracing::info!(target_node = %target, outcome = %r.outcome, phases = ?r.phases, "Pod startup probe")
                 }
+                Err(K8sError::Cancelled) => {
+                    tracing::info!(target_node = %target, "Pod startup probe cancelled (leadership lost or shutdown): pod deleted, not counted")
+                }
                 Err(e) => {
                     tracing::warn!(target_node = %target, error = %e, "Pod startup probe could not start")
                 }
@@ -116,7 +122,8 @@ impl PodProbe {
 
     /// One probe of `target`: watch, create, follow, delete, record.
     /// `Err` means the watches could not be opened (nothing was created), or
-    /// the run was cancelled mid-probe (the pod was deleted, nothing counted).
+    /// [`K8sError::Cancelled`]: the run was cancelled mid-probe (leadership
+    /// lost or shutdown): the pod was deleted and nothing was counted.
     pub async fn probe(&mut self, target: &str) -> Result<ProbeResult, K8sError> {
         self.seq += 1;
         let name = format!("kubepulse-startup-{}-{}", self.run, self.seq);
@@ -154,8 +161,7 @@ impl PodProbe {
                 .boxed(),
         );
 
-        let mut marks = Marks::default();
-        let mut f = Findings::default();
+        let mut st = Startup::new(&name);
         let sent_pod = probe_pod(
             &name,
             &self.run,
@@ -183,43 +189,52 @@ impl PodProbe {
             |_| {},
         )
         .await;
-        match created {
+        let ending = match created {
             Ok(r) if r.ok() => {
-                marks.post_sent = Some(r.sent);
-                marks.post_response = Some(r.received);
-                match r.json::<Pod>("created pod") {
-                    Ok(p) => f.mutated = is_mutated(&sent_pod, &p),
-                    Err(_) => f.mutated = true,
-                }
+                st.marks.post_sent = Some(r.sent);
+                st.marks.post_response = Some(r.received);
+                st.findings.mutated = match r.json::<Pod>("created pod") {
+                    Ok(p) => is_mutated(&sent_pod, &p),
+                    Err(_) => true,
+                };
+                self.follow(&mut st, &mut pod_w, &mut ev_w).await
             }
             Ok(r) => {
-                tracing::warn!(status = r.status, "Probe pod POST rejected");
-                f.create_failed = true;
+                let call = ApiCall {
+                    verb: "create",
+                    resource: "pods",
+                    namespace: Some(&self.namespace),
+                    name: None,
+                };
+                let f = api_error::from_response(r.status, &r.body, &call);
+                tracing::warn!(status = r.status, reason = %f.reason, "Probe pod POST rejected: {f}");
+                st.create_failed()
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Probe pod POST failed");
-                f.create_failed = true;
+                st.create_failed()
             }
-        }
-        if !f.create_failed {
-            self.follow(&name, &mut pod_w, &mut ev_w, &mut marks, &mut f)
-                .await;
-        }
-        // Always delete: a failed POST may still have created the pod.
-        self.delete(&name, &mut pod_w, &mut marks, f.create_failed)
+        };
+        // Always delete, cancelled or not: a failed POST may still have
+        // created the pod.
+        let quiet_404 = ending == Ending::CreateFailed;
+        self.delete(&name, &mut pod_w, &mut st.marks, quiet_404)
             .await;
-        Ok(self.record(target, &f, &marks))
+        match st.outcome(ending) {
+            Some(outcome) => Ok(self.record(target, outcome, &st.marks)),
+            None => Err(K8sError::Cancelled),
+        }
     }
 
+    /// Feeds the watches, the timers and cancellation to the state machine
+    /// until it stops.
     async fn follow(
         &self,
-        name: &str,
+        st: &mut Startup,
         pod_w: &mut Watch<Pod>,
         ev_w: &mut Option<Watch<Event>>,
-        marks: &mut Marks,
-        f: &mut Findings,
-    ) -> bool {
-        let start = marks.post_sent.unwrap_or_else(Instant::now);
+    ) -> Ending {
+        let start = st.marks.post_sent.unwrap_or_else(Instant::now);
         let deadline = tokio::time::Instant::from_std(start + self.settings.timeout);
         let mut grace_end: Option<tokio::time::Instant> = None;
         loop {
@@ -235,49 +250,42 @@ impl PodProbe {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let step = tokio::select! {
+                // Cancellation first: a probe interrupted by lost leadership
+                // or shutdown must end as cancelled, whatever else is ready.
+                biased;
+                _ = self.cancel.cancelled() => st.on(Input::Cancelled, Instant::now()),
                 ev = pod_w.next() => {
                     let at = Instant::now();
                     match ev {
-                        Some(Ok(KubeWatchEvent::Added(p))) => {
-                            Marks::first(&mut marks.added, at);
-                            observe_pod(&p, at, marks, f);
-                        }
-                        Some(Ok(KubeWatchEvent::Modified(p))) => observe_pod(&p, at, marks, f),
-                        Some(Ok(KubeWatchEvent::Bookmark(_))) => {}
-                        Some(Ok(KubeWatchEvent::Deleted(_))) => {
-                            // Someone else deleted the probe pod.
-                            f.failed = true;
-                            return false;
-                        }
+                        Some(Ok(KubeWatchEvent::Added(p))) => st.on(Input::PodAdded(&p), at),
+                        Some(Ok(KubeWatchEvent::Modified(p))) => st.on(Input::PodModified(&p), at),
+                        Some(Ok(KubeWatchEvent::Bookmark(_))) => Step::Continue,
+                        Some(Ok(KubeWatchEvent::Deleted(_))) => st.on(Input::PodDeleted, at),
                         Some(Ok(KubeWatchEvent::Error(_))) | Some(Err(_)) | None => {
-                            f.watch_broken = true;
-                            return false;
+                            st.on(Input::PodWatchEnded, at)
                         }
-                    }
-                    if f.failed || f.unschedulable {
-                        return false;
-                    }
-                    if marks.ready.is_some() && grace_end.is_none() {
-                        grace_end = Some(tokio::time::Instant::now() + self.settings.event_grace);
                     }
                 }
                 ev = next_event => match ev {
-                    Some(Ok(KubeWatchEvent::Added(e))) | Some(Ok(KubeWatchEvent::Modified(e))) => observe_event(&e, name, f),
-                    Some(Ok(_)) => {}
+                    Some(Ok(KubeWatchEvent::Added(e))) | Some(Ok(KubeWatchEvent::Modified(e))) => {
+                        st.on(Input::Event(&e), Instant::now())
+                    }
+                    Some(Ok(_)) => Step::Continue,
                     Some(Err(_)) | None => {
-                        // Without events an image pull would go unseen.
-                        f.watch_broken = true;
                         *ev_w = None;
-                        return false;
+                        st.on(Input::EventWatchEnded, Instant::now())
                     }
                 },
-                _ = grace => return false,
-                _ = self.cancel.cancelled() => return true,
-                _ = tokio::time::sleep_until(deadline) => {
-                    f.timed_out = marks.ready.is_none();
-                    return false;
+                _ = grace => st.on(Input::GraceOver, Instant::now()),
+                _ = tokio::time::sleep_until(deadline) => st.on(Input::Deadline, Instant::now()),
+            };
+            match step {
+                Step::Continue => {}
+                Step::StartGrace => {
+                    grace_end = Some(tokio::time::Instant::now() + self.settings.event_grace);
                 }
+                Step::Stop(ending) => return ending,
             }
         }
     }
@@ -307,10 +315,18 @@ impl PodProbe {
             Ok(r) if r.ok() => marks.delete_sent = Some(r.sent),
             Ok(r) if r.status == 404 && quiet_404 => return,
             Ok(r) => {
+                let call = ApiCall {
+                    verb: "delete",
+                    resource: "pods",
+                    namespace: Some(&self.namespace),
+                    name: Some(name),
+                };
+                let f = api_error::from_response(r.status, &r.body, &call);
                 tracing::warn!(
                     status = r.status,
+                    reason = %f.reason,
                     pod = name,
-                    "Probe pod DELETE rejected; the sweeper will retry"
+                    "Probe pod DELETE rejected; the sweeper will retry: {f}"
                 );
                 return;
             }
@@ -343,8 +359,7 @@ impl PodProbe {
         }
     }
 
-    fn record(&mut self, target: &str, f: &Findings, marks: &Marks) -> ProbeResult {
-        let outcome = classify(f, marks);
+    fn record(&mut self, target: &str, outcome: Outcome, marks: &Marks) -> ProbeResult {
         self.metrics.probe_outcome(outcome);
         let mut phases = marks.api_phases();
         if outcome == Outcome::Ok {
@@ -367,67 +382,10 @@ fn active_deadline(timeout: Duration) -> i64 {
     i64::try_from(timeout.as_secs().saturating_mul(2).max(30)).unwrap_or(i64::MAX)
 }
 
-/// Updates first sightings from one pod state received at `at`.
-pub fn observe_pod(p: &Pod, at: Instant, marks: &mut Marks, f: &mut Findings) {
-    let spec_containers = p.spec.as_ref().map_or(1, |s| s.containers.len());
-    if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
-        Marks::first(&mut marks.scheduled, at);
-    }
-    let Some(status) = &p.status else { return };
-    for c in status.conditions.iter().flatten() {
-        match (c.type_.as_str(), c.status.as_str()) {
-            ("PodReadyToStartContainers", "True") => Marks::first(&mut marks.sandbox, at),
-            ("Ready", "True") => Marks::first(&mut marks.ready, at),
-            ("PodScheduled", "False") if c.reason.as_deref() == Some("Unschedulable") => {
-                f.unschedulable = true
-            }
-            _ => {}
-        }
-    }
-    let statuses = status.container_statuses.as_deref().unwrap_or_default();
-    let started = |c: &k8s_openapi::api::core::v1::ContainerStatus| {
-        c.started == Some(true) || c.state.as_ref().is_some_and(|s| s.running.is_some())
-    };
-    if statuses.len() >= spec_containers && statuses.iter().all(started) {
-        Marks::first(&mut marks.started, at);
-    }
-    for c in statuses {
-        if let Some(s) = &c.state {
-            if s.terminated.is_some() {
-                f.failed = true;
-            }
-            if let Some(w) = &s.waiting {
-                if w.reason
-                    .as_deref()
-                    .is_some_and(|r| FATAL_WAITING_REASONS.contains(&r))
-                {
-                    f.failed = true;
-                }
-            }
-        }
-    }
-    if matches!(status.phase.as_deref(), Some("Failed") | Some("Succeeded")) {
-        f.failed = true;
-    }
-}
-
-/// Notes an image pull from the probe pod's events.
-pub fn observe_event(e: &Event, pod_name: &str, f: &mut Findings) {
-    if e.involved_object.name.as_deref() != Some(pod_name) {
-        return;
-    }
-    match e.reason.as_deref() {
-        Some("Pulling") => f.image_pulled = true,
-        Some("Pulled") if pulled_message_is_pull(e.message.as_deref().unwrap_or_default()) => {
-            f.image_pulled = true
-        }
-        _ => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::k8s::phases::Findings;
     use k8s_openapi::api::core::v1::{
         ContainerState, ContainerStateRunning, ContainerStatus, PodCondition, PodStatus,
     };

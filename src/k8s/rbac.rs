@@ -31,6 +31,9 @@ pub struct Rule {
     pub verbs: &'static [&'static str],
 }
 
+/// The default `controller.leader.lease_name`, as `deploy/` grants it.
+pub const DEFAULT_LEASE_NAME: &str = "kubepulse-controller";
+
 /// Every permission, and why.
 pub const RULES: &[Rule] = &[
     // Probe pods: watch before create, create, delete; the sweeper lists.
@@ -71,7 +74,7 @@ pub const RULES: &[Rule] = &[
         place: Place::OwnNamespace,
         group: "coordination.k8s.io",
         resource: "leases",
-        names: &["kubepulse-controller"],
+        names: &[DEFAULT_LEASE_NAME],
         verbs: &["get", "update"],
     },
     // Probe plan publisher (agent namespace = own namespace): watches the
@@ -133,6 +136,23 @@ pub const RULES: &[Rule] = &[
     },
 ];
 
+/// [`grants`] for a controller whose Lease is named `lease_name`: the
+/// name-restricted leader rule follows a renamed `leader.lease_name`.
+pub fn grants_for(lease_name: &str) -> std::collections::BTreeSet<Grant> {
+    grants()
+        .into_iter()
+        .map(|mut g| {
+            if g.0 == Place::OwnNamespace && g.2 == "leases" && g.3 == [DEFAULT_LEASE_NAME] {
+                g.3 = vec![lease_name.to_string()];
+            }
+            g
+        })
+        .collect()
+}
+
+/// One flattened grant: (place, group, resource, names, verb).
+pub type Grant = (Place, String, String, Vec<String>, String);
+
 /// Flattened (place, group, resource, names, verb) tuples, for comparisons.
 pub fn grants() -> std::collections::BTreeSet<(Place, String, String, Vec<String>, String)> {
     RULES
@@ -149,4 +169,29 @@ pub fn grants() -> std::collections::BTreeSet<(Place, String, String, Vec<String
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leader_rule_follows_a_renamed_lease() {
+        let renamed = grants_for("my-lease");
+        let names = |g: &std::collections::BTreeSet<Grant>, verb: &str| -> Vec<Vec<String>> {
+            g.iter()
+                .filter(|x| x.0 == Place::OwnNamespace && x.2 == "leases" && x.4 == verb)
+                .map(|x| x.3.clone())
+                .collect()
+        };
+        assert_eq!(names(&renamed, "get"), vec![vec!["my-lease".to_string()]]);
+        assert_eq!(
+            names(&renamed, "update"),
+            vec![vec!["my-lease".to_string()]]
+        );
+        // Create cannot be limited by name, so it is unchanged.
+        assert_eq!(names(&renamed, "create"), vec![Vec::<String>::new()]);
+        assert_eq!(grants_for(DEFAULT_LEASE_NAME), grants());
+        assert_eq!(renamed.len(), grants().len());
+    }
 }

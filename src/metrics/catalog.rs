@@ -381,6 +381,13 @@ def!(
     "Times this replica acquired the controller Lease."
 );
 def!(
+    CONTROLLER_LEADER_ERRORS,
+    "kubepulse_controller_leader_errors_total",
+    Counter,
+    ["reason"],
+    "Failed leader-election calls on the controller Lease, by named reason."
+);
+def!(
     CONTROLLER_WATCH_RESTARTS,
     "kubepulse_controller_watch_restarts_total",
     Counter,
@@ -409,6 +416,7 @@ pub const CONTROLLER: &[MetricDef] = &[
     CONTROL_PLANE_LEADER_CHANGES,
     CONTROLLER_LEADER,
     CONTROLLER_LEADER_ACQUISITIONS,
+    CONTROLLER_LEADER_ERRORS,
     CONTROLLER_WATCH_RESTARTS,
 ];
 

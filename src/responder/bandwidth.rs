@@ -133,7 +133,6 @@ pub(super) async fn serve(
     metrics: AgentMetrics,
     stop: CancellationToken,
 ) {
-    let max = limits.max_connections;
     let gate = Arc::new(Gate {
         limits: Limits {
             max_bytes: limits.max_burst_bytes,
@@ -144,7 +143,7 @@ pub(super) async fn serve(
         flag: BurstFlag::default(),
     });
     let conn_stop = stop.clone();
-    accept_loop(listener, KIND, max, metrics.clone(), stop, |s, slot| {
+    accept_loop(listener, KIND, &limits, metrics.clone(), stop, |s, slot| {
         connection(s, slot, gate.clone(), metrics.clone(), conn_stop.clone())
     })
     .await;
@@ -191,7 +190,13 @@ async fn connection(
     let decided = match received {
         Received::Nothing => return,
         Received::Incomplete => Err((Status::Malformed, RejectReason::Malformed)),
-        Received::Request(buf) => gate.admit(&buf),
+        // Bytes are charged to the source once the burst is granted, so a
+        // refusal (busy, unauthenticated) costs it nothing.
+        Received::Request(buf) => gate.admit(&buf).and_then(|(req, guard)| {
+            slot.charge_bytes(req.bytes)
+                .map(|()| (req, guard))
+                .map_err(|reason| (Status::OverLimit, reason))
+        }),
     };
     let (req, guard) = match decided {
         Ok(go) => go,

@@ -43,23 +43,16 @@ pub(super) async fn serve(
         .header_read_timeout(idle_timeout(&limits))
         .keep_alive(true);
     let conn_stop = stop.clone();
-    accept_loop(
-        listener,
-        KIND,
-        limits.max_connections,
-        metrics.clone(),
-        stop,
-        |s, slot| {
-            connection(
-                s,
-                slot,
-                builder.clone(),
-                body.clone(),
-                metrics.clone(),
-                conn_stop.clone(),
-            )
-        },
-    )
+    accept_loop(listener, KIND, &limits, metrics.clone(), stop, |s, slot| {
+        connection(
+            s,
+            slot,
+            builder.clone(),
+            body.clone(),
+            metrics.clone(),
+            conn_stop.clone(),
+        )
+    })
     .await;
 }
 
@@ -107,4 +100,48 @@ async fn connection(
     if let Err(e) = result {
         tracing::debug!(error = %e, "HTTP responder connection ended with an error");
     }
+}
+
+/// Fuzz entry: serves one connection whose client sends `data` and closes,
+/// over an in-memory pipe, with the responder's real service.
+#[cfg(fuzzing)]
+pub(crate) fn fuzz_request(data: &[u8]) {
+    use std::sync::OnceLock;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    static METRICS: OnceLock<AgentMetrics> = OnceLock::new();
+    thread_local! {
+        static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("fuzz runtime");
+    }
+    let metrics = METRICS
+        .get_or_init(|| AgentMetrics::new(prometheus::Registry::new()).expect("metrics"))
+        .clone();
+    RT.with(|rt| {
+        rt.block_on(async {
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            let body = Bytes::from_static(b"x");
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let resp = respond(req.method(), &body, &metrics);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_millis(20))
+                .keep_alive(true);
+            let conn = builder.serve_connection(TokioIo::new(server), svc);
+            let talk = async {
+                let _ = client.write_all(data).await;
+                let _ = client.shutdown().await;
+                let mut sink = Vec::new();
+                let _ = client.read_to_end(&mut sink).await;
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                let (_, ()) = tokio::join!(conn, talk);
+            })
+            .await;
+        });
+    });
 }

@@ -1,6 +1,8 @@
 //! Probe responders: UDP echo, TCP request/response echo, TCP bandwidth
-//! sink/source and HTTP. Bounded connections, bounded bursts; malformed input
-//! is rejected and counted, never a panic.
+//! sink/source and HTTP. Bounded connections, bounded bursts, and budgets
+//! per source address ([`budget`]): UDP echo requests per second, TCP
+//! connections per second and open at once, bandwidth bytes per minute.
+//! Malformed or over-budget input is rejected and counted, never a panic.
 //!
 //! Where each one runs, and why:
 //! - UDP echo: a dedicated OS thread with a blocking socket. Its turnaround
@@ -15,14 +17,17 @@
 //! nothing running.
 
 mod bandwidth;
+pub mod budget;
 mod http;
+#[cfg(fuzzing)]
+pub(crate) use http::fuzz_request;
 mod tcp_echo;
 mod udp_echo;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpStream};
@@ -180,17 +185,12 @@ pub async fn start(
             "Echo responders report a shifted clock (test_clock_offset); never use in production");
     }
     let started = async {
-        let h = udp_echo::spawn(
-            udp,
-            offset_ns,
-            limits.realtime_priority,
-            metrics.clone(),
-            stop.clone(),
-        )
-        .map_err(|source| ResponderError::Start {
-            what: "udp echo",
-            source,
-        })?;
+        let h = udp_echo::spawn(udp, offset_ns, &limits, metrics.clone(), stop.clone()).map_err(
+            |source| ResponderError::Start {
+                what: "udp echo",
+                source,
+            },
+        )?;
         r.threads.push(("udp echo", h));
         let h = tcp_echo::spawn(tcp, &limits, metrics.clone(), stop.clone())
             .await
@@ -248,13 +248,91 @@ fn idle_timeout(limits: &ResponderSettings) -> Duration {
         .clamp(MIN_IDLE_TIMEOUT, MAX_IDLE_TIMEOUT)
 }
 
+/// The per-source budgets of one TCP responder, shared by its accept loop
+/// and its connections.
+struct SourceBudgets {
+    connect_rate: Mutex<budget::TokenBuckets>,
+    open: Mutex<budget::OpenConnections>,
+    bytes: Mutex<budget::TokenBuckets>,
+}
+
+/// Locks a budget. A panic while holding the lock cannot leave a budget
+/// inconsistent (every update is a single assignment), so a poisoned lock
+/// is used as is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SourceBudgets {
+    fn new(limits: &ResponderSettings) -> Self {
+        let now = Instant::now();
+        let per_minute = limits.bandwidth_bytes_per_minute_per_source as f64;
+        Self {
+            connect_rate: Mutex::new(budget::TokenBuckets::new(
+                budget::Rate::new(f64::from(limits.tcp_connections_per_second_per_source), 1.0),
+                budget::DEFAULT_MAX_SOURCES,
+                now,
+            )),
+            open: Mutex::new(budget::OpenConnections::new(
+                limits.max_connections_per_source,
+            )),
+            bytes: Mutex::new(budget::TokenBuckets::new(
+                budget::Rate::new(per_minute / 60.0, 60.0),
+                budget::DEFAULT_MAX_SOURCES,
+                now,
+            )),
+        }
+    }
+
+    /// Admits a new connection from `source`, or says why not.
+    fn admit(self: &Arc<Self>, source: IpAddr) -> Result<SourceGuard, RejectReason> {
+        if !lock(&self.connect_rate).take(source, 1.0, Instant::now()) {
+            return Err(RejectReason::SourceRate);
+        }
+        if !lock(&self.open).open(source) {
+            return Err(RejectReason::SourceConnections);
+        }
+        Ok(SourceGuard {
+            budgets: self.clone(),
+            source,
+        })
+    }
+}
+
+/// Counts one open connection of a source while alive.
+struct SourceGuard {
+    budgets: Arc<SourceBudgets>,
+    source: IpAddr,
+}
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        lock(&self.budgets.open).close(self.source);
+    }
+}
+
 /// An accepted connection's share of its responder's limits: holds one
-/// connection permit and counts in the connections gauge while alive.
-/// Fields drop in order: the permit is free again before the gauge drops,
-/// so a connection is never refused while the gauge shows room.
+/// connection permit, one of its source's connections, and counts in the
+/// connections gauge while alive. Fields drop in order: the permit is free
+/// again before the gauge drops, so a connection is never refused while the
+/// gauge shows room.
 struct Slot {
     _permit: OwnedSemaphorePermit,
+    source: SourceGuard,
     _gauge: GaugeGuard,
+}
+
+impl Slot {
+    /// Charges `bytes` to the source's bandwidth bytes-per-minute budget.
+    fn charge_bytes(&self, bytes: u64) -> Result<(), RejectReason> {
+        let ok =
+            lock(&self.source.budgets.bytes).take(self.source.source, bytes as f64, Instant::now());
+        if ok {
+            Ok(())
+        } else {
+            Err(RejectReason::SourceBytes)
+        }
+    }
 }
 
 /// Keeps a connections gauge raised while alive.
@@ -280,7 +358,7 @@ impl Drop for GaugeGuard {
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
     kind: ResponderKind,
-    max: usize,
+    limits: &ResponderSettings,
     metrics: AgentMetrics,
     stop: CancellationToken,
     mut handle: F,
@@ -289,7 +367,9 @@ async fn accept_loop<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     // Semaphore::new panics above MAX_PERMITS; a config cannot reach that.
+    let max = limits.max_connections;
     let permits = Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)));
+    let budgets = Arc::new(SourceBudgets::new(limits));
     let gauge = metrics.responder_connections(kind);
     let tracker = TaskTracker::new();
     loop {
@@ -297,7 +377,7 @@ async fn accept_loop<F, Fut>(
             biased;
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(responder = %kind, error = %e, "Accept failed");
                     tokio::select! {
@@ -307,10 +387,21 @@ async fn accept_loop<F, Fut>(
                 }
             },
         };
+        let (stream, peer) = stream;
+        // Per source first: a source over its budget must not take a slot.
+        let source = match budgets.admit(peer.ip()) {
+            Ok(s) => s,
+            Err(reason) => {
+                metrics.responder_rejected(kind, reason);
+                drop(stream);
+                continue;
+            }
+        };
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 let slot = Slot {
                     _permit: permit,
+                    source,
                     _gauge: GaugeGuard::new(gauge.clone()),
                 };
                 tracker.spawn(handle(stream, slot));

@@ -35,8 +35,8 @@ pub(super) async fn spawn(
     metrics: AgentMetrics,
     stop: CancellationToken,
 ) -> io::Result<JoinHandle<()>> {
-    let max = limits.max_connections;
-    let idle = idle_timeout(limits);
+    let limits = *limits;
+    let idle = idle_timeout(&limits);
     let realtime = limits.realtime_priority;
     let offset_ns = super::duration_ns(limits.test_clock_offset);
     let (ready_tx, ready_rx) = oneshot::channel::<io::Result<()>>();
@@ -69,7 +69,7 @@ pub(super) async fn spawn(
                 };
                 let _ = ready_tx.send(Ok(()));
                 let conn_stop = stop.clone();
-                accept_loop(listener, KIND, max, metrics.clone(), stop, |s, slot| {
+                accept_loop(listener, KIND, &limits, metrics.clone(), stop, |s, slot| {
                     connection(s, slot, idle, offset_ns, metrics.clone(), conn_stop.clone())
                 })
                 .await;

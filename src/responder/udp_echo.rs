@@ -1,6 +1,9 @@
-//! UDP echo: answers every valid echo request with the whole datagram
-//! (padding included, so path MTU probes see their size come back), stamped
-//! with the responder's wall-clock receive and send times.
+//! UDP echo: answers every valid echo request within its source's budget
+//! (`udp_packets_per_second_per_source`, see [`super::budget`]) with the
+//! whole datagram (padding included, so path MTU probes see their size come
+//! back), stamped with the responder's wall-clock receive and send times.
+//! Requests over budget are dropped before parsing and counted
+//! (`reason="source_rate"`): no reflector at line rate.
 //!
 //! Runs on its own OS thread with a blocking socket: its turnaround adds to
 //! every measured RTT, and on the shared runtime it would queue behind other
@@ -10,11 +13,13 @@ use crate::sys::thread::prefer_realtime;
 use std::io;
 use std::net::UdpSocket;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::budget::{Rate, TokenBuckets, DEFAULT_MAX_SOURCES};
 use super::{wall_ns, POLL_INTERVAL};
+use crate::config::ResponderSettings;
 use crate::labels::{RejectReason, ResponderKind};
 use crate::metrics::AgentMetrics;
 use crate::proto::echo;
@@ -27,23 +32,32 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(10);
 pub(super) fn spawn(
     sock: UdpSocket,
     offset_ns: u64,
-    realtime: bool,
+    limits: &ResponderSettings,
     metrics: AgentMetrics,
     stop: CancellationToken,
 ) -> io::Result<JoinHandle<()>> {
     // The timeout only serves to notice shutdown; requests wake us at once.
     sock.set_read_timeout(Some(POLL_INTERVAL))?;
+    let realtime = limits.realtime_priority;
+    let rate = Rate::new(f64::from(limits.udp_packets_per_second_per_source), 1.0);
     std::thread::Builder::new()
         .name("kp-udp-echo".into())
         .spawn(move || {
             if realtime {
                 prefer_realtime("udp echo");
             }
-            run(&sock, offset_ns, &metrics, &stop)
+            let budget = TokenBuckets::new(rate, DEFAULT_MAX_SOURCES, Instant::now());
+            run(&sock, offset_ns, budget, &metrics, &stop)
         })
 }
 
-fn run(sock: &UdpSocket, offset_ns: u64, metrics: &AgentMetrics, stop: &CancellationToken) {
+fn run(
+    sock: &UdpSocket,
+    offset_ns: u64,
+    mut budget: TokenBuckets,
+    metrics: &AgentMetrics,
+    stop: &CancellationToken,
+) {
     // One byte more than the largest valid message, to tell oversized
     // datagrams (truncated to the buffer) from the largest valid one.
     let mut buf = vec![0u8; echo::MAX_LEN + 1];
@@ -58,6 +72,11 @@ fn run(sock: &UdpSocket, offset_ns: u64, metrics: &AgentMetrics, stop: &Cancella
             }
         };
         let rx_ns = wall_ns(offset_ns);
+        // Over budget: dropped before any parsing, the cheapest answer.
+        if !budget.take(peer.ip(), 1.0, Instant::now()) {
+            metrics.responder_rejected(ResponderKind::UdpEcho, RejectReason::SourceRate);
+            continue;
+        }
         let Some(msg) = buf.get_mut(..n) else {
             continue;
         };

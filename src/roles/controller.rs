@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ControllerSettings;
 use crate::k8s::apiserver_latency::Sampler;
 use crate::k8s::client::Clients;
-use crate::k8s::leader::LeaderElector;
+use crate::k8s::leader::{ApiReachability, LeaderElector};
 use crate::k8s::metrics::ControllerMetrics;
 use crate::k8s::nodes::{self, NodeCollector, NodeView};
 use crate::k8s::plan_publisher::PlanPublisher;
@@ -32,6 +32,8 @@ pub struct Running {
     pub leading: watch::Receiver<bool>,
     /// Node state (also exported by the collector).
     pub nodes: NodeView,
+    /// Whether the elector reached the API on its last call (`/readyz`).
+    pub api: ApiReachability,
     elector: JoinHandle<()>,
     supervisor: JoinHandle<()>,
 }
@@ -75,7 +77,9 @@ pub fn start(
         &settings.namespace,
         &identity,
         settings.leader.clone(),
-    );
+    )
+    .with_metrics(metrics.clone());
+    let api = elector.reachability();
     let elector = tokio::spawn(elector.run(tx, token.clone()));
     let supervisor = tokio::spawn(supervise(
         settings.clone(),
@@ -90,6 +94,7 @@ pub fn start(
         run,
         leading: rx,
         nodes: view,
+        api,
         elector,
         supervisor,
     })

@@ -91,6 +91,15 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
     }))
 }
 
+/// Fuzz entry: parses a response head as the probe does.
+#[cfg(fuzzing)]
+pub(crate) fn fuzz_response_head(buf: &[u8]) {
+    if let Ok(Some(h)) = parse_head(buf) {
+        assert!(h.len <= buf.len(), "head longer than the input");
+        let _ = (h.code, h.content_length);
+    }
+}
+
 /// Sets the read timeout to what is left until `deadline`.
 fn arm(stream: &TcpStream, deadline: Instant) -> Result<(), HttpError> {
     let left = deadline.saturating_duration_since(Instant::now());

@@ -16,6 +16,8 @@ mod bandwidth;
 mod connect;
 pub mod goodput;
 mod http;
+#[cfg(fuzzing)]
+pub(crate) use http::fuzz_response_head;
 mod pmtu;
 mod slotted;
 
