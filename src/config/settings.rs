@@ -331,7 +331,9 @@ impl Default for ResponderSettings {
             udp_packets_per_second_per_source: 5000,
             tcp_connections_per_second_per_source: 100,
             max_connections_per_source: 32,
-            bandwidth_bytes_per_minute_per_source: 1 << 30,
+            // Twelve of the largest bursts a minute: far above the slot
+            // schedule's one pair per node per round, bounded all the same.
+            bandwidth_bytes_per_minute_per_source: 12 * MAX_BURST_BYTES,
         }
     }
 }
