@@ -2,8 +2,9 @@
 //! with bandwidth bursts at a high duty cycle (a pair in every 4 s slot,
 //! 250 ms per direction), the burst guard keeps the agent's own bursts out
 //! of its latency results:
-//! - UDP RTT p99 with bursts is at most 1.2x p99 without bursts (without the
-//!   guard it is about 100x: the probes queue behind the burst in the tbf);
+//! - UDP RTT p99 with bursts is at most 1.2x p99 without bursts, the lower
+//!   of a run before and one after (without the guard it was 9x here and
+//!   about 100x in the issue: the probes queue behind the burst in the tbf);
 //! - every probe nft saw is accounted for, kept (replied or lost) or
 //!   excluded, and the reported loss matches the nft drop counter of a 2 %
 //!   random drop: without bursts the lost count equals the drop count;
@@ -168,11 +169,22 @@ fn bursts_do_not_show_up_as_latency_or_loss() {
         &lab.host(1),
         &ruleset(&AgentSpec::host(&lab, 0).address.to_string()),
     );
+    // The first agents of a fresh lab read a higher p99 (4 of 4 runs):
+    // a warm-up run is only printed. Then quiet runs before and after the
+    // bursts; the lower p99 is the baseline, so load from outside the lab
+    // cannot make the test easier.
+    let warm = run(&lab, false);
+    eprintln!("warm-up: UDP p99 {:.1} us", warm.p99 * 1e6);
     let quiet = run(&lab, false);
     let busy = run(&lab, true);
+    let after = run(&lab, false);
     let mut report = Vec::new();
     let mut bad = Vec::new();
-    for (name, w) in [("no bursts", &quiet), ("bursts", &busy)] {
+    for (name, w) in [
+        ("no bursts", &quiet),
+        ("bursts", &busy),
+        ("no bursts, after", &after),
+    ] {
         let truth = w.dropped / w.seen;
         let reported = w.lost / w.resolved;
         let sigma = (truth * (1.0 - truth) * (1.0 / w.resolved - 1.0 / w.seen).max(0.0)).sqrt();
@@ -203,7 +215,7 @@ fn bursts_do_not_show_up_as_latency_or_loss() {
         }
         report.push(line);
     }
-    let ratio = busy.p99 / quiet.p99;
+    let ratio = busy.p99 / quiet.p99.min(after.p99);
     report.push(format!("p99 ratio bursts / no bursts: {ratio:.3}"));
     eprintln!("{}", report.join("\n"));
     assert!(
@@ -211,7 +223,11 @@ fn bursts_do_not_show_up_as_latency_or_loss() {
         "loss differs from nft truth:\n{}",
         bad.join("\n")
     );
-    assert_eq!(quiet.excluded, 0.0, "nothing to exclude without bursts");
+    assert_eq!(
+        quiet.excluded + after.excluded,
+        0.0,
+        "nothing to exclude without bursts"
+    );
     assert!(busy.excluded > 0.0, "bursts ran but nothing was excluded");
     assert!(
         ratio <= 1.2,
