@@ -14,9 +14,10 @@ pub fn echo(data: &[u8]) {
     }
 }
 
-/// Bandwidth handshake: the request the responder reads and the status
-/// the prober reads.
+/// Bandwidth handshake: the sealed request the responder reads and the
+/// status the prober reads.
 pub fn bandwidth(data: &[u8]) {
+    let _ = bandwidth::Request::decode_sealed(data);
     let _ = bandwidth::Request::decode(data);
     let _ = bandwidth::Status::decode(data);
 }
@@ -44,5 +45,23 @@ pub fn http_request(data: &[u8]) {
 pub fn config_yaml(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = crate::config::load::load_yaml_str(text);
+    }
+}
+
+/// Probe plan: the ConfigMap text an agent reads, then what the agent asks
+/// of it (its peers, and who bursts when for the sample guard).
+pub fn probe_plan(data: &[u8]) {
+    use crate::schedule::busy::BusyNodes;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(plan) = crate::plan::NodePlan::from_json(text) else {
+        return;
+    };
+    for slot in [0, 1, u64::MAX / 2, u64::MAX] {
+        let _ = plan.burst_in(slot);
+        for n in &plan.target_nodes {
+            let _ = plan.busy(slot, n);
+        }
     }
 }
