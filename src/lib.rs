@@ -8,10 +8,10 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod discovery;
 pub mod error;
 pub mod http;
-pub mod k8s;
 pub mod labels;
 pub mod metrics;
 pub mod plan;

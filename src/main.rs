@@ -175,7 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_controller(settings: Settings, token: CancellationToken) -> anyhow::Result<()> {
-    use kubepulse::k8s::{client, metrics::ControllerMetrics};
+    use kubepulse::controller::{client, metrics::ControllerMetrics};
     let c = &settings.controller;
     let registry = prometheus::Registry::new();
     metrics::register_process_metrics(&registry)?;

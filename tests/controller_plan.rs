@@ -13,8 +13,8 @@ use std::time::Duration;
 use apiserver::{ApiServer, Verb};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kubepulse::config::PlanSettings;
-use kubepulse::k8s::plan_inputs::{config_map_name, DATA_KEY, PLAN_LABEL};
-use kubepulse::k8s::plan_publisher::PlanPublisher;
+use kubepulse::controller::plan_inputs::{config_map_name, DATA_KEY, PLAN_LABEL};
+use kubepulse::controller::plan_publisher::PlanPublisher;
 use kubepulse::plan::NodePlan;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -196,10 +196,10 @@ async fn publishes_one_plan_per_node_and_only_changes() {
     p.stop().await;
 }
 
-/// Every call the publisher made is granted by `k8s::rbac::RULES` (which
+/// Every call the publisher made is granted by `controller::rbac::RULES` (which
 /// `tests/controller_rbac.rs` compares with the manifests).
 fn assert_calls_are_granted(server: &ApiServer) {
-    use kubepulse::k8s::rbac::{grants, Place};
+    use kubepulse::controller::rbac::{grants, Place};
     let granted = grants();
     for r in server.requests().into_iter().filter(|r| r.actor.is_none()) {
         let verb = match r.verb {

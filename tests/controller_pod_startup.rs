@@ -8,10 +8,10 @@ use common::apiserver::{ApiServer, Fault, Rule, Verb};
 use common::kubelet::{Delays, Kubelet, Mode};
 use k8s_openapi::api::core::v1::Pod;
 use kubepulse::config::PodStartupSettings;
-use kubepulse::k8s::labels::{Outcome, Phase};
-use kubepulse::k8s::metrics::ControllerMetrics;
-use kubepulse::k8s::nodes::NodeView;
-use kubepulse::k8s::pod_startup::PodProbe;
+use kubepulse::controller::labels::{Outcome, Phase};
+use kubepulse::controller::metrics::ControllerMetrics;
+use kubepulse::controller::nodes::NodeView;
+use kubepulse::controller::pod_startup::PodProbe;
 use serde_json::json;
 
 const NS: &str = "kubepulse-probes";
@@ -60,7 +60,7 @@ async fn assert_no_pods(server: &ApiServer) {
     }
 }
 
-fn phase(r: &kubepulse::k8s::pod_startup::ProbeResult, p: Phase) -> Duration {
+fn phase(r: &kubepulse::controller::pod_startup::ProbeResult, p: Phase) -> Duration {
     r.phases
         .iter()
         .find(|(q, _)| *q == p)

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::apiserver::{ApiServer, Verb};
 use common::kubelet::{Delays, Kubelet, Mode};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
-use kubepulse::k8s::rbac::{Place, RULES};
+use kubepulse::controller::rbac::{Place, RULES};
 use serde_json::json;
 use support::process::Kubepulse;
 use support::scrape::{scrape_until, Scrape};

@@ -1,8 +1,8 @@
-//! deploy/controller/rbac.yaml grants exactly `kubepulse::k8s::rbac::RULES`.
+//! deploy/controller/rbac.yaml grants exactly `kubepulse::controller::rbac::RULES`.
 
 use std::collections::BTreeSet;
 
-use kubepulse::k8s::rbac::{grants, Place};
+use kubepulse::controller::rbac::{grants, Place};
 use serde::Deserialize;
 
 fn place(kind: &str, ns: Option<&str>) -> Place {

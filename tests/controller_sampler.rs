@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::apiserver::{ApiServer, Fault, Rule, Verb, FLOW_SCHEMA_UID, PRIORITY_LEVEL_UID};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kubepulse::config::SamplerSettings;
-use kubepulse::k8s::apiserver_latency::Sampler;
-use kubepulse::k8s::metrics::ControllerMetrics;
+use kubepulse::controller::apiserver_latency::Sampler;
+use kubepulse::controller::metrics::ControllerMetrics;
 use support::scrape::{parse, Scrape};
 use tokio_util::sync::CancellationToken;
 

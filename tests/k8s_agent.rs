@@ -17,7 +17,7 @@ use std::time::Duration;
 use apiserver::{ApiServer, Verb};
 use k8s_openapi::api::core::v1::Pod;
 use kubepulse::config::PlanSettings;
-use kubepulse::k8s::plan_publisher::PlanPublisher;
+use kubepulse::controller::plan_publisher::PlanPublisher;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 

@@ -455,7 +455,7 @@ impl Default for ControllerSettings {
 }
 
 /// The probe plan the controller computes and publishes, one ConfigMap per
-/// node ([`crate::k8s::plan_publisher`]).
+/// node ([`crate::controller::plan_publisher`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PlanSettings {
@@ -605,7 +605,7 @@ pub struct LeaderSettings {
 impl Default for LeaderSettings {
     fn default() -> Self {
         Self {
-            lease_name: crate::k8s::rbac::DEFAULT_LEASE_NAME.into(),
+            lease_name: crate::controller::rbac::DEFAULT_LEASE_NAME.into(),
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),

@@ -1,6 +1,6 @@
 //! Discovery through the Kubernetes API: the agent reads only its own
 //! node's probe plan, one ConfigMap written by the controller
-//! ([`crate::k8s::plan_publisher`]), through a watch on that one object.
+//! ([`crate::controller::plan_publisher`]), through a watch on that one object.
 //! No agent lists or watches the other agents, so the apiserver's load does
 //! not grow with the square of the cluster.
 //!
@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Discovery, Identity, PeerSet, PlanWatch, ProbePorts};
 use crate::config::{KubernetesDiscoverySettings, Settings};
-use crate::k8s::plan_inputs::{config_map_name, DATA_KEY};
+use crate::controller::plan_inputs::{config_map_name, DATA_KEY};
 use crate::metrics::{catalog, MetricsError};
 use crate::plan::NodePlan;
 
@@ -253,7 +253,8 @@ impl Health {
             return;
         }
         if self.up != Some(false) {
-            let f = crate::k8s::api_error::describe_watcher(e, "configmaps", Some(namespace));
+            let f =
+                crate::controller::api_error::describe_watcher(e, "configmaps", Some(namespace));
             tracing::warn!(reason = %f.reason, status = ?f.status, peers,
                 "Reading the probe plan failed: {f}; probing the last plan");
             self.up = Some(false);

@@ -1,7 +1,7 @@
 //! The probe plan: who probes whom, and when bandwidth bursts run.
 //!
 //! Pure logic, computed once by the leader-elected controller
-//! ([`crate::k8s::plan_publisher`]) and handed to each node as a small
+//! ([`crate::controller::plan_publisher`]) and handed to each node as a small
 //! [`NodePlan`], so no agent ever lists or watches the other agents
 //! (Pingmesh's pinglists; gardener network-problem-detector's ConfigMap).
 //!

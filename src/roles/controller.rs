@@ -9,15 +9,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ControllerSettings;
-use crate::k8s::apiserver_latency::Sampler;
-use crate::k8s::client::Clients;
-use crate::k8s::leader::{ApiReachability, LeaderElector};
-use crate::k8s::metrics::ControllerMetrics;
-use crate::k8s::nodes::{self, NodeCollector, NodeView};
-use crate::k8s::plan_publisher::PlanPublisher;
-use crate::k8s::pod_startup::PodProbe;
-use crate::k8s::sweeper::Sweeper;
-use crate::k8s::K8sError;
+use crate::controller::apiserver_latency::Sampler;
+use crate::controller::client::Clients;
+use crate::controller::leader::{ApiReachability, LeaderElector};
+use crate::controller::metrics::ControllerMetrics;
+use crate::controller::nodes::{self, NodeCollector, NodeView};
+use crate::controller::plan_publisher::PlanPublisher;
+use crate::controller::pod_startup::PodProbe;
+use crate::controller::sweeper::Sweeper;
+use crate::controller::K8sError;
 
 /// A random run id (8 hex digits): labels every object this run creates.
 pub fn new_run_id() -> String {

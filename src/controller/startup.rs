@@ -227,7 +227,7 @@ pub fn observe_event(e: &Event, pod_name: &str, f: &mut Findings) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::k8s::objects::probe_pod;
+    use crate::controller::objects::probe_pod;
     use k8s_openapi::api::core::v1::{
         ContainerState, ContainerStateRunning, ContainerStateWaiting, ContainerStatus,
         PodCondition, PodStatus,

@@ -1,8 +1,12 @@
-//! `kubepulse controller`: pod startup timing, apiserver latency sampling,
-//! node and control-plane health, leader election.
+//! `kubepulse controller`: the probe plan publisher, pod startup timing,
+//! apiserver latency sampling, node and control-plane health, leader
+//! election.
 //!
-//! Pure logic (`phases`, `scope`, `sweep`, `clock`, `rbac`) has no IO and is
-//! unit-tested; the rest talks to the apiserver through kube-rs.
+//! Pure logic has no IO and is unit-tested: `startup` (the pod startup
+//! probe as a state machine with an outcome for every ending), `phases`,
+//! the leader election core (`leader::LeaderCore::decide`), `api_error`
+//! (naming API failures), `scope`, `sweep`, `clock` and `rbac`. The rest
+//! talks to the apiserver through kube-rs.
 
 pub mod api_error;
 pub mod apiserver_latency;

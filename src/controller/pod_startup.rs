@@ -385,7 +385,7 @@ fn active_deadline(timeout: Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::k8s::phases::Findings;
+    use crate::controller::phases::Findings;
     use k8s_openapi::api::core::v1::{
         ContainerState, ContainerStateRunning, ContainerStatus, PodCondition, PodStatus,
     };
