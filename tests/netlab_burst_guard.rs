@@ -2,9 +2,9 @@
 //! with bandwidth bursts at a high duty cycle (a pair in every 4 s slot,
 //! 250 ms per direction), the burst guard keeps the agent's own bursts out
 //! of its latency results:
-//! - UDP RTT p99 with bursts is at most 1.2x p99 without bursts, the lower
-//!   of a run before and one after (without the guard it was 9x here and
-//!   about 100x in the issue: the probes queue behind the burst in the tbf);
+//! - UDP RTT p99 with bursts is at most 1.2x p99 without bursts, each the
+//!   lower of two runs (without the guard it was 9x here and about 100x in
+//!   the issue: the probes queue behind the burst in the tbf);
 //! - every probe nft saw is accounted for, kept (replied or lost) or
 //!   excluded, and the reported loss matches the nft drop counter of a 2 %
 //!   random drop: without bursts the lost count equals the drop count;
@@ -98,8 +98,10 @@ fn measure(lab: &Lab, agents: &Agents) -> Window {
     );
     let lost =
         one_of(&a1, "kubepulse_probe_lost_total") - one_of(&a0, "kubepulse_probe_lost_total");
-    let replies =
-        one_of(&a1, "kubepulse_probe_replies_total") - one_of(&a0, "kubepulse_probe_replies_total");
+    // Sent is booked with the outcome: sent − lost are the kept replies.
+    let replies = one_of(&a1, "kubepulse_probe_sent_total")
+        - one_of(&a0, "kubepulse_probe_sent_total")
+        - lost;
     Window {
         p99: quantile(&d, 0.99).expect("p99"),
         samples: d.last().map_or(0.0, |x| x.1),
@@ -177,12 +179,14 @@ fn bursts_do_not_show_up_as_latency_or_loss() {
     eprintln!("warm-up: UDP p99 {:.1} us", warm.p99 * 1e6);
     let quiet = run(&lab, false);
     let busy = run(&lab, true);
+    let busy_again = run(&lab, true);
     let after = run(&lab, false);
     let mut report = Vec::new();
     let mut bad = Vec::new();
     for (name, w) in [
         ("no bursts", &quiet),
         ("bursts", &busy),
+        ("bursts, again", &busy_again),
         ("no bursts, after", &after),
     ] {
         let truth = w.dropped / w.seen;
@@ -215,7 +219,9 @@ fn bursts_do_not_show_up_as_latency_or_loss() {
         }
         report.push(line);
     }
-    let ratio = busy.p99 / quiet.p99.min(after.p99);
+    // The lower p99 of two runs on each side: a hiccup of this shared
+    // machine lands in one run, our own bursts in both.
+    let ratio = busy.p99.min(busy_again.p99) / quiet.p99.min(after.p99);
     report.push(format!("p99 ratio bursts / no bursts: {ratio:.3}"));
     eprintln!("{}", report.join("\n"));
     assert!(
@@ -228,7 +234,10 @@ fn bursts_do_not_show_up_as_latency_or_loss() {
         0.0,
         "nothing to exclude without bursts"
     );
-    assert!(busy.excluded > 0.0, "bursts ran but nothing was excluded");
+    assert!(
+        busy.excluded > 0.0 && busy_again.excluded > 0.0,
+        "bursts ran but nothing was excluded"
+    );
     assert!(
         ratio <= 1.2,
         "UDP p99 with bursts {ratio:.2}x the quiet p99\n{}",
