@@ -18,6 +18,7 @@ mod targets;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -59,6 +60,32 @@ const RETIRED_GRACE: Duration = Duration::from_secs(10);
 const RETIRED_SWEEP: Duration = Duration::from_secs(1);
 /// Receive buffer: the largest UDP payload plus an IPv4 header with options.
 const RX_BUF: usize = echo::MAX_LEN + 60 + icmp::HEADER_LEN;
+
+/// Hashes stream ids as they are: they are random 64-bit numbers already,
+/// and SipHash on every reply and deadline was a measurable part of the
+/// engine's cost.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed; fold anything else in anyway.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A map keyed by stream id.
+type ById<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// Where a stream's probes go.
 enum Dest {
@@ -149,8 +176,8 @@ pub(super) struct Engine {
     icmp: Option<IcmpSocket>,
     epoch: Instant,
     targets: HashMap<Target, Vec<u64>>,
-    probes: HashMap<u64, Probe>,
-    retired: HashMap<u64, Instant>,
+    probes: ById<Probe>,
+    retired: ById<Instant>,
     next_sweep: Instant,
     /// Min-heap of (deadline, stream id); an entry is live while it equals
     /// the stream's `armed`.
@@ -198,8 +225,8 @@ impl Engine {
             icmp,
             epoch: Instant::now(),
             targets: HashMap::new(),
-            probes: HashMap::new(),
-            retired: HashMap::new(),
+            probes: ById::default(),
+            retired: ById::default(),
             next_sweep: Instant::now(),
             timers: BinaryHeap::new(),
             fds: Vec::new(),
