@@ -4,14 +4,6 @@
 //! with 1 ns timer slack; nothing here touches tokio except the
 //! non-blocking `watch` and cancellation reads.
 //!
-//! Replies stamped by the kernel (UDP always, ICMP when the socket takes
-//! `SO_TIMESTAMPNS`) do not wake the engine: their RTT comes from the stamp,
-//! not from when they are read, so they are read at the next wake-up (a
-//! send or a timeout, and always before a probe is declared lost). On a VM
-//! a wake-up costs tens of microseconds, more than the rest of a probe, so
-//! this halves the wake-ups of UDP and ICMP probes. TCP is timed in user
-//! space and wakes the engine on every reply.
-//!
 //! Cost per probe does not grow with the number of targets: deadlines live
 //! in a min-heap (one live entry per stream, stale ones skipped), the TCP
 //! connections sit in one epoll set whose descriptor is in the `ppoll` set
@@ -164,8 +156,6 @@ impl Probe {
 struct IcmpSocket {
     sock: Socket,
     mode: IcmpMode,
-    /// Whether replies carry kernel RX stamps (then they need no wake-up).
-    stamped: bool,
     // Our identifier on raw sockets; DGRAM sockets get one from the kernel.
     ident: u16,
 }
@@ -173,6 +163,7 @@ struct IcmpSocket {
 /// Which descriptor a poll slot is.
 #[derive(Clone, Copy)]
 enum Slot {
+    Udp,
     Icmp,
     Tcp,
 }
@@ -285,7 +276,6 @@ impl Engine {
             // Taken before reading, so any reply queued by now is booked
             // before a probe it answers can be declared lost.
             let woke = Instant::now();
-            self.read_stamped();
             self.read_ready(woke);
             self.run_timers(woke);
             if woke >= self.next_sweep {
@@ -294,15 +284,6 @@ impl Engine {
             }
         }
         tracing::debug!(agent = %self.ctx.identity.name, "Latency engine stopped");
-    }
-
-    /// Reads the sockets whose replies carry kernel stamps, whether or not
-    /// anything arrived (a read that would block is cheaper than a wake-up).
-    fn read_stamped(&mut self) {
-        self.drain_udp();
-        if self.icmp.as_ref().is_some_and(|i| i.stamped) {
-            self.drain_icmp();
-        }
     }
 
     /// Reads every descriptor `ppoll` marked.
@@ -316,6 +297,7 @@ impl Engine {
                 continue;
             }
             match *slot {
+                Slot::Udp => self.drain_udp(),
                 Slot::Icmp => self.drain_icmp(),
                 Slot::Tcp => self.drain_tcp(woke),
             }
@@ -471,13 +453,14 @@ impl Engine {
         ids
     }
 
-    /// The descriptors whose readiness wakes the engine: the TCP epoll set
-    /// and an ICMP socket without kernel stamps. Stamped sockets are read
-    /// at every wake-up instead ([`Engine::read_stamped`]).
     fn build_poll_set(&mut self) {
         self.fds.clear();
         self.slots.clear();
-        if let Some(i) = self.icmp.as_ref().filter(|i| !i.stamped) {
+        if let Some(u) = &self.udp {
+            self.fds.push(PollFd::new(u.as_fd(), READABLE));
+            self.slots.push(Slot::Udp);
+        }
+        if let Some(i) = &self.icmp {
             self.fds.push(PollFd::new(i.sock.as_fd(), READABLE));
             self.slots.push(Slot::Icmp);
         }
@@ -635,13 +618,9 @@ fn open_icmp(ctx: &ProbeContext) -> Option<IcmpSocket> {
         return None;
     };
     tracing::info!(mode = %mode, "ICMP echo socket opened");
-    let stamped = match enable_rx_timestamps(&sock) {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!(error = %e, "No kernel timestamps on the ICMP socket; using user-space time");
-            false
-        }
-    };
+    if let Err(e) = enable_rx_timestamps(&sock) {
+        tracing::warn!(error = %e, "No kernel timestamps on the ICMP socket; using user-space time");
+    }
     if let IpAddr::V4(ip) = ctx.bind {
         if !ip.is_unspecified() {
             if let Err(e) = sock.bind(&SockAddr::from(SocketAddrV4::new(ip, 0))) {
@@ -652,7 +631,6 @@ fn open_icmp(ctx: &ProbeContext) -> Option<IcmpSocket> {
     Some(IcmpSocket {
         sock,
         mode,
-        stamped,
         ident: rand::random(),
     })
 }
