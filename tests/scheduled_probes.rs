@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use kubepulse::config::ProbeSettings;
 use kubepulse::discovery::{Identity, Peer, ProbePorts, Target};
-use kubepulse::labels::{AgentKind, PathKind};
+use kubepulse::labels::{AgentKind, PathKind, Protocol};
 use kubepulse::metrics::catalog::{self, MetricDef};
 use kubepulse::metrics::AgentMetrics;
 use kubepulse::probe::{guard::KeepAll, scheduled, ProbeContext, TargetSet};
@@ -64,6 +64,11 @@ struct Running {
 impl Running {
     fn start(settings: ProbeSettings, targets: Vec<Target>) -> Self {
         let metrics = AgentMetrics::new(prometheus::Registry::new()).expect("metrics");
+        // As the agent's target publisher does: a target's per-peer series
+        // exist (and may be written) before its probes start.
+        for t in &targets {
+            metrics.precreate_peer(t.path, &t.peer.node, Protocol::ALL);
+        }
         let (tx, rx) = watch::channel::<TargetSet>(Arc::new(targets));
         let shutdown = CancellationToken::new();
         let ctx = ProbeContext {
