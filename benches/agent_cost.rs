@@ -141,6 +141,51 @@ fn quantile(q: f64, b: &[(f64, f64)]) -> f64 {
     prev.0
 }
 
+/// CPU seconds of `pid`, ns-exact: the sum of its threads' time on CPU
+/// (`/proc/PID/task/*/schedstat`), with the thread ids it covers. The clock
+/// tick counts of `/proc/PID/stat` are too coarse for fping at K = 10 (a few
+/// ticks in a window).
+fn cpu_ns(pid: u32) -> (f64, Vec<u32>) {
+    let mut total = 0u64;
+    let mut tids = Vec::new();
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir");
+    for e in dir.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let Ok(s) = std::fs::read_to_string(e.path().join("schedstat")) else {
+            continue;
+        };
+        if let Some(ns) = s
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            total += ns;
+            tids.push(tid);
+        }
+    }
+    tids.sort_unstable();
+    (total as f64 / 1e9, tids)
+}
+
+/// CPU seconds spent by `pid` between two readings: ns-exact when the same
+/// threads ran throughout, else (a thread exited) from the tick counts,
+/// which keep the time of exited threads.
+fn cpu_between(a: &(f64, Vec<u32>, f64), b: &(f64, Vec<u32>, f64)) -> f64 {
+    if b.1.iter().all(|t| a.1.contains(t)) && a.1.iter().all(|t| b.1.contains(t)) {
+        b.0 - a.0
+    } else {
+        eprintln!("  (threads changed during the window: using clock ticks)");
+        b.2 - a.2
+    }
+}
+
+fn cpu_reading(pid: u32) -> (f64, Vec<u32>, f64) {
+    let (ns, tids) = cpu_ns(pid);
+    (ns, tids, proc_stat(pid).0)
+}
+
 /// (CPU seconds, user + system, of every thread that ever ran; RSS bytes).
 fn proc_stat(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
@@ -251,14 +296,15 @@ fn measure_kubepulse(k: usize, window: Duration, legacy: bool) -> Row {
     // Connections up, first PMTU searches and HTTP probes done.
     std::thread::sleep(Duration::from_secs(6));
     let (ppid, rpid) = (prober.0.id(), responder.0.id());
-    let (p0, _) = proc_stat(ppid);
-    let (r0, _) = proc_stat(rpid);
+    let p0 = cpu_reading(ppid);
+    let r0 = cpu_reading(rpid);
     let sent0 = latency_probes(&scrape(paddr));
     let echo0 = echoed(&scrape(raddr));
     let t0 = Instant::now();
     std::thread::sleep(window);
-    let (p1, rss) = proc_stat(ppid);
-    let (r1, _) = proc_stat(rpid);
+    let p1 = cpu_reading(ppid);
+    let r1 = cpu_reading(rpid);
+    let (_, rss) = proc_stat(ppid);
     let elapsed = t0.elapsed().as_secs_f64();
     let body = scrape(paddr);
     let sent1 = latency_probes(&body);
@@ -267,11 +313,11 @@ fn measure_kubepulse(k: usize, window: Duration, legacy: bool) -> Row {
     assert!(probes > 0.0, "the prober sent nothing");
     Row {
         k,
-        kp_cpu_per_probe: (p1 - p0) / probes,
+        kp_cpu_per_probe: cpu_between(&p0, &p1) / probes,
         fping_cpu_per_probe: 0.0,
         rss,
         series: series(&body),
-        responder_cpu_per_echo: (r1 - r0) / (echo1 - echo0).max(1.0),
+        responder_cpu_per_echo: cpu_between(&r0, &r1) / (echo1 - echo0).max(1.0),
         probes_per_s: probes / elapsed,
     }
 }
@@ -292,13 +338,13 @@ fn measure_fping(k: usize, window: Duration) -> f64 {
     let fping = Proc(child);
     std::thread::sleep(Duration::from_secs(2));
     let pid = fping.0.id();
-    let (c0, _) = proc_stat(pid);
+    let c0 = cpu_reading(pid);
     let t0 = Instant::now();
     std::thread::sleep(window);
-    let (c1, _) = proc_stat(pid);
+    let c1 = cpu_reading(pid);
     // Open loop: every target once per period.
     let probes = k as f64 * t0.elapsed().as_secs_f64();
-    (c1 - c0) / probes
+    cpu_between(&c0, &c1) / probes
 }
 
 fn main() {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use kubepulse::config::ProbeSettings;
 use kubepulse::discovery::{Identity, Peer, ProbePorts, Target};
-use kubepulse::labels::{AgentKind, ExcludeReason, PathKind};
+use kubepulse::labels::{AgentKind, ExcludeReason, PathKind, Protocol};
 use kubepulse::metrics::catalog::{self, MetricDef};
 use kubepulse::metrics::AgentMetrics;
 use kubepulse::probe::guard::{KeepAll, SampleGuard};
@@ -73,6 +73,11 @@ impl Running {
         guard: Arc<dyn SampleGuard>,
     ) -> Self {
         let metrics = AgentMetrics::new(prometheus::Registry::new()).expect("metrics");
+        // As the agent's target publisher does: a target's per-peer series
+        // exist (and may be written) before its probes start.
+        for t in &targets {
+            metrics.precreate_peer(t.path, &t.peer.node, Protocol::ALL);
+        }
         let (tx, rx) = watch::channel::<TargetSet>(Arc::new(targets));
         let shutdown = CancellationToken::new();
         let ctx = ProbeContext {

@@ -3,6 +3,7 @@
 //! a `// SAFETY:` comment.
 
 pub mod clock;
+pub mod epoll;
 pub mod icmp;
 pub mod pmtu;
 pub mod poll;

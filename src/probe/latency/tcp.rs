@@ -160,11 +160,21 @@ impl TcpConn {
                 if revents & (READABLE | FAILED) == 0 {
                     return;
                 }
-                let mut chunk = [0u8; 4096];
+                // Small: replies are 64-byte frames, and zeroing a large
+                // buffer on every read cost more than the read itself.
+                let mut chunk = [0u8; 4 * echo::HEADER_LEN];
                 let closed = loop {
                     match sock.read(&mut chunk) {
                         Ok(0) => break Some(None),
-                        Ok(n) => rbuf.extend_from_slice(&chunk[..n]),
+                        Ok(n) => {
+                            rbuf.extend_from_slice(&chunk[..n]);
+                            // A short read drained the socket: no need for
+                            // a read that would block (readiness is level
+                            // triggered, so anything later wakes us again).
+                            if n < chunk.len() {
+                                break None;
+                            }
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => break Some(Some(e)),

@@ -5,10 +5,12 @@
 //! non-blocking `watch` and cancellation reads.
 //!
 //! Cost per probe does not grow with the number of targets: deadlines live
-//! in a min-heap (one live entry per stream, stale ones skipped), the poll
-//! set is rebuilt only when a TCP connection changes state, sockets are read
-//! only when `ppoll` says they are readable, and nothing is allocated per
-//! probe (metric handles are resolved once per stream).
+//! in a min-heap (one live entry per stream, stale ones skipped), the TCP
+//! connections sit in one epoll set whose descriptor is in the `ppoll` set
+//! (a wake-up touches the ready connections only; `ppoll` keeps the
+//! nanosecond timeout), sockets are read only when reported readable, and
+//! nothing is allocated per probe (metric handles are resolved once per
+//! stream).
 
 mod receive;
 mod sink;
@@ -16,6 +18,7 @@ mod targets;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -30,7 +33,8 @@ use crate::probe::{ProbeContext, ProbeError};
 use crate::proto::echo::{self, EchoHeader};
 use crate::proto::icmp;
 use crate::sys::clock::realtime_ns;
-use crate::sys::poll::{ppoll, PollFd, READABLE};
+use crate::sys::epoll::{self, Epoll};
+use crate::sys::poll::{ppoll, PollFd, FAILED, READABLE, WRITABLE};
 use crate::sys::thread::{prefer_realtime, set_timer_slack};
 use crate::sys::timestamp::{enable_rx_timestamps, ControlBuf};
 
@@ -44,16 +48,44 @@ use sink::{ClockHandle, MetricsSink};
 use targets::diff;
 
 /// Longest single wait, so cancellation and target changes are seen within
-/// this (the brief allows ~100 ms).
-const MAX_WAIT: Duration = Duration::from_millis(50);
+/// this (the brief allows ~100 ms); an idle engine wakes this often.
+const MAX_WAIT: Duration = Duration::from_millis(100);
 /// Datagrams read per socket per wake-up, so a flood cannot delay sends.
 const MAX_DRAIN: usize = 256;
+/// Ready TCP connections handled per wake-up (more wait for the next).
+const EPOLL_BATCH: usize = 64;
 /// How long replies to a removed target's streams are silently ignored.
 const RETIRED_GRACE: Duration = Duration::from_secs(10);
 /// How often the retired streams are forgotten.
 const RETIRED_SWEEP: Duration = Duration::from_secs(1);
 /// Receive buffer: the largest UDP payload plus an IPv4 header with options.
 const RX_BUF: usize = echo::MAX_LEN + 60 + icmp::HEADER_LEN;
+
+/// Hashes stream ids as they are: they are random 64-bit numbers already,
+/// and SipHash on every reply and deadline was a measurable part of the
+/// engine's cost.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed; fold anything else in anyway.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A map keyed by stream id.
+type ById<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 /// Where a stream's probes go.
 enum Dest {
@@ -71,6 +103,8 @@ struct Probe {
     peer_node: Arc<str>,
     /// The deadline of this stream's live heap entry.
     armed: Instant,
+    /// What the epoll set watches for this stream's TCP connection.
+    registered: Option<(RawFd, i16)>,
 }
 
 impl Probe {
@@ -131,7 +165,7 @@ struct IcmpSocket {
 enum Slot {
     Udp,
     Icmp,
-    Tcp(u64),
+    Tcp,
 }
 
 /// The engine state, owned by its thread.
@@ -142,15 +176,16 @@ pub(super) struct Engine {
     icmp: Option<IcmpSocket>,
     epoch: Instant,
     targets: HashMap<Target, Vec<u64>>,
-    probes: HashMap<u64, Probe>,
-    retired: HashMap<u64, Instant>,
+    probes: ById<Probe>,
+    retired: ById<Instant>,
     next_sweep: Instant,
     /// Min-heap of (deadline, stream id); an entry is live while it equals
     /// the stream's `armed`.
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     fds: Vec<PollFd>,
     slots: Vec<Slot>,
-    fds_dirty: bool,
+    tcp: Epoll,
+    tcp_ready: Vec<(u64, u32)>,
     rx: Vec<u8>,
     tx: Vec<u8>,
     cmsg: ControlBuf,
@@ -183,19 +218,21 @@ impl Engine {
         } else {
             None
         };
+        let tcp = Epoll::new(EPOLL_BATCH).map_err(io_err("creating the TCP epoll set"))?;
         Ok(Self {
             hook,
             udp,
             icmp,
             epoch: Instant::now(),
             targets: HashMap::new(),
-            probes: HashMap::new(),
-            retired: HashMap::new(),
+            probes: ById::default(),
+            retired: ById::default(),
             next_sweep: Instant::now(),
             timers: BinaryHeap::new(),
             fds: Vec::new(),
             slots: Vec::new(),
-            fds_dirty: true,
+            tcp,
+            tcp_ready: Vec::with_capacity(EPOLL_BATCH),
             rx: vec![0u8; RX_BUF],
             tx: Vec::with_capacity(icmp::HEADER_LEN + echo::HEADER_LEN),
             cmsg: ControlBuf::default(),
@@ -220,14 +257,12 @@ impl Engine {
         }
         let initial = self.ctx.targets.borrow_and_update().clone();
         self.reconcile(&initial, Instant::now());
+        self.build_poll_set();
         while !self.ctx.shutdown.is_cancelled() {
             // An error means the sender is gone: keep the last target set.
             if self.ctx.targets.has_changed().unwrap_or(false) {
                 let set = self.ctx.targets.borrow_and_update().clone();
                 self.reconcile(&set, Instant::now());
-            }
-            if self.fds_dirty {
-                self.rebuild_poll_set();
             }
             let now = Instant::now();
             let wake = self
@@ -264,9 +299,21 @@ impl Engine {
             match *slot {
                 Slot::Udp => self.drain_udp(),
                 Slot::Icmp => self.drain_icmp(),
-                Slot::Tcp(id) => self.tcp_ready(id, revents, woke),
+                Slot::Tcp => self.drain_tcp(woke),
             }
         }
+    }
+
+    /// Handles the TCP connections the epoll set reports ready.
+    fn drain_tcp(&mut self, woke: Instant) {
+        let mut ready = std::mem::take(&mut self.tcp_ready);
+        if let Err(e) = self.tcp.ready(&mut ready) {
+            tracing::warn!(error = %e, "epoll_wait failed in the latency engine");
+        }
+        for (id, events) in ready.drain(..) {
+            self.tcp_ready(id, poll_flags(events), woke);
+        }
+        self.tcp_ready = ready;
     }
 
     /// Serves every stream whose deadline is at or before `now`.
@@ -292,7 +339,6 @@ impl Engine {
         let metrics = &self.ctx.metrics;
         let guard = &*self.ctx.guard;
         let hook = self.hook.as_ref();
-        let before = p.interest();
         if let Dest::Tcp(c) = &mut p.dest {
             c.tick(now, &mut self.tcp_events);
         }
@@ -311,9 +357,7 @@ impl Engine {
             guard,
         );
         p.book(metrics, hook, guard, |s, g, sink| s.expire(now, g, sink));
-        if p.interest() != before {
-            self.fds_dirty = true;
-        }
+        sync_interest(&self.tcp, p, id);
         // Every deadline left is after `now` (fire and expire consumed the
         // due ones, tick moved the TCP timer on); the floor is a guard.
         let next = p.next_wake().max(now + Duration::from_nanos(1));
@@ -336,9 +380,9 @@ impl Engine {
         let (removed, added) = diff(self.targets.keys(), set);
         for t in removed {
             for id in self.targets.remove(&t).unwrap_or_default() {
-                if let Some(p) = self.probes.remove(&id) {
-                    self.fds_dirty |= p.interest().is_some();
-                }
+                // Dropping the probe closes its TCP socket, which leaves
+                // the epoll set by itself.
+                self.probes.remove(&id);
                 self.retired.insert(id, now + RETIRED_GRACE);
             }
         }
@@ -399,6 +443,7 @@ impl Engine {
                 peer: peer.clone(),
                 peer_node: peer_node.clone(),
                 armed: now,
+                registered: None,
             };
             probe.armed = probe.next_wake();
             self.timers.push(Reverse((probe.armed, id)));
@@ -408,7 +453,7 @@ impl Engine {
         ids
     }
 
-    fn rebuild_poll_set(&mut self) {
+    fn build_poll_set(&mut self) {
         self.fds.clear();
         self.slots.clear();
         if let Some(u) = &self.udp {
@@ -419,22 +464,14 @@ impl Engine {
             self.fds.push(PollFd::new(i.sock.as_fd(), READABLE));
             self.slots.push(Slot::Icmp);
         }
-        for (id, p) in &self.probes {
-            if let Dest::Tcp(c) = &p.dest {
-                if let Some((fd, events)) = c.interest() {
-                    self.fds.push(PollFd::new(fd, events));
-                    self.slots.push(Slot::Tcp(*id));
-                }
-            }
-        }
-        self.fds_dirty = false;
+        self.fds.push(PollFd::new(self.tcp.as_fd(), READABLE));
+        self.slots.push(Slot::Tcp);
     }
 
     fn tcp_ready(&mut self, id: u64, revents: i16, now: Instant) {
         let Some(p) = self.probes.get_mut(&id) else {
             return;
         };
-        let before = p.interest();
         if let Dest::Tcp(c) = &mut p.dest {
             c.ready(revents, now, &mut self.tcp_events);
         }
@@ -442,11 +479,62 @@ impl Engine {
         for ev in self.tcp_events.drain(..) {
             book_tcp_event(p, ev, metrics, hook, guard);
         }
-        if p.interest() != before {
-            self.fds_dirty = true;
-        }
+        sync_interest(&self.tcp, p, id);
         self.rearm_if_earlier(id);
     }
+}
+
+/// Poll flags from epoll events (the TCP connection speaks poll's).
+fn poll_flags(events: u32) -> i16 {
+    let mut f = 0;
+    if events & epoll::IN != 0 {
+        f |= READABLE;
+    }
+    if events & epoll::OUT != 0 {
+        f |= WRITABLE;
+    }
+    if events & epoll::ERR_HUP != 0 {
+        f |= FAILED;
+    }
+    f
+}
+
+fn epoll_events(poll: i16) -> u32 {
+    let mut e = 0;
+    if poll & READABLE != 0 {
+        e |= epoll::IN;
+    }
+    if poll & WRITABLE != 0 {
+        e |= epoll::OUT;
+    }
+    e
+}
+
+/// Brings the epoll set in line with what `p`'s TCP connection wants. A
+/// closed socket has left the set by itself, so nothing is ever deleted
+/// (deleting by number could hit a newer socket that reused it).
+fn sync_interest(set: &Epoll, p: &mut Probe, id: u64) {
+    let now = p.interest();
+    if now == p.registered {
+        return;
+    }
+    if let Dest::Tcp(c) = &p.dest {
+        if let Some((fd, events)) = c.interest() {
+            let ev = epoll_events(events);
+            let same_fd = p.registered.is_some_and(|(old, _)| old == fd.as_raw_fd());
+            let r = if same_fd {
+                // Same socket, new interest; if it was closed and its
+                // number reused meanwhile, it is not in the set: add it.
+                set.modify(fd, ev, id).or_else(|_| set.add(fd, ev, id))
+            } else {
+                set.add(fd, ev, id).or_else(|_| set.modify(fd, ev, id))
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "Cannot watch a TCP probe connection");
+            }
+        }
+    }
+    p.registered = now;
 }
 
 /// Sends `p`'s probe if its deadline has come.

@@ -1,7 +1,6 @@
 //! Reading replies: UDP and ICMP datagrams with kernel timestamps, TCP
 //! frames, and booking them against their streams.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -19,7 +18,7 @@ use crate::sys::timestamp::{recv_timestamped, Received};
 use super::super::stream::{Arrival, ResponderTimes};
 use super::super::tcp::TcpEvent;
 use super::super::SampleHook;
-use super::{Dest, Engine, Probe, MAX_DRAIN};
+use super::{ById, Dest, Engine, Probe, MAX_DRAIN};
 
 impl Engine {
     pub(super) fn drain_udp(&mut self) {
@@ -130,11 +129,7 @@ pub(super) fn arrival(r: &Received) -> Arrival {
 
 /// A datagram that is not a reply to a live stream: counted against the
 /// target it came from, if any (junk from elsewhere has no path label).
-pub(super) fn bad_udp_reply(
-    probes: &HashMap<u64, Probe>,
-    from: Option<SocketAddr>,
-    ctx: &ProbeContext,
-) {
+pub(super) fn bad_udp_reply(probes: &ById<Probe>, from: Option<SocketAddr>, ctx: &ProbeContext) {
     let hit = probes
         .values()
         .find(|p| matches!(p.dest, Dest::Udp(a) if Some(a) == from));
