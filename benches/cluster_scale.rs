@@ -16,7 +16,8 @@
 //!    watchers × what one watcher received.
 //!
 //! Run: `cargo bench --bench cluster_scale` (release; a few minutes).
-//! `CLUSTER_SCALE_SIZES=100,1000` limits the sizes.
+//! `CLUSTER_SCALE_SIZES=100,1000` limits the sizes; `CLUSTER_SCALE_API=0`
+//! runs the plan computation only.
 
 #[path = "../tests/common/apiserver.rs"]
 #[allow(missing_docs, unused_imports)]
@@ -378,6 +379,7 @@ async fn main() {
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![100, 1000, 5000]);
+    let with_api = std::env::var("CLUSTER_SCALE_API").map_or(true, |v| v != "0");
     let cfg = PlanConfig::default();
     println!(
         "plan: k_zone={} k_cross={} min_probers={} max_peer_nodes={}; rollout in {ROLLOUT_STEPS} steps, min_interval {MIN_INTERVAL:?}",
@@ -389,6 +391,20 @@ async fn main() {
     for &n in &sizes {
         for zones in [1, 3, 10] {
             let p = plan_row(n, zones);
+            if !with_api {
+                println!(
+                    "| {n} | {zones} | {:.0} ms | {} | {} | {} | {}/{} | {} | — | {} | — | — | — | — |",
+                    p.compute.as_secs_f64() * 1e3,
+                    p.max_peer_nodes,
+                    p.max_targets,
+                    p.series,
+                    p.min_in,
+                    p.max_in,
+                    human(p.max_plan_bytes as u64),
+                    p.uncoalesced_writes,
+                );
+                continue;
+            }
             let a = api_row(n, zones).await;
             println!(
                 "| {n} | {zones} | {:.0} ms | {} | {} | {} | {}/{} | {} | {} | {} | {} / {} / {} | {} / {} | {} / {} | {:.0}× / {:.0}× |",
