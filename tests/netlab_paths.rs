@@ -102,7 +102,7 @@ fn classification(flavour: Flavour) {
                 let http = paths_with(
                     s,
                     "kubepulse_http_probe_duration_seconds_count",
-                    &[("phase", "connect")],
+                    &[("phase", "total")],
                 );
                 let pmtu: BTreeSet<(String, String)> = s
                     .select("kubepulse_path_mtu_bytes", &[])

@@ -196,12 +196,85 @@ fn report_queries() -> Vec<(String, bool)> {
     q
 }
 
-/// The PromQL a report sends for series `name` over `window`.
+/// Shipped recording rules that hold a histogram's bucket rates summed by
+/// every label the report groups by, for the windows they cover: asking
+/// for them (times the window: `increase` is `rate` × range) spares
+/// Prometheus the raw buckets of every agent on a large cluster.
+const RECORDED: &[(&str, u64, &str)] = &[
+    (
+        "kubepulse_probe_rtt_seconds_bucket",
+        300,
+        "path_protocol_le:kubepulse_probe_rtt_seconds_bucket:rate5m",
+    ),
+    (
+        "kubepulse_probe_rtt_seconds_bucket",
+        3600,
+        "path_protocol_le:kubepulse_probe_rtt_seconds_bucket:rate1h",
+    ),
+    (
+        "kubepulse_pod_startup_duration_seconds_bucket",
+        3600,
+        "phase_le:kubepulse_pod_startup_duration_seconds_bucket:rate1h",
+    ),
+];
+
+/// The PromQL a report sends for series `name` over `window`: a shipped
+/// recording rule where one covers it, else `increase()` (counters and
+/// histogram lines) or the value at the end (gauges).
 pub fn promql(name: &str, increase: bool, window: Duration) -> String {
+    let secs = window.as_secs().max(1);
+    if let Some((_, _, rule)) = RECORDED
+        .iter()
+        .find(|(n, w, _)| *n == name && *w == secs && increase)
+    {
+        return format!("{rule} * {secs}");
+    }
     if increase {
-        format!("increase({name}[{}s])", window.as_secs().max(1))
+        format!("increase({name}[{secs}s])")
     } else {
         name.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recording_rules_where_they_cover_the_window_raw_series_elsewhere() {
+        let five = Duration::from_secs(300);
+        assert_eq!(
+            promql("kubepulse_probe_rtt_seconds_bucket", true, five),
+            "path_protocol_le:kubepulse_probe_rtt_seconds_bucket:rate5m * 300"
+        );
+        assert_eq!(
+            promql(
+                "kubepulse_probe_rtt_seconds_bucket",
+                true,
+                Duration::from_secs(60)
+            ),
+            "increase(kubepulse_probe_rtt_seconds_bucket[60s])"
+        );
+        assert_eq!(
+            promql("kubepulse_probe_sent_total", true, five),
+            "increase(kubepulse_probe_sent_total[300s])"
+        );
+        assert_eq!(
+            promql("kubepulse_path_mtu_bytes", false, five),
+            "kubepulse_path_mtu_bytes"
+        );
+        // Every rule named here is shipped.
+        let rules = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/alerts/kubepulse-rules.yaml"
+        ))
+        .expect("rules file");
+        for (_, _, rule) in RECORDED {
+            assert!(
+                rules.contains(&format!("record: {rule}\n")),
+                "{rule} is not shipped"
+            );
+        }
     }
 }
 
