@@ -236,48 +236,6 @@ pub fn promql(name: &str, increase: bool, window: Duration) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recording_rules_where_they_cover_the_window_raw_series_elsewhere() {
-        let five = Duration::from_secs(300);
-        assert_eq!(
-            promql("kubepulse_probe_rtt_seconds_bucket", true, five),
-            "path_protocol_le:kubepulse_probe_rtt_seconds_bucket:rate5m * 300"
-        );
-        assert_eq!(
-            promql(
-                "kubepulse_probe_rtt_seconds_bucket",
-                true,
-                Duration::from_secs(60)
-            ),
-            "increase(kubepulse_probe_rtt_seconds_bucket[60s])"
-        );
-        assert_eq!(
-            promql("kubepulse_probe_sent_total", true, five),
-            "increase(kubepulse_probe_sent_total[300s])"
-        );
-        assert_eq!(
-            promql("kubepulse_path_mtu_bytes", false, five),
-            "kubepulse_path_mtu_bytes"
-        );
-        // Every rule named here is shipped.
-        let rules = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/alerts/kubepulse-rules.yaml"
-        ))
-        .expect("rules file");
-        for (_, _, rule) in RECORDED {
-            assert!(
-                rules.contains(&format!("record: {rule}\n")),
-                "{rule} is not shipped"
-            );
-        }
-    }
-}
-
 /// Asks the Prometheus at `base` (e.g. `http://prometheus:9090`) for the
 /// window of length `window` ending at `at` (Unix seconds).
 pub async fn prometheus_window(
@@ -339,4 +297,46 @@ pub async fn instant_query(
         out.push((labels, value));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recording_rules_where_they_cover_the_window_raw_series_elsewhere() {
+        let five = Duration::from_secs(300);
+        assert_eq!(
+            promql("kubepulse_probe_rtt_seconds_bucket", true, five),
+            "path_protocol_le:kubepulse_probe_rtt_seconds_bucket:rate5m * 300"
+        );
+        assert_eq!(
+            promql(
+                "kubepulse_probe_rtt_seconds_bucket",
+                true,
+                Duration::from_secs(60)
+            ),
+            "increase(kubepulse_probe_rtt_seconds_bucket[60s])"
+        );
+        assert_eq!(
+            promql("kubepulse_probe_sent_total", true, five),
+            "increase(kubepulse_probe_sent_total[300s])"
+        );
+        assert_eq!(
+            promql("kubepulse_path_mtu_bytes", false, five),
+            "kubepulse_path_mtu_bytes"
+        );
+        // Every rule named here is shipped.
+        let rules = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/alerts/kubepulse-rules.yaml"
+        ))
+        .expect("rules file");
+        for (_, _, rule) in RECORDED {
+            assert!(
+                rules.contains(&format!("record: {rule}\n")),
+                "{rule} is not shipped"
+            );
+        }
+    }
 }
