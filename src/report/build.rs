@@ -240,14 +240,7 @@ mod tests {
     use super::*;
 
     fn s(name: &str, labels: &[(&str, &str)], value: f64) -> Sample {
-        Sample {
-            name: name.into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-                .collect(),
-            value,
-        }
+        Sample::new(name, labels, value)
     }
 
     fn hist(name: &str, labels: &[(&str, &str)], buckets: &[(&str, f64)]) -> Vec<Sample> {

@@ -34,6 +34,20 @@ pub struct Sample {
     pub value: f64,
 }
 
+impl Sample {
+    /// A sample from borrowed label pairs.
+    pub fn new(name: &str, labels: &[(&str, &str)], value: f64) -> Self {
+        Sample {
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
+            value,
+        }
+    }
+}
+
 /// Everything one scrape held.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -260,14 +274,7 @@ mod tests {
     use super::*;
 
     fn sample(name: &str, labels: &[(&str, &str)], value: f64) -> Sample {
-        Sample {
-            name: name.into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-                .collect(),
-            value,
-        }
+        Sample::new(name, labels, value)
     }
 
     fn snap(samples: Vec<Sample>) -> Snapshot {
