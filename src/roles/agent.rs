@@ -11,14 +11,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::BurstKeys;
 use crate::config::{BandwidthSchedule, BandwidthSettings, Settings};
-use crate::discovery::{self, Discovery, Identity, PeerSet, ProbePorts, Target};
+use crate::discovery::{self, Discovery, Identity, PeerSet, PlanWatch, ProbePorts, Target};
 use crate::labels::{PathKind, Protocol};
 use crate::metrics::{budget, AgentMetrics};
 use crate::probe::burst_guard::{BurstGuard, BurstWindows};
 use crate::probe::guard::{KeepAll, SampleGuard};
 use crate::probe::{self, latency::LatencyProber, ProbeContext, TargetSet};
 use crate::responder::{self, Responders};
-use crate::schedule::computed::ComputedSchedule;
+use crate::schedule::computed::{ComputedSchedule, PlanOrComputed};
 use crate::Result;
 
 /// A running agent.
@@ -132,6 +132,7 @@ fn spawn_target_publisher(
 fn sample_guard(
     me: &Identity,
     all_peers: watch::Receiver<PeerSet>,
+    plan: watch::Receiver<PlanWatch>,
     b: &BandwidthSettings,
 ) -> Arc<dyn SampleGuard> {
     if !b.enabled || b.schedule != BandwidthSchedule::Slots {
@@ -146,7 +147,8 @@ fn sample_guard(
         b.slot_span(),
         b.guard_drain,
     );
-    let busy = ComputedSchedule::new(me.clone(), all_peers, b.slots);
+    let computed = ComputedSchedule::new(me.clone(), all_peers, b.slots);
+    let busy = PlanOrComputed::new(plan, computed);
     Arc::new(BurstGuard::new(Arc::new(busy), me.node.clone(), windows))
 }
 
@@ -203,6 +205,7 @@ pub async fn start(
         guard: sample_guard(
             &identity,
             discovery.subscribe_all(),
+            discovery.subscribe_plan(),
             &settings.probes.bandwidth,
         ),
     };
