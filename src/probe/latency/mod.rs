@@ -11,9 +11,11 @@ mod stream;
 mod tcp;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::labels::{PathKind, Protocol};
+use crate::sys::clock::realtime_ns;
+use stream::Arrival;
 
 use super::{ProbeContext, ProbeError};
 
@@ -33,6 +35,21 @@ pub struct RttSample {
 /// Called on the engine thread for every recorded RTT sample. Must be cheap
 /// and must not block: it runs inside the probe loop.
 pub type SampleHook = Arc<dyn Fn(&RttSample) + Send + Sync>;
+
+/// A reply read just now, stamped by the kernel if `kernel_rx_ns` is set;
+/// both clocks are read here, together, so a clock step can be told from
+/// a slow reply.
+fn arrival_now(kernel_rx_ns: Option<u64>) -> Arrival {
+    let now_mono = Instant::now();
+    match kernel_rx_ns {
+        Some(rx_real_ns) => Arrival::Kernel {
+            rx_real_ns,
+            now_real_ns: realtime_ns(),
+            now_mono,
+        },
+        None => Arrival::Mono(now_mono),
+    }
+}
 
 /// A running latency engine.
 pub struct LatencyProber {

@@ -40,6 +40,16 @@ pub(super) enum Arrival {
     Mono(Instant),
 }
 
+impl Arrival {
+    /// Monotonic time of the read.
+    pub fn read_at(&self) -> Instant {
+        match self {
+            Arrival::Kernel { now_mono, .. } => *now_mono,
+            Arrival::Mono(at) => *at,
+        }
+    }
+}
+
 /// A result of a stream's books, for the sink.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum Event {

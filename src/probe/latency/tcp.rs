@@ -2,17 +2,24 @@
 //! non-blocking connect, 64-byte echo frames both ways, reconnect with
 //! backoff. Probe deadlines that fall while it is down are not sent (and
 //! not counted); every failed connect is counted as `connect_failed`.
+//!
+//! Replies carry the kernel's receive stamp (SO_TIMESTAMPNS, which TCP
+//! reports for the last segment a read consumed), as UDP and ICMP replies
+//! do: the RTT then excludes this thread's wake-up. Each read stops at the
+//! end of the current frame so that stamp belongs to that frame.
 
-use std::io::{self, Read};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use super::stream::Arrival;
 use crate::proto::echo;
 use crate::schedule::Backoff;
 use crate::sys::poll::{FAILED, READABLE, WRITABLE};
+use crate::sys::timestamp::{enable_rx_timestamps, recv_timestamped, ControlBuf};
 
 /// First reconnect delay.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
@@ -24,16 +31,38 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub(super) enum TcpEvent {
     /// A connect attempt failed.
     ConnectFailed(io::Error),
-    /// A complete reply frame (`echo::HEADER_LEN` bytes) read at `at`.
-    Frame([u8; echo::HEADER_LEN], Instant),
+    /// A complete reply frame (`echo::HEADER_LEN` bytes).
+    Frame([u8; echo::HEADER_LEN], Arrival),
     /// The stream broke (EOF, reset); in-flight probes will time out.
     Closed(Option<io::Error>),
 }
 
 enum State {
-    Idle { retry_at: Instant },
-    Connecting { sock: Socket, deadline: Instant },
-    Up { sock: Socket, rbuf: Vec<u8> },
+    Idle {
+        retry_at: Instant,
+    },
+    Connecting {
+        sock: Socket,
+        deadline: Instant,
+    },
+    Up {
+        sock: Socket,
+        /// The part of the current frame read so far.
+        partial: [u8; echo::HEADER_LEN],
+        filled: usize,
+        cmsg: ControlBuf,
+    },
+}
+
+impl State {
+    fn up(sock: Socket) -> Self {
+        State::Up {
+            sock,
+            partial: [0; echo::HEADER_LEN],
+            filled: 0,
+            cmsg: ControlBuf::default(),
+        }
+    }
 }
 
 /// Why a probe could not be sent.
@@ -113,14 +142,12 @@ impl TcpConn {
         sock.set_nonblocking(true)?;
         // Probes are tiny and latency-bound: never wait for Nagle.
         sock.set_tcp_nodelay(true)?;
+        enable_rx_timestamps(&sock)?;
         if let Some(ip) = self.bind {
             sock.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
         }
         match sock.connect(&SockAddr::from(self.dest)) {
-            Ok(()) => Ok(State::Up {
-                sock,
-                rbuf: Vec::with_capacity(echo::HEADER_LEN * 4),
-            }),
+            Ok(()) => Ok(State::up(sock)),
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(State::Connecting {
                 sock,
                 deadline: now + self.connect_timeout,
@@ -148,49 +175,42 @@ impl TcpConn {
                         else {
                             return;
                         };
-                        self.state = State::Up {
-                            sock,
-                            rbuf: Vec::with_capacity(echo::HEADER_LEN * 4),
-                        };
+                        self.state = State::up(sock);
                     }
                     Err(e) => self.fail(now, TcpEvent::ConnectFailed(e), events),
                 }
             }
-            State::Up { sock, rbuf } => {
+            State::Up {
+                sock,
+                partial,
+                filled,
+                cmsg,
+            } => {
                 if revents & (READABLE | FAILED) == 0 {
                     return;
                 }
-                // Small: replies are 64-byte frames, and zeroing a large
-                // buffer on every read cost more than the read itself.
-                let mut chunk = [0u8; 4 * echo::HEADER_LEN];
+                // One read per readiness, up to the end of the current
+                // frame: a reply is one segment, so this is usually the
+                // only syscall; anything left keeps the (level-triggered)
+                // descriptor readable and is read on the next wake-up.
                 let closed = loop {
-                    match sock.read(&mut chunk) {
-                        Ok(0) => break Some(None),
-                        Ok(n) => {
-                            rbuf.extend_from_slice(&chunk[..n]);
-                            // A short read drained the socket: no need for
-                            // a read that would block (readiness is level
-                            // triggered, so anything later wakes us again).
-                            if n < chunk.len() {
-                                break None;
+                    let buf = partial.get_mut(*filled..).unwrap_or_default();
+                    match recv_timestamped(sock.as_fd(), buf, cmsg) {
+                        Ok(r) if r.len == 0 => break Some(None),
+                        Ok(r) => {
+                            *filled += r.len;
+                            if *filled == echo::HEADER_LEN {
+                                *filled = 0;
+                                let arrival = super::arrival_now(r.kernel_rx_ns);
+                                events.push(TcpEvent::Frame(*partial, arrival));
                             }
+                            break None;
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => break Some(Some(e)),
                     }
                 };
-                // Frames are stamped when the read returned, before parsing.
-                let at = Instant::now();
-                let mut frames = rbuf.chunks_exact(echo::HEADER_LEN);
-                for f in &mut frames {
-                    let mut frame = [0u8; echo::HEADER_LEN];
-                    frame.copy_from_slice(f);
-                    events.push(TcpEvent::Frame(frame, at));
-                }
-                let rest = frames.remainder().len();
-                let used = rbuf.len() - rest;
-                rbuf.drain(..used);
                 if let Some(err) = closed {
                     self.fail(now, TcpEvent::Closed(err), events);
                 }

@@ -4,7 +4,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::time::Instant;
 
 use crate::labels::{IcmpMode, ProbeErrorReason, Protocol};
 use crate::metrics::AgentMetrics;
@@ -12,7 +11,6 @@ use crate::probe::guard::SampleGuard;
 use crate::probe::ProbeContext;
 use crate::proto::echo::{EchoHeader, Kind};
 use crate::proto::icmp;
-use crate::sys::clock::realtime_ns;
 use crate::sys::timestamp::{recv_timestamped, Received};
 
 use super::super::stream::{Arrival, ResponderTimes};
@@ -116,15 +114,7 @@ impl Engine {
 }
 
 pub(super) fn arrival(r: &Received) -> Arrival {
-    let now_mono = Instant::now();
-    match r.kernel_rx_ns {
-        Some(rx_real_ns) => Arrival::Kernel {
-            rx_real_ns,
-            now_real_ns: realtime_ns(),
-            now_mono,
-        },
-        None => Arrival::Mono(now_mono),
-    }
+    super::super::arrival_now(r.kernel_rx_ns)
 }
 
 /// A datagram that is not a reply to a live stream: counted against the
@@ -158,20 +148,20 @@ pub(super) fn book_tcp_event(
         TcpEvent::Closed(e) => {
             tracing::debug!(error = ?e, path = %path, "TCP probe connection closed");
         }
-        TcpEvent::Frame(f, at) => match EchoHeader::decode(&f) {
+        TcpEvent::Frame(f, arrival) => match EchoHeader::decode(&f) {
             Ok((Kind::Reply, h)) if h.stream == p.stream.id => {
                 if let Dest::Tcp(c) = &mut p.dest {
                     c.healthy();
                 }
                 p.book(metrics, hook, guard, |s, g, sink| {
-                    s.reply(h.seq, Arrival::Mono(at), None, g, sink);
+                    s.reply(h.seq, arrival, None, g, sink);
                 });
             }
             _ => {
                 // The byte stream cannot be trusted past a bad frame.
                 metrics.probe_error(protocol, path, ProbeErrorReason::BadReply);
                 if let Dest::Tcp(c) = &mut p.dest {
-                    c.drop_connection(at);
+                    c.drop_connection(arrival.read_at());
                 }
             }
         },
