@@ -36,8 +36,24 @@ pub(super) fn spawn(
     metrics: AgentMetrics,
     stop: CancellationToken,
 ) -> io::Result<JoinHandle<()>> {
-    // The timeout only serves to notice shutdown; requests wake us at once.
-    sock.set_read_timeout(Some(POLL_INTERVAL))?;
+    // Shutdown must wake the blocking receive. With a runtime at hand a
+    // task does it by shutting the socket's receive side (which wakes a
+    // blocked recv on Linux, even unconnected); else a timeout polls, at
+    // the cost of ten wake-ups a second.
+    let woken_on_stop = match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            let waker = sock.try_clone()?;
+            let stop = stop.clone();
+            rt.spawn(async move {
+                stop.cancelled().await;
+                // ENOTCONN on an unconnected socket, after the wake-up.
+                let _ = socket2::SockRef::from(&waker).shutdown(std::net::Shutdown::Read);
+            });
+            true
+        }
+        Err(_) => false,
+    };
+    sock.set_read_timeout((!woken_on_stop).then_some(POLL_INTERVAL))?;
     let realtime = limits.realtime_priority;
     let rate = Rate::new(f64::from(limits.udp_packets_per_second_per_source), 1.0);
     std::thread::Builder::new()
@@ -62,7 +78,12 @@ fn run(
     // datagrams (truncated to the buffer) from the largest valid one.
     let mut buf = vec![0u8; echo::MAX_LEN + 1];
     while !stop.is_cancelled() {
-        let (n, peer) = match sock.recv_from(&mut buf) {
+        let received = sock.recv_from(&mut buf);
+        // Woken by the shutdown of the receive side: not a request.
+        if stop.is_cancelled() {
+            break;
+        }
+        let (n, peer) = match received {
             Ok(r) => r,
             Err(e) if super::is_timeout(&e) => continue,
             Err(e) => {

@@ -10,3 +10,4 @@ pub mod poll;
 pub mod tcp_info;
 pub mod thread;
 pub mod timestamp;
+pub mod wake;

@@ -114,15 +114,14 @@ fn ns(d: Duration) -> u64 {
 }
 
 impl Stream {
-    /// A new stream starting at `now` with a random phase.
+    /// A new stream sending on `schedule`.
     pub fn new(
         protocol: Protocol,
         path: PathKind,
         peer_node: Arc<str>,
-        interval: Duration,
+        schedule: Periodic,
         timeout: Duration,
         rtt_min_window: Duration,
-        now: Instant,
     ) -> Self {
         Self {
             protocol,
@@ -130,7 +129,7 @@ impl Stream {
             // Random so replies to a previous engine or a removed target
             // cannot be mistaken for ours.
             id: rand::random(),
-            schedule: Periodic::with_random_phase(now, interval),
+            schedule,
             timeout,
             peer_node,
             next_seq: 0,
@@ -272,10 +271,9 @@ mod tests {
             Protocol::Udp,
             PathKind::PodCrossNode,
             Arc::from("node-b"),
-            Duration::from_secs(1),
+            Periodic::with_random_phase(now, Duration::from_secs(1)),
             TIMEOUT,
             Duration::from_secs(60),
-            now,
         )
     }
 
@@ -420,10 +418,9 @@ mod tests {
             Protocol::Udp,
             PathKind::PodCrossNode,
             Arc::from("node-c"),
-            Duration::from_secs(1),
+            Periodic::with_random_phase(t0, Duration::from_secs(1)),
             TIMEOUT,
             Duration::from_secs(60),
-            t0,
         );
         let mut kept = Vec::new();
         other.sent(0, stamp(t0, 1_000), &guard, &mut kept);

@@ -5,8 +5,8 @@
 //!
 //! Replies carry the kernel's receive stamp (SO_TIMESTAMPNS, which TCP
 //! reports for the last segment a read consumed), as UDP and ICMP replies
-//! do: the RTT then excludes this thread's wake-up. Each read stops at the
-//! end of the current frame so that stamp belongs to that frame.
+//! do: the RTT then excludes when this thread got to read it. Each read
+//! stops at the end of a frame so that stamp belongs to that frame.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -189,22 +189,22 @@ impl TcpConn {
                 if revents & (READABLE | FAILED) == 0 {
                     return;
                 }
-                // One read per readiness, up to the end of the current
-                // frame: a reply is one segment, so this is usually the
-                // only syscall; anything left keeps the (level-triggered)
-                // descriptor readable and is read on the next wake-up.
+                // Reads stop at each frame's end, so each frame gets its
+                // own segment's kernel stamp; replies are read lazily (at
+                // the engine's next wake-up), so several may be queued.
                 let closed = loop {
                     let buf = partial.get_mut(*filled..).unwrap_or_default();
                     match recv_timestamped(sock.as_fd(), buf, cmsg) {
                         Ok(r) if r.len == 0 => break Some(None),
                         Ok(r) => {
                             *filled += r.len;
-                            if *filled == echo::HEADER_LEN {
-                                *filled = 0;
-                                let arrival = super::arrival_now(r.kernel_rx_ns);
-                                events.push(TcpEvent::Frame(*partial, arrival));
+                            if *filled < echo::HEADER_LEN {
+                                // The rest of the frame is not here yet.
+                                break None;
                             }
-                            break None;
+                            *filled = 0;
+                            let arrival = super::arrival_now(r.kernel_rx_ns);
+                            events.push(TcpEvent::Frame(*partial, arrival));
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -1,16 +1,18 @@
-//! The engine loop: follow targets, wait in `ppoll` until the earliest
-//! deadline or a reply, book replies, then serve the streams whose deadline
-//! (send, probe timeout or TCP reconnect) has come. Runs on its own thread
-//! with 1 ns timer slack; nothing here touches tokio except the
-//! non-blocking `watch` and cancellation reads.
+//! The engine loop: follow targets, sleep in `ppoll` until the earliest
+//! deadline (send, probe timeout or TCP reconnect) or news (target change,
+//! shutdown), read every reply queued by then, then serve the streams whose
+//! deadline has come. Replies are kernel-stamped (UDP, ICMP and TCP alike),
+//! so they wait for the next wake-up instead of causing one of their own.
+//! Runs on its own thread with 1 ns timer slack; nothing here touches tokio
+//! except the non-blocking `watch` and cancellation reads, and a small task
+//! that notifies an eventfd the engine sleeps on when either changes.
 //!
 //! Cost per probe does not grow with the number of targets: deadlines live
 //! in a min-heap (one live entry per stream, stale ones skipped), the TCP
-//! connections sit in one epoll set whose descriptor is in the `ppoll` set
-//! (a wake-up touches the ready connections only; `ppoll` keeps the
-//! nanosecond timeout), sockets are read only when reported readable, and
-//! nothing is allocated per probe (metric handles are resolved once per
-//! stream).
+//! connections sit in one epoll set (a wake-up touches the ready
+//! connections only), sockets are read only when reported
+//! readable, and nothing is allocated per probe (metric handles are
+//! resolved once per stream).
 
 mod receive;
 mod sink;
@@ -32,11 +34,13 @@ use crate::labels::{IcmpMode, Protocol};
 use crate::probe::{ProbeContext, ProbeError};
 use crate::proto::echo::{self, EchoHeader};
 use crate::proto::icmp;
+use crate::schedule::Periodic;
 use crate::sys::clock::realtime_ns;
 use crate::sys::epoll::{self, Epoll};
 use crate::sys::poll::{ppoll, PollFd, FAILED, READABLE, WRITABLE};
 use crate::sys::thread::{prefer_realtime, set_timer_slack};
 use crate::sys::timestamp::{enable_rx_timestamps, ControlBuf};
+use crate::sys::wake::Wake;
 
 use super::stream::{SendStamp, Sink, Stream};
 use super::tcp::{SendError, TcpConn, TcpEvent};
@@ -47,9 +51,13 @@ use receive::book_tcp_event;
 use sink::{ClockHandle, MetricsSink};
 use targets::diff;
 
-/// Longest single wait, so cancellation and target changes are seen within
-/// this (the brief allows ~100 ms); an idle engine wakes this often.
-const MAX_WAIT: Duration = Duration::from_millis(100);
+/// Longest single wait when nothing notifies the engine of cancellation
+/// and target changes (no tokio runtime to watch them): they are seen
+/// within this (the brief allows ~100 ms).
+const POLL_WAIT: Duration = Duration::from_millis(100);
+/// Longest single wait when a watcher task notifies the engine: only a
+/// safety net, since every wake-up costs CPU.
+const NOTIFIED_WAIT: Duration = Duration::from_secs(1);
 /// Datagrams read per socket per wake-up, so a flood cannot delay sends.
 const MAX_DRAIN: usize = 256;
 /// Ready TCP connections handled per wake-up (more wait for the next).
@@ -158,6 +166,9 @@ struct IcmpSocket {
     mode: IcmpMode,
     // Our identifier on raw sockets; DGRAM sockets get one from the kernel.
     ident: u16,
+    /// Whether replies carry kernel receive stamps (else they must be read
+    /// as soon as they arrive).
+    stamped: bool,
 }
 
 /// Which descriptor a poll slot is.
@@ -182,14 +193,50 @@ pub(super) struct Engine {
     /// Min-heap of (deadline, stream id); an entry is live while it equals
     /// the stream's `armed`.
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// The reply descriptors, polled without waiting at each wake-up.
     fds: Vec<PollFd>,
     slots: Vec<Slot>,
+    /// What the engine sleeps on: `news`, and the ICMP socket if its
+    /// replies are not kernel-stamped.
+    waits: Vec<PollFd>,
     tcp: Epoll,
     tcp_ready: Vec<(u64, u32)>,
     rx: Vec<u8>,
     tx: Vec<u8>,
     cmsg: ControlBuf,
     tcp_events: Vec<TcpEvent>,
+    /// Notified on target changes and shutdown, when a watcher runs.
+    news: Arc<Wake>,
+    /// The longest wait: [`NOTIFIED_WAIT`] with a watcher, else
+    /// [`POLL_WAIT`].
+    max_wait: Duration,
+}
+
+/// Notifies `news` whenever the targets change and once at shutdown, from
+/// a task on the current tokio runtime, so the engine thread sleeps until
+/// its next deadline instead of waking to look. Returns whether it runs.
+fn watch_for_news(ctx: &ProbeContext, news: &Arc<Wake>) -> bool {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return false;
+    };
+    let (mut targets, stop, news) = (ctx.targets.clone(), ctx.shutdown.clone(), news.clone());
+    rt.spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                changed = targets.changed() => match changed {
+                    Ok(()) => news.notify(),
+                    // The sender is gone: the engine keeps the last set.
+                    Err(_) => {
+                        stop.cancelled().await;
+                        break;
+                    }
+                },
+            }
+        }
+        news.notify();
+    });
+    true
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ProbeError {
@@ -219,7 +266,15 @@ impl Engine {
             None
         };
         let tcp = Epoll::new(EPOLL_BATCH).map_err(io_err("creating the TCP epoll set"))?;
+        let news = Arc::new(Wake::new().map_err(io_err("creating the engine's eventfd"))?);
+        let max_wait = if watch_for_news(&ctx, &news) {
+            NOTIFIED_WAIT
+        } else {
+            POLL_WAIT
+        };
         Ok(Self {
+            news,
+            max_wait,
             hook,
             udp,
             icmp,
@@ -231,6 +286,7 @@ impl Engine {
             timers: BinaryHeap::new(),
             fds: Vec::new(),
             slots: Vec::new(),
+            waits: Vec::new(),
             tcp,
             tcp_ready: Vec::with_capacity(EPOLL_BATCH),
             rx: vec![0u8; RX_BUF],
@@ -268,14 +324,27 @@ impl Engine {
             let wake = self
                 .timers
                 .peek()
-                .map_or(now + MAX_WAIT, |Reverse((t, _))| (*t).min(now + MAX_WAIT));
-            if let Err(e) = ppoll(&mut self.fds, wake.saturating_duration_since(now)) {
+                .map_or(now + self.max_wait, |Reverse((t, _))| {
+                    (*t).min(now + self.max_wait)
+                });
+            // Replies carry the kernel's receive stamp, so they need no
+            // wake-up of their own: they are read at the next one a
+            // deadline (send, timeout) or news causes, which halves the
+            // wake-ups per probe and keeps every RTT exact.
+            if let Err(e) = ppoll(&mut self.waits, wake.saturating_duration_since(now)) {
                 tracing::warn!(error = %e, "ppoll failed in the latency engine");
                 std::thread::sleep(Duration::from_millis(10));
+            }
+            if self.waits.first().is_some_and(|w| w.revents() != 0) {
+                // The loop re-reads the targets and the token itself.
+                self.news.clear();
             }
             // Taken before reading, so any reply queued by now is booked
             // before a probe it answers can be declared lost.
             let woke = Instant::now();
+            if let Err(e) = ppoll(&mut self.fds, Duration::ZERO) {
+                tracing::warn!(error = %e, "ppoll failed in the latency engine");
+            }
             self.read_ready(woke);
             self.run_timers(woke);
             if woke >= self.next_sweep {
@@ -429,10 +498,13 @@ impl Engine {
                 protocol,
                 t.path,
                 peer_node.clone(),
-                periodic.interval,
+                // Every stream its own random phase: sends to one target
+                // that leave together queue behind each other on the path
+                // (floors rose 40-90 us in the lab when the protocols of a
+                // target shared a phase).
+                Periodic::with_random_phase(now, periodic.interval),
                 periodic.timeout,
                 s.rtt_min_window,
-                now,
             );
             let id = stream.id;
             let mut probe = Probe {
@@ -466,6 +538,11 @@ impl Engine {
         }
         self.fds.push(PollFd::new(self.tcp.as_fd(), READABLE));
         self.slots.push(Slot::Tcp);
+        self.waits.clear();
+        self.waits.push(PollFd::new(self.news.as_fd(), READABLE));
+        if let Some(i) = self.icmp.as_ref().filter(|i| !i.stamped) {
+            self.waits.push(PollFd::new(i.sock.as_fd(), READABLE));
+        }
     }
 
     fn tcp_ready(&mut self, id: u64, revents: i16, now: Instant) {
@@ -618,9 +695,13 @@ fn open_icmp(ctx: &ProbeContext) -> Option<IcmpSocket> {
         return None;
     };
     tracing::info!(mode = %mode, "ICMP echo socket opened");
-    if let Err(e) = enable_rx_timestamps(&sock) {
-        tracing::warn!(error = %e, "No kernel timestamps on the ICMP socket; using user-space time");
-    }
+    let stamped = match enable_rx_timestamps(&sock) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "No kernel timestamps on the ICMP socket; using user-space time");
+            false
+        }
+    };
     if let IpAddr::V4(ip) = ctx.bind {
         if !ip.is_unspecified() {
             if let Err(e) = sock.bind(&SockAddr::from(SocketAddrV4::new(ip, 0))) {
@@ -632,6 +713,7 @@ fn open_icmp(ctx: &ProbeContext) -> Option<IcmpSocket> {
         sock,
         mode,
         ident: rand::random(),
+        stamped,
     })
 }
 
