@@ -17,8 +17,8 @@
 //! predates `metrics.max_series`), `AGENT_COST_WINDOW` the window in
 //! seconds (default 40), `AGENT_COST_K` a comma-separated list of K.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -62,17 +62,7 @@ fn start(args: &[&str]) -> (Proc, SocketAddr) {
 }
 
 fn scrape(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
+    kubepulse_testkit::http::get_ok(addr, "/metrics").expect("scrape /metrics")
 }
 
 fn series(body: &str) -> usize {

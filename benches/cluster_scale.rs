@@ -19,13 +19,10 @@
 //! `CLUSTER_SCALE_SIZES=100,1000` limits the sizes; `CLUSTER_SCALE_API=0`
 //! runs the plan computation only.
 
-#[path = "../tests/common/apiserver.rs"]
-#[allow(missing_docs, unused_imports)]
-mod apiserver;
+use kubepulse_testkit::apiserver;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -167,13 +164,11 @@ struct ApiRow {
 }
 
 fn scrape(port: u16) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
+    kubepulse_testkit::http::get_ok(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        "/metrics",
+    )
+    .ok()
 }
 
 async fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {

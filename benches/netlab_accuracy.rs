@@ -9,8 +9,7 @@
 //! build `cargo test --bench netlab_accuracy -- --bench` (debug kubepulse:
 //! CPU cost is then pessimistic). Takes about 90 s.
 
-#[path = "../tests/lab/mod.rs"]
-mod lab;
+use kubepulse_testkit::lab;
 
 use std::time::Duration;
 

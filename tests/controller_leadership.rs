@@ -6,23 +6,20 @@
 //!   `warn` with the status and what failed, and the replica tells whether
 //!   it reaches the API at all.
 
-mod common;
-mod support;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::apiserver::{ApiServer, Fault, Rule, Verb};
-use common::kubelet::{Delays, Kubelet, Mode};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kubepulse::config::ControllerSettings;
 use kubepulse::controller::client::Clients;
 use kubepulse::controller::metrics::ControllerMetrics;
 use kubepulse::roles::controller::{self, Running};
+use kubepulse_testkit::apiserver::{ApiServer, Fault, Rule, Verb};
+use kubepulse_testkit::kubelet::{Delays, Kubelet, Mode};
+use kubepulse_testkit::scrape::parse;
 use serde_json::json;
-use support::scrape::parse;
 use tokio_util::sync::CancellationToken;
 
 const PROBE_NS: &str = "kubepulse-probes";
@@ -103,7 +100,7 @@ async fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-fn scrape(m: &ControllerMetrics) -> support::scrape::Scrape {
+fn scrape(m: &ControllerMetrics) -> kubepulse_testkit::scrape::Scrape {
     parse(&kubepulse::metrics::encode(&[m.registry()]).expect("encode"))
 }
 
@@ -331,8 +328,8 @@ async fn an_api_that_refuses_connections_is_named_and_not_ready() {
 /// connections, 200 once it answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_tells_whether_the_api_is_reachable() {
-    use support::process::{free_port, Kubepulse};
-    use support::scrape::http_get;
+    use kubepulse_testkit::process::{free_port, Kubepulse};
+    use kubepulse_testkit::scrape::http_get;
     let write_config = |url: &str| {
         let mut f = tempfile::Builder::new()
             .suffix(".yaml")

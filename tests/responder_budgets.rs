@@ -5,6 +5,8 @@
 //! prober loses under 1 %, and the process's RSS stays bounded.
 //!
 //! Linux routes all of 127.0.0.0/8 to loopback, so no namespace is needed.
+//! A test binary of its own: it measures the whole process's RSS, which
+//! tests running beside it would grow.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};

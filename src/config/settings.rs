@@ -295,10 +295,6 @@ pub struct ResponderSettings {
     /// Run the UDP and TCP echo threads at SCHED_FIFO priority 1 when
     /// allowed (CAP_SYS_NICE): their turnaround is part of every RTT.
     pub realtime_priority: bool,
-    /// Test-only: added to the wall-clock time the UDP echo reports, to check
-    /// clock offset estimation. Never set in production.
-    #[serde(with = "humantime_serde")]
-    pub test_clock_offset: Duration,
     /// UDP echo requests answered per second per source address (an IPv6
     /// /64 counts as one source); up to one second's worth at once.
     pub udp_packets_per_second_per_source: u32,
@@ -322,7 +318,6 @@ impl Default for ResponderSettings {
             http_body_bytes: 612,
             idle_timeout: Duration::from_secs(120),
             realtime_priority: true,
-            test_clock_offset: Duration::ZERO,
             // Well above the probe plan: a peer sends a few echo requests
             // a second, opens a TCP connection every few seconds and runs a
             // few bursts of at most 32 MiB per minute. UDP has the most

@@ -13,7 +13,7 @@ use super::api_error::ApiFailureReason;
 use super::labels::{
     CodeClass, Outcome, Phase, Resource, Scope, SweepReason, Verb, WatchEvent, WatchName,
 };
-use super::scope;
+use super::{buckets, scope};
 use crate::metrics::catalog::{self, MetricDef};
 use crate::metrics::MetricsError;
 
@@ -67,7 +67,7 @@ impl ControllerMetrics {
         use catalog::*;
         let r = &registry;
         let m = Self {
-            startup: hist(r, &POD_STARTUP_DURATION, scope::pod_startup_buckets())?,
+            startup: hist(r, &POD_STARTUP_DURATION, buckets::pod_startup_buckets())?,
             probes: reg(
                 r,
                 IntCounterVec::new(opts(&POD_STARTUP_PROBES), POD_STARTUP_PROBES.labels)?,
@@ -80,11 +80,11 @@ impl ControllerMetrics {
                 r,
                 IntCounterVec::new(opts(&PROBE_OBJECTS_SWEPT), PROBE_OBJECTS_SWEPT.labels)?,
             )?,
-            request: hist(r, &APISERVER_REQUEST_DURATION, scope::apiserver_buckets())?,
+            request: hist(r, &APISERVER_REQUEST_DURATION, buckets::apiserver_buckets())?,
             watch_event: hist(
                 r,
                 &APISERVER_WATCH_EVENT_LATENCY,
-                scope::apiserver_buckets(),
+                buckets::apiserver_buckets(),
             )?,
             throttled: reg(r, IntCounter::with_opts(opts(&APISERVER_THROTTLED))?)?,
             conflicts: reg(
@@ -118,7 +118,7 @@ impl ControllerMetrics {
                     CONTROLLER_WATCH_RESTARTS.labels,
                 )?,
             )?,
-            lease_gap: hist(r, &NODE_LEASE_RENEW_INTERVAL, scope::lease_gap_buckets())?,
+            lease_gap: hist(r, &NODE_LEASE_RENEW_INTERVAL, buckets::lease_gap_buckets())?,
             registry,
         };
         for reason in ApiFailureReason::ALL {

@@ -10,6 +10,7 @@
 
 pub mod api_error;
 pub mod apiserver_latency;
+pub mod buckets;
 pub mod client;
 pub mod clock;
 pub mod labels;
@@ -22,6 +23,7 @@ pub mod plan_inputs;
 pub mod plan_publisher;
 pub mod pod_startup;
 pub mod rbac;
+pub mod round_robin;
 pub mod scope;
 pub mod startup;
 pub mod sweep;

@@ -15,13 +15,13 @@ use kube::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::api_error::{self, ApiCall};
-use super::clock::next_target;
 use super::label_keys::PROBE_ID;
 use super::labels::{Outcome, Phase, Resource, Verb};
 use super::metrics::ControllerMetrics;
 use super::nodes::NodeView;
 use super::objects::{is_mutated, probe_pod};
 use super::phases::Marks;
+use super::round_robin::next_target;
 pub use super::startup::{observe_event, observe_pod};
 use super::startup::{Ending, Input, Startup, Step};
 use super::timed::{self, Call};

@@ -153,6 +153,82 @@ pub async fn start(
     metrics: AgentMetrics,
     shutdown: CancellationToken,
 ) -> Result<Responders, ResponderError> {
+    let clock_offset = test_hooks::clock_offset_from_env();
+    start_with_clock(
+        bind,
+        ports,
+        limits,
+        burst_keys,
+        metrics,
+        shutdown,
+        clock_offset,
+    )
+    .await
+}
+
+/// Test-only (`testkit` feature): [`start`] with echo responders that report
+/// a wall clock shifted by `clock_offset`, to check clock offset estimation.
+#[cfg(feature = "testkit")]
+pub async fn start_shifted(
+    bind: IpAddr,
+    ports: ProbePorts,
+    limits: ResponderSettings,
+    burst_keys: Arc<BurstKeys>,
+    metrics: AgentMetrics,
+    shutdown: CancellationToken,
+    clock_offset: Duration,
+) -> Result<Responders, ResponderError> {
+    start_with_clock(
+        bind,
+        ports,
+        limits,
+        burst_keys,
+        metrics,
+        shutdown,
+        clock_offset,
+    )
+    .await
+}
+
+/// Test hooks, compiled in only with the `testkit` cargo feature (set by the
+/// test kit, never by a release build).
+mod test_hooks {
+    use std::time::Duration;
+
+    /// Env var (a humantime duration) that shifts the echo responders'
+    /// clock in a `testkit` build: how the process tests inject an offset.
+    #[cfg(feature = "testkit")]
+    pub const CLOCK_OFFSET_ENV: &str = "KUBEPULSE_TEST_CLOCK_OFFSET";
+
+    /// The shift of the echo responders' clock: from [`CLOCK_OFFSET_ENV`]
+    /// in a `testkit` build, zero otherwise.
+    #[cfg(feature = "testkit")]
+    pub fn clock_offset_from_env() -> Duration {
+        let Ok(text) = std::env::var(CLOCK_OFFSET_ENV) else {
+            return Duration::ZERO;
+        };
+        humantime::parse_duration(&text).unwrap_or_else(|e| {
+            tracing::warn!(%text, error = %e, "Ignoring {CLOCK_OFFSET_ENV}");
+            Duration::ZERO
+        })
+    }
+
+    /// The shift of the echo responders' clock: none outside tests.
+    #[cfg(not(feature = "testkit"))]
+    pub fn clock_offset_from_env() -> Duration {
+        Duration::ZERO
+    }
+}
+
+async fn start_with_clock(
+    bind: IpAddr,
+    ports: ProbePorts,
+    limits: ResponderSettings,
+    burst_keys: Arc<BurstKeys>,
+    metrics: AgentMetrics,
+    shutdown: CancellationToken,
+    clock_offset: Duration,
+) -> Result<Responders, ResponderError> {
     let udp_addr = SocketAddr::new(bind, ports.udp_echo);
     let tcp_addr = SocketAddr::new(bind, ports.tcp_echo);
     let bw_addr = SocketAddr::new(bind, ports.bandwidth);
@@ -179,10 +255,10 @@ pub async fn start(
         threads: Vec::new(),
         tasks: Vec::new(),
     };
-    let offset_ns = duration_ns(limits.test_clock_offset);
+    let offset_ns = duration_ns(clock_offset);
     if offset_ns != 0 {
-        tracing::warn!(offset = ?limits.test_clock_offset,
-            "Echo responders report a shifted clock (test_clock_offset); never use in production");
+        tracing::warn!(offset = ?clock_offset,
+            "Echo responders report a shifted clock (a test build); never use in production");
     }
     let started = async {
         let h = udp_echo::spawn(udp, offset_ns, &limits, metrics.clone(), stop.clone()).map_err(
@@ -192,7 +268,7 @@ pub async fn start(
             },
         )?;
         r.threads.push(("udp echo", h));
-        let h = tcp_echo::spawn(tcp, &limits, metrics.clone(), stop.clone())
+        let h = tcp_echo::spawn(tcp, offset_ns, &limits, metrics.clone(), stop.clone())
             .await
             .map_err(|source| ResponderError::Start {
                 what: "tcp echo",

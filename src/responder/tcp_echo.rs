@@ -31,6 +31,7 @@ const KIND: ResponderKind = ResponderKind::TcpEcho;
 /// registered with the thread's runtime, or the reason it could not be.
 pub(super) async fn spawn(
     listener: std::net::TcpListener,
+    offset_ns: u64,
     limits: &ResponderSettings,
     metrics: AgentMetrics,
     stop: CancellationToken,
@@ -38,7 +39,6 @@ pub(super) async fn spawn(
     let limits = *limits;
     let idle = idle_timeout(&limits);
     let realtime = limits.realtime_priority;
-    let offset_ns = super::duration_ns(limits.test_clock_offset);
     let (ready_tx, ready_rx) = oneshot::channel::<io::Result<()>>();
     // The runtime is built and dropped on its own thread: dropping a runtime
     // inside the caller's async context would panic.

@@ -1,0 +1,396 @@
+//! A Kubernetes API test server: hyper 1 on loopback, speaking the real wire
+//! format for what kube-rs clients use, so tests drive the real client and
+//! watcher code paths.
+//!
+//! Generic over resources: any `/api/v1/...` or `/apis/{group}/{version}/...`
+//! path is a collection of JSON objects (namespaced or cluster-scoped), so
+//! Pods, Services, ConfigMaps, Nodes, Namespaces, Events and Leases all work
+//! without code here. Supported:
+//! - GET list (`{Kind}List` with `metadata.resourceVersion`), GET one (404);
+//! - watch (`?watch=true&resourceVersion=R`): newline-delimited JSON
+//!   `ADDED`/`MODIFIED`/`DELETED`/`BOOKMARK`/`ERROR` events, replayed from the
+//!   change log after R (R = "0" or empty: synthetic ADDED for current
+//!   objects), `ERROR` 410 `Expired` when R is older than the last
+//!   [`ApiServer::compact`], objects moving in and out of a label selector as
+//!   ADDED/DELETED, `timeoutSeconds`;
+//! - `labelSelector` (`=`, `==`, `!=`, exists, `!key`, `in`, `notin`) and
+//!   `fieldSelector` (`=`, `==`, `!=` on dotted paths such as
+//!   `metadata.name` or `spec.nodeName`);
+//! - POST create (409 AlreadyExists, `generateName`), PUT update (409
+//!   Conflict on a stale `metadata.resourceVersion`), PATCH (merge and
+//!   strategic merge as RFC 7386 merge; server-side apply as merge, creating
+//!   when absent), DELETE (404); `/status` subresources act on the object;
+//! - pods: `status.phase` defaults to `Pending`; deleting a pod bound to a
+//!   node is graceful (`deletionTimestamp` set, the object stays until a
+//!   DELETE with `gracePeriodSeconds: 0`, as the kubelet sends);
+//!   [`ApiServer::mutate_on_create`] acts as a mutating admission webhook;
+//! - API Priority and Fairness headers on every response
+//!   ([`FLOW_SCHEMA_UID`], [`PRIORITY_LEVEL_UID`]);
+//! - faults: [`ApiServer::fail_next`] and [`ApiServer::inject`] (any status,
+//!   429 with Retry-After, dropped connection, 410 Expired, slow response;
+//!   by verb and path, once, n times or until cleared),
+//!   [`ApiServer::set_down`] (connections refused and open ones cut),
+//!   [`ApiServer::drop_connections`], [`ApiServer::end_watches`];
+//! - events and bytes delivered by watch streams are counted per resource
+//!   and actor ([`ApiServer::watch_delivered`]);
+//! - every request is recorded ([`ApiServer::requests`]), with the actor
+//!   named by clients from [`ApiServer::actor_client`] (test infrastructure
+//!   such as a simulated kubelet) told apart from the code under test.
+//!
+//! Not modelled: pagination (`limit` is ignored, which the API allows),
+//! JSON patch, validation, finalizers and garbage collection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+mod faults;
+mod http;
+mod selectors;
+mod store;
+mod strategy;
+mod verbs;
+mod watch;
+
+pub use faults::{Fault, Rule};
+use http::Route;
+use store::{commit, prepare_new, Broadcast, Inner, Key, Shared};
+
+/// Header naming the test actor (e.g. `kubelet`) a request came from.
+pub const ACTOR_HEADER: &str = "x-kubepulse-test-actor";
+/// The API Priority and Fairness flow schema UID of every response.
+pub const FLOW_SCHEMA_UID: &str = "fs-0000-service-accounts";
+/// The API Priority and Fairness priority level UID of every response.
+pub const PRIORITY_LEVEL_UID: &str = "pl-0000-workload-low";
+
+/// A mutating admission hook for created objects.
+pub type Mutator = Arc<dyn Fn(&mut Value) + Send + Sync>;
+
+/// The API verb of a request, for fault matching and request counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// GET collection.
+    List,
+    /// GET collection with `watch=true`.
+    Watch,
+    /// GET one object.
+    Get,
+    /// POST.
+    Create,
+    /// PUT.
+    Update,
+    /// PATCH.
+    Patch,
+    /// DELETE.
+    Delete,
+}
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// HTTP method.
+    pub method: String,
+    /// Its verb; `None` for a path or method the API does not serve.
+    pub verb: Option<Verb>,
+    /// Resource (plural), e.g. `pods`; empty for a path outside the API.
+    pub resource: String,
+    /// Path and query.
+    pub uri: String,
+    /// The [`ACTOR_HEADER`] of the request: `None` for the code under test.
+    pub actor: Option<String>,
+}
+
+/// Stops the server when the last [`ApiServer`] clone is dropped.
+struct Running {
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.shared.kill.send_modify(|g| *g += 1);
+    }
+}
+
+/// The running test server; clones share it, and it stops when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct ApiServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    _running: Arc<Running>,
+}
+
+impl ApiServer {
+    /// Starts a server on an ephemeral loopback port.
+    pub async fn start() -> ApiServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let shared = Arc::new(Shared::new());
+        let task = tokio::spawn(http::accept_loop(listener, shared.clone()));
+        let running = Arc::new(Running {
+            shared: shared.clone(),
+            task,
+        });
+        ApiServer {
+            addr,
+            shared,
+            _running: running,
+        }
+    }
+
+    /// Starts a server holding these Namespaces.
+    pub async fn with_namespaces(namespaces: &[&str]) -> ApiServer {
+        let server = ApiServer::start().await;
+        for ns in namespaces {
+            server.apply_json::<k8s_openapi::api::core::v1::Namespace>(
+                json!({"metadata": {"name": ns}}),
+            );
+        }
+        server
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kube client for this server (default retry policy on, as in
+    /// production).
+    pub fn client(&self) -> kube::Client {
+        kube::Client::try_from(self.config()).expect("client")
+    }
+
+    /// A kube config for this server, to adjust before making a client.
+    pub fn config(&self) -> kube::Config {
+        kube::Config::new(self.url().parse().expect("uri"))
+    }
+
+    /// A kube client of test infrastructure (e.g. a simulated kubelet): its
+    /// requests are recorded with `actor`, apart from the code under test.
+    pub fn actor_client(&self, actor: &str) -> kube::Client {
+        let mut cfg = self.config();
+        cfg.headers.push((
+            ACTOR_HEADER.parse().expect("header name"),
+            actor.parse().expect("header value"),
+        ));
+        kube::Client::try_from(cfg).expect("client")
+    }
+
+    /// Creates or replaces a typed object (ADDED or MODIFIED to watchers);
+    /// returns the stored JSON with its new resourceVersion.
+    pub fn apply<K>(&self, obj: &K) -> Value
+    where
+        K: k8s_openapi::Resource + serde::Serialize,
+    {
+        self.apply_json::<K>(serde_json::to_value(obj).expect("serialize"))
+    }
+
+    /// [`ApiServer::apply`] of an object of type `K` given as JSON (its
+    /// `apiVersion` and `kind` are filled in).
+    pub fn apply_json<K: k8s_openapi::Resource>(&self, mut value: Value) -> Value {
+        value["apiVersion"] = json!(K::API_VERSION);
+        value["kind"] = json!(K::KIND);
+        self.apply_value(K::URL_PATH_SEGMENT, is_namespaced::<K>(), value)
+    }
+
+    /// Creates or replaces an object given as JSON (`apiVersion` and `kind`
+    /// required); `resource` is the plural URL segment.
+    pub fn apply_value(&self, resource: &str, namespaced: bool, mut value: Value) -> Value {
+        let gv = value["apiVersion"]
+            .as_str()
+            .expect("apiVersion")
+            .to_string();
+        let kind = value["kind"].as_str().expect("kind").to_string();
+        let name = value["metadata"]["name"]
+            .as_str()
+            .expect("name")
+            .to_string();
+        let namespace = if namespaced {
+            let ns = value["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string();
+            value["metadata"]["namespace"] = json!(ns);
+            ns
+        } else {
+            String::new()
+        };
+        let key = Key {
+            gv: gv.clone(),
+            resource: resource.to_string(),
+            namespace,
+            name,
+        };
+        let mut inner = self.shared.lock();
+        inner.kinds.insert((gv, resource.to_string()), kind);
+        let old = inner.objects.get(&key).cloned();
+        let created = old.as_ref().map(|o| o["metadata"].clone());
+        prepare_new(&mut inner, &mut value, created.as_ref());
+        commit(&mut inner, &self.shared.events, key, Some(value))
+            .expect("an apply always stores an object")
+    }
+
+    /// Deletes a typed object at once (DELETED to watchers); returns whether
+    /// it existed.
+    pub fn delete<K: k8s_openapi::Resource>(&self, namespace: &str, name: &str) -> bool {
+        let key = key::<K>(namespace, name);
+        let mut inner = self.shared.lock();
+        if !inner.objects.contains_key(&key) {
+            return false;
+        }
+        commit(&mut inner, &self.shared.events, key, None);
+        true
+    }
+
+    /// The stored JSON of a typed object.
+    pub fn get<K: k8s_openapi::Resource>(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.shared
+            .lock()
+            .objects
+            .get(&key::<K>(namespace, name))
+            .cloned()
+    }
+
+    /// The stored objects of type `K` in `namespace` (ignored for
+    /// cluster-scoped types), by name.
+    pub fn objects<K: k8s_openapi::Resource>(&self, namespace: &str) -> Vec<Value> {
+        let want = key::<K>(namespace, "");
+        self.shared
+            .lock()
+            .objects
+            .iter()
+            .filter(|(k, _)| {
+                Key {
+                    name: String::new(),
+                    ..(*k).clone()
+                } == want
+            })
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Runs `mutate` on every object of `resource` (plural) created through
+    /// the API, as a mutating admission webhook would.
+    pub fn mutate_on_create(
+        &self,
+        resource: &str,
+        mutate: impl Fn(&mut Value) + Send + Sync + 'static,
+    ) {
+        self.shared
+            .lock()
+            .mutators
+            .push((resource.to_string(), Arc::new(mutate)));
+    }
+
+    /// Fails the next request with `verb` (any verb when `None`).
+    pub fn fail_next(&self, verb: Option<Verb>, fault: Fault) {
+        let rule = Rule::new(fault);
+        self.inject(match verb {
+            Some(v) => rule.verb(v),
+            None => rule,
+        });
+    }
+
+    /// Adds a fault rule; the first rule hitting a request applies.
+    pub fn inject(&self, rule: Rule) {
+        self.shared.lock().faults.push_back(rule);
+    }
+
+    /// Removes every pending fault.
+    pub fn clear_faults(&self) {
+        self.shared.lock().faults.clear();
+    }
+
+    /// Down: new connections are closed at once and open ones are cut.
+    /// Up again: connections are served.
+    pub fn set_down(&self, down: bool) {
+        self.shared.down.store(down, Ordering::SeqCst);
+        if down {
+            self.drop_connections();
+        }
+    }
+
+    /// Cuts every open connection (watches included), as a load balancer
+    /// or apiserver restart would.
+    pub fn drop_connections(&self) {
+        self.shared.kill.send_modify(|g| *g += 1);
+    }
+
+    /// Ends every open watch stream cleanly (as the apiserver does when it
+    /// closes a watch), leaving other requests alone.
+    pub fn end_watches(&self) {
+        self.shared.end_watches.send_modify(|g| *g += 1);
+    }
+
+    /// Forgets the change log: watches resuming from an older
+    /// resourceVersion get `410 Expired` and must re-list.
+    pub fn compact(&self) {
+        let mut inner = self.shared.lock();
+        inner.compacted = inner.rv;
+        inner.log.clear();
+    }
+
+    /// Sends a BOOKMARK at the current resourceVersion to every watch that
+    /// asked for bookmarks.
+    pub fn bookmark(&self) {
+        let inner = self.shared.lock();
+        let _ = self.shared.events.send(Broadcast::Bookmark(inner.rv));
+    }
+
+    /// The current resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.lock().rv
+    }
+
+    /// Every request seen so far.
+    pub fn requests(&self) -> Vec<Seen> {
+        self.shared.lock().seen.clone()
+    }
+
+    /// Events and bytes delivered so far by every watch stream on
+    /// `resource` opened by `actor` (`None`: the code under test).
+    pub fn watch_delivered(&self, resource: &str, actor: Option<&str>) -> (u64, u64) {
+        let d = self
+            .shared
+            .delivered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        d.iter()
+            .filter(|t| t.resource == resource && t.actor.as_deref() == actor)
+            .fold((0, 0), |(e, b), t| {
+                (
+                    e + t.events.load(Ordering::Relaxed),
+                    b + t.bytes.load(Ordering::Relaxed),
+                )
+            })
+    }
+
+    /// How many requests with `verb` on `resource` were seen.
+    pub fn count(&self, verb: Verb, resource: &str) -> usize {
+        self.shared
+            .lock()
+            .seen
+            .iter()
+            .filter(|s| s.verb == Some(verb) && s.resource == resource)
+            .count()
+    }
+}
+
+fn is_namespaced<K: k8s_openapi::Resource>() -> bool {
+    std::any::type_name::<K::Scope>().ends_with("NamespaceResourceScope")
+}
+
+fn key<K: k8s_openapi::Resource>(namespace: &str, name: &str) -> Key {
+    let ns = if is_namespaced::<K>() { namespace } else { "" };
+    Key {
+        gv: K::API_VERSION.to_string(),
+        resource: K::URL_PATH_SEGMENT.to_string(),
+        namespace: ns.to_string(),
+        name: name.to_string(),
+    }
+}

@@ -1,0 +1,274 @@
+//! The controller's plan publisher against the API test server: one plan
+//! ConfigMap per node with zones from the Node labels, only changed plans
+//! rewritten, a burst of pod changes coalesced by `min_interval`, plans of
+//! departed nodes deleted, and a new leader rewriting nothing that is
+//! already current.
+
+use kubepulse_testkit::apiserver;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use apiserver::{ApiServer, Verb};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use kubepulse::config::PlanSettings;
+use kubepulse::controller::plan_inputs::{config_map_name, DATA_KEY, PLAN_LABEL};
+use kubepulse::controller::plan_publisher::PlanPublisher;
+use kubepulse::plan::NodePlan;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const NS: &str = "kubepulse";
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn node(name: &str, zone: &str) -> Node {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}},
+    }))
+    .expect("node json")
+}
+
+fn pod(name: &str, node: &str, ip: &str, host: bool) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {
+            "app.kubernetes.io/name": "kubepulse", "app.kubernetes.io/component": "agent"}},
+        "spec": {"nodeName": node, "hostNetwork": host, "containers": [{"name": "agent"}]},
+        "status": {"phase": "Running", "podIP": ip, "hostIP": "192.168.0.1"}
+    }))
+    .expect("pod json")
+}
+
+fn node_name(i: usize) -> String {
+    format!("n{i:03}")
+}
+
+/// `n` nodes in `zones` zones, each with a pod and a host agent.
+fn cluster(server: &ApiServer, n: usize, zones: usize) {
+    for i in 0..n {
+        let name = node_name(i);
+        server.apply(&node(&name, &format!("z{}", i % zones)));
+        server.apply(&pod(
+            &format!("pod-{name}"),
+            &name,
+            &format!("10.1.{i}.1"),
+            false,
+        ));
+        server.apply(&pod(
+            &format!("host-{name}"),
+            &name,
+            &format!("192.168.{i}.1"),
+            true,
+        ));
+    }
+}
+
+/// ConfigMap name → plan, as stored.
+fn plans(server: &ApiServer) -> BTreeMap<String, NodePlan> {
+    server
+        .objects::<ConfigMap>(NS)
+        .into_iter()
+        .filter(|cm| cm["metadata"]["labels"][PLAN_LABEL] == "node")
+        .map(|cm| {
+            let name = cm["metadata"]["name"].as_str().expect("name").to_string();
+            let text = cm["data"][DATA_KEY].as_str().expect("data");
+            (name, NodePlan::from_json(text).expect("plan"))
+        })
+        .collect()
+}
+
+async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} not within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn settings(min_interval: Duration) -> PlanSettings {
+    PlanSettings {
+        min_interval,
+        ..PlanSettings::default()
+    }
+}
+
+struct Running {
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.token.cancel();
+        self.task.await.expect("publisher stopped");
+    }
+}
+
+fn start(server: &ApiServer, s: PlanSettings) -> Running {
+    let token = CancellationToken::new();
+    let task = tokio::spawn(PlanPublisher::new(server.client(), NS, s).run(token.clone()));
+    Running { token, task }
+}
+
+fn patches(server: &ApiServer) -> usize {
+    server.count(Verb::Patch, "configmaps")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_one_plan_per_node_and_only_changes() {
+    let server = ApiServer::start().await;
+    let n = 40;
+    cluster(&server, n, 3);
+    let p = start(&server, settings(Duration::from_millis(100)));
+    wait_for("a plan per node", || plans(&server).len() == n).await;
+    let first = plans(&server);
+    for (name, plan) in &first {
+        assert_eq!(name, &config_map_name(&plan.node));
+        assert!(plan.probers >= 3, "{name}: {} probers", plan.probers);
+        assert!(plan.zone.starts_with('z'), "zone from the Node label");
+        // Both agents of its own node and of every target node.
+        assert_eq!(plan.peers.len(), 2 * (1 + plan.target_nodes.len()));
+        assert!(!plan.target_nodes.contains(&plan.node));
+    }
+    assert_eq!(patches(&server), n, "each plan written once");
+
+    // One pod gets a new IP: only the plans naming it change.
+    let before = patches(&server);
+    server.apply(&pod("pod-n007", "n007", "10.9.9.9", false));
+    let naming = |plans: &BTreeMap<String, NodePlan>| {
+        plans
+            .values()
+            .filter(|p| p.peers.iter().any(|x| x.address.to_string() == "10.9.9.9"))
+            .count()
+    };
+    wait_for("the new IP in the plans", || {
+        naming(&plans(&server))
+            == first
+                .values()
+                .filter(|p| p.node == "n007" || p.target_nodes.contains(&"n007".to_string()))
+                .count()
+    })
+    .await;
+    let after = plans(&server);
+    let changed = first
+        .iter()
+        .filter(|(k, v)| after.get(*k) != Some(*v))
+        .count();
+    assert_eq!(
+        patches(&server) - before,
+        changed,
+        "only changed plans written"
+    );
+    assert!(changed < n / 2, "{changed} of {n} plans rewritten");
+
+    // A node leaves (agents and Node object): its plan is deleted.
+    assert!(server.delete::<Pod>(NS, "pod-n011"));
+    assert!(server.delete::<Pod>(NS, "host-n011"));
+    assert!(server.delete::<Node>("", "n011"));
+    wait_for("n011's plan deleted", || {
+        !plans(&server).contains_key(&config_map_name("n011"))
+    })
+    .await;
+    wait_for("nobody probes n011", || {
+        plans(&server)
+            .values()
+            .all(|p| !p.target_nodes.contains(&"n011".to_string()))
+    })
+    .await;
+    p.stop().await;
+    assert_calls_are_granted(&server);
+
+    // A new leader finds every plan current and writes nothing.
+    let before = patches(&server);
+    let lists = server.count(Verb::List, "configmaps");
+    let p = start(&server, settings(Duration::from_millis(100)));
+    wait_for("the new leader's list of plans", || {
+        server.count(Verb::List, "configmaps") > lists
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(patches(&server), before, "nothing rewritten");
+    p.stop().await;
+}
+
+/// Every call the publisher made is granted by `controller::rbac::RULES` (which
+/// `tests/in_process/controller_rbac.rs` compares with the manifests).
+fn assert_calls_are_granted(server: &ApiServer) {
+    use kubepulse::controller::rbac::{grants, Place};
+    let granted = grants();
+    for r in server.requests().into_iter().filter(|r| r.actor.is_none()) {
+        let verb = match r.verb {
+            Some(Verb::List) => "list",
+            Some(Verb::Watch) => "watch",
+            Some(Verb::Get) => "get",
+            Some(Verb::Create) => "create",
+            Some(Verb::Update) => "update",
+            Some(Verb::Patch) => "patch",
+            Some(Verb::Delete) => "delete",
+            None => panic!("not an API call: {}", r.uri),
+        };
+        let place = if r.uri.contains("/namespaces/") {
+            Place::OwnNamespace
+        } else {
+            Place::Cluster
+        };
+        let ok = granted.iter().any(|(p, g, res, names, v)| {
+            *p == place && g.is_empty() && *res == r.resource && names.is_empty() && v == verb
+        });
+        assert!(ok, "{verb} {} ({place:?}) is not granted", r.uri);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_is_coalesced() {
+    let server = ApiServer::start().await;
+    let n = 12;
+    cluster(&server, n, 1);
+    let min_interval = Duration::from_secs(1);
+    let p = start(&server, settings(min_interval));
+    wait_for("a plan per node", || plans(&server).len() == n).await;
+    let before = patches(&server);
+    // Every pod agent replaced (delete, then a new pod with a new IP), as a
+    // DaemonSet rollout does.
+    let t0 = tokio::time::Instant::now();
+    for i in 0..n {
+        let name = node_name(i);
+        assert!(server.delete::<Pod>(NS, &format!("pod-{name}")));
+        server.apply(&pod(
+            &format!("pod2-{name}"),
+            &name,
+            &format!("10.2.{i}.1"),
+            false,
+        ));
+    }
+    wait_for("every new pod in every plan", || {
+        plans(&server).values().all(|p| {
+            p.peers
+                .iter()
+                .filter(|x| x.name.starts_with("pod2-"))
+                .count()
+                == 1 + p.target_nodes.len()
+        })
+    })
+    .await;
+    let elapsed = t0.elapsed();
+    let written = patches(&server) - before;
+    // Without debouncing, each of the 2n pod events would rewrite up to n
+    // plans; with it, at most one publication per interval (plus the one
+    // the first event triggers at once).
+    let publications = 2 + (elapsed.as_secs_f64() / min_interval.as_secs_f64()) as usize;
+    eprintln!(
+        "{written} plan writes in {elapsed:?} for {} pod events",
+        2 * n
+    );
+    assert!(
+        written <= n * publications,
+        "{written} writes > {n} x {publications}"
+    );
+    assert!(written < 2 * n * n / 2, "{written} writes: not coalesced");
+    p.stop().await;
+}

@@ -1,0 +1,206 @@
+//! The API test server itself, through the real kube client, for the kinds
+//! and verbs the controller (issue 6) will need beyond pod discovery:
+//! create/get/replace/patch/delete with 409 and 404, server-side apply,
+//! cluster-scoped kinds, Leases, label selectors on lists, watch events.
+
+use kubepulse_testkit::apiserver;
+
+use apiserver::{ApiServer, Fault, Verb};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use serde_json::json;
+
+fn cm(name: &str, label: &str) -> ConfigMap {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": {"tier": label}},
+        "data": {"k": "v"}
+    }))
+    .expect("configmap")
+}
+
+fn code(e: kube::Error) -> u16 {
+    match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("not an API error: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn crud_with_conflicts() {
+    let server = ApiServer::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(server.client(), "ns1");
+    let pp = PostParams::default();
+    let created = api.create(&pp, &cm("a", "web")).await.expect("create");
+    let rv = created.metadata.resource_version.clone().expect("rv");
+    assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
+    assert_eq!(
+        code(api.create(&pp, &cm("a", "web")).await.expect_err("dup")),
+        409
+    );
+    api.create(&pp, &cm("b", "db")).await.expect("create b");
+
+    // Label selectors on list.
+    let web = api
+        .list(&ListParams::default().labels("tier=web"))
+        .await
+        .expect("list");
+    assert_eq!(web.items.len(), 1);
+    assert!(web.metadata.resource_version.is_some());
+
+    // Replace with the current resourceVersion works; with a stale one, 409.
+    let mut next = created.clone();
+    next.data = Some([("k".to_string(), "v2".to_string())].into());
+    let replaced = api.replace("a", &pp, &next).await.expect("replace");
+    assert_ne!(
+        replaced.metadata.resource_version.as_deref(),
+        Some(rv.as_str())
+    );
+    assert_eq!(
+        code(api.replace("a", &pp, &next).await.expect_err("stale")),
+        409
+    );
+
+    // Merge patch; server-side apply creates when absent.
+    let patched = api
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"x": "y"}})),
+        )
+        .await
+        .expect("merge patch");
+    let data = patched.data.expect("data");
+    assert_eq!((data["k"].as_str(), data["x"].as_str()), ("v2", "y"));
+    let ssa = PatchParams::apply("kubepulse-test").force();
+    let applied = api
+        .patch("c", &ssa, &Patch::Apply(cm("c", "web")))
+        .await
+        .expect("apply");
+    assert_eq!(applied.metadata.name.as_deref(), Some("c"));
+
+    api.delete("a", &DeleteParams::default())
+        .await
+        .expect("delete");
+    assert_eq!(code(api.get("a").await.expect_err("gone")), 404);
+    assert_eq!(
+        code(
+            api.delete("a", &DeleteParams::default())
+                .await
+                .expect_err("gone")
+        ),
+        404
+    );
+
+    // Injected failures reach the client as API errors.
+    server.fail_next(Some(Verb::Get), Fault::Status(500));
+    assert_eq!(code(api.get("b").await.expect_err("500")), 500);
+    server.fail_next(Some(Verb::List), Fault::Expired);
+    assert_eq!(
+        code(api.list(&ListParams::default()).await.expect_err("410")),
+        410
+    );
+}
+
+#[tokio::test]
+async fn cluster_scoped_kinds_and_leases() {
+    let server = ApiServer::start().await;
+    let nodes: Api<Node> = Api::all(server.client());
+    server.apply(
+        &serde_json::from_value::<Node>(json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}}))
+        .expect("node"),
+    );
+    assert_eq!(
+        nodes
+            .list(&ListParams::default())
+            .await
+            .expect("nodes")
+            .items
+            .len(),
+        1
+    );
+    let nss: Api<Namespace> = Api::all(server.client());
+    let ns: Namespace = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"generateName": "kp-"}}))
+    .expect("ns");
+    let made = nss
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create ns");
+    assert!(made.metadata.name.expect("name").starts_with("kp-"));
+
+    let leases: Api<Lease> = Api::namespaced(server.client(), "kube-system");
+    let lease: Lease = serde_json::from_value(json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "kubepulse-controller"},
+        "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}}))
+    .expect("lease");
+    let held = leases
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("lease");
+    let mut stolen = held.clone();
+    if let Some(s) = stolen.spec.as_mut() {
+        s.holder_identity = Some("b".into());
+    }
+    leases
+        .replace("kubepulse-controller", &PostParams::default(), &stolen)
+        .await
+        .expect("take");
+    // The first holder's renewal carries its stale resourceVersion: 409.
+    assert_eq!(
+        code(
+            leases
+                .replace("kubepulse-controller", &PostParams::default(), &held)
+                .await
+                .expect_err("stale")
+        ),
+        409
+    );
+}
+
+#[tokio::test]
+async fn raw_watch_events() {
+    let server = ApiServer::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(server.client(), "ns1");
+    api.create(&PostParams::default(), &cm("a", "web"))
+        .await
+        .expect("a");
+    let from = server.resource_version().to_string();
+    let wp = WatchParams::default().labels("tier=web").timeout(30);
+    let mut events = api.watch(&wp, &from).await.expect("watch").boxed();
+    let mut b = cm("a", "db");
+    b.metadata.resource_version = None;
+    // Leaves the selection: DELETED; a new matching object: ADDED.
+    api.replace("a", &PostParams::default(), &b)
+        .await
+        .expect("relabel");
+    api.create(&PostParams::default(), &cm("c", "web"))
+        .await
+        .expect("c");
+    server.bookmark();
+    let mut kinds = Vec::new();
+    while kinds.len() < 3 {
+        let ev = events.try_next().await.expect("event").expect("open");
+        kinds.push(match ev {
+            WatchEvent::Added(o) => format!("ADDED {}", o.metadata.name.unwrap_or_default()),
+            WatchEvent::Modified(_) => "MODIFIED".into(),
+            WatchEvent::Deleted(o) => format!("DELETED {}", o.metadata.name.unwrap_or_default()),
+            WatchEvent::Bookmark(_) => "BOOKMARK".into(),
+            WatchEvent::Error(e) => format!("ERROR {}", e.code),
+        });
+    }
+    assert_eq!(kinds, ["DELETED a", "ADDED c", "BOOKMARK"]);
+    // Too old after compaction.
+    server.compact();
+    let mut old = api.watch(&wp, &from).await.expect("watch").boxed();
+    match old.next().await {
+        Some(Ok(WatchEvent::Error(e))) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        other => panic!("expected 410, got {other:?}"),
+    }
+}

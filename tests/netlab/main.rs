@@ -1,0 +1,11 @@
+//! Integration tests in the root network-namespace lab
+//! (`kubepulse_testkit::lab`): agents in namespaces, delay lines, tc, nft.
+
+mod netlab_alerts;
+mod netlab_burst_guard;
+mod netlab_fixture;
+mod netlab_latency;
+mod netlab_loss;
+mod netlab_paths;
+mod netlab_rate;
+mod netlab_report;

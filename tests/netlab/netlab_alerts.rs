@@ -1,0 +1,504 @@
+//! End-to-end alerting in the network lab: a real Prometheus, running inside
+//! the lab (node 0's host namespace), scrapes the lab's agents and evaluates
+//! the REAL alerts/kubepulse-rules.yaml, transformed for test time only:
+//!
+//! - every `for:` becomes `for: 2s` (the production values are minutes);
+//! - the `[5m]` and `[10m]` rate windows become `[20s]`, so a fault shows
+//!   (and startup losses age out) within seconds, not minutes. Recording rule
+//!   names keep their `rate5m` suffix; thresholds and expression logic are
+//!   untouched.
+//!
+//! Scenarios (one lab and one Prometheus each): 20% random loss between two
+//! pods on different nodes; a DF blackhole (> 1400 bytes) on node 1; 1 ms
+//! one-way delay on the pod network only (the delay line carries the pod
+//! CIDRs, host traffic stays on the underlay).
+//!
+//! Each scenario first shows a clean baseline (no network alert firing),
+//! then injects one fault and asserts the EXACT set of firing alerts
+//! (alertname + severity + node/peer_node/path/protocol): the right ones
+//! fire, every other pair and path stays quiet. `KubepulseControllerAbsent`
+//! fires throughout, correctly: the lab runs no controller.
+
+use kubepulse_testkit::lab;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use kubepulse_testkit::http::percent_encode;
+use lab::agents::{fast_probes, AgentSpec, Agents};
+use lab::netlab::{poll, timing_lock, Flavour, Lab, LabSpec};
+
+/// Test-only `for:` of every alert.
+const FOR: &str = "2s";
+/// Test-only rate window replacing `[5m]` and `[10m]`.
+const WINDOW: &str = "[20s]";
+const PROM_PORT: u16 = 9090;
+/// Alert expected in every phase: no controller runs in the lab.
+const CONTROLLER_ABSENT: &str = "KubepulseControllerAbsent{severity=warning}";
+
+/// The rules file with test-only `for:` and rate windows.
+fn test_rules() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/alerts/kubepulse-rules.yaml");
+    let text = std::fs::read_to_string(path).expect("read alerts/kubepulse-rules.yaml");
+    let mut fors = 0;
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let t = l.trim_start();
+            if t.starts_with("for: ") {
+                fors += 1;
+                format!("{}for: {FOR}", &l[..l.len() - t.len()])
+            } else {
+                l.replace("[5m]", WINDOW).replace("[10m]", WINDOW)
+            }
+        })
+        .collect();
+    assert!(fors > 20, "expected every alert to have a for: ({fors})");
+    out.join("\n") + "\n"
+}
+
+/// A Prometheus process inside a lab namespace.
+struct Prom {
+    ns: String,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Prom {
+    /// Starts Prometheus in node 0's host namespace, scraping every agent
+    /// with the target labels the PodMonitor would set (`node`, `cluster`).
+    fn start(lab: &Lab, agents: &[AgentSpec]) -> Prom {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rules = dir.path().join("rules.yaml");
+        std::fs::write(&rules, test_rules()).expect("write rules");
+        let mut targets = String::new();
+        for a in agents {
+            targets.push_str(&format!(
+                "      - targets: ['{}']\n        labels: {{node: '{}', cluster: lab, pod: '{}'}}\n",
+                a.metrics_addr(),
+                a.node,
+                a.name
+            ));
+        }
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                 rule_files:\n  - {}\n\
+                 scrape_configs:\n  - job_name: kubepulse-agent\n    static_configs:\n{targets}",
+                rules.display()
+            ),
+        )
+        .expect("write prometheus config");
+        let ns = lab.host(0);
+        let addr = SocketAddr::new(IpAddr::V4(lab.host_ip(0)), PROM_PORT);
+        let bin = std::env::var("KUBEPULSE_PROMETHEUS").unwrap_or("/usr/bin/prometheus".into());
+        let args = [
+            bin,
+            format!("--config.file={}", cfg.display()),
+            format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
+            format!("--web.listen-address={addr}"),
+            "--log.level=warn".into(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let log = dir.path().join("prometheus.log");
+        let pid = lab.spawn(&ns, &args, Some(&log));
+        let prom = Prom { ns, addr, dir };
+        let ready = poll(Duration::from_secs(30), Duration::from_millis(200), || {
+            assert!(lab.alive(pid), "prometheus exited: {}", prom.log());
+            prom.get("/-/ready").ok()
+        });
+        assert!(ready.is_some(), "prometheus not ready: {}", prom.log());
+        // The transformed rules loaded.
+        let rules = prom.get("/api/v1/rules").expect("rules API");
+        assert!(
+            rules.contains("KubepulsePathMTUBelowInterfaceMTU"),
+            "rules not loaded: {}",
+            prom.log()
+        );
+        prom
+    }
+
+    /// Every rule of the transformed file evaluated without error.
+    fn assert_rules_healthy(&self) {
+        let body = self.get("/api/v1/rules").expect("rules API");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("rules JSON");
+        let mut bad = Vec::new();
+        let mut n = 0;
+        for g in v["data"]["groups"].as_array().expect("rule groups") {
+            for r in g["rules"].as_array().expect("rules") {
+                n += 1;
+                if r["health"] != "ok" {
+                    bad.push(format!("{} {}: {}", r["name"], r["health"], r["lastError"]));
+                }
+            }
+        }
+        assert!(n > 50, "only {n} rules loaded");
+        assert!(bad.is_empty(), "rules not healthy: {bad:#?}");
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    fn get(&self, target: &str) -> std::io::Result<String> {
+        let addr = self.addr;
+        let target = target.to_string();
+        lab::netlab::in_ns(&self.ns, move || lab::prom::http_get(addr, &target))
+    }
+
+    /// Instant query: every series as (labels, value).
+    fn query(&self, expr: &str) -> Vec<(serde_json::Map<String, serde_json::Value>, f64)> {
+        let body = self
+            .get(&format!("/api/v1/query?query={}", percent_encode(expr)))
+            .unwrap_or_else(|e| panic!("query {expr}: {e}\n{}", self.log()));
+        let v: serde_json::Value = serde_json::from_str(&body).expect("query JSON");
+        assert_eq!(v["status"], "success", "{expr}: {body}");
+        v["data"]["result"]
+            .as_array()
+            .expect("vector result")
+            .iter()
+            .map(|s| {
+                let labels = s["metric"].as_object().cloned().unwrap_or_default();
+                let val = s["value"][1]
+                    .as_str()
+                    .and_then(|x| x.parse().ok())
+                    .unwrap_or(f64::NAN);
+                (labels, val)
+            })
+            .collect()
+    }
+
+    /// Firing alerts as `Name{severity=..,node=..,peer_node=..,path=..,protocol=..}`
+    /// (only the labels present).
+    fn firing(&self) -> BTreeSet<String> {
+        self.query("ALERTS{alertstate=\"firing\"}")
+            .into_iter()
+            .map(|(l, _)| {
+                let get = |k: &str| l.get(k).and_then(|v| v.as_str()).map(str::to_string);
+                let keys: Vec<String> = ["severity", "node", "peer_node", "path", "protocol"]
+                    .iter()
+                    .filter_map(|k| get(k).map(|v| format!("{k}={v}")))
+                    .collect();
+                format!(
+                    "{}{{{}}}",
+                    get("alertname").unwrap_or_default(),
+                    keys.join(",")
+                )
+            })
+            .collect()
+    }
+
+    /// Polls until the firing set is exactly `want` (panics with the last
+    /// set after `timeout`), then checks it holds for `hold`. Returns how
+    /// long it took to get there.
+    fn expect_firing(
+        &self,
+        what: &str,
+        want: &BTreeSet<String>,
+        timeout: Duration,
+        hold: Duration,
+    ) -> Duration {
+        let t0 = Instant::now();
+        let mut last = BTreeSet::new();
+        let got = poll(timeout, Duration::from_millis(500), || {
+            last = self.firing();
+            (last == *want).then_some(())
+        });
+        assert!(
+            got.is_some(),
+            "{what}: firing alerts never became exactly the expected set after {timeout:?}\n\
+             want: {want:#?}\nlast: {last:#?}\nloss ratios: {:?}\npath MTU: {:?}",
+            self.query("node_peer_node_path:kubepulse_probe_loss:ratio_rate5m > 0"),
+            self.query("kubepulse_path_mtu_bytes")
+        );
+        let took = t0.elapsed();
+        let end = Instant::now() + hold;
+        while Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = self.firing();
+            assert_eq!(&now, want, "{what}: firing set changed during the hold");
+        }
+        eprintln!("{what}: exactly {want:?} firing after {took:.1?}, held {hold:?}");
+        took
+    }
+}
+
+fn set(items: &[String]) -> BTreeSet<String> {
+    items.iter().cloned().collect()
+}
+
+/// Loss: nft drops 20% of the packets from pod 0 of node 0 to pod 0 of
+/// node 1 (forwarded by node 1's host). Both directed pod pairs lose ~20%
+/// (requests one way, replies the other); host paths stay clean.
+#[test]
+fn loss_fires_pair_and_pod_network_alerts_only_for_the_lossy_pods() {
+    if !lab::require_root() {
+        return;
+    }
+    let _t = timing_lock();
+    let lab = Lab::new(LabSpec {
+        nodes: 2,
+        pods_per_node: 1,
+        flavour: Flavour::Routed,
+    });
+    let all = AgentSpec::all(&lab);
+    let mut probes = fast_probes();
+    // Only the UDP and ICMP latency probes: their loss is exact per probe.
+    for p in ["udp", "icmp"] {
+        probes[p]["interval"] = "50ms".into();
+    }
+    for p in ["tcp", "tcp_connect", "http"] {
+        probes[p]["enabled"] = false.into();
+    }
+    let _agents = Agents::start(&lab, &all, &all, &probes);
+    let prom = Prom::start(&lab, &all);
+
+    // Baseline: every pair's loss ratio evaluated and zero (startup losses
+    // aged out of the window), then nothing but the controller's absence.
+    let pairs = poll(Duration::from_secs(60), Duration::from_millis(500), || {
+        let r = prom.query("node_peer_node_path:kubepulse_probe_loss:ratio_rate5m");
+        (r.len() == 12 && r.iter().all(|(_, v)| *v == 0.0)).then_some(r.len())
+    });
+    assert!(
+        pairs.is_some(),
+        "baseline loss ratios never all zero: {:?}",
+        prom.query("node_peer_node_path:kubepulse_probe_loss:ratio_rate5m")
+    );
+    let baseline = set(&[CONTROLLER_ABSENT.into()]);
+    prom.expect_firing(
+        "loss baseline",
+        &baseline,
+        Duration::from_secs(10),
+        Duration::from_secs(5),
+    );
+
+    let (p0, p1) = (lab.pod_ip(0, 0), lab.pod_ip(1, 0));
+    let ns1 = lab.host(1);
+    lab.nft(
+        &ns1,
+        &format!(
+            "table inet kpl {{
+                counter dropped {{}}
+                chain forward {{
+                    type filter hook forward priority 0; policy accept;
+                    ip saddr {p0} ip daddr {p1} numgen random mod 1000 < 200 counter name \"dropped\" drop
+                }}
+            }}"
+        ),
+    );
+    let mut want = vec![CONTROLLER_ABSENT.to_string()];
+    for (n, pn) in [("node0", "node1"), ("node1", "node0")] {
+        want.push(format!(
+            "KubepulseNodePairPacketLoss{{severity=warning,node={n},peer_node={pn},path=pod_cross_node}}"
+        ));
+    }
+    for proto in ["icmp", "udp"] {
+        for sev in ["critical", "warning"] {
+            want.push(format!(
+                "KubepulsePodNetworkLossHigh{{severity={sev},path=pod_cross_node,protocol={proto}}}"
+            ));
+        }
+    }
+    prom.expect_firing(
+        "20% loss pod00 -> pod10",
+        &set(&want),
+        Duration::from_secs(45),
+        Duration::from_secs(5),
+    );
+    assert!(lab.nft_counter(&ns1, "dropped") > 0);
+    prom.assert_rules_healthy();
+
+    // Fault removed: everything resolves once the window is clean again.
+    lab.run(&ns1, &["nft", "delete", "table", "inet", "kpl"]);
+    prom.expect_firing(
+        "loss removed",
+        &baseline,
+        Duration::from_secs(45),
+        Duration::from_secs(3),
+    );
+}
+
+/// MTU blackhole: node 1 silently drops DF packets over 1400 bytes. Node
+/// 0's agents (the only probers) see path MTU 1400 < 1500 on every path to
+/// node 1; their same-node path keeps 1500. No loss alert fires.
+#[test]
+fn mtu_blackhole_fires_path_mtu_alert_only_for_paths_to_the_blackholed_node() {
+    if !lab::require_root() {
+        return;
+    }
+    let _t = timing_lock();
+    let lab = Lab::new(LabSpec::two_nodes(Flavour::Routed));
+    let probers = vec![AgentSpec::host(&lab, 0), AgentSpec::pod(&lab, 0, 0)];
+    let responders = vec![
+        AgentSpec::host(&lab, 1),
+        AgentSpec::pod(&lab, 1, 0),
+        AgentSpec::pod(&lab, 0, 1),
+    ];
+    let mut probes = fast_probes();
+    probes["pmtu"] = serde_json::json!({"interval": "3s", "timeout": "200ms"});
+    for p in ["udp", "icmp"] {
+        probes[p]["interval"] = "100ms".into();
+    }
+    for p in ["tcp", "tcp_connect", "http"] {
+        probes[p]["enabled"] = false.into();
+    }
+    let _resp = Agents::start(&lab, &responders, &[], &probes);
+    let _probers = Agents::start(&lab, &probers, &responders, &probes);
+    let mut everyone = probers.clone();
+    everyone.extend(responders.iter().cloned());
+    let prom = Prom::start(&lab, &everyone);
+
+    // Baseline: path MTU measured on all 6 (node, path, peer node) keys,
+    // equal to the interface MTU; no network alert.
+    let ok = poll(Duration::from_secs(40), Duration::from_millis(500), || {
+        let r = prom.query(
+            "min by (node, peer_node, path) (kubepulse_path_mtu_bytes) == 1500 \
+             and on (node, peer_node, path) min by (node, peer_node, path) (kubepulse_interface_mtu_bytes) == 1500",
+        );
+        let loss = prom.query("node_peer_node_path:kubepulse_probe_loss:ratio_rate5m");
+        (r.len() == 6 && loss.len() == 6 && loss.iter().all(|(_, v)| *v == 0.0)).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "baseline path MTU / loss not clean: {:?} {:?}",
+        prom.query("kubepulse_path_mtu_bytes"),
+        prom.query("node_peer_node_path:kubepulse_probe_loss:ratio_rate5m")
+    );
+    let baseline = set(&[CONTROLLER_ABSENT.into()]);
+    prom.expect_firing(
+        "MTU baseline",
+        &baseline,
+        Duration::from_secs(10),
+        Duration::from_secs(5),
+    );
+
+    // Prometheus's scrapes of node 1's agents (TCP from port 9477) are
+    // spared: their large segments would be blackholed too and fire
+    // KubepulseAgentDown for node 1, a lab artifact (in a cluster the
+    // scrape path need not cross the faulty link).
+    let ns1 = lab.host(1);
+    lab.nft(
+        &ns1,
+        "table inet kpl {
+            counter blackholed {}
+            chain input {
+                type filter hook input priority 0; policy accept;
+                tcp sport 9477 accept
+                ip length > 1400 ip frag-off & 0x4000 != 0 counter name \"blackholed\" drop
+            }
+            chain forward {
+                type filter hook forward priority 0; policy accept;
+                tcp sport 9477 accept
+                ip length > 1400 ip frag-off & 0x4000 != 0 counter name \"blackholed\" drop
+            }
+        }",
+    );
+    let mut want = vec![CONTROLLER_ABSENT.to_string()];
+    for path in [
+        "host_cross_node",
+        "host_to_pod",
+        "pod_cross_node",
+        "pod_to_host",
+    ] {
+        want.push(format!(
+            "KubepulsePathMTUBelowInterfaceMTU{{severity=warning,node=node0,peer_node=node1,path={path}}}"
+        ));
+    }
+    prom.expect_firing(
+        "DF blackhole > 1400 on node1",
+        &set(&want),
+        Duration::from_secs(45),
+        Duration::from_secs(5),
+    );
+    assert!(lab.nft_counter(&ns1, "blackholed") > 0);
+    prom.assert_rules_healthy();
+}
+
+/// Added delay on the pod network only: the lab's delay line carries the
+/// pod CIDR routes between the nodes while host-to-host traffic keeps the
+/// direct underlay route, so pod-minus-host RTT min grows by twice the
+/// one-way delay and KubepulseOverlayRTTOverheadHigh (> 0.5 ms) fires for
+/// both node pairs and every latency protocol; nothing else does.
+#[test]
+fn pod_only_delay_fires_overlay_rtt_overhead_alert() {
+    if !lab::require_root() {
+        return;
+    }
+    let _t = timing_lock();
+    let mut lab = Lab::new(LabSpec {
+        nodes: 2,
+        pods_per_node: 1,
+        flavour: Flavour::Routed,
+    });
+    lab.add_delay_line();
+    // Host traffic back on the underlay (the /24 connected route on `ul`).
+    for (me, peer) in [(0usize, 1usize), (1, 0)] {
+        let dst = format!("{}/32", lab.host_ip(peer));
+        lab::netlab::ip(&["-n", &lab.host(me), "route", "del", &dst, "dev", "dl"]);
+    }
+    let all = AgentSpec::all(&lab);
+    let mut probes = fast_probes();
+    for p in ["udp", "icmp"] {
+        probes[p]["interval"] = "50ms".into();
+    }
+    for p in ["tcp", "tcp_connect", "http"] {
+        probes[p]["enabled"] = false.into();
+    }
+    let _agents = Agents::start(&lab, &all, &all, &probes);
+    let prom = Prom::start(&lab, &all);
+    let overhead = "node_peer_node_protocol:kubepulse_probe_rtt_min_seconds:pod_minus_host";
+
+    // Baseline (delay line at zero): overhead evaluated for both node pairs
+    // and both protocols, loss clean, nothing firing.
+    let ok = poll(Duration::from_secs(60), Duration::from_millis(500), || {
+        let o = prom.query(overhead);
+        let loss = prom.query("node_peer_node_path:kubepulse_probe_loss:ratio_rate5m");
+        (o.len() == 4 && loss.len() == 12 && loss.iter().all(|(_, v)| *v == 0.0)).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "baseline overhead / loss not ready: {:?} {:?}",
+        prom.query(overhead),
+        prom.query("node_peer_node_path:kubepulse_probe_loss:ratio_rate5m")
+    );
+    let baseline = set(&[CONTROLLER_ABSENT.into()]);
+    prom.expect_firing(
+        "delay baseline",
+        &baseline,
+        Duration::from_secs(10),
+        Duration::from_secs(5),
+    );
+    let base: Vec<f64> = prom.query(overhead).iter().map(|(_, v)| *v).collect();
+
+    let before = lab.delay_line_packets();
+    lab.set_delay(Duration::from_millis(1));
+    let mut want = vec![CONTROLLER_ABSENT.to_string()];
+    for (n, pn) in [("node0", "node1"), ("node1", "node0")] {
+        for proto in ["icmp", "udp"] {
+            want.push(format!(
+                "KubepulseOverlayRTTOverheadHigh{{severity=warning,node={n},peer_node={pn},protocol={proto}}}"
+            ));
+        }
+    }
+    prom.expect_firing(
+        "1 ms one-way delay on pod traffic",
+        &set(&want),
+        Duration::from_secs(30),
+        Duration::from_secs(5),
+    );
+    let now: Vec<f64> = prom.query(overhead).iter().map(|(_, v)| *v).collect();
+    eprintln!("pod-minus-host RTT min: baseline {base:?} s, with 1 ms delay {now:?} s");
+    assert!(lab.delay_line_packets() > before);
+    prom.assert_rules_healthy();
+
+    lab.set_delay(Duration::ZERO);
+    prom.expect_firing(
+        "delay removed",
+        &baseline,
+        Duration::from_secs(30),
+        Duration::from_secs(3),
+    );
+}

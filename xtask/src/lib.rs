@@ -1,0 +1,46 @@
+//! kubepulse's repository tasks, run as `cargo xtask <task>` and used by the
+//! tests that check their output is committed.
+
+use std::path::{Path, PathBuf};
+
+pub mod monitoring;
+
+/// What can go wrong in a task.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A source file is not what it should be.
+    #[error("{path}: {what}")]
+    Source {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// Generated files differ from what their sources give.
+    #[error("deploy/monitoring is out of date ({0}); regenerate with `cargo xtask monitoring`")]
+    OutOfDate(String),
+}
+
+/// The repository root (the parent of `xtask/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Reads a file, naming it in the error.
+fn read(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
