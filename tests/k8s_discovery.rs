@@ -79,6 +79,7 @@ fn plan(node: &str, targets: &[&str]) -> NodePlan {
             .into_iter()
             .collect(),
         busy,
+        apiserver: vec![],
     }
 }
 

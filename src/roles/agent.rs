@@ -210,7 +210,11 @@ pub async fn start(
         ),
     };
     let latency = probe::latency::start(ctx.clone())?;
-    let mut tasks = probe::scheduled::start(ctx);
+    let mut tasks: Vec<JoinHandle<()>> = [probe::dns::start(&ctx), probe::apiserver::start(&ctx)]
+        .into_iter()
+        .flatten()
+        .collect();
+    tasks.extend(probe::scheduled::start(ctx));
     tasks.push(publisher);
     tracing::info!(agent = %identity.name, node = %identity.node, kind = %identity.kind,
         udp_echo = ports.udp_echo, tcp_echo = ports.tcp_echo, bandwidth = ports.bandwidth,
