@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -18,6 +19,7 @@ use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::apiserver_endpoints;
 use super::plan_inputs::{self, Inputs, DATA_KEY, PLAN_LABEL, PLAN_LABEL_VALUE};
 use super::{label_keys, K8sError};
 use crate::config::PlanSettings;
@@ -85,15 +87,27 @@ impl PlanPublisher {
             let (store, stream) = reflect(api, watcher::Config::default().fields(&by_name));
             (Some(store), stream.boxed())
         };
-        let mut events =
-            futures::stream::select_all([node_stream.boxed(), pod_stream.boxed(), svc_stream]);
+        // The apiserver endpoints every agent probes directly.
+        let slices_api: Api<EndpointSlice> =
+            Api::namespaced(self.client.clone(), apiserver_endpoints::NAMESPACE);
+        let (slices, slice_stream) = reflect(
+            slices_api,
+            watcher::Config::default().labels(apiserver_endpoints::SELECTOR),
+        );
+        let mut events = futures::stream::select_all([
+            node_stream.boxed(),
+            pod_stream.boxed(),
+            svc_stream,
+            slice_stream.boxed(),
+        ]);
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
         let mut written: Option<BTreeMap<String, String>> = None;
         let mut sticky: BTreeSet<String> = BTreeSet::new();
         let mut dirty = true;
         let mut next_allowed = Instant::now();
         loop {
-            let ready = dirty && stores_ready(&nodes, &pods, services.as_ref());
+            let ready =
+                dirty && stores_ready(&nodes, &pods, services.as_ref()) && store_ready(&slices);
             let wake = if ready {
                 next_allowed
             } else {
@@ -122,7 +136,8 @@ impl PlanPublisher {
                         }
                     }
                     let w = written.get_or_insert_with(BTreeMap::new);
-                    if let Err(e) = self.publish(&cms, &nodes, &pods, services.as_ref(), &mut sticky, w).await {
+                    let apiserver = apiserver_endpoints::endpoints(slices.state().iter().map(|s| s.as_ref()));
+                    if let Err(e) = self.publish(&cms, &nodes, &pods, services.as_ref(), &apiserver, &mut sticky, w).await {
                         tracing::warn!(error = %e, "Plan publisher: publishing failed; retrying");
                         dirty = true;
                     }
@@ -137,6 +152,7 @@ impl PlanPublisher {
         nodes: &Store<Node>,
         pods: &Store<Pod>,
         services: Option<&Store<Service>>,
+        apiserver: &[std::net::SocketAddr],
         sticky: &mut BTreeSet<String>,
         written: &mut BTreeMap<String, String>,
     ) -> Result<(), K8sError> {
@@ -162,13 +178,16 @@ impl PlanPublisher {
         let svc = services.and_then(|s| s.state().into_iter().next());
         let pod_refs: Vec<&Pod> = pod_objs.iter().map(|p| p.as_ref()).collect();
         let started = std::time::Instant::now();
-        let computed = plan_inputs::compute(&Inputs {
+        let mut computed = plan_inputs::compute(&Inputs {
             nodes: &plan_nodes,
             pods: &pod_refs,
             service: svc.as_deref(),
             fan_out: &self.settings.fan_out,
             slots: &self.settings.bandwidth,
         });
+        for plan in computed.plans.values_mut() {
+            plan.apiserver = apiserver.to_vec();
+        }
         let want = plan_inputs::documents(&computed.plans);
         let mut changed = 0usize;
         for (name, json) in &want {
@@ -229,6 +248,12 @@ impl PlanPublisher {
         .await?;
         Ok(())
     }
+}
+
+fn store_ready<K: Resource<DynamicType = ()> + Clone + 'static>(s: &Store<K>) -> bool {
+    s.wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
 }
 
 fn stores_ready(nodes: &Store<Node>, pods: &Store<Pod>, svc: Option<&Store<Service>>) -> bool {
