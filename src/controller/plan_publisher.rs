@@ -59,6 +59,15 @@ where
     (store, stream)
 }
 
+/// What the plans are computed from, as last seen by the watches.
+struct Watched<'a> {
+    nodes: &'a Store<Node>,
+    pods: &'a Store<Pod>,
+    services: Option<&'a Store<Service>>,
+    /// From the `default/kubernetes` EndpointSlices.
+    apiserver: Vec<std::net::SocketAddr>,
+}
+
 impl PlanPublisher {
     /// A publisher writing into `namespace` (the agents' namespace).
     pub fn new(client: Client, namespace: &str, settings: PlanSettings) -> Self {
@@ -136,8 +145,13 @@ impl PlanPublisher {
                         }
                     }
                     let w = written.get_or_insert_with(BTreeMap::new);
-                    let apiserver = apiserver_endpoints::endpoints(slices.state().iter().map(|s| s.as_ref()));
-                    if let Err(e) = self.publish(&cms, &nodes, &pods, services.as_ref(), &apiserver, &mut sticky, w).await {
+                    let watched = Watched {
+                        nodes: &nodes,
+                        pods: &pods,
+                        services: services.as_ref(),
+                        apiserver: apiserver_endpoints::endpoints(slices.state().iter().map(|s| s.as_ref())),
+                    };
+                    if let Err(e) = self.publish(&cms, &watched, &mut sticky, w).await {
                         tracing::warn!(error = %e, "Plan publisher: publishing failed; retrying");
                         dirty = true;
                     }
@@ -149,15 +163,12 @@ impl PlanPublisher {
     async fn publish(
         &self,
         cms: &Api<ConfigMap>,
-        nodes: &Store<Node>,
-        pods: &Store<Pod>,
-        services: Option<&Store<Service>>,
-        apiserver: &[std::net::SocketAddr],
+        watched: &Watched<'_>,
         sticky: &mut BTreeSet<String>,
         written: &mut BTreeMap<String, String>,
     ) -> Result<(), K8sError> {
-        let node_objs = nodes.state();
-        let pod_objs = pods.state();
+        let node_objs = watched.nodes.state();
+        let pod_objs = watched.pods.state();
         // A node keeps its place while its agents are replaced, until the
         // Node object itself is gone.
         let existing_nodes: BTreeSet<&str> = node_objs
@@ -175,7 +186,7 @@ impl PlanPublisher {
                 sticky.insert(n.name.clone());
             }
         }
-        let svc = services.and_then(|s| s.state().into_iter().next());
+        let svc = watched.services.and_then(|s| s.state().into_iter().next());
         let pod_refs: Vec<&Pod> = pod_objs.iter().map(|p| p.as_ref()).collect();
         let started = std::time::Instant::now();
         let mut computed = plan_inputs::compute(&Inputs {
@@ -186,7 +197,7 @@ impl PlanPublisher {
             slots: &self.settings.bandwidth,
         });
         for plan in computed.plans.values_mut() {
-            plan.apiserver = apiserver.to_vec();
+            plan.apiserver = watched.apiserver.clone();
         }
         let want = plan_inputs::documents(&computed.plans);
         let mut changed = 0usize;
