@@ -164,8 +164,11 @@ pub fn probe(addr: SocketAddr, s: &ProbeSetup) -> Probe {
     p
 }
 
-/// A blocking TCP connection from `bind` (when of the same family) and the
-/// duration of the connect call alone.
+/// A blocking TCP connection from `bind` (when of the same family) and its
+/// connect time, SYN to SYN/ACK: the kernel's RTT sample of the handshake
+/// (`TCP_INFO`, so the probing thread's wake-up is not measured), or the
+/// duration of the connect call when the kernel has no sample (a
+/// retransmitted SYN gives none) or one longer than the call.
 fn connect(addr: SocketAddr, bind: IpAddr, timeout: Duration) -> io::Result<(TcpStream, Duration)> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if !bind.is_unspecified() && bind.is_ipv4() == addr.is_ipv4() {
@@ -173,7 +176,16 @@ fn connect(addr: SocketAddr, bind: IpAddr, timeout: Duration) -> io::Result<(Tcp
     }
     let start = Instant::now();
     sock.connect_timeout(&addr.into(), timeout)?;
-    Ok((sock.into(), start.elapsed()))
+    let call = start.elapsed();
+    let kernel = crate::sys::tcp_info::tcp_info(&sock).ok().map(|i| i.rtt);
+    Ok((sock.into(), pick_connect(kernel, call)))
+}
+
+/// The kernel's handshake RTT when it is a plausible sample of this call.
+fn pick_connect(kernel: Option<Duration>, call: Duration) -> Duration {
+    kernel
+        .filter(|k| !k.is_zero() && *k <= call)
+        .unwrap_or(call)
 }
 
 /// Closes with an RST so probe connections leave no TIME_WAIT behind on
@@ -182,4 +194,30 @@ fn abort(stream: TcpStream) {
     let sock = Socket::from(stream);
     // Failing to set linger only means a normal close.
     let _ = sock.set_linger(Some(Duration::ZERO));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_handshake_rtt_is_used_when_plausible() {
+        let us = Duration::from_micros;
+        assert_eq!(pick_connect(Some(us(300)), us(420)), us(300));
+        assert_eq!(pick_connect(None, us(420)), us(420));
+        assert_eq!(pick_connect(Some(Duration::ZERO), us(420)), us(420));
+        assert_eq!(pick_connect(Some(us(900)), us(420)), us(420));
+    }
+
+    #[test]
+    fn loopback_connect_is_timed() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (_s, took) =
+            connect(addr, IpAddr::from([0, 0, 0, 0]), Duration::from_secs(2)).expect("connect");
+        assert!(
+            took > Duration::ZERO && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+    }
 }

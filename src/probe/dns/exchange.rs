@@ -1,15 +1,32 @@
-//! One timed DNS exchange over UDP (IO), on a blocking thread: the time is
-//! taken with `Instant` right before `send` and right after the `recv` that
-//! returned the reply, so only the network and the server are measured.
+//! One timed DNS exchange over UDP (IO), on a blocking thread, timed as the
+//! latency engine times its UDP probes: the wall clock read right before
+//! `send`, the reply's kernel receive timestamp (SO_TIMESTAMPNS) at the
+//! other end, so the receiving thread's wake-up is not measured. Without a
+//! usable kernel stamp (none given, or a wall-clock step makes it disagree
+//! with the monotonic clock) the monotonic time to the `recv` return is
+//! used.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::Name;
 
 use super::message::{build_query, classify, Reply};
 use crate::labels::DnsOutcome;
+use crate::sys::clock::realtime_ns;
+use crate::sys::timestamp::{enable_rx_timestamps, recv_timestamped, ControlBuf};
+
+/// The kernel-stamped time, when it is consistent with the monotonic one
+/// (never later than it; a wall-clock step would make it so).
+fn pick_rtt(sent_ns: u64, kernel_rx_ns: Option<u64>, mono: Duration) -> Duration {
+    kernel_rx_ns
+        .and_then(|rx| rx.checked_sub(sent_ns))
+        .map(Duration::from_nanos)
+        .filter(|k| !k.is_zero() && *k <= mono)
+        .unwrap_or(mono)
+}
 
 /// Largest reply read: plain DNS over UDP without EDNS is at most 512
 /// bytes; a larger buffer only tolerates servers that send more.
@@ -43,6 +60,9 @@ pub fn lookup(server: SocketAddr, bind: IpAddr, name: &Name, timeout: Duration) 
     let id: u16 = rand::random();
     let query = build_query(id, name);
     let mut buf = [0u8; MAX_REPLY];
+    let mut peek = [0u8; 1];
+    let mut cmsg = ControlBuf::default();
+    let sent_ns = realtime_ns();
     let start = Instant::now();
     if let Err(e) = sock.send(&query) {
         tracing::debug!(%server, error = %e, "DNS query send failed");
@@ -54,15 +74,20 @@ pub fn lookup(server: SocketAddr, bind: IpAddr, name: &Name, timeout: Duration) 
         if left.is_zero() || sock.set_read_timeout(Some(left)).is_err() {
             return Lookup::failed(DnsOutcome::Timeout);
         }
-        match sock.recv(&mut buf) {
-            Ok(n) => {
-                let at = Instant::now();
-                match classify(&buf[..n], id, name) {
+        // Wait for a datagram (blocking peek, bounded by the read timeout),
+        // then take it with its kernel stamp.
+        let got = sock
+            .peek(&mut peek)
+            .and_then(|_| recv_timestamped(sock.as_fd(), &mut buf, &mut cmsg));
+        match got {
+            Ok(r) => {
+                let mono = start.elapsed();
+                match classify(&buf[..r.len], id, name) {
                     Reply::Unrelated => continue,
                     Reply::Answer(outcome) => {
                         return Lookup {
                             outcome,
-                            rtt: Some(at.duration_since(start)),
+                            rtt: Some(pick_rtt(sent_ns, r.kernel_rx_ns, mono)),
                         }
                     }
                 }
@@ -97,6 +122,7 @@ fn socket(server: SocketAddr, bind: IpAddr) -> io::Result<UdpSocket> {
     // does: conntrack and kube-proxy see each lookup as a new flow.
     let sock = UdpSocket::bind(SocketAddr::new(local, 0))?;
     sock.connect(server)?;
+    enable_rx_timestamps(&sock)?;
     Ok(sock)
 }
 
@@ -147,6 +173,19 @@ mod tests {
             rtt > Duration::ZERO && rtt < Duration::from_secs(5),
             "{rtt:?}"
         );
+    }
+
+    #[test]
+    fn kernel_stamps_are_used_only_when_consistent() {
+        let ms = Duration::from_millis;
+        let sent = 1_000_000_000;
+        // The kernel stamp excludes the wake-up: preferred.
+        assert_eq!(pick_rtt(sent, Some(sent + 3_000_000), ms(4)), ms(3));
+        // No stamp, a stamp before the send or after the monotonic time
+        // (wall clock stepped): the monotonic time.
+        assert_eq!(pick_rtt(sent, None, ms(4)), ms(4));
+        assert_eq!(pick_rtt(sent, Some(sent - 1), ms(4)), ms(4));
+        assert_eq!(pick_rtt(sent, Some(sent + 9_000_000), ms(4)), ms(4));
     }
 
     #[test]
