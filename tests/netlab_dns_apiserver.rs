@@ -13,12 +13,17 @@
 //! Latency: the delay line adds a known one-way delay between the nodes;
 //! node 0's DNS lookup and apiserver connect times must grow by twice that
 //! within max(50 µs, 3 %).
+//!
+//! Also: local mode, which has no cluster DNS or apiserver of its own,
+//! shows both probes when the configuration names servers (here dnsmasq
+//! and the TLS stand-in on loopback).
 
 mod lab;
 #[path = "lab/prometheus.rs"]
 mod prometheus;
 #[path = "lab/reach.rs"]
 mod reach;
+mod support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -378,4 +383,142 @@ impl Fault {
             Fault::ServiceGone => reach::install_service(lab, 0, server),
         }
     }
+}
+
+/// Kills a helper process when the test ends, whatever its outcome.
+struct Helper(std::process::Child);
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `kubepulse local` with servers named in its configuration: every agent
+/// resolves through dnsmasq and reaches the TLS stand-in, and the four
+/// cluster reachability families are exported as documented.
+#[test]
+fn local_mode_probes_configured_servers() {
+    if !lab::require_root() {
+        return;
+    }
+    let _t = timing_lock();
+    let lo = std::net::Ipv4Addr::LOCALHOST;
+    let files = ReachFiles::new(lo);
+    let dns_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free UDP port")
+        .port();
+    let tls_port = support::process::free_port();
+    let log = |name: &str| std::fs::File::create(files.path(name)).expect("log file");
+    let _dns = Helper(
+        std::process::Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--user=root",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                &format!("--port={dns_port}"),
+                &format!("--pid-file={}", files.path("dnsmasq.pid").display()),
+                "--address=/kubernetes.default.svc.cluster.local/10.96.0.1",
+            ])
+            .stdout(log("dnsmasq.log"))
+            .stderr(log("dnsmasq.err"))
+            .spawn()
+            .expect("dnsmasq (Debian dnsmasq-base) must be installed"),
+    );
+    let _tls = Helper(
+        std::process::Command::new("openssl")
+            .current_dir(files.dir.path())
+            .args(["s_server", "-quiet", "-WWW", "-accept"])
+            .arg(format!("127.0.0.1:{tls_port}"))
+            .arg("-cert")
+            .arg(files.path("tls.crt"))
+            .arg("-key")
+            .arg(files.path("tls.key"))
+            .stdout(log("s_server.log"))
+            .stderr(log("s_server.err"))
+            .spawn()
+            .expect("openssl must be installed"),
+    );
+    let off = json!({"enabled": false, "interval": "1s", "timeout": "1s"});
+    let cfg = json!({
+        "probes": {
+            "udp": off, "tcp": off, "icmp": off, "tcp_connect": off, "http": off,
+            "pmtu": {"enabled": false},
+            "bandwidth": {"enabled": false},
+            "dns": {
+                "interval": "200ms",
+                "timeout": "200ms",
+                "nameservers": ["127.0.0.1"],
+                "port": dns_port,
+                "names": ["kubernetes.default.svc.cluster.local"],
+            },
+            "apiserver": {
+                "interval": "200ms",
+                "timeout": "200ms",
+                "service": format!("127.0.0.1:{tls_port}"),
+                "ca_file": files.path("ca.crt"),
+            },
+        },
+    });
+    let cfg_path = files.path("local.yaml");
+    std::fs::write(&cfg_path, cfg.to_string()).expect("write config");
+    let kp = support::process::Kubepulse::start(&[
+        "local",
+        "--agents",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        cfg_path.to_str().expect("utf-8 path"),
+    ]);
+    let agents = ["local-a-host", "local-b-host"];
+    let phases = ["connect", "tls_handshake", "livez"];
+    let (sc, ok) = support::scrape::scrape_until(kp.metrics, Duration::from_secs(30), |sc| {
+        agents.iter().all(|a| {
+            sc.sum(DNS_LOOKUPS, &[("agent", a), ("outcome", "ok")]) >= 3.0
+                && sc.sum(
+                    "kubepulse_dns_lookup_duration_seconds_count",
+                    &[("agent", a)],
+                ) >= 3.0
+                && sc.sum(
+                    API_PROBES,
+                    &[("agent", a), ("target", "service"), ("outcome", "ok")],
+                ) >= 3.0
+                && phases.iter().all(|p| {
+                    sc.sum(
+                        "kubepulse_apiserver_probe_duration_seconds_count",
+                        &[("agent", a), ("phase", p), ("target", "service")],
+                    ) >= 3.0
+                })
+        })
+    });
+    assert!(
+        ok,
+        "local mode never showed ok DNS lookups and apiserver probes for every agent:\n{}",
+        sc.body
+    );
+    for a in agents {
+        let all = sc.sum(DNS_LOOKUPS, &[("agent", a)]);
+        let good = sc.sum(DNS_LOOKUPS, &[("agent", a), ("outcome", "ok")]);
+        assert_eq!(all, good, "{a}: failed lookups on loopback");
+        let all = sc.sum(API_PROBES, &[("agent", a)]);
+        let good = sc.sum(API_PROBES, &[("agent", a), ("outcome", "ok")]);
+        assert_eq!(all, good, "{a}: failed apiserver probes on loopback");
+    }
+    support::scrape::assert_documented(
+        &sc,
+        &[
+            "Agent metrics",
+            "Cluster reachability metrics",
+            "Process metrics",
+        ],
+        &["agent"],
+        kubepulse::metrics::catalog::CLUSTER_REACH,
+    );
 }
