@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsSettings {
-    /// Whether lookups run. With no `names` and no cluster domain in the
-    /// resolver configuration (local mode) there is nothing to resolve and
-    /// the probe stays off.
+    /// Whether lookups run. Outside `discovery.mode: kubernetes` they run
+    /// only with `nameservers` and `names` set ([`explicit_only`]); in a
+    /// cluster, with no `names` and no cluster domain in the resolver
+    /// configuration there is nothing to resolve and the probe stays off.
     pub enabled: bool,
     /// Time between two rounds (every name on every nameserver).
     #[serde(with = "humantime_serde")]
@@ -51,9 +52,10 @@ impl Default for DnsSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiserverSettings {
-    /// Whether probes run. Without a Service address (no
-    /// `KUBERNETES_SERVICE_HOST`, local mode) and no endpoints the probe
-    /// stays off.
+    /// Whether probes run. Outside `discovery.mode: kubernetes` they run
+    /// only with `service` or `endpoints` set ([`explicit_only`]); in a
+    /// cluster, without a Service address (no `KUBERNETES_SERVICE_HOST`)
+    /// and no endpoints the probe stays off.
     pub enabled: bool,
     /// Time between two rounds (the Service and every endpoint).
     #[serde(with = "humantime_serde")]
@@ -90,6 +92,22 @@ impl Default for ApiserverSettings {
             service: None,
             endpoints: Vec::new(),
         }
+    }
+}
+
+/// Turns off whichever of the two probes has no server named in the
+/// configuration. Their defaults (the resolver configuration, the
+/// `KUBERNETES_SERVICE_*` environment) describe a pod in a cluster; outside
+/// `discovery.mode: kubernetes` (local mode, static setups, the lab) they
+/// would describe whatever machine the agent runs on, so there both probes
+/// run only towards servers the configuration names: DNS with
+/// `nameservers` and `names`, the apiserver with `service` or `endpoints`.
+pub fn explicit_only(dns: &mut DnsSettings, apiserver: &mut ApiserverSettings) {
+    if dns.nameservers.is_empty() || dns.names.is_empty() {
+        dns.enabled = false;
+    }
+    if apiserver.service.is_none() && apiserver.endpoints.is_empty() {
+        apiserver.enabled = false;
     }
 }
 
@@ -179,6 +197,31 @@ mod tests {
     fn defaults_are_valid() {
         assert_eq!(DnsSettings::default().check(), Ok(()));
         assert_eq!(ApiserverSettings::default().check(), Ok(()));
+    }
+
+    #[test]
+    fn outside_a_cluster_only_named_servers_are_probed() {
+        let (mut d, mut a) = (DnsSettings::default(), ApiserverSettings::default());
+        explicit_only(&mut d, &mut a);
+        assert!(!d.enabled && !a.enabled);
+        let mut d = DnsSettings {
+            nameservers: vec!["127.0.0.1".parse().expect("ip")],
+            names: vec!["a.example".into()],
+            ..DnsSettings::default()
+        };
+        let mut a = ApiserverSettings {
+            endpoints: vec!["127.0.0.1:6443".parse().expect("addr")],
+            ..ApiserverSettings::default()
+        };
+        explicit_only(&mut d, &mut a);
+        assert!(d.enabled && a.enabled);
+        // Nameservers without names: nothing to ask.
+        let mut d = DnsSettings {
+            nameservers: vec!["127.0.0.1".parse().expect("ip")],
+            ..DnsSettings::default()
+        };
+        explicit_only(&mut d, &mut ApiserverSettings::default());
+        assert!(!d.enabled);
     }
 
     #[test]

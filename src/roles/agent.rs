@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::BurstKeys;
-use crate::config::{BandwidthSchedule, BandwidthSettings, Settings};
+use crate::config::{BandwidthSchedule, BandwidthSettings, DiscoveryMode, Settings};
 use crate::discovery::{self, Discovery, Identity, PeerSet, PlanWatch, ProbePorts, Target};
 use crate::labels::{PathKind, Protocol};
 use crate::metrics::{budget, AgentMetrics};
@@ -192,10 +192,15 @@ pub async fn start(
         tx,
         shutdown.clone(),
     );
+    let mut probes = settings.probes.clone();
+    // Outside a cluster (local mode, static peers) only named servers.
+    if settings.discovery.mode != DiscoveryMode::Kubernetes {
+        crate::config::reach::explicit_only(&mut probes.dns, &mut probes.apiserver);
+    }
     let ctx = ProbeContext {
         identity: identity.clone(),
         bind: a.bind_address,
-        settings: settings.probes.clone(),
+        settings: probes,
         metrics,
         targets,
         all_peers: discovery.subscribe_all(),

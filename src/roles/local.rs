@@ -113,23 +113,6 @@ impl LocalRun {
     }
 }
 
-/// Local mode has no cluster DNS and no apiserver: the machine's resolver
-/// is not cluster DNS, and a `KUBERNETES_SERVICE_HOST` in the environment
-/// (local mode run inside a pod) is not this demo's. So both probes run
-/// only towards what the configuration names explicitly: DNS with
-/// `probes.dns.nameservers` and `names`, the apiserver with
-/// `probes.apiserver.service` or `endpoints`.
-fn local_reach(s: &mut Settings) {
-    let d = &mut s.probes.dns;
-    if d.nameservers.is_empty() || d.names.is_empty() {
-        d.enabled = false;
-    }
-    let a = &mut s.probes.apiserver;
-    if a.service.is_none() && a.endpoints.is_empty() {
-        a.enabled = false;
-    }
-}
-
 /// Starts local mode; returns once `/metrics` is bound and every agent runs.
 pub async fn start(opts: LocalOptions, shutdown: CancellationToken) -> Result<LocalRun> {
     let agents = layout(opts.agents);
@@ -159,7 +142,6 @@ pub async fn start(opts: LocalOptions, shutdown: CancellationToken) -> Result<Lo
         // A demo should show bandwidth within a minute; the cluster slot
         // schedule (1% duty cycle) would take minutes between bursts.
         s.probes.bandwidth.schedule = BandwidthSchedule::Interval;
-        local_reach(&mut s);
         // Ephemeral ports: the peers are in this process, so their real
         // ports are known once bound, and nothing clashes with another
         // kubepulse on the same machine.
