@@ -111,7 +111,10 @@ fn faults_on_one_node_raise_its_alerts_only_and_latency_follows_the_delay_line()
     probes["dns"] = json!({
         "interval": "100ms",
         "timeout": "100ms",
+        // Nameservers from a pod-style resolv.conf; static discovery asks
+        // only named names (the cluster-domain default is for clusters).
         "resolv_conf": files.path("resolv.conf"),
+        "names": [format!("kubernetes.default.svc.{}", reach::CLUSTER_DOMAIN)],
     });
     probes["apiserver"] = json!({
         "interval": "200ms",

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct DnsSettings {
     /// Whether lookups run. Outside `discovery.mode: kubernetes` they run
-    /// only with `nameservers` and `names` set ([`explicit_only`]); in a
+    /// only with `names` set ([`explicit_only`]); in a
     /// cluster, with no `names` and no cluster domain in the resolver
     /// configuration there is nothing to resolve and the probe stays off.
     pub enabled: bool,
@@ -100,10 +100,11 @@ impl Default for ApiserverSettings {
 /// `KUBERNETES_SERVICE_*` environment) describe a pod in a cluster; outside
 /// `discovery.mode: kubernetes` (local mode, static setups, the lab) they
 /// would describe whatever machine the agent runs on, so there both probes
-/// run only towards servers the configuration names: DNS with
-/// `nameservers` and `names`, the apiserver with `service` or `endpoints`.
+/// run only where the configuration says what to ask: DNS with `names`
+/// (through `nameservers`, or those of `resolv_conf`), the apiserver with
+/// `service` or `endpoints`.
 pub fn explicit_only(dns: &mut DnsSettings, apiserver: &mut ApiserverSettings) {
-    if dns.nameservers.is_empty() || dns.names.is_empty() {
+    if dns.names.is_empty() {
         dns.enabled = false;
     }
     if apiserver.service.is_none() && apiserver.endpoints.is_empty() {
@@ -222,6 +223,13 @@ mod tests {
         };
         explicit_only(&mut d, &mut ApiserverSettings::default());
         assert!(!d.enabled);
+        // Names alone: asked through the resolver configuration's servers.
+        let mut d = DnsSettings {
+            names: vec!["a.example".into()],
+            ..DnsSettings::default()
+        };
+        explicit_only(&mut d, &mut ApiserverSettings::default());
+        assert!(d.enabled);
     }
 
     #[test]
