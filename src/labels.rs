@@ -186,6 +186,74 @@ label_enum! {
     }
 }
 
+label_enum! {
+    /// The `outcome` label of cluster DNS lookups: the reply's rcode, or
+    /// why there was no usable reply.
+    DnsOutcome {
+        /// NOERROR with at least one answer record.
+        Ok => "ok",
+        /// NOERROR without an answer of the asked type (NODATA).
+        NoData => "nodata",
+        /// NXDOMAIN: the name does not exist.
+        Nxdomain => "nxdomain",
+        /// SERVFAIL: the server could not answer (upstream or backend failure).
+        Servfail => "servfail",
+        /// REFUSED: the server declined to answer.
+        Refused => "refused",
+        /// Any other rcode (FORMERR, NOTIMP, ...).
+        OtherRcode => "other_rcode",
+        /// No reply within the timeout.
+        Timeout => "timeout",
+        /// The query could not be sent (no route, ICMP unreachable seen
+        /// as a connection refusal on the connected socket, ...).
+        SendFailed => "send_failed",
+        /// A reply that did not parse or did not answer the question.
+        BadReply => "bad_reply",
+    }
+}
+
+label_enum! {
+    /// The `target` label of apiserver reachability probes: how the
+    /// apiserver was addressed.
+    ApiserverTarget {
+        /// The `kubernetes` Service ClusterIP (through kube-proxy or its
+        /// replacement on this node).
+        Service => "service",
+        /// An apiserver endpoint address directly (from the
+        /// `default/kubernetes` EndpointSlice).
+        Direct => "direct",
+    }
+}
+
+label_enum! {
+    /// The `phase` label of apiserver reachability probe durations.
+    ApiserverPhase {
+        /// TCP connect (SYN to SYN/ACK).
+        Connect => "connect",
+        /// TLS handshake, from ClientHello to the handshake's end.
+        TlsHandshake => "tls_handshake",
+        /// `GET /livez` written to the last byte of its response.
+        Livez => "livez",
+    }
+}
+
+label_enum! {
+    /// The `outcome` label of apiserver reachability probes: the first
+    /// phase that failed, or `ok`.
+    ApiserverOutcome {
+        /// Connected, handshook and `/livez` answered 200.
+        Ok => "ok",
+        /// The TCP connection was refused or had no route.
+        ConnectFailed => "connect_failed",
+        /// A phase did not finish within the timeout.
+        Timeout => "timeout",
+        /// The TLS handshake failed (certificate, protocol).
+        TlsFailed => "tls_failed",
+        /// `/livez` answered something other than 200, or not HTTP.
+        HttpFailed => "http_failed",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,9 +2,11 @@
 //! ([`load`]) and semantic validation ([`validate`]).
 
 pub mod load;
+pub mod reach;
 pub mod settings;
 pub mod validate;
 
 pub use load::{load, load_from};
+pub use reach::{ApiserverSettings, DnsSettings};
 pub use settings::*;
 pub use validate::ConfigError;

@@ -138,6 +138,10 @@ pub struct ProbeSettings {
     pub pmtu: PmtuSettings,
     /// Bandwidth bursts.
     pub bandwidth: BandwidthSettings,
+    /// Cluster DNS lookups from this node.
+    pub dns: super::reach::DnsSettings,
+    /// kube-apiserver reachability from this node.
+    pub apiserver: super::reach::ApiserverSettings,
     /// Window over which the minimum RTT is taken.
     #[serde(with = "humantime_serde")]
     pub rtt_min_window: Duration,
@@ -157,6 +161,8 @@ impl Default for ProbeSettings {
             http: Periodic::every(s(30), s(5)),
             pmtu: PmtuSettings::default(),
             bandwidth: BandwidthSettings::default(),
+            dns: super::reach::DnsSettings::default(),
+            apiserver: super::reach::ApiserverSettings::default(),
             rtt_min_window: s(60),
             realtime_priority: true,
         }

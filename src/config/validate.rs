@@ -109,6 +109,8 @@ pub fn validate(s: &Settings) -> Result<(), ConfigError> {
     check_periodic("probes.icmp", &p.icmp)?;
     check_periodic("probes.tcp_connect", &p.tcp_connect)?;
     check_periodic("probes.http", &p.http)?;
+    p.dns.check().map_err(|(k, r)| invalid(&k, r))?;
+    p.apiserver.check().map_err(|(k, r)| invalid(&k, r))?;
     if p.rtt_min_window < p.udp.interval {
         return Err(invalid(
             "probes.rtt_min_window",

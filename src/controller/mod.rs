@@ -9,6 +9,7 @@
 //! talks to the apiserver through kube-rs.
 
 pub mod api_error;
+pub mod apiserver_endpoints;
 pub mod apiserver_latency;
 pub mod buckets;
 pub mod client;

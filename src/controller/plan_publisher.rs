@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -18,6 +19,7 @@ use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::apiserver_endpoints;
 use super::plan_inputs::{self, Inputs, DATA_KEY, PLAN_LABEL, PLAN_LABEL_VALUE};
 use super::{label_keys, K8sError};
 use crate::config::PlanSettings;
@@ -57,6 +59,15 @@ where
     (store, stream)
 }
 
+/// What the plans are computed from, as last seen by the watches.
+struct Watched<'a> {
+    nodes: &'a Store<Node>,
+    pods: &'a Store<Pod>,
+    services: Option<&'a Store<Service>>,
+    /// From the `default/kubernetes` EndpointSlices.
+    apiserver: Vec<std::net::SocketAddr>,
+}
+
 impl PlanPublisher {
     /// A publisher writing into `namespace` (the agents' namespace).
     pub fn new(client: Client, namespace: &str, settings: PlanSettings) -> Self {
@@ -85,15 +96,27 @@ impl PlanPublisher {
             let (store, stream) = reflect(api, watcher::Config::default().fields(&by_name));
             (Some(store), stream.boxed())
         };
-        let mut events =
-            futures::stream::select_all([node_stream.boxed(), pod_stream.boxed(), svc_stream]);
+        // The apiserver endpoints every agent probes directly.
+        let slices_api: Api<EndpointSlice> =
+            Api::namespaced(self.client.clone(), apiserver_endpoints::NAMESPACE);
+        let (slices, slice_stream) = reflect(
+            slices_api,
+            watcher::Config::default().labels(apiserver_endpoints::SELECTOR),
+        );
+        let mut events = futures::stream::select_all([
+            node_stream.boxed(),
+            pod_stream.boxed(),
+            svc_stream,
+            slice_stream.boxed(),
+        ]);
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
         let mut written: Option<BTreeMap<String, String>> = None;
         let mut sticky: BTreeSet<String> = BTreeSet::new();
         let mut dirty = true;
         let mut next_allowed = Instant::now();
         loop {
-            let ready = dirty && stores_ready(&nodes, &pods, services.as_ref());
+            let ready =
+                dirty && stores_ready(&nodes, &pods, services.as_ref()) && store_ready(&slices);
             let wake = if ready {
                 next_allowed
             } else {
@@ -122,7 +145,13 @@ impl PlanPublisher {
                         }
                     }
                     let w = written.get_or_insert_with(BTreeMap::new);
-                    if let Err(e) = self.publish(&cms, &nodes, &pods, services.as_ref(), &mut sticky, w).await {
+                    let watched = Watched {
+                        nodes: &nodes,
+                        pods: &pods,
+                        services: services.as_ref(),
+                        apiserver: apiserver_endpoints::endpoints(slices.state().iter().map(|s| s.as_ref())),
+                    };
+                    if let Err(e) = self.publish(&cms, &watched, &mut sticky, w).await {
                         tracing::warn!(error = %e, "Plan publisher: publishing failed; retrying");
                         dirty = true;
                     }
@@ -134,14 +163,12 @@ impl PlanPublisher {
     async fn publish(
         &self,
         cms: &Api<ConfigMap>,
-        nodes: &Store<Node>,
-        pods: &Store<Pod>,
-        services: Option<&Store<Service>>,
+        watched: &Watched<'_>,
         sticky: &mut BTreeSet<String>,
         written: &mut BTreeMap<String, String>,
     ) -> Result<(), K8sError> {
-        let node_objs = nodes.state();
-        let pod_objs = pods.state();
+        let node_objs = watched.nodes.state();
+        let pod_objs = watched.pods.state();
         // A node keeps its place while its agents are replaced, until the
         // Node object itself is gone.
         let existing_nodes: BTreeSet<&str> = node_objs
@@ -159,16 +186,19 @@ impl PlanPublisher {
                 sticky.insert(n.name.clone());
             }
         }
-        let svc = services.and_then(|s| s.state().into_iter().next());
+        let svc = watched.services.and_then(|s| s.state().into_iter().next());
         let pod_refs: Vec<&Pod> = pod_objs.iter().map(|p| p.as_ref()).collect();
         let started = std::time::Instant::now();
-        let computed = plan_inputs::compute(&Inputs {
+        let mut computed = plan_inputs::compute(&Inputs {
             nodes: &plan_nodes,
             pods: &pod_refs,
             service: svc.as_deref(),
             fan_out: &self.settings.fan_out,
             slots: &self.settings.bandwidth,
         });
+        for plan in computed.plans.values_mut() {
+            plan.apiserver = watched.apiserver.clone();
+        }
         let want = plan_inputs::documents(&computed.plans);
         let mut changed = 0usize;
         for (name, json) in &want {
@@ -229,6 +259,12 @@ impl PlanPublisher {
         .await?;
         Ok(())
     }
+}
+
+fn store_ready<K: Resource<DynamicType = ()> + Clone + 'static>(s: &Store<K>) -> bool {
+    s.wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
 }
 
 fn stores_ready(nodes: &Store<Node>, pods: &Store<Pod>, svc: Option<&Store<Service>>) -> bool {

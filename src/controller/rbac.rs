@@ -12,6 +12,8 @@ pub enum Place {
     NodeLease,
     /// kube-system (Role).
     KubeSystem,
+    /// default, where the `kubernetes` Service lives (Role).
+    DefaultNamespace,
     /// Cluster-wide (ClusterRole).
     Cluster,
 }
@@ -101,6 +103,15 @@ pub const RULES: &[Rule] = &[
         resource: "configmaps",
         names: &[],
         verbs: &["create", "delete", "list", "patch"],
+    },
+    // The apiserver endpoints copied into every plan (the probe plan
+    // publisher watches the `kubernetes` Service's EndpointSlices).
+    Rule {
+        place: Place::DefaultNamespace,
+        group: "discovery.k8s.io",
+        resource: "endpointslices",
+        names: &[],
+        verbs: &["list", "watch"],
     },
     // Node heartbeats.
     Rule {

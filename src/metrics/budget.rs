@@ -15,13 +15,19 @@
 
 use std::collections::HashSet;
 
+use crate::config::reach::MAX_NAMESERVERS;
 use crate::discovery::Target;
-use crate::labels::{IcmpMode, PathKind, RejectReason, ResponderKind};
+use crate::labels::{
+    ApiserverOutcome, ApiserverPhase, ApiserverTarget, DnsOutcome, IcmpMode, PathKind,
+    RejectReason, ResponderKind,
+};
 
 use super::has_clock_offset;
 
-/// Default `metrics.max_series`: the most series one agent exports.
-pub const DEFAULT_MAX_SERIES: usize = 2000;
+/// Default `metrics.max_series`: the most series one agent exports. Sized
+/// so the controller's default fan-out (32 peer nodes, see the tests) fits
+/// with the cluster DNS and apiserver probes on.
+pub const DEFAULT_MAX_SERIES: usize = 2180;
 
 /// Series per (path, peer_node) key: sent, lost and windowed minimum RTT for
 /// each of the 3 latency protocols; the UDP reply RTT sum and jitter (the
@@ -35,10 +41,20 @@ pub const SERIES_PER_CROSS_NODE_KEY: usize = 1;
 /// TCP connect histogram (20), HTTP phase histograms (3 × 20), bandwidth
 /// bursts (2 directions × 3 outcomes).
 pub const SERIES_PER_PATH: usize = 3 * 20 + 4 * 5 + 4 + 20 + 3 * 20 + 2 * 3;
+/// Series of the cluster reachability probes, independent of peers: the
+/// DNS lookup histogram (20 lines, the agent's one network), lookups by
+/// nameserver (at most [`MAX_NAMESERVERS`]) × outcome, and the apiserver
+/// phase histograms (2 targets × 3 phases × 20) and probes by target ×
+/// outcome.
+pub const SERIES_CLUSTER_REACH: usize = 20
+    + MAX_NAMESERVERS * DnsOutcome::ALL.len()
+    + ApiserverTarget::ALL.len() * ApiserverPhase::ALL.len() * 20
+    + ApiserverTarget::ALL.len() * ApiserverOutcome::ALL.len();
 /// Series independent of peers: send-late (3), responder requests (one per
 /// responder), rejections (responders × reasons), connections (3), ICMP
 /// mode (one per mode), peers by path (one per path kind), targets over
-/// budget, build info, discovery (2) and the 7 `process_*` series. Counted
+/// budget, build info, discovery (2), the 7 `process_*` series and the
+/// cluster reachability probes ([`SERIES_CLUSTER_REACH`]). Counted
 /// from the label enums, so a new label value moves the formula with it.
 pub const SERIES_FIXED: usize = 3
     + ResponderKind::ALL.len()
@@ -49,7 +65,8 @@ pub const SERIES_FIXED: usize = 3
     + 1
     + 1
     + 2
-    + 7;
+    + 7
+    + SERIES_CLUSTER_REACH;
 /// Path kinds an agent uses: pod agents pod_cross_node, pod_to_host and the
 /// two Service paths; host agents host_cross_node, host_to_pod and the two
 /// Service paths. pod_same_node adds one when a node runs two pod agents.
@@ -206,6 +223,12 @@ mod tests {
         crate::discovery::kubernetes::DiscoveryMetrics::new(&registry).expect("discovery");
         let m = AgentMetrics::new(registry.clone()).expect("metrics");
         m.set_icmp_mode(IcmpMode::Dgram);
+        // The most nameservers a resolver configuration yields.
+        let ns: Vec<String> = (1..=MAX_NAMESERVERS)
+            .map(|i| format!("10.96.0.{i}"))
+            .collect();
+        m.precreate_dns(AgentKind::Pod, &ns);
+        m.precreate_apiserver(AgentKind::Pod);
         for t in targets {
             let (path, node) = (t.path, t.peer.node.as_str());
             m.precreate_peer(path, node, Protocol::ALL);

@@ -193,6 +193,34 @@ def!(
     "Probe targets not probed because their series would exceed the agent's series budget (metrics.max_series)."
 );
 def!(
+    DNS_LOOKUP_DURATION,
+    "kubepulse_dns_lookup_duration_seconds",
+    Histogram,
+    ["network"],
+    "Cluster DNS lookups answered with an address: query sent to reply received, over every configured nameserver; network is the agent's (pod or host)."
+);
+def!(
+    DNS_LOOKUPS,
+    "kubepulse_dns_lookups_total",
+    Counter,
+    ["network", "nameserver", "outcome"],
+    "Cluster DNS lookups by nameserver (from the resolver configuration, at most 3) and outcome (rcode or failure kind)."
+);
+def!(
+    APISERVER_PROBE_DURATION,
+    "kubepulse_apiserver_probe_duration_seconds",
+    Histogram,
+    ["network", "target", "phase"],
+    "Phases of kube-apiserver reachability probes from this node (connect, tls_handshake, livez), for completed phases; target is service (the kubernetes Service ClusterIP) or direct (each endpoint)."
+);
+def!(
+    APISERVER_PROBES,
+    "kubepulse_apiserver_probes_total",
+    Counter,
+    ["network", "target", "outcome"],
+    "kube-apiserver reachability probes from this node by target (service or direct) and outcome (ok or the first failed phase)."
+);
+def!(
     BUILD_INFO,
     "kubepulse_build_info",
     Gauge,
@@ -243,6 +271,16 @@ pub const ALL: &[MetricDef] = &[
     PEERS,
     TARGETS_OVER_BUDGET,
     BUILD_INFO,
+];
+
+/// Metrics an agent exports while its cluster DNS or apiserver probe runs:
+/// in a cluster by default; in local mode only towards explicitly
+/// configured servers.
+pub const CLUSTER_REACH: &[MetricDef] = &[
+    DNS_LOOKUP_DURATION,
+    DNS_LOOKUPS,
+    APISERVER_PROBE_DURATION,
+    APISERVER_PROBES,
 ];
 
 // Controller metrics (`kubepulse controller`). Node-level series use
@@ -426,6 +464,7 @@ pub const KUBERNETES_DISCOVERY: &[MetricDef] = &[DISCOVERY_UP, DISCOVERY_LAST_SY
 /// Every metric family, by the `docs/metrics.md` section that lists it.
 pub const SECTIONS: &[(&str, &[MetricDef])] = &[
     ("Agent metrics", ALL),
+    ("Cluster reachability metrics", CLUSTER_REACH),
     ("Kubernetes discovery metrics", KUBERNETES_DISCOVERY),
     ("Controller metrics", CONTROLLER),
 ];

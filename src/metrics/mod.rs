@@ -19,8 +19,9 @@ use prometheus::{
 };
 
 use crate::labels::{
-    BurstOutcome, Direction, ExcludeReason, HttpPhase, IcmpMode, PathKind, ProbeErrorReason,
-    Protocol, RejectReason, ResponderKind,
+    AgentKind, ApiserverOutcome, ApiserverPhase, ApiserverTarget, BurstOutcome, Direction,
+    DnsOutcome, ExcludeReason, HttpPhase, IcmpMode, PathKind, ProbeErrorReason, Protocol,
+    RejectReason, ResponderKind,
 };
 use catalog::{MetricDef, MetricType};
 
@@ -167,6 +168,10 @@ pub struct AgentMetrics {
     icmp_socket: IntGaugeVec,
     peers: IntGaugeVec,
     over_budget: IntGaugeVec,
+    dns_duration: HistogramVec,
+    dns_lookups: IntCounterVec,
+    apiserver_duration: HistogramVec,
+    apiserver_probes: IntCounterVec,
     /// The (path, peer_node) keys whose per-peer series may exist. Every
     /// writer of a per-peer series checks it under this lock, and
     /// `remove_peer` clears a key under it, so no writer that is still
@@ -208,6 +213,10 @@ impl AgentMetrics {
             icmp_socket: int_gauge(r, &ICMP_SOCKET)?,
             peers: int_gauge(r, &PEERS)?,
             over_budget: int_gauge(r, &TARGETS_OVER_BUDGET)?,
+            dns_duration: histogram(r, &DNS_LOOKUP_DURATION)?,
+            dns_lookups: counter(r, &DNS_LOOKUPS)?,
+            apiserver_duration: histogram(r, &APISERVER_PROBE_DURATION)?,
+            apiserver_probes: counter(r, &APISERVER_PROBES)?,
             live: LiveKeys::default(),
             registry,
         };
@@ -491,6 +500,86 @@ impl AgentMetrics {
                 .with_label_values(&[path.as_str()])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+    }
+}
+
+impl AgentMetrics {
+    /// Creates the DNS series of `network` at zero for `nameservers` (the
+    /// DNS probe's, at its start: it owns them and they live as long as
+    /// the agent, since the resolver configuration is read once).
+    pub fn precreate_dns(&self, network: AgentKind, nameservers: &[String]) {
+        self.dns_duration.with_label_values(&[network.as_str()]);
+        for ns in nameservers {
+            for o in DnsOutcome::ALL {
+                self.dns_lookups
+                    .with_label_values(&[network.as_str(), ns, o.as_str()]);
+            }
+        }
+    }
+
+    /// Books one DNS lookup: its outcome, and its time when it was
+    /// answered with an address.
+    pub fn observe_dns(
+        &self,
+        network: AgentKind,
+        nameserver: &str,
+        outcome: DnsOutcome,
+        rtt: Option<Duration>,
+    ) {
+        self.dns_lookups
+            .with_label_values(&[network.as_str(), nameserver, outcome.as_str()])
+            .inc();
+        if let (DnsOutcome::Ok, Some(rtt)) = (outcome, rtt) {
+            self.dns_duration
+                .with_label_values(&[network.as_str()])
+                .observe(rtt.as_secs_f64());
+        }
+    }
+
+    /// Creates every apiserver probe series of `network` at zero (the
+    /// apiserver probe's, at its start).
+    pub fn precreate_apiserver(&self, network: AgentKind) {
+        for t in ApiserverTarget::ALL {
+            for p in ApiserverPhase::ALL {
+                self.apiserver_duration.with_label_values(&[
+                    network.as_str(),
+                    t.as_str(),
+                    p.as_str(),
+                ]);
+            }
+            for o in ApiserverOutcome::ALL {
+                self.apiserver_probes.with_label_values(&[
+                    network.as_str(),
+                    t.as_str(),
+                    o.as_str(),
+                ]);
+            }
+        }
+    }
+
+    /// Records one completed phase of an apiserver probe.
+    pub fn observe_apiserver_phase(
+        &self,
+        network: AgentKind,
+        target: ApiserverTarget,
+        phase: ApiserverPhase,
+        d: Duration,
+    ) {
+        self.apiserver_duration
+            .with_label_values(&[network.as_str(), target.as_str(), phase.as_str()])
+            .observe(d.as_secs_f64());
+    }
+
+    /// Counts one apiserver probe by outcome.
+    pub fn apiserver_probe(
+        &self,
+        network: AgentKind,
+        target: ApiserverTarget,
+        outcome: ApiserverOutcome,
+    ) {
+        self.apiserver_probes
+            .with_label_values(&[network.as_str(), target.as_str(), outcome.as_str()])
+            .inc();
     }
 }
 

@@ -46,7 +46,7 @@ pub struct PlanConfig {
 
 impl Default for PlanConfig {
     /// 10 in-zone + 2 per other zone: 28 peer nodes at 10 zones, under the
-    /// cap of 32 that keeps an agent within the 2,000-series budget.
+    /// cap of 32 that keeps an agent within the 2,180-series budget.
     fn default() -> Self {
         Self {
             k_zone: 10,

@@ -51,6 +51,11 @@ pub struct NodePlan {
     /// Slots within the cycle in which this node and each of its target
     /// nodes take part in a burst (as initiator or responder), sorted.
     pub busy: BTreeMap<String, Vec<u64>>,
+    /// The apiserver endpoints (from the `default/kubernetes`
+    /// EndpointSlice), probed directly by the agents; absent in plans of
+    /// controllers that do not publish them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apiserver: Vec<std::net::SocketAddr>,
 }
 
 /// A plan that cannot be read.
@@ -166,6 +171,7 @@ pub fn node_plans(
                 cycle_slots: bw.cycle_slots,
                 bursts: initiated.remove(node.as_str()).unwrap_or_default(),
                 busy,
+                apiserver: Vec::new(),
             };
             (node.clone(), plan)
         })

@@ -1,13 +1,18 @@
 //! Probers: the latency engine (UDP, TCP request/response, ICMP on one
 //! dedicated thread, see [`latency`]) and the scheduled probes (TCP
-//! connect, HTTP, path MTU, bandwidth, see [`scheduled`]).
+//! connect, HTTP, path MTU, bandwidth, see [`scheduled`]), and the cluster
+//! reachability probes towards cluster DNS ([`dns`]) and the kube-apiserver
+//! ([`apiserver`]).
 //!
 //! Every prober gets a [`ProbeContext`] and follows the current target set
 //! through its `watch` channel, so peers come and go without restarts.
 
+pub mod apiserver;
 pub mod burst_guard;
+pub mod dns;
 pub mod guard;
 pub mod latency;
+mod rounds;
 pub mod scheduled;
 
 use std::net::IpAddr;

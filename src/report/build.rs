@@ -5,7 +5,9 @@
 use crate::labels::{Direction, HttpPhase, PathKind, Protocol};
 use crate::metrics::catalog as c;
 
-use super::model::{ApiRow, ControlPlane, MatrixCell, PathRow, PhaseRow, Quantiles, Report, Rtt};
+use super::model::{
+    ApiRow, ControlPlane, MatrixCell, PathRow, PhaseRow, Quantiles, ReachRow, Report, Rtt,
+};
 use super::quantile::histogram_quantile;
 use super::snapshot::Window;
 
@@ -47,7 +49,70 @@ pub fn build(w: &Window, source: &str) -> Report {
         paths,
         matrix: matrix(w),
         control_plane: control_plane(w),
+        reach: reach(w),
     }
+}
+
+/// One row per (source, network) with DNS lookups or apiserver probes.
+fn reach(w: &Window) -> Vec<ReachRow> {
+    let mut keys: Vec<(String, String)> = [c::DNS_LOOKUPS.name, c::APISERVER_PROBES.name]
+        .iter()
+        .flat_map(|name| w.select(name, &[]))
+        .filter_map(|s| {
+            Some((
+                source_of(&s.labels)?.clone(),
+                s.labels.get("network")?.clone(),
+            ))
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .map(|(src, net)| {
+            let label = SOURCE_LABELS
+                .iter()
+                .find(|l| {
+                    w.select(c::DNS_LOOKUPS.name, &[(l, src.as_str())])
+                        .next()
+                        .is_some()
+                        || w.select(c::APISERVER_PROBES.name, &[(l, src.as_str())])
+                            .next()
+                            .is_some()
+                })
+                .copied()
+                .unwrap_or("node");
+            let at = [(label, src.as_str()), ("network", net.as_str())];
+            let failure = |name: &str, extra: &[(&str, &str)]| -> (Option<f64>, Option<f64>) {
+                let mut all: Vec<(&str, &str)> = at.to_vec();
+                all.extend_from_slice(extra);
+                let total = w.sum(name, &all);
+                let mut ok = all.clone();
+                ok.push(("outcome", "ok"));
+                let ok = w.sum(name, &ok).unwrap_or(0.0);
+                (total, total.and_then(|t| ratio(Some(t - ok), Some(t))))
+            };
+            let (dns_lookups, dns_failure_ratio) = failure(c::DNS_LOOKUPS.name, &[]);
+            let (_, service_failure_ratio) =
+                failure(c::APISERVER_PROBES.name, &[("target", "service")]);
+            let (_, direct_failure_ratio) =
+                failure(c::APISERVER_PROBES.name, &[("target", "direct")]);
+            let mut livez: Vec<(&str, &str)> = at.to_vec();
+            livez.extend_from_slice(&[("target", "service"), ("phase", "livez")]);
+            ReachRow {
+                dns_lookups: dns_lookups.unwrap_or(0.0),
+                dns_failure_ratio,
+                dns_p50: histogram_quantile(0.5, &w.buckets(c::DNS_LOOKUP_DURATION.name, &at)),
+                service_failure_ratio,
+                direct_failure_ratio,
+                service_livez_p50: histogram_quantile(
+                    0.5,
+                    &w.buckets(c::APISERVER_PROBE_DURATION.name, &livez),
+                ),
+                source: src,
+                network: net,
+            }
+        })
+        .collect()
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -291,6 +356,78 @@ mod tests {
             ));
         }
         Snapshot { types, samples }
+    }
+
+    /// Node n1's pod agent: 8 of 10 lookups ok, half of the Service probes
+    /// failed, every direct one ok; node n2's host agent: all fine.
+    #[test]
+    fn reach_rows_per_node_and_network() {
+        let mut snap = agents();
+        for (kind, d) in [
+            (Kind::Counter, &c::DNS_LOOKUPS),
+            (Kind::Counter, &c::APISERVER_PROBES),
+            (Kind::Histogram, &c::DNS_LOOKUP_DURATION),
+            (Kind::Histogram, &c::APISERVER_PROBE_DURATION),
+        ] {
+            snap.types.insert(d.name.to_string(), kind);
+        }
+        let dns = |node, net, outcome, v| {
+            s(
+                c::DNS_LOOKUPS.name,
+                &[
+                    ("node", node),
+                    ("network", net),
+                    ("nameserver", "10.96.0.10"),
+                    ("outcome", outcome),
+                ],
+                v,
+            )
+        };
+        let api = |node, net, target, outcome, v| {
+            s(
+                c::APISERVER_PROBES.name,
+                &[
+                    ("node", node),
+                    ("network", net),
+                    ("target", target),
+                    ("outcome", outcome),
+                ],
+                v,
+            )
+        };
+        snap.samples.extend([
+            dns("n1", "pod", "ok", 8.0),
+            dns("n1", "pod", "timeout", 2.0),
+            api("n1", "pod", "service", "ok", 5.0),
+            api("n1", "pod", "service", "timeout", 5.0),
+            api("n1", "pod", "direct", "ok", 10.0),
+            dns("n2", "host", "ok", 10.0),
+            api("n2", "host", "service", "ok", 10.0),
+        ]);
+        snap.samples.extend(hist(
+            c::DNS_LOOKUP_DURATION.name,
+            &[("node", "n1"), ("network", "pod")],
+            &[("0.0001", 0.0), ("0.0002", 8.0), ("+Inf", 8.0)],
+        ));
+        let r = build(&Window::since_start(&snap), "test");
+        assert_eq!(r.reach.len(), 2);
+        let a = &r.reach[0];
+        assert_eq!((a.source.as_str(), a.network.as_str()), ("n1", "pod"));
+        assert_eq!(a.dns_lookups, 10.0);
+        assert_eq!(a.dns_failure_ratio, Some(0.2));
+        assert!((a.dns_p50.expect("p50") - 0.00015).abs() < 1e-12);
+        assert_eq!(a.service_failure_ratio, Some(0.5));
+        assert_eq!(a.direct_failure_ratio, Some(0.0));
+        let b = &r.reach[1];
+        assert_eq!((b.source.as_str(), b.network.as_str()), ("n2", "host"));
+        assert_eq!(b.dns_failure_ratio, Some(0.0));
+        assert_eq!(
+            b.direct_failure_ratio, None,
+            "no direct probes is no number"
+        );
+        assert_eq!(b.dns_p50, None);
+        // No reach series: no rows.
+        assert!(build(&Window::since_start(&agents()), "t").reach.is_empty());
     }
 
     #[test]

@@ -97,6 +97,39 @@ pub fn tables(r: &Report) -> Vec<Table> {
                 .collect(),
         });
     }
+    if !r.reach.is_empty() {
+        out.push(Table {
+            title:
+                "Cluster DNS and apiserver from each node (ms; failures: share of probes not ok)"
+                    .into(),
+            header: strings([
+                "source",
+                "network",
+                "dns lookups",
+                "dns fail %",
+                "dns p50",
+                "service fail %",
+                "direct fail %",
+                "livez p50 (service)",
+            ]),
+            rows: r
+                .reach
+                .iter()
+                .map(|x| {
+                    vec![
+                        x.source.clone(),
+                        x.network.clone(),
+                        format!("{:.0}", x.dns_lookups),
+                        pct(x.dns_failure_ratio, false),
+                        ms(x.dns_p50),
+                        pct(x.service_failure_ratio, false),
+                        pct(x.direct_failure_ratio, false),
+                        ms(x.service_livez_p50),
+                    ]
+                })
+                .collect(),
+        });
+    }
     if let Some(cp) = &r.control_plane {
         out.push(Table {
             title: "Pod startup (s; SLO: pod_startup p99 <= 5 s)".into(),
@@ -358,6 +391,7 @@ mod tests {
             }],
             matrix: vec![],
             control_plane: None,
+            reach: vec![],
         }
     }
 

@@ -130,6 +130,28 @@ pub struct ControlPlane {
     pub not_ready_transitions: Option<f64>,
 }
 
+/// Cluster DNS and apiserver reachability from one agent (a node's pod
+/// or host network).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReachRow {
+    /// The probing node (or local agent).
+    pub source: String,
+    /// `pod` or `host`.
+    pub network: String,
+    /// DNS lookups in the window.
+    pub dns_lookups: f64,
+    /// Share of them that did not return an address.
+    pub dns_failure_ratio: Option<f64>,
+    /// Median lookup time (answered lookups).
+    pub dns_p50: Option<f64>,
+    /// Share of apiserver probes through the Service that failed.
+    pub service_failure_ratio: Option<f64>,
+    /// Share of direct apiserver probes that failed.
+    pub direct_failure_ratio: Option<f64>,
+    /// Median `/livez` time through the Service.
+    pub service_livez_p50: Option<f64>,
+}
+
 /// A whole report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -143,4 +165,8 @@ pub struct Report {
     pub matrix: Vec<MatrixCell>,
     /// Present when controller metrics were found.
     pub control_plane: Option<ControlPlane>,
+    /// Cluster DNS and apiserver reachability, per agent (none without
+    /// those probes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reach: Vec<ReachRow>,
 }

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::BurstKeys;
-use crate::config::{BandwidthSchedule, BandwidthSettings, Settings};
+use crate::config::{BandwidthSchedule, BandwidthSettings, DiscoveryMode, Settings};
 use crate::discovery::{self, Discovery, Identity, PeerSet, PlanWatch, ProbePorts, Target};
 use crate::labels::{PathKind, Protocol};
 use crate::metrics::{budget, AgentMetrics};
@@ -192,10 +192,15 @@ pub async fn start(
         tx,
         shutdown.clone(),
     );
+    let mut probes = settings.probes.clone();
+    // Outside a cluster (local mode, static peers) only named servers.
+    if settings.discovery.mode != DiscoveryMode::Kubernetes {
+        crate::config::reach::explicit_only(&mut probes.dns, &mut probes.apiserver);
+    }
     let ctx = ProbeContext {
         identity: identity.clone(),
         bind: a.bind_address,
-        settings: settings.probes.clone(),
+        settings: probes,
         metrics,
         targets,
         all_peers: discovery.subscribe_all(),
@@ -210,7 +215,11 @@ pub async fn start(
         ),
     };
     let latency = probe::latency::start(ctx.clone())?;
-    let mut tasks = probe::scheduled::start(ctx);
+    let mut tasks: Vec<JoinHandle<()>> = [probe::dns::start(&ctx), probe::apiserver::start(&ctx)]
+        .into_iter()
+        .flatten()
+        .collect();
+    tasks.extend(probe::scheduled::start(ctx));
     tasks.push(publisher);
     tracing::info!(agent = %identity.name, node = %identity.node, kind = %identity.kind,
         udp_echo = ports.udp_echo, tcp_echo = ports.tcp_echo, bandwidth = ports.bandwidth,

@@ -194,6 +194,7 @@ mod tests {
             cycle_slots: 100,
             bursts: vec![],
             busy: [("b".to_string(), vec![7])].into_iter().collect(),
+            apiserver: vec![],
         };
         let (tx, rx) = watch::channel::<crate::discovery::PlanWatch>(Some(Arc::new(plan)));
         let busy = PlanOrComputed::new(rx, computed);

@@ -211,13 +211,20 @@ fn assert_calls_are_granted(server: &ApiServer) {
             Some(Verb::Delete) => "delete",
             None => panic!("not an API call: {}", r.uri),
         };
-        let place = if r.uri.contains("/namespaces/") {
+        let place = if r.uri.contains("/namespaces/default/") {
+            Place::DefaultNamespace
+        } else if r.uri.contains("/namespaces/") {
             Place::OwnNamespace
         } else {
             Place::Cluster
         };
+        let group = if r.uri.starts_with("/apis/discovery.k8s.io/") {
+            "discovery.k8s.io"
+        } else {
+            ""
+        };
         let ok = granted.iter().any(|(p, g, res, names, v)| {
-            *p == place && g.is_empty() && *res == r.resource && names.is_empty() && v == verb
+            *p == place && g == group && *res == r.resource && names.is_empty() && v == verb
         });
         assert!(ok, "{verb} {} ({place:?}) is not granted", r.uri);
     }
@@ -270,5 +277,48 @@ async fn a_rolling_restart_is_coalesced() {
         "{written} writes > {n} x {publications}"
     );
     assert!(written < 2 * n * n / 2, "{written} writes: not coalesced");
+    p.stop().await;
+}
+
+/// The `default/kubernetes` EndpointSlice's ready endpoints land in every
+/// node's plan (the agents probe them directly), and follow its changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apiserver_endpoints_are_in_every_plan() {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let server = ApiServer::start().await;
+    cluster(&server, 3, 1);
+    let slice = |ready_second: bool| -> EndpointSlice {
+        serde_json::from_value(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["192.0.2.10"], "conditions": {"ready": true}},
+                {"addresses": ["192.0.2.11"], "conditions": {"ready": ready_second}},
+            ],
+        }))
+        .expect("slice json")
+    };
+    server.apply(&slice(true));
+    let p = start(&server, settings(Duration::from_millis(100)));
+    let want = |v: &[&str]| -> Vec<std::net::SocketAddr> {
+        v.iter().map(|s| s.parse().expect("addr")).collect()
+    };
+    let both = want(&["192.0.2.10:6443", "192.0.2.11:6443"]);
+    wait_for("both endpoints in every plan", || {
+        let ps = plans(&server);
+        ps.len() == 3 && ps.values().all(|p| p.apiserver == both)
+    })
+    .await;
+    server.apply(&slice(false));
+    let one = want(&["192.0.2.10:6443"]);
+    wait_for("the unready endpoint gone from every plan", || {
+        let ps = plans(&server);
+        ps.len() == 3 && ps.values().all(|p| p.apiserver == one)
+    })
+    .await;
+    assert_calls_are_granted(&server);
     p.stop().await;
 }

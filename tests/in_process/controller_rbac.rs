@@ -12,6 +12,7 @@ fn place(kind: &str, ns: Option<&str>) -> Place {
         ("Role", Some("kubepulse")) => Place::OwnNamespace,
         ("Role", Some("kube-node-lease")) => Place::NodeLease,
         ("Role", Some("kube-system")) => Place::KubeSystem,
+        ("Role", Some("default")) => Place::DefaultNamespace,
         other => panic!("unexpected role placement {other:?}"),
     }
 }

@@ -381,6 +381,45 @@ fn scraping_and_network_policy() {
     assert_eq!(admitted, want, "probe ports and metrics, nothing else");
 }
 
+/// The pod agents may reach cluster DNS (port 53, UDP and TCP, on the DNS
+/// pods) and the apiserver (443 and 6443): the cluster reachability probes
+/// must not fail on the agent's own policy.
+#[test]
+fn egress_policy_admits_dns_and_the_apiserver() {
+    let objs = objects();
+    let np = find(&objs, "NetworkPolicy", "kubepulse-agent-egress");
+    assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Egress"]));
+    let rules = np["spec"]["egress"].as_array().expect("egress");
+    let ports = |rule: &Value| -> BTreeSet<(u64, String)> {
+        rule["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p["port"].as_u64().expect("port"),
+                    p["protocol"].as_str().expect("protocol").to_string(),
+                )
+            })
+            .collect()
+    };
+    let dns = rules
+        .iter()
+        .find(|r| r["to"][0]["podSelector"]["matchLabels"]["k8s-app"] == "kube-dns")
+        .expect("a rule to the DNS pods");
+    let want: BTreeSet<(u64, String)> = [(53, "UDP".into()), (53, "TCP".into())].into();
+    assert_eq!(ports(dns), want);
+    assert!(
+        rules.iter().any(|r| {
+            let p = ports(r);
+            p.contains(&(443, "TCP".into())) && p.contains(&(6443, "TCP".into()))
+        }),
+        "a rule to the apiserver ports"
+    );
+    // Every rule names its destinations (no rule admits everything).
+    assert!(rules.iter().all(|r| r["to"].is_array()));
+}
+
 #[test]
 fn dockerfile_is_multi_stage_and_non_root() {
     let text = std::fs::read_to_string(root().join("deploy/Dockerfile")).expect("Dockerfile");

@@ -78,6 +78,7 @@ fn plan(node: &str, targets: &[&str]) -> NodePlan {
             .into_iter()
             .collect(),
         busy,
+        apiserver: vec![],
     }
 }
 

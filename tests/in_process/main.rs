@@ -17,4 +17,3 @@ mod latency_engine;
 mod metrics_contract;
 mod responders;
 mod scheduled_probes;
-mod soak_churn;

@@ -3,6 +3,7 @@
 
 mod netlab_alerts;
 mod netlab_burst_guard;
+mod netlab_dns_apiserver;
 mod netlab_fixture;
 mod netlab_latency;
 mod netlab_loss;

@@ -256,6 +256,7 @@ fn classify(path: &str) -> (Place, &'static str, String, Option<String>) {
     let (group, rest): (&'static str, &[&str]) = match segs.as_slice() {
         ["api", "v1", rest @ ..] => ("", rest),
         ["apis", "coordination.k8s.io", "v1", rest @ ..] => ("coordination.k8s.io", rest),
+        ["apis", "discovery.k8s.io", "v1", rest @ ..] => ("discovery.k8s.io", rest),
         _ => panic!("unexpected path {path}"),
     };
     let (ns, rest) = match rest {
@@ -268,6 +269,7 @@ fn classify(path: &str) -> (Place, &'static str, String, Option<String>) {
         Some("kubepulse") => Place::OwnNamespace,
         Some("kube-node-lease") => Place::NodeLease,
         Some("kube-system") => Place::KubeSystem,
+        Some("default") => Place::DefaultNamespace,
         Some(other) => panic!("request into namespace {other}"),
     };
     (

@@ -296,7 +296,7 @@ fn queries() -> Vec<Query> {
 /// The agents' config: short schedules so every scheduled probe reports
 /// within the test, and responder ports picked at random so a concurrent
 /// local mode (another test run on the same machine) does not clash.
-fn write_agent_config(dir: &Path) -> PathBuf {
+fn write_agent_config(dir: &Path, reach: &Reach) -> PathBuf {
     let (echo, bandwidth, http) = (free_port(), free_port(), free_port());
     let agent = dir.join("kubepulse.yaml");
     fs::write(
@@ -305,11 +305,138 @@ fn write_agent_config(dir: &Path) -> PathBuf {
             "agent:\n  ports: {{udp_echo: {echo}, tcp_echo: {echo}, bandwidth: {bandwidth}, http: {http}}}\n\
              probes:\n  tcp_connect: {{interval: 1s, timeout: 1s}}\n  http: {{interval: 1s, timeout: 1s}}\n  \
              pmtu: {{interval: 5s}}\n  rtt_min_window: 10s\n  \
-             bandwidth: {{interval: 5s, duration: 50ms}}\n"
+             bandwidth: {{interval: 5s, duration: 50ms}}\n  \
+             dns: {{interval: 1s, timeout: 500ms, nameservers: [127.0.0.1], port: {dns}, \
+             names: [kubernetes.default.svc.cluster.local]}}\n  \
+             apiserver: {{interval: 1s, timeout: 1s, service: '127.0.0.1:{tls}', ca_file: '{ca}'}}\n",
+            dns = reach.dns_port,
+            tls = reach.tls_port,
+            ca = reach.ca.display(),
         ),
     )
     .expect("write agent config");
     agent
+}
+
+/// Cluster DNS and an apiserver for local mode, on loopback: dnsmasq
+/// answering the default probe name, openssl s_server serving `/livez`
+/// with a certificate for `kubernetes.default.svc` from a CA made here.
+struct Reach {
+    dns_port: u16,
+    tls_port: u16,
+    ca: PathBuf,
+    _procs: [Proc; 2],
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl must be installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn start_reach(dir: &Path) -> Reach {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=e2e-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ];
+    ca.extend(ec);
+    openssl(dir, &ca);
+    let mut csr = vec![
+        "req",
+        "-subj",
+        "/CN=apiserver",
+        "-keyout",
+        "tls.key",
+        "-out",
+        "tls.csr",
+    ];
+    csr.extend(ec);
+    openssl(dir, &csr);
+    fs::write(
+        dir.join("ext.cnf"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=DNS:kubernetes.default.svc\n",
+    )
+    .expect("write ext.cnf");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "tls.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "tls.crt",
+        ],
+    );
+    fs::write(dir.join("livez"), "ok").expect("write livez");
+    let dns_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free UDP port")
+        .port();
+    let tls_port = free_port();
+    let dns = Proc::spawn(
+        "dnsmasq",
+        Command::new("dnsmasq").args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--user=root",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            &format!("--port={dns_port}"),
+            &format!("--pid-file={}", dir.join("dnsmasq.pid").display()),
+            "--address=/kubernetes.default.svc.cluster.local/10.96.0.1",
+        ]),
+        dir,
+    );
+    let tls = Proc::spawn(
+        "s_server",
+        Command::new("openssl")
+            .current_dir(dir)
+            .args([
+                "s_server", "-quiet", "-WWW", "-cert", "tls.crt", "-key", "tls.key", "-accept",
+            ])
+            .arg(format!("127.0.0.1:{tls_port}")),
+        dir,
+    );
+    Reach {
+        dns_port,
+        tls_port,
+        ca: dir.join("ca.crt"),
+        _procs: [dns, tls],
+    }
 }
 
 /// The controller's config: every measurement every few hundred ms against
@@ -448,7 +575,8 @@ fn rule_errors(prom: SocketAddr) -> Result<(usize, Vec<String>), String> {
 fn every_dashboard_and_rule_query_works_against_prometheus() {
     let prometheus = prometheus_bin();
     let dir = tempfile::tempdir().expect("temp dir");
-    let agent_cfg = write_agent_config(dir.path());
+    let reach = start_reach(dir.path());
+    let agent_cfg = write_agent_config(dir.path(), &reach);
     let startup = Instant::now() + STARTUP_DEADLINE;
 
     let mut kp = Proc::spawn(

@@ -6,6 +6,8 @@ pub mod agents;
 pub mod delayline;
 pub mod netlab;
 pub mod prom;
+pub mod prometheus;
+pub mod reach;
 pub mod sys;
 
 /// Env var that skips the lab tests where root is unavailable. `.ci/run`

@@ -1,0 +1,99 @@
+//! A fixed schedule of rounds for the cluster reachability probes:
+//! `phase + k * interval` with a random phase per agent, so the agents of
+//! a cluster do not hit CoreDNS and the apiserver in step (goldpinger#69).
+//! A round still running at its next slot makes that slot skip, never
+//! stack.
+
+use std::future::Future;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The offset of the first round in `[0, interval)`.
+pub fn first_round(interval: Duration) -> Duration {
+    let n = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+    if n == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(rand::rng().random_range(0..n))
+}
+
+/// Runs `round` at every slot until `shutdown`; a round is awaited before
+/// the next slot is considered, so a slow round skips the slots it covers.
+pub async fn every<F, Fut>(interval: Duration, shutdown: CancellationToken, mut round: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut slot = Instant::now() + first_round(interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(slot) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = round() => {}
+        }
+        slot = next_slot(slot, interval, Instant::now());
+    }
+}
+
+/// The first `slot + k * interval` (k >= 1) after `now`: slots that passed
+/// while a round ran are skipped, not made up.
+fn next_slot(slot: Instant, interval: Duration, now: Instant) -> Instant {
+    let mut next = slot + interval;
+    if next <= now && !interval.is_zero() {
+        let behind = now.duration_since(next).as_nanos() / interval.as_nanos() + 1;
+        next += interval.saturating_mul(u32::try_from(behind).unwrap_or(u32::MAX));
+    }
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_round_is_within_the_interval() {
+        assert_eq!(first_round(Duration::ZERO), Duration::ZERO);
+        for _ in 0..1000 {
+            assert!(first_round(Duration::from_millis(3)) < Duration::from_millis(3));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rounds_keep_their_slots_and_skip_while_busy() {
+        let shutdown = CancellationToken::new();
+        let starts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s2 = starts.clone();
+        let t0 = Instant::now();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(every(Duration::from_secs(10), shutdown, move || {
+            let s = s2.clone();
+            async move {
+                let n = {
+                    let mut v = s.lock().expect("lock");
+                    v.push(Instant::now());
+                    v.len()
+                };
+                // The second round takes 25 s: the two slots it covers go.
+                if n == 2 {
+                    tokio::time::sleep(Duration::from_secs(25)).await;
+                }
+            }
+        }));
+        tokio::time::sleep(Duration::from_secs(75)).await;
+        stop.cancel();
+        task.await.expect("task");
+        let v = starts.lock().expect("lock").clone();
+        let first = v[0].duration_since(t0);
+        assert!(first < Duration::from_secs(10));
+        let offsets: Vec<Duration> = v.iter().map(|t| t.duration_since(v[0])).collect();
+        let s = Duration::from_secs;
+        // Slots 0, 10, (20, 30 skipped), 40, 50, 60 [, 70 if within 75 s].
+        assert_eq!(&offsets[..5], &[s(0), s(10), s(40), s(50), s(60)]);
+    }
+}

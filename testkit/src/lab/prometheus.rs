@@ -1,0 +1,211 @@
+//! A real Prometheus inside a lab namespace, scraping lab agents and
+//! evaluating the REAL alerts/kubepulse-rules.yaml with test-time windows
+//! (every `for:` 2s, `[5m]`/`[10m]` rate windows 20s; thresholds and logic
+//! untouched), the same harness as tests/netlab/netlab_alerts.rs with
+//! the firing set keyed by every label the alerts carry.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::http::percent_encode;
+use crate::lab::agents::AgentSpec;
+use crate::lab::netlab::{in_ns, poll, Lab};
+
+/// Test-only `for:` of every alert.
+const FOR: &str = "2s";
+/// Test-only rate window replacing `[5m]` and `[10m]`.
+const WINDOW: &str = "[20s]";
+const PROM_PORT: u16 = 9090;
+/// Labels that identify a firing alert in [`Prom::firing`].
+const KEYS: &[&str] = &[
+    "severity",
+    "node",
+    "peer_node",
+    "path",
+    "protocol",
+    "network",
+    "target",
+];
+
+/// The rules file with test-only `for:` and rate windows.
+pub fn test_rules() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/alerts/kubepulse-rules.yaml");
+    let text = std::fs::read_to_string(path).expect("read alerts/kubepulse-rules.yaml");
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let t = l.trim_start();
+            if t.starts_with("for: ") {
+                format!("{}for: {FOR}", &l[..l.len() - t.len()])
+            } else {
+                l.replace("[5m]", WINDOW).replace("[10m]", WINDOW)
+            }
+        })
+        .collect();
+    out.join("\n") + "\n"
+}
+
+/// A Prometheus process inside a lab namespace.
+pub struct Prom {
+    ns: String,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Prom {
+    /// Starts Prometheus in node 0's host namespace, scraping every agent
+    /// with the target labels the PodMonitor would set (`node`, `cluster`).
+    pub fn start(lab: &Lab, agents: &[AgentSpec]) -> Prom {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rules = dir.path().join("rules.yaml");
+        std::fs::write(&rules, test_rules()).expect("write rules");
+        let mut targets = String::new();
+        for a in agents {
+            targets.push_str(&format!(
+                "      - targets: ['{}']\n        labels: {{node: '{}', cluster: lab, pod: '{}'}}\n",
+                a.metrics_addr(),
+                a.node,
+                a.name
+            ));
+        }
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                 rule_files:\n  - {}\n\
+                 scrape_configs:\n  - job_name: kubepulse-agent\n    static_configs:\n{targets}",
+                rules.display()
+            ),
+        )
+        .expect("write prometheus config");
+        let ns = lab.host(0);
+        let addr = SocketAddr::new(IpAddr::V4(lab.host_ip(0)), PROM_PORT);
+        let bin = std::env::var("KUBEPULSE_PROMETHEUS").unwrap_or("/usr/bin/prometheus".into());
+        let args = [
+            bin,
+            format!("--config.file={}", cfg.display()),
+            format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
+            format!("--web.listen-address={addr}"),
+            "--log.level=warn".into(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let log = dir.path().join("prometheus.log");
+        let pid = lab.spawn(&ns, &args, Some(&log));
+        let prom = Prom { ns, addr, dir };
+        let ready = poll(Duration::from_secs(30), Duration::from_millis(200), || {
+            assert!(lab.alive(pid), "prometheus exited: {}", prom.log());
+            prom.get("/-/ready").ok()
+        });
+        assert!(ready.is_some(), "prometheus not ready: {}", prom.log());
+        prom
+    }
+
+    /// Every rule of the transformed file evaluated without error.
+    pub fn assert_rules_healthy(&self) {
+        let body = self.get("/api/v1/rules").expect("rules API");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("rules JSON");
+        let mut bad = Vec::new();
+        for g in v["data"]["groups"].as_array().expect("rule groups") {
+            for r in g["rules"].as_array().expect("rules") {
+                if r["health"] != "ok" {
+                    bad.push(format!("{} {}: {}", r["name"], r["health"], r["lastError"]));
+                }
+            }
+        }
+        assert!(bad.is_empty(), "rules not healthy: {bad:#?}");
+    }
+
+    /// Prometheus's own log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    fn get(&self, target: &str) -> std::io::Result<String> {
+        let addr = self.addr;
+        let target = target.to_string();
+        in_ns(&self.ns, move || crate::lab::prom::http_get(addr, &target))
+    }
+
+    /// Instant query: every series as (labels, value).
+    pub fn query(&self, expr: &str) -> Vec<(serde_json::Map<String, serde_json::Value>, f64)> {
+        let body = self
+            .get(&format!("/api/v1/query?query={}", percent_encode(expr)))
+            .unwrap_or_else(|e| panic!("query {expr}: {e}\n{}", self.log()));
+        let v: serde_json::Value = serde_json::from_str(&body).expect("query JSON");
+        assert_eq!(v["status"], "success", "{expr}: {body}");
+        v["data"]["result"]
+            .as_array()
+            .expect("vector result")
+            .iter()
+            .map(|s| {
+                let labels = s["metric"].as_object().cloned().unwrap_or_default();
+                let val = s["value"][1]
+                    .as_str()
+                    .and_then(|x| x.parse().ok())
+                    .unwrap_or(f64::NAN);
+                (labels, val)
+            })
+            .collect()
+    }
+
+    /// Firing alerts as `Name{severity=..,node=..,...}` (the [`KEYS`]
+    /// present, in that order).
+    pub fn firing(&self) -> BTreeSet<String> {
+        self.query("ALERTS{alertstate=\"firing\"}")
+            .into_iter()
+            .map(|(l, _)| {
+                let get = |k: &str| l.get(k).and_then(|v| v.as_str()).map(str::to_string);
+                let keys: Vec<String> = KEYS
+                    .iter()
+                    .filter_map(|k| get(k).map(|v| format!("{k}={v}")))
+                    .collect();
+                format!(
+                    "{}{{{}}}",
+                    get("alertname").unwrap_or_default(),
+                    keys.join(",")
+                )
+            })
+            .collect()
+    }
+
+    /// Polls until the firing set is exactly `want` (panics with the last
+    /// set and `debug`'s queries after `timeout`), then checks it holds for
+    /// `hold`. Returns how long it took.
+    pub fn expect_firing(
+        &self,
+        what: &str,
+        want: &BTreeSet<String>,
+        timeout: Duration,
+        hold: Duration,
+        debug: &[&str],
+    ) -> Duration {
+        let t0 = Instant::now();
+        let mut last = BTreeSet::new();
+        let got = poll(timeout, Duration::from_millis(500), || {
+            last = self.firing();
+            (last == *want).then_some(())
+        });
+        if got.is_none() {
+            let dumps: Vec<String> = debug
+                .iter()
+                .map(|q| format!("{q}: {:?}", self.query(q)))
+                .collect();
+            panic!(
+                "{what}: firing alerts never became exactly the expected set after {timeout:?}\n\
+                 want: {want:#?}\nlast: {last:#?}\n{}",
+                dumps.join("\n")
+            );
+        }
+        let took = t0.elapsed();
+        let end = Instant::now() + hold;
+        while Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = self.firing();
+            assert_eq!(&now, want, "{what}: firing set changed during the hold");
+        }
+        eprintln!("{what}: exactly {want:?} firing after {took:.1?}, held {hold:?}");
+        took
+    }
+}
