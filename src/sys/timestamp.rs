@@ -128,6 +128,24 @@ mod tests {
     }
 
     #[test]
+    fn a_late_read_keeps_the_arrival_stamp() {
+        // The latency engine reads replies at its next wake-up, not when
+        // they arrive: the stamp must be the arrival's, not the read's.
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        enable_rx_timestamps(&rx).expect("SO_TIMESTAMPNS");
+        let mut cmsg = ControlBuf::default();
+        let mut buf = [0u8; 16];
+        tx.send_to(b"x", rx.local_addr().expect("addr"))
+            .expect("send");
+        let sent = realtime_ns();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let r = recv_timestamped(rx.as_fd(), &mut buf, &mut cmsg).expect("recv");
+        let ts = r.kernel_rx_ns.expect("stamped");
+        assert!(ts <= sent, "stamped at arrival ({ts}), not at the read 50 ms later");
+    }
+
+    #[test]
     fn tcp_reads_carry_the_segment_stamp() {
         use std::io::Write;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
