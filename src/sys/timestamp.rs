@@ -127,22 +127,47 @@ mod tests {
         assert_eq!(r.len, 16);
     }
 
-    #[test]
-    fn a_late_read_keeps_the_arrival_stamp() {
-        // The latency engine reads replies at its next wake-up, not when
-        // they arrive: the stamp must be the arrival's, not the read's.
-        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        enable_rx_timestamps(&rx).expect("SO_TIMESTAMPNS");
-        let mut cmsg = ControlBuf::default();
+    /// Sends one datagram, reads it `late` later; true when its stamp is
+    /// the arrival's (taken before the send returned), not the read's.
+    fn stamped_at_arrival(
+        rx: &UdpSocket,
+        tx: &UdpSocket,
+        cmsg: &mut ControlBuf,
+        late: std::time::Duration,
+    ) -> bool {
         let mut buf = [0u8; 16];
         tx.send_to(b"x", rx.local_addr().expect("addr"))
             .expect("send");
         let sent = realtime_ns();
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let r = recv_timestamped(rx.as_fd(), &mut buf, &mut cmsg).expect("recv");
-        let ts = r.kernel_rx_ns.expect("stamped");
-        assert!(ts <= sent, "stamped at arrival ({ts}), not at the read 50 ms later");
+        std::thread::sleep(late);
+        let r = recv_timestamped(rx.as_fd(), &mut buf, cmsg).expect("recv");
+        r.kernel_rx_ns.expect("stamped") <= sent
+    }
+
+    #[test]
+    fn a_late_read_keeps_the_arrival_stamp() {
+        // The latency engine reads replies at its next wake-up, not when
+        // they arrive: the stamp must be the arrival's, not the read's.
+        // The kernel stamps arriving packets only while some socket asks
+        // for stamps, and turns that on from a work queue after the first
+        // one does (until then a read is stamped when it happens): the
+        // engine's sockets ask for their whole life, so wait for it here.
+        use std::time::{Duration, Instant};
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        enable_rx_timestamps(&rx).expect("SO_TIMESTAMPNS");
+        let mut cmsg = ControlBuf::default();
+        let on_by = Instant::now() + Duration::from_secs(2);
+        while !stamped_at_arrival(&rx, &tx, &mut cmsg, Duration::from_millis(2)) {
+            assert!(
+                Instant::now() < on_by,
+                "arrival stamps never began while a socket asked for them"
+            );
+        }
+        assert!(
+            stamped_at_arrival(&rx, &tx, &mut cmsg, Duration::from_millis(50)),
+            "stamped at the read 50 ms later, not at arrival"
+        );
     }
 
     #[test]
