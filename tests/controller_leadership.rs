@@ -348,11 +348,13 @@ async fn readyz_tells_whether_the_api_is_reachable() {
         let addr = p.metrics;
         move || http_get(addr, "/readyz").expect("GET /readyz")
     };
+    // Polls until /readyz answers `want` with a body that is past the
+    // start ("no Kubernetes API call has completed yet" is a 503 too).
     let poll = |get: &dyn Fn() -> (u16, String), want: u16| {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let (code, body) = get();
-            if code == want {
+            if code == want && !body.contains("no Kubernetes API call has completed yet") {
                 return body;
             }
             assert!(
