@@ -30,7 +30,7 @@ const KEYS: &[&str] = &[
 
 /// The rules file with test-only `for:` and rate windows.
 pub fn test_rules() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/alerts/kubepulse-rules.yaml");
+    let path = crate::repo_root().join("alerts/kubepulse-rules.yaml");
     let text = std::fs::read_to_string(path).expect("read alerts/kubepulse-rules.yaml");
     let out: Vec<String> = text
         .lines()
