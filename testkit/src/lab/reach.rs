@@ -7,6 +7,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use crate::lab::netlab::Lab;
 
@@ -136,7 +137,27 @@ pub fn start_dnsmasq(lab: &Lab, ns: &str, addr: Ipv4Addr, dir: &Path) -> u32 {
         "--log-facility=-".into(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    lab.spawn(ns, &args, Some(&dir.join("dnsmasq.log")))
+    let pid = lab.spawn(ns, &args, Some(&dir.join("dnsmasq.log")));
+    wait_listening(ns, "-u", 53);
+    pid
+}
+
+/// Waits until something in `ns` listens on `port` (`proto`: `-u` or
+/// `-t`, as `ss` takes it), so agents started next find the server up
+/// rather than booking a start-up failure.
+fn wait_listening(ns: &str, proto: &str, port: u16) {
+    let filter = format!("sport = :{port}");
+    let up = crate::lab::netlab::poll(Duration::from_secs(10), Duration::from_millis(20), || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "ss", "-Hln", proto, &filter])
+            .output()
+            .ok()?;
+        (!out.stdout.is_empty()).then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "nothing listens on port {port} in {ns} after 10 s"
+    );
 }
 
 /// Starts the apiserver stand-in in `ns` on `addr:6443`: openssl s_server
@@ -148,11 +169,13 @@ pub fn start_apiserver(lab: &Lab, ns: &str, addr: Ipv4Addr, files: &ReachFiles) 
         "cd {d} && exec openssl s_server -quiet -WWW -accept {addr}:{APISERVER_PORT} \
          -cert {d}/tls.crt -key {d}/tls.key"
     );
-    lab.spawn(
+    let pid = lab.spawn(
         ns,
         &["sh", "-c", &script],
         Some(&files.path("s_server.log")),
-    )
+    );
+    wait_listening(ns, "-t", APISERVER_PORT);
+    pid
 }
 
 /// The apiserver stand-in's address.
