@@ -146,6 +146,24 @@ mod tests {
     }
 
     #[test]
+    fn plan_write_concurrency_is_bounded() {
+        for bad in ["0", "65"] {
+            let f = file(&format!(
+                "controller:\n  plan:\n    write_concurrency: {bad}\n"
+            ));
+            let err = load_from(Some(f.0.path()), HashMap::new()).expect_err("must fail");
+            assert!(
+                err.to_string()
+                    .contains("controller.plan.write_concurrency"),
+                "{err}"
+            );
+        }
+        let f = file("controller:\n  plan:\n    write_concurrency: 64\n");
+        let s = load_from(Some(f.0.path()), HashMap::new()).expect("64 is allowed");
+        assert_eq!(s.controller.plan.write_concurrency, 64);
+    }
+
+    #[test]
     fn bad_address_is_an_error() {
         let f =
             file("discovery:\n  peers:\n    - {name: a, node: n, kind: pod, address: not-an-ip}\n");

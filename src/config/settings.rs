@@ -475,6 +475,11 @@ pub struct PlanSettings {
     /// coalesced into few plan updates.
     #[serde(with = "humantime_serde")]
     pub min_interval: Duration,
+    /// Plan ConfigMap writes and deletes in flight at once (1 to 64): a
+    /// rollout in a 5,000-node cluster rewrites thousands of plans, which
+    /// one at a time take a round trip each; more would crowd the
+    /// controller's API Priority and Fairness share.
+    pub write_concurrency: usize,
     /// Who probes whom.
     pub fan_out: crate::plan::PlanConfig,
     /// The bandwidth slot schedule; must equal the agents'
@@ -491,6 +496,7 @@ impl Default for PlanSettings {
                 .into(),
             service_name: "kubepulse-agent".into(),
             min_interval: Duration::from_secs(5),
+            write_concurrency: 8,
             fan_out: crate::plan::PlanConfig::default(),
             bandwidth: SlotConfig::default(),
         }

@@ -86,6 +86,12 @@ fn validate_controller(c: &ControllerSettings) -> Result<(), ConfigError> {
     if let Err(e) = c.plan.fan_out.validate() {
         return Err(invalid("controller.plan.fan_out", e.to_string()));
     }
+    if !(1..=64).contains(&c.plan.write_concurrency) {
+        return Err(invalid(
+            "controller.plan.write_concurrency",
+            "must be within 1..=64",
+        ));
+    }
     if c.plan.label_selector.trim().is_empty() {
         return Err(invalid(
             "controller.plan.label_selector",

@@ -58,6 +58,45 @@ pub struct ControllerMetrics {
     leader_errors: IntCounterVec,
     watch_restarts: IntCounterVec,
     lease_gap: HistogramVec,
+    plan_writes: IntCounterVec,
+    plan_pending: IntGauge,
+    plan_compute: HistogramVec,
+    plan_nodes: IntGauge,
+    plan_min_probers: IntGauge,
+    plan_max_peer_nodes: IntGauge,
+}
+
+/// A plan ConfigMap operation, the `op` label of `kubepulse_plan_writes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanOp {
+    /// Server-side apply of a changed plan.
+    Apply,
+    /// Delete of the plan of a node that left.
+    Delete,
+}
+
+impl PlanOp {
+    /// Every value.
+    pub const ALL: [PlanOp; 2] = [PlanOp::Apply, PlanOp::Delete];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanOp::Apply => "apply",
+            PlanOp::Delete => "delete",
+        }
+    }
+}
+
+/// What one plan computation found, for the plan gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PlanShape {
+    /// Nodes planned.
+    pub nodes: usize,
+    /// Smallest in-degree.
+    pub min_probers: usize,
+    /// Largest out-degree.
+    pub max_peer_nodes: usize,
 }
 
 impl ControllerMetrics {
@@ -119,6 +158,15 @@ impl ControllerMetrics {
                 )?,
             )?,
             lease_gap: hist(r, &NODE_LEASE_RENEW_INTERVAL, buckets::lease_gap_buckets())?,
+            plan_writes: reg(
+                r,
+                IntCounterVec::new(opts(&PLAN_WRITES), PLAN_WRITES.labels)?,
+            )?,
+            plan_pending: reg(r, IntGauge::with_opts(opts(&PLAN_PENDING))?)?,
+            plan_compute: hist(r, &PLAN_COMPUTE_DURATION, buckets::plan_compute_buckets())?,
+            plan_nodes: reg(r, IntGauge::with_opts(opts(&PLAN_NODES))?)?,
+            plan_min_probers: reg(r, IntGauge::with_opts(opts(&PLAN_MIN_PROBERS))?)?,
+            plan_max_peer_nodes: reg(r, IntGauge::with_opts(opts(&PLAN_MAX_PEER_NODES))?)?,
             registry,
         };
         for reason in ApiFailureReason::ALL {
@@ -143,6 +191,12 @@ impl ControllerMetrics {
             m.watch_restarts.with_label_values(&[w.as_str()]);
         }
         m.lease_gap.with_label_values::<&str>(&[]);
+        for op in PlanOp::ALL {
+            for outcome in ["ok", "error"] {
+                m.plan_writes.with_label_values(&[op.as_str(), outcome]);
+            }
+        }
+        m.plan_compute.with_label_values::<&str>(&[]);
         Ok(m)
     }
 
@@ -260,4 +314,32 @@ impl ControllerMetrics {
             .with_label_values::<&str>(&[])
             .observe(d.as_secs_f64());
     }
+
+    /// Counts one plan ConfigMap write or delete.
+    pub fn plan_write(&self, op: PlanOp, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.plan_writes
+            .with_label_values(&[op.as_str(), outcome])
+            .inc();
+    }
+
+    /// Sets the writes and deletes awaiting a retry.
+    pub fn set_plan_pending(&self, n: usize) {
+        self.plan_pending.set(gauge_int(n));
+    }
+
+    /// Records one plan computation: its duration and what it planned.
+    pub fn observe_plan(&self, d: Duration, shape: PlanShape) {
+        self.plan_compute
+            .with_label_values::<&str>(&[])
+            .observe(d.as_secs_f64());
+        self.plan_nodes.set(gauge_int(shape.nodes));
+        self.plan_min_probers.set(gauge_int(shape.min_probers));
+        self.plan_max_peer_nodes
+            .set(gauge_int(shape.max_peer_nodes));
+    }
+}
+
+fn gauge_int(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -22,6 +22,7 @@ pub mod objects;
 pub mod phases;
 pub mod plan_inputs;
 pub mod plan_publisher;
+pub mod plan_writes;
 pub mod pod_startup;
 pub mod rbac;
 pub mod round_robin;

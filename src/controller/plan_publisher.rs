@@ -4,8 +4,15 @@
 //! ConfigMap per node, only where the plan changed (deleting the plans of
 //! nodes that left). Agents read only their own ConfigMap, so a rollout of
 //! N agents costs O(N · k) watch deliveries instead of O(N²).
+//!
+//! At scale (seconds of computation and thousands of writes at 5,000
+//! nodes) a publication runs as its own task while the watches keep being
+//! read: the computation on the blocking pool, the writes with at most
+//! `write_concurrency` in flight. Only writes that succeeded are recorded
+//! ([`super::plan_writes`]); the rest are retried at the next pass.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -20,7 +27,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::apiserver_endpoints;
+use super::metrics::{ControllerMetrics, PlanShape};
 use super::plan_inputs::{self, Inputs, DATA_KEY, PLAN_LABEL, PLAN_LABEL_VALUE};
+use super::plan_writes::{self, PlanWrite};
 use super::{label_keys, K8sError};
 use crate::config::PlanSettings;
 
@@ -32,40 +41,7 @@ pub struct PlanPublisher {
     client: Client,
     namespace: String,
     settings: PlanSettings,
-}
-
-fn reflect<K>(
-    api: Api<K>,
-    cfg: watcher::Config,
-) -> (
-    Store<K>,
-    impl futures::Stream<Item = watcher::Result<()>> + Send,
-)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = watcher(api, cfg)
-        .default_backoff()
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
-        .reflect(writer)
-        .map(|r| r.map(|_| ()));
-    (store, stream)
-}
-
-/// What the plans are computed from, as last seen by the watches.
-struct Watched<'a> {
-    nodes: &'a Store<Node>,
-    pods: &'a Store<Pod>,
-    services: Option<&'a Store<Service>>,
-    /// From the `default/kubernetes` EndpointSlices.
-    apiserver: Vec<std::net::SocketAddr>,
+    metrics: Option<ControllerMetrics>,
 }
 
 impl PlanPublisher {
@@ -75,7 +51,14 @@ impl PlanPublisher {
             client,
             namespace: namespace.to_string(),
             settings,
+            metrics: None,
         }
+    }
+
+    /// Exports the `kubepulse_plan_*` metrics into `metrics`.
+    pub fn with_metrics(mut self, metrics: ControllerMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Publishes until `token` is cancelled.
@@ -114,16 +97,25 @@ impl PlanPublisher {
         let mut sticky: BTreeSet<String> = BTreeSet::new();
         let mut dirty = true;
         let mut next_allowed = Instant::now();
+        // The publication in flight; the watches are read meanwhile.
+        let mut pass: Option<tokio::task::JoinHandle<PassResult>> = None;
         loop {
-            let ready =
-                dirty && stores_ready(&nodes, &pods, services.as_ref()) && store_ready(&slices);
+            let ready = dirty
+                && pass.is_none()
+                && stores_ready(&nodes, &pods, services.as_ref())
+                && store_ready(&slices);
             let wake = if ready {
                 next_allowed
             } else {
                 Instant::now() + Duration::from_secs(3600)
             };
             tokio::select! {
-                _ = token.cancelled() => return,
+                _ = token.cancelled() => {
+                    if let Some(p) = pass.take() {
+                        p.abort();
+                    }
+                    return;
+                }
                 ev = events.next() => match ev {
                     Some(Ok(())) => dirty = true,
                     Some(Err(e)) => {
@@ -131,113 +123,262 @@ impl PlanPublisher {
                     }
                     None => return,
                 },
+                Some(done) = futures::future::OptionFuture::from(pass.as_mut()), if pass.is_some() => {
+                    pass = None;
+                    match done {
+                        Ok(r) => {
+                            written = r.written;
+                            sticky = r.sticky;
+                            if !r.complete {
+                                dirty = true;
+                            }
+                        }
+                        Err(e) => {
+                            // A panicked pass: nothing it did is known.
+                            tracing::warn!(error = %e, "Plan publisher: publication failed; retrying");
+                            written = None;
+                            dirty = true;
+                        }
+                    }
+                }
                 _ = tokio::time::sleep_until(wake), if ready => {
                     next_allowed = Instant::now() + s.min_interval;
                     dirty = false;
-                    if written.is_none() {
-                        match existing(&cms).await {
-                            Ok(w) => written = Some(w),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "Plan publisher: cannot list plans; retrying");
-                                dirty = true;
-                                continue;
-                            }
-                        }
-                    }
-                    let w = written.get_or_insert_with(BTreeMap::new);
-                    let watched = Watched {
-                        nodes: &nodes,
-                        pods: &pods,
-                        services: services.as_ref(),
+                    let snapshot = Snapshot {
+                        nodes: nodes.state(),
+                        pods: pods.state(),
+                        service: services.as_ref().and_then(|s| s.state().into_iter().next()),
                         apiserver: apiserver_endpoints::endpoints(slices.state().iter().map(|s| s.as_ref())),
+                        sticky: std::mem::take(&mut sticky),
+                        settings: self.settings.clone(),
                     };
-                    if let Err(e) = self.publish(&cms, &watched, &mut sticky, w).await {
-                        tracing::warn!(error = %e, "Plan publisher: publishing failed; retrying");
-                        dirty = true;
-                    }
+                    let writer = Writer {
+                        cms: cms.clone(),
+                        namespace: self.namespace.clone(),
+                        concurrency: self.settings.write_concurrency.max(1),
+                        metrics: self.metrics.clone(),
+                    };
+                    pass = Some(tokio::spawn(writer.publish(snapshot, written.take())));
+                }
+            }
+        }
+    }
+}
+
+fn reflect<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = watcher::Result<()>> + Send,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, cfg)
+        .default_backoff()
+        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        .reflect(writer)
+        .map(|r| r.map(|_| ()));
+    (store, stream)
+}
+
+/// What the plans are computed from: a snapshot of the watches' stores,
+/// owned so that the computation can run on the blocking pool.
+struct Snapshot {
+    nodes: Vec<Arc<Node>>,
+    pods: Vec<Arc<Pod>>,
+    service: Option<Arc<Service>>,
+    /// From the `default/kubernetes` EndpointSlices.
+    apiserver: Vec<std::net::SocketAddr>,
+    /// Nodes that keep their place while their agents are replaced.
+    sticky: BTreeSet<String>,
+    settings: PlanSettings,
+}
+
+/// What a computation produced.
+struct Planned {
+    /// ConfigMap name to plan document.
+    want: BTreeMap<String, String>,
+    sticky: BTreeSet<String>,
+    shape: PlanShape,
+    took: Duration,
+}
+
+impl Snapshot {
+    /// The plan documents (CPU-bound: seconds at 5,000 nodes).
+    fn plan(mut self) -> Planned {
+        let started = std::time::Instant::now();
+        // A node keeps its place while its agents are replaced, until the
+        // Node object itself is gone.
+        let existing_nodes: BTreeSet<&str> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.metadata.name.as_deref())
+            .collect();
+        self.sticky.retain(|n| existing_nodes.contains(n.as_str()));
+        let plan_nodes = plan_inputs::plan_nodes(
+            self.nodes.iter().map(|n| n.as_ref()),
+            self.pods.iter().map(|p| p.as_ref()),
+            &self.sticky,
+        );
+        for n in &plan_nodes {
+            if existing_nodes.contains(n.name.as_str()) {
+                self.sticky.insert(n.name.clone());
+            }
+        }
+        let pod_refs: Vec<&Pod> = self.pods.iter().map(|p| p.as_ref()).collect();
+        let mut computed = plan_inputs::compute(&Inputs {
+            nodes: &plan_nodes,
+            pods: &pod_refs,
+            service: self.service.as_deref(),
+            fan_out: &self.settings.fan_out,
+            slots: &self.settings.bandwidth,
+        });
+        for plan in computed.plans.values_mut() {
+            plan.apiserver = self.apiserver.clone();
+        }
+        let want = plan_inputs::documents(&computed.plans);
+        let indeg = computed.fan.in_degree();
+        let shape = PlanShape {
+            nodes: plan_nodes.len(),
+            min_probers: indeg.values().copied().min().unwrap_or(0),
+            max_peer_nodes: computed.fan.max_out_degree(),
+        };
+        Planned {
+            want,
+            sticky: self.sticky,
+            shape,
+            took: started.elapsed(),
+        }
+    }
+}
+
+/// What a publication hands back to the next one.
+struct PassResult {
+    /// What is known to be written; `None`: unknown (list again).
+    written: Option<BTreeMap<String, String>>,
+    sticky: BTreeSet<String>,
+    /// Everything wanted is written.
+    complete: bool,
+}
+
+/// Writes one publication's plans.
+struct Writer {
+    cms: Api<ConfigMap>,
+    namespace: String,
+    concurrency: usize,
+    metrics: Option<ControllerMetrics>,
+}
+
+impl Writer {
+    async fn publish(
+        self,
+        snapshot: Snapshot,
+        written: Option<BTreeMap<String, String>>,
+    ) -> PassResult {
+        let sticky_before = snapshot.sticky.clone();
+        let mut written = match written {
+            Some(w) => w,
+            None => match existing(&self.cms).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Plan publisher: cannot list plans; retrying");
+                    return PassResult {
+                        written: None,
+                        sticky: sticky_before,
+                        complete: false,
+                    };
+                }
+            },
+        };
+        let planned = match tokio::task::spawn_blocking(move || snapshot.plan()).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "Plan publisher: plan computation failed; retrying");
+                return PassResult {
+                    written: Some(written),
+                    sticky: sticky_before,
+                    complete: false,
+                };
+            }
+        };
+        if let Some(m) = &self.metrics {
+            m.observe_plan(planned.took, planned.shape);
+        }
+        let todo = plan_writes::writes(&planned.want, &written);
+        let total = todo.len();
+        let results: Vec<(PlanWrite, Result<(), K8sError>)> = futures::stream::iter(todo)
+            .map(|w| async {
+                let r = self.write(&w).await;
+                (w, r)
+            })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        let mut failed = 0usize;
+        let mut first_error: Option<String> = None;
+        for (w, r) in results {
+            if let Some(m) = &self.metrics {
+                m.plan_write(w.op(), r.is_ok());
+            }
+            match r {
+                Ok(()) => plan_writes::record(&mut written, w),
+                Err(e) => {
+                    failed += 1;
+                    first_error.get_or_insert_with(|| format!("{}: {e}", w.name()));
+                }
+            }
+        }
+        if let Some(m) = &self.metrics {
+            m.set_plan_pending(failed);
+        }
+        if let Some(e) = first_error {
+            tracing::warn!(
+                failed,
+                of = total,
+                first = %e,
+                "Plan publisher: some plan writes failed; retrying them at the next publication"
+            );
+        }
+        if total > failed {
+            tracing::info!(
+                nodes = planned.shape.nodes,
+                changed = total - failed,
+                max_targets = planned.shape.max_peer_nodes,
+                min_probers = planned.shape.min_probers,
+                compute_ms = planned.took.as_millis() as u64,
+                "Probe plans published"
+            );
+        }
+        PassResult {
+            written: Some(written),
+            sticky: planned.sticky,
+            complete: failed == 0,
+        }
+    }
+
+    async fn write(&self, w: &PlanWrite) -> Result<(), K8sError> {
+        match w {
+            PlanWrite::Apply { name, json } => self.apply(name, json).await,
+            PlanWrite::Delete { name } => {
+                match self.cms.delete(name, &DeleteParams::default()).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                    Err(e) => Err(e.into()),
                 }
             }
         }
     }
 
-    async fn publish(
-        &self,
-        cms: &Api<ConfigMap>,
-        watched: &Watched<'_>,
-        sticky: &mut BTreeSet<String>,
-        written: &mut BTreeMap<String, String>,
-    ) -> Result<(), K8sError> {
-        let node_objs = watched.nodes.state();
-        let pod_objs = watched.pods.state();
-        // A node keeps its place while its agents are replaced, until the
-        // Node object itself is gone.
-        let existing_nodes: BTreeSet<&str> = node_objs
-            .iter()
-            .filter_map(|n| n.metadata.name.as_deref())
-            .collect();
-        sticky.retain(|n| existing_nodes.contains(n.as_str()));
-        let plan_nodes = plan_inputs::plan_nodes(
-            node_objs.iter().map(|n| n.as_ref()),
-            pod_objs.iter().map(|p| p.as_ref()),
-            sticky,
-        );
-        for n in &plan_nodes {
-            if existing_nodes.contains(n.name.as_str()) {
-                sticky.insert(n.name.clone());
-            }
-        }
-        let svc = watched.services.and_then(|s| s.state().into_iter().next());
-        let pod_refs: Vec<&Pod> = pod_objs.iter().map(|p| p.as_ref()).collect();
-        let started = std::time::Instant::now();
-        let mut computed = plan_inputs::compute(&Inputs {
-            nodes: &plan_nodes,
-            pods: &pod_refs,
-            service: svc.as_deref(),
-            fan_out: &self.settings.fan_out,
-            slots: &self.settings.bandwidth,
-        });
-        for plan in computed.plans.values_mut() {
-            plan.apiserver = watched.apiserver.clone();
-        }
-        let want = plan_inputs::documents(&computed.plans);
-        let mut changed = 0usize;
-        for (name, json) in &want {
-            if written.get(name) == Some(json) {
-                continue;
-            }
-            self.apply(cms, name, json).await?;
-            written.insert(name.clone(), json.clone());
-            changed += 1;
-        }
-        let stale: Vec<String> = written
-            .keys()
-            .filter(|k| !want.contains_key(*k))
-            .cloned()
-            .collect();
-        for name in stale {
-            match cms.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-            written.remove(&name);
-            changed += 1;
-        }
-        if changed > 0 {
-            let indeg = computed.fan.in_degree();
-            tracing::info!(
-                nodes = plan_nodes.len(),
-                changed,
-                max_targets = computed.fan.max_out_degree(),
-                min_probers = indeg.values().copied().min().unwrap_or(0),
-                compute_ms = started.elapsed().as_millis() as u64,
-                "Probe plans published"
-            );
-        }
-        Ok(())
-    }
-
-    async fn apply(&self, cms: &Api<ConfigMap>, name: &str, json: &str) -> Result<(), K8sError> {
+    async fn apply(&self, name: &str, json: &str) -> Result<(), K8sError> {
         let cm = json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -251,12 +392,13 @@ impl PlanPublisher {
             },
             "data": { DATA_KEY: json },
         });
-        cms.patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&cm),
-        )
-        .await?;
+        self.cms
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&cm),
+            )
+            .await?;
         Ok(())
     }
 }

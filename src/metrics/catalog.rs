@@ -432,6 +432,48 @@ def!(
     ["watch"],
     "Long-lived watches that ended or failed and were re-established."
 );
+def!(
+    PLAN_WRITES,
+    "kubepulse_plan_writes_total",
+    Counter,
+    ["op", "outcome"],
+    "Probe plan ConfigMap writes (apply) and deletes by the leader, by outcome."
+);
+def!(
+    PLAN_PENDING,
+    "kubepulse_plan_pending",
+    Gauge,
+    [],
+    "Plan writes and deletes that failed in the last publication and await a retry."
+);
+def!(
+    PLAN_COMPUTE_DURATION,
+    "kubepulse_plan_compute_duration_seconds",
+    Histogram,
+    [],
+    "Time to compute every node's probe plan (fan-out, bandwidth cycle, documents)."
+);
+def!(
+    PLAN_NODES,
+    "kubepulse_plan_nodes",
+    Gauge,
+    [],
+    "Nodes in the last computed probe plan."
+);
+def!(
+    PLAN_MIN_PROBERS,
+    "kubepulse_plan_min_probers",
+    Gauge,
+    [],
+    "Probers of the least-probed node in the last computed plan (its smallest in-degree)."
+);
+def!(
+    PLAN_MAX_PEER_NODES,
+    "kubepulse_plan_max_peer_nodes",
+    Gauge,
+    [],
+    "Peer nodes of the node probing the most in the last computed plan (its largest out-degree)."
+);
 
 /// Every metric family of the `kubepulse controller` role.
 pub const CONTROLLER: &[MetricDef] = &[
@@ -456,6 +498,12 @@ pub const CONTROLLER: &[MetricDef] = &[
     CONTROLLER_LEADER_ACQUISITIONS,
     CONTROLLER_LEADER_ERRORS,
     CONTROLLER_WATCH_RESTARTS,
+    PLAN_WRITES,
+    PLAN_PENDING,
+    PLAN_COMPUTE_DURATION,
+    PLAN_NODES,
+    PLAN_MIN_PROBERS,
+    PLAN_MAX_PEER_NODES,
 ];
 
 /// Metrics an agent exports only with `discovery.mode: kubernetes`.

@@ -170,7 +170,8 @@ async fn supervise(
             let ns = Some(s.plan.agent_namespace.as_str())
                 .filter(|n| !n.is_empty())
                 .unwrap_or(&s.namespace);
-            let publisher = PlanPublisher::new(clients.main.clone(), ns, s.plan.clone());
+            let publisher = PlanPublisher::new(clients.main.clone(), ns, s.plan.clone())
+                .with_metrics(metrics.clone());
             tasks.spawn(publisher.run(child.clone()));
         }
         // Lead until told otherwise.

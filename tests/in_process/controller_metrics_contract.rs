@@ -8,7 +8,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kubepulse::controller::labels::{Phase, Resource, Scope, SweepReason, Verb, WatchEvent};
-use kubepulse::controller::metrics::ControllerMetrics;
+use kubepulse::controller::metrics::{ControllerMetrics, PlanOp, PlanShape};
 use kubepulse::controller::nodes::{NodeCollector, NodeView};
 use kubepulse::metrics::{self, catalog};
 use kubepulse_testkit::scrape;
@@ -39,6 +39,16 @@ fn a_real_controller_scrape_is_fully_documented() {
     m.set_last_startup("node-a", Duration::from_secs(1));
     m.swept(Resource::Pods, SweepReason::Expired);
     m.set_leader(true);
+    m.plan_write(PlanOp::Apply, false);
+    m.set_plan_pending(1);
+    m.observe_plan(
+        Duration::from_millis(40),
+        PlanShape {
+            nodes: 4,
+            min_probers: 3,
+            max_peer_nodes: 3,
+        },
+    );
     view.apply_node(&Node {
         metadata: ObjectMeta {
             name: Some("node-a".into()),
@@ -81,6 +91,14 @@ fn a_real_controller_scrape_is_fully_documented() {
         catalog::CONTROLLER,
     );
     assert_eq!(sc.sum("kubepulse_apiserver_throttled_total", &[]), 1.0);
+    assert_eq!(
+        sc.sum(
+            "kubepulse_plan_writes_total",
+            &[("op", "apply"), ("outcome", "error")]
+        ),
+        1.0
+    );
+    assert_eq!(sc.sum("kubepulse_plan_min_probers", &[]), 3.0);
     assert_eq!(
         sc.sum("kubepulse_node_ready", &[("target_node", "node-a")]),
         1.0

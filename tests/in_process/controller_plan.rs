@@ -322,3 +322,126 @@ async fn apiserver_endpoints_are_in_every_plan() {
     assert_calls_are_granted(&server);
     p.stop().await;
 }
+
+/// A series' value in `registry`; `None` when the series is missing (never
+/// read as 0).
+fn series(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mf = registry.gather().into_iter().find(|mf| mf.name() == name)?;
+    let m = mf.get_metric().iter().find(|m| {
+        labels.iter().all(|(k, v)| {
+            m.get_label()
+                .iter()
+                .any(|l| l.name() == *k && l.value() == *v)
+        })
+    })?;
+    let v = match mf.get_field_type() {
+        prometheus::proto::MetricType::COUNTER => m.get_counter().get_value(),
+        prometheus::proto::MetricType::GAUGE => m.get_gauge().get_value(),
+        prometheus::proto::MetricType::HISTOGRAM => m.get_histogram().get_sample_count() as f64,
+        _ => return None,
+    };
+    Some(v)
+}
+
+/// The `kubepulse_plan_*` metrics move: writes counted by outcome, a write
+/// failing with 500 counted and left pending while the others are recorded
+/// as written, and retried alone at the next publication; the computation
+/// timed and what it planned exported. Concurrent writes (a pool of 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_metrics_count_writes_and_a_failed_write_is_retried_alone() {
+    use apiserver::{Fault, Rule};
+    use kubepulse::controller::metrics::ControllerMetrics;
+    let server = ApiServer::start().await;
+    let n = 7;
+    cluster(&server, n, 1);
+    let failing = config_map_name("n002");
+    server.inject(
+        Rule::new(Fault::Status(500))
+            .verb(Verb::Patch)
+            .path(format!("/{failing}?"))
+            .always(),
+    );
+    let registry = prometheus::Registry::new();
+    let metrics = ControllerMetrics::new(registry.clone()).expect("metrics");
+    let s = PlanSettings {
+        write_concurrency: 3,
+        ..settings(Duration::from_millis(200))
+    };
+    let token = CancellationToken::new();
+    let task = tokio::spawn(
+        PlanPublisher::new(server.client(), NS, s)
+            .with_metrics(metrics)
+            .run(token.clone()),
+    );
+    let p = Running { token, task };
+    let get = |name: &str, labels: &[(&str, &str)]| series(&registry, name, labels);
+    let writes = |outcome: &str| {
+        get(
+            "kubepulse_plan_writes_total",
+            &[("op", "apply"), ("outcome", outcome)],
+        )
+    };
+    wait_for("the failed write counted and retried", || {
+        writes("error").is_some_and(|e| e >= 2.0)
+    })
+    .await;
+    assert_eq!(
+        plans(&server).len(),
+        n - 1,
+        "every plan but the failing one"
+    );
+    assert!(!plans(&server).contains_key(&failing));
+    assert_eq!(writes("ok"), Some((n - 1) as f64));
+    assert_eq!(get("kubepulse_plan_pending", &[]), Some(1.0));
+    // Only the failing plan is retried: the others were recorded.
+    let others = |server: &ApiServer| {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.verb == Some(Verb::Patch) && !r.uri.contains(&failing))
+            .count()
+    };
+    assert_eq!(
+        others(&server),
+        n - 1,
+        "the written plans are not rewritten"
+    );
+    assert_eq!(get("kubepulse_plan_nodes", &[]), Some(n as f64));
+    assert_eq!(get("kubepulse_plan_min_probers", &[]), Some((n - 1) as f64));
+    assert_eq!(
+        get("kubepulse_plan_max_peer_nodes", &[]),
+        Some((n - 1) as f64)
+    );
+    assert!(get("kubepulse_plan_compute_duration_seconds", &[]).is_some_and(|c| c >= 2.0));
+    assert_eq!(
+        get(
+            "kubepulse_plan_writes_total",
+            &[("op", "delete"), ("outcome", "ok")]
+        ),
+        Some(0.0)
+    );
+
+    // The apiserver recovers: the plan is written at the next pass.
+    server.clear_faults();
+    wait_for("the retried plan", || plans(&server).contains_key(&failing)).await;
+    wait_for("nothing pending", || {
+        get("kubepulse_plan_pending", &[]) == Some(0.0)
+    })
+    .await;
+    assert_eq!(writes("ok"), Some(n as f64));
+    assert_eq!(others(&server), n - 1);
+
+    // A node leaves: its plan's delete is counted.
+    assert!(server.delete::<Pod>(NS, "pod-n006"));
+    assert!(server.delete::<Pod>(NS, "host-n006"));
+    assert!(server.delete::<Node>("", "n006"));
+    wait_for("the delete counted", || {
+        get(
+            "kubepulse_plan_writes_total",
+            &[("op", "delete"), ("outcome", "ok")],
+        ) == Some(1.0)
+    })
+    .await;
+    assert_eq!(get("kubepulse_plan_nodes", &[]), Some((n - 1) as f64));
+    p.stop().await;
+}

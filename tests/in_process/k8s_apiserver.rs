@@ -204,3 +204,63 @@ async fn raw_watch_events() {
         other => panic!("expected 410, got {other:?}"),
     }
 }
+
+/// The change log is a bounded window, as etcd compaction and the
+/// apiserver's watch cache keep: resuming inside it replays the changes,
+/// resuming before it gets 410 Expired, and kube's watcher then re-lists
+/// and still converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_log_window() {
+    let server = ApiServer::start().await;
+    server.set_log_window(3);
+    let api: Api<ConfigMap> = Api::namespaced(server.client(), "ns1");
+    let pp = PostParams::default();
+    let before = server.resource_version().to_string();
+    for name in ["a", "b", "c", "d", "e"] {
+        api.create(&pp, &cm(name, "web")).await.expect("create");
+    }
+    let wp = WatchParams::default().timeout(30);
+    // Inside the window (the last 3 changes: c, d, e): replayed.
+    let inside = (server.resource_version() - 2).to_string();
+    let mut events = api.watch(&wp, &inside).await.expect("watch").boxed();
+    let mut names = Vec::new();
+    while names.len() < 2 {
+        match events.try_next().await.expect("event").expect("open") {
+            WatchEvent::Added(o) => names.push(o.metadata.name.unwrap_or_default()),
+            other => panic!("expected ADDED, got {other:?}"),
+        }
+    }
+    assert_eq!(names, ["d", "e"]);
+    // Before the window: 410.
+    let mut old = api.watch(&wp, &before).await.expect("watch").boxed();
+    match old.next().await {
+        Some(Ok(WatchEvent::Error(e))) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        other => panic!("expected 410, got {other:?}"),
+    }
+    // kube's watcher, resuming from a compacted resourceVersion after its
+    // watch ends, re-lists and sees every object.
+    let store = {
+        let (reader, writer) = kube::runtime::reflector::store();
+        let stream = kube::runtime::reflector(
+            writer,
+            kube::runtime::watcher(api.clone(), Default::default()),
+        );
+        tokio::spawn(stream.for_each(|_| async {}));
+        reader
+    };
+    store.wait_until_ready().await.expect("ready");
+    server.set_down(true);
+    for name in ["f", "g", "h", "i"] {
+        server.apply_json::<ConfigMap>(json!({"metadata": {"name": name, "namespace": "ns1"}}));
+    }
+    server.set_down(false);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store.state().len() != 9 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no re-list after 410: {} objects",
+            store.state().len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -10,8 +10,9 @@
 //! - watch (`?watch=true&resourceVersion=R`): newline-delimited JSON
 //!   `ADDED`/`MODIFIED`/`DELETED`/`BOOKMARK`/`ERROR` events, replayed from the
 //!   change log after R (R = "0" or empty: synthetic ADDED for current
-//!   objects), `ERROR` 410 `Expired` when R is older than the last
-//!   [`ApiServer::compact`], objects moving in and out of a label selector as
+//!   objects), `ERROR` 410 `Expired` when R is older than the change log
+//!   keeps (a window of the last 4,096 changes, [`ApiServer::set_log_window`],
+//!   or the last [`ApiServer::compact`]), objects moving in and out of a label selector as
 //!   ADDED/DELETED, `timeoutSeconds`;
 //! - `labelSelector` (`=`, `==`, `!=`, exists, `!key`, `in`, `notin`) and
 //!   `fieldSelector` (`=`, `==`, `!=` on dotted paths such as
@@ -333,6 +334,36 @@ impl ApiServer {
         let mut inner = self.shared.lock();
         inner.compacted = inner.rv;
         inner.log.clear();
+    }
+
+    /// Keeps only the last `changes` changes for watches to resume from
+    /// (4,096 unless set), as etcd compaction and the apiserver's watch
+    /// cache bound theirs: resuming from an older resourceVersion gets
+    /// `410 Expired`. Memory then stays bounded however many object
+    /// versions a test writes.
+    pub fn set_log_window(&self, changes: usize) {
+        let mut inner = self.shared.lock();
+        inner.log_window = changes;
+        store::compact_to_window(&mut inner);
+    }
+
+    /// Calls `f` on every stored object of type `K` in `namespace` (ignored
+    /// for cluster-scoped types), under the store's lock and without
+    /// copying them: for tests that read many large objects often.
+    pub fn for_each_object<K: k8s_openapi::Resource>(
+        &self,
+        namespace: &str,
+        mut f: impl FnMut(&Value),
+    ) {
+        let want = key::<K>(namespace, "");
+        let inner = self.shared.lock();
+        let from = std::ops::Bound::Included(&want);
+        for (k, v) in inner.objects.range((from, std::ops::Bound::Unbounded)) {
+            if (&k.gv, &k.resource, &k.namespace) != (&want.gv, &want.resource, &want.namespace) {
+                break;
+            }
+            f(v);
+        }
     }
 
     /// Sends a BOOKMARK at the current resourceVersion to every watch that

@@ -2,6 +2,11 @@
 //! watches replay from, and the broadcast of live changes.
 
 use std::collections::{BTreeMap, VecDeque};
+
+/// Changes kept for watches to resume from, by default: a bounded window,
+/// as etcd's compaction and the apiserver's watch cache keep; older
+/// resourceVersions get `410 Expired`.
+pub(super) const DEFAULT_LOG_WINDOW: usize = 4096;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -47,9 +52,12 @@ pub(super) enum Broadcast {
 
 pub(super) struct Inner {
     pub(super) rv: u64,
+    /// Watches from a resourceVersion below this get `410 Expired`.
     pub(super) compacted: u64,
     pub(super) objects: BTreeMap<Key, Value>,
-    pub(super) log: Vec<Arc<Change>>,
+    /// The newest changes, oldest first, at most `log_window` of them.
+    pub(super) log: VecDeque<Arc<Change>>,
+    pub(super) log_window: usize,
     pub(super) kinds: BTreeMap<(String, String), String>,
     pub(super) faults: VecDeque<Rule>,
     pub(super) mutators: Vec<(String, Mutator)>,
@@ -84,7 +92,8 @@ impl Shared {
                 rv: 1000,
                 compacted: 0,
                 objects: BTreeMap::new(),
-                log: Vec::new(),
+                log: VecDeque::new(),
+                log_window: DEFAULT_LOG_WINDOW,
                 kinds: BTreeMap::new(),
                 faults: VecDeque::new(),
                 mutators: Vec::new(),
@@ -153,7 +162,8 @@ pub(super) fn commit(
         old: old.clone(),
         new: new.clone(),
     });
-    inner.log.push(change.clone());
+    inner.log.push_back(change.clone());
+    compact_to_window(inner);
     // Sent under the lock, so a watch subscribing under it never misses or
     // duplicates a change.
     let _ = events.send(Broadcast::Change(change));
@@ -163,6 +173,17 @@ pub(super) fn commit(
             o
         })
     })
+}
+
+/// Drops the changes beyond the window; a watch resuming from before the
+/// oldest kept change must re-list.
+pub(super) fn compact_to_window(inner: &mut Inner) {
+    while inner.log.len() > inner.log_window {
+        if let Some(c) = inner.log.pop_front() {
+            // Resuming from `c.rv` needs only later changes, which are kept.
+            inner.compacted = inner.compacted.max(c.rv);
+        }
+    }
 }
 
 pub(super) fn kind_of(inner: &Inner, route: &Route) -> String {

@@ -91,7 +91,9 @@ pub(super) fn watch_stream(
                 drop(tx);
                 return watch_response(rx, tally);
             }
-            for c in inner.log.iter().filter(|c| c.rv > since) {
+            // The log is sorted by resourceVersion.
+            let first = inner.log.partition_point(|c| c.rv <= since);
+            for c in inner.log.range(first..) {
                 if let Some(ev) = event_for(&filter, c, &gv, &kind) {
                     let _ = tx.send(ev);
                 }
