@@ -161,6 +161,11 @@ struct ApiRow {
     new_bytes: u64,
     old_events: u64,
     old_bytes: u64,
+    /// The rollout, from the first replaced pod to the last plan written.
+    rollout: Duration,
+    /// LISTs of the old-design watcher after its first (a watch that fell
+    /// behind and resumed too late re-lists; its events are then missed).
+    old_relists: usize,
 }
 
 fn scrape(port: u16) -> Option<String> {
@@ -180,24 +185,42 @@ async fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 fn plan_count(server: &ApiServer) -> usize {
-    server
-        .objects::<ConfigMap>(NS)
-        .iter()
-        .filter(|c| {
+    let mut n = 0;
+    server.for_each_object::<ConfigMap>(NS, |c| {
+        n += usize::from(
             c["metadata"]["name"]
                 .as_str()
-                .is_some_and(|n| n.starts_with("kubepulse-plan-"))
-        })
-        .count()
+                .is_some_and(|n| n.starts_with("kubepulse-plan-")),
+        );
+    });
+    n
 }
 
 fn plan_sizes(server: &ApiServer) -> u64 {
     // The size of a watch event carrying each stored plan.
-    server
-        .objects::<ConfigMap>(NS)
-        .iter()
-        .map(|c| json!({"type": "MODIFIED", "object": c}).to_string().len() as u64 + 1)
-        .sum()
+    let mut sum = 0;
+    server.for_each_object::<ConfigMap>(NS, |c| {
+        sum += json!({"type": "MODIFIED", "object": c}).to_string().len() as u64 + 1;
+    });
+    sum
+}
+
+/// Whether some plan still names a replaced pod (generation 0 of the first
+/// `replaced` nodes; the real agent, `agent-pod-n00000`, keeps its pod).
+fn plans_stale(server: &ApiServer, replaced: usize) -> bool {
+    let mut stale = false;
+    server.for_each_object::<ConfigMap>(NS, |c| {
+        let text = c["data"]["plan.json"].as_str().unwrap_or("");
+        stale |= text.match_indices("-g0\"").any(|(p, _)| {
+            let idx: usize = text
+                .get(p.saturating_sub(5)..p)
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(usize::MAX);
+            let real_agent = idx == 0 && text[..p.saturating_sub(6)].ends_with("agent-pod");
+            idx < replaced && !real_agent
+        });
+    });
+    stale
 }
 
 async fn api_row(n: usize, zones: usize) -> ApiRow {
@@ -285,10 +308,24 @@ async fn api_row(n: usize, zones: usize) -> ApiRow {
     let old0 = server.watch_delivered("pods", Some("old-agent"));
     let mut bytes_written: u64 = 0;
     let mut last_writes = writes0;
-    // The rollout: every agent replaced, 5 % at a time, one step per
-    // debounce interval.
+    let mut count_bytes = |server: &ApiServer| {
+        // Plan bytes: the new writes times the average plan size.
+        let w = server.count(Verb::Patch, "configmaps");
+        if w != last_writes {
+            let avg = plan_sizes(server) / n.max(1) as u64;
+            bytes_written += (w - last_writes) as u64 * avg;
+            last_writes = w;
+        }
+    };
+    // The rollout: every agent replaced, 5 % at a time. A step starts when
+    // the publisher has published the previous one (and at least
+    // `MIN_INTERVAL` later): a DaemonSet step (pods stopping, pulling,
+    // starting) takes longer than a publication, which at 5,000 nodes takes
+    // seconds here.
     let all: Vec<(usize, bool)> = (0..n).flat_map(|i| [(i, false), (i, true)]).collect();
     let step = all.len().div_ceil(ROLLOUT_STEPS);
+    let t0 = Instant::now();
+    let mut replaced = 0;
     for chunk in all.chunks(step) {
         for &(i, h) in chunk {
             if i == 0 && !h {
@@ -297,39 +334,24 @@ async fn api_row(n: usize, zones: usize) -> ApiRow {
             assert!(server.delete::<Pod>(NS, &pod_name(i, h, 0)));
             server.apply(&pod_obj(&pod_name(i, h, 1), i, h, 1));
         }
+        // Chunks hold both agents of a node (`step` is even).
+        replaced = chunk.last().map_or(replaced, |&(i, _)| i + 1);
         tokio::time::sleep(MIN_INTERVAL).await;
-        // Plan bytes: the writes of this step times the average plan size.
-        let w = server.count(Verb::Patch, "configmaps");
-        let avg = plan_sizes(&server) / n.max(1) as u64;
-        bytes_written += (w - last_writes) as u64 * avg;
-        last_writes = w;
-    }
-    // Until the publisher has caught up: no plan names a replaced pod.
-    let t0 = Instant::now();
-    loop {
-        let stale = server.objects::<ConfigMap>(NS).iter().any(|c| {
-            let text = c["data"]["plan.json"].as_str().unwrap_or("");
-            text.matches("-g0\"").count() > usize::from(text.contains(&pod_name(0, false, 0)))
-        });
-        let w = server.count(Verb::Patch, "configmaps");
-        if w != last_writes {
-            let avg = plan_sizes(&server) / n.max(1) as u64;
-            bytes_written += (w - last_writes) as u64 * avg;
-            last_writes = w;
+        // Until the publisher has caught up: no plan names a replaced pod.
+        while plans_stale(&server, replaced) {
+            count_bytes(&server);
+            assert!(
+                t0.elapsed() < Duration::from_secs(900),
+                "publisher never caught up"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        if !stale {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(900),
-            "publisher never caught up"
-        );
-        tokio::time::sleep(MIN_INTERVAL).await;
+        count_bytes(&server);
     }
     // Writes in flight when the last stale plan was replaced.
     tokio::time::sleep(MIN_INTERVAL * 2).await;
-    let w = server.count(Verb::Patch, "configmaps");
-    bytes_written += (w - last_writes) as u64 * (plan_sizes(&server) / n.max(1) as u64);
+    count_bytes(&server);
+    let rollout = t0.elapsed();
     let writes = server.count(Verb::Patch, "configmaps") + server.count(Verb::Delete, "configmaps")
         - writes0;
     let agent = server.watch_delivered("configmaps", None);
@@ -345,7 +367,14 @@ async fn api_row(n: usize, zones: usize) -> ApiRow {
     let _ = publisher.await;
     old_task.abort();
     let watchers = 2 * n as u64;
+    let old_lists = server
+        .requests()
+        .iter()
+        .filter(|r| r.actor.as_deref() == Some("old-agent") && r.verb == Some(Verb::List))
+        .count();
     ApiRow {
+        rollout,
+        old_relists: old_lists.saturating_sub(1),
         writes,
         agent_events: agent.0 - agent0.0,
         agent_bytes: agent.1 - agent0.1,
@@ -406,7 +435,14 @@ async fn main() {
                 );
                 continue;
             }
+            let started = Instant::now();
             let a = api_row(n, zones).await;
+            eprintln!(
+                "{n} nodes, {zones} zones: rollout {:.1} s, old-design watcher re-lists {}, row {:.0} s",
+                a.rollout.as_secs_f64(),
+                a.old_relists,
+                started.elapsed().as_secs_f64()
+            );
             println!(
                 "| {n} | {zones} | {:.0} ms | {} | {} | {} | {}/{} | {} | {} | {} | {} / {} / {} | {} / {} | {} / {} | {:.0}× / {:.0}× |",
                 p.compute.as_secs_f64() * 1e3,
