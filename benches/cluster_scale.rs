@@ -212,12 +212,13 @@ fn plans_stale(server: &ApiServer, replaced: usize) -> bool {
     server.for_each_object::<ConfigMap>(NS, |c| {
         let text = c["data"]["plan.json"].as_str().unwrap_or("");
         stale |= text.match_indices("-g0\"").any(|(p, _)| {
-            let idx: usize = text
-                .get(p.saturating_sub(5)..p)
-                .and_then(|d| d.parse().ok())
+            // The quoted pod name ending here, e.g. `agent-host-n00012-g0`.
+            let name = text[..p].rfind('"').map_or("", |q| &text[q + 1..p]);
+            let idx: usize = name
+                .rsplit_once("-n")
+                .and_then(|(_, d)| d.parse().ok())
                 .unwrap_or(usize::MAX);
-            let real_agent = idx == 0 && text[..p.saturating_sub(6)].ends_with("agent-pod");
-            idx < replaced && !real_agent
+            idx < replaced && name != "agent-pod-n00000"
         });
     });
     stale
