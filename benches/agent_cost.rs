@@ -242,11 +242,17 @@ fn prober_config(k: usize, legacy: bool) -> tempfile::NamedTempFile {
     write_config(&s)
 }
 
+/// The responder answers every prober stream: its per-source budgets
+/// (sized for many sources, one stream each) would otherwise refuse most
+/// of K = 200 TCP connections from the one prober address.
 fn responder_config() -> tempfile::NamedTempFile {
     write_config(&format!(
         "agent: {{name: responder, node: responder, kind: host, bind_address: 127.0.0.1, \
          metrics_listen: '127.0.0.1:0', ports: {}}}\n\
          probes: {{bandwidth: {{enabled: false}}}}\n\
+         responder: {{max_connections: 4096, max_connections_per_source: 4096, \
+         tcp_connections_per_second_per_source: 100000, \
+         udp_packets_per_second_per_source: 100000}}\n\
          discovery:\n  peers: []\n",
         ports_yaml(RESPONDER_PORTS)
     ))

@@ -22,12 +22,19 @@ use crate::labels::{
     RejectReason, ResponderKind,
 };
 
+use super::catalog::{COARSE_BUCKETS, RTT_BUCKETS};
 use super::has_clock_offset;
 
-/// Default `metrics.max_series`: the most series one agent exports. Sized
-/// so the controller's default fan-out (32 peer nodes, see the tests) fits
-/// with the cluster DNS and apiserver probes on.
-pub const DEFAULT_MAX_SERIES: usize = 2180;
+/// Default `metrics.max_series`: the most series one agent exports. The
+/// controller's default fan-out (at most 28 peer nodes, see the tests)
+/// fits with the cluster DNS and apiserver probes on.
+pub const DEFAULT_MAX_SERIES: usize = 2000;
+
+/// Lines of a histogram with the fine layout: buckets, `+Inf`, `_sum`,
+/// `_count`.
+const HISTOGRAM: usize = RTT_BUCKETS + 3;
+/// Lines of a histogram with the coarse layout.
+const COARSE_HISTOGRAM: usize = COARSE_BUCKETS + 3;
 
 /// Series per (path, peer_node) key: sent, lost and windowed minimum RTT for
 /// each of the 3 latency protocols; the UDP reply RTT sum and jitter (the
@@ -40,15 +47,15 @@ pub const SERIES_PER_CROSS_NODE_KEY: usize = 1;
 /// errors (4 protocols × 5 reasons), exclusions (4 protocols × 1 reason),
 /// TCP connect histogram (20), HTTP phase histograms (3 × 20), bandwidth
 /// bursts (2 directions × 3 outcomes).
-pub const SERIES_PER_PATH: usize = 3 * 20 + 4 * 5 + 4 + 20 + 3 * 20 + 2 * 3;
+pub const SERIES_PER_PATH: usize = 3 * HISTOGRAM + 4 * 5 + 4 + HISTOGRAM + 3 * HISTOGRAM + 2 * 3;
 /// Series of the cluster reachability probes, independent of peers: the
 /// DNS lookup histogram (20 lines, the agent's one network), lookups by
 /// nameserver (at most [`MAX_NAMESERVERS`]) × outcome, and the apiserver
-/// phase histograms (2 targets × 3 phases × 20) and probes by target ×
-/// outcome.
-pub const SERIES_CLUSTER_REACH: usize = 20
+/// phase histograms (2 targets × 3 phases × 12 lines, coarse buckets) and
+/// probes by target × outcome.
+pub const SERIES_CLUSTER_REACH: usize = HISTOGRAM
     + MAX_NAMESERVERS * DnsOutcome::ALL.len()
-    + ApiserverTarget::ALL.len() * ApiserverPhase::ALL.len() * 20
+    + ApiserverTarget::ALL.len() * ApiserverPhase::ALL.len() * COARSE_HISTOGRAM
     + ApiserverTarget::ALL.len() * ApiserverOutcome::ALL.len();
 /// Series independent of peers: send-late (3), responder requests (one per
 /// responder), rejections (responders × reasons), connections (3), ICMP
@@ -269,19 +276,22 @@ mod tests {
         );
     }
 
-    /// The fan-out the cluster-scale work targets (32 peer nodes, pod and
-    /// host path each, 3 Service targets) fits the default budget.
+    /// The controller's default fan-out cap (pod and host path to each
+    /// peer node, 3 Service targets) fits the default budget, which is at
+    /// most the 2,000 series the cluster-scale work allows.
     #[test]
     fn default_fan_out_fits_the_default_budget() {
+        let cap = crate::plan::PlanConfig::default().max_peer_nodes;
+        assert!(DEFAULT_MAX_SERIES <= 2000);
         assert!(
-            series_bound(32, 32, 0) <= DEFAULT_MAX_SERIES,
+            series_bound(cap, cap, 0) <= DEFAULT_MAX_SERIES,
             "{}",
-            series_bound(32, 32, 0)
+            series_bound(cap, cap, 0)
         );
         assert_eq!(
             max_peer_nodes(DEFAULT_MAX_SERIES, 0),
-            32,
-            "the fan-out the controller targets"
+            cap,
+            "the budget holds the fan-out cap, and no more"
         );
     }
 
@@ -341,8 +351,8 @@ mod tests {
                 );
             }
         }
-        // 32 peer nodes at the default budget: nothing is left out.
-        assert_eq!(fit(plan(33, 200, 0), DEFAULT_MAX_SERIES).1, 0);
+        // 28 peer nodes at the default budget: nothing is left out.
+        assert_eq!(fit(plan(29, 200, 0), DEFAULT_MAX_SERIES).1, 0);
         // 200 peer nodes without a bounded fan-out: capped, and visible.
         let (kept, dropped) = fit(plan(201, 200, 0), DEFAULT_MAX_SERIES);
         assert!(dropped > 0 && !kept.is_empty());

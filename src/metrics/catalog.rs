@@ -520,9 +520,25 @@ pub const SECTIONS: &[(&str, &[MetricDef])] = &[
 /// Labels that must never appear: they are target labels set by the scrape.
 pub const FORBIDDEN_LABELS: &[&str] = &["job", "instance", "pod", "node", "namespace", "cluster"];
 
+/// Buckets of [`rtt_buckets`].
+pub const RTT_BUCKETS: usize = 17;
+/// Buckets of [`coarse_buckets`].
+pub const COARSE_BUCKETS: usize = 9;
+
 /// Latency buckets: 25 us doubling 17 times to about 1.64 s.
 pub fn rtt_buckets() -> Vec<f64> {
-    (0..17).map(|i| 25e-6 * f64::powi(2.0, i)).collect()
+    (0..RTT_BUCKETS as i32)
+        .map(|i| 25e-6 * f64::powi(2.0, i))
+        .collect()
+}
+
+/// Coarse latency buckets, for probes sampled every few seconds (the
+/// apiserver probe): 25 us quadrupling to about 1.64 s, every edge also an
+/// edge of [`rtt_buckets`], so the two layouts aggregate together.
+pub fn coarse_buckets() -> Vec<f64> {
+    (0..COARSE_BUCKETS as i32)
+        .map(|i| 25e-6 * f64::powi(4.0, i))
+        .collect()
 }
 
 #[cfg(test)]
@@ -559,5 +575,16 @@ mod tests {
         assert_eq!(b.len(), 17);
         assert!((b[0] - 25e-6).abs() < 1e-12);
         assert!((b[16] - 1.6384).abs() < 1e-9);
+    }
+
+    #[test]
+    fn coarse_buckets_are_edges_of_the_fine_ones() {
+        let fine = rtt_buckets();
+        let coarse = coarse_buckets();
+        assert_eq!(coarse.len(), COARSE_BUCKETS);
+        for c in &coarse {
+            assert!(fine.iter().any(|f| (f - c).abs() < 1e-12), "{c}");
+        }
+        assert!((coarse[COARSE_BUCKETS - 1] - fine[RTT_BUCKETS - 1]).abs() < 1e-12);
     }
 }

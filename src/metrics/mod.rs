@@ -69,9 +69,17 @@ fn int_gauge(r: &Registry, d: &MetricDef) -> Result<IntGaugeVec, MetricsError> {
 }
 
 fn histogram(r: &Registry, d: &MetricDef) -> Result<HistogramVec, MetricsError> {
+    histogram_with(r, d, catalog::rtt_buckets())
+}
+
+fn histogram_with(
+    r: &Registry,
+    d: &MetricDef,
+    buckets: Vec<f64>,
+) -> Result<HistogramVec, MetricsError> {
     debug_assert_eq!(d.kind, MetricType::Histogram);
     let v = HistogramVec::new(
-        HistogramOpts::new(d.name, d.help).buckets(catalog::rtt_buckets()),
+        HistogramOpts::new(d.name, d.help).buckets(buckets),
         d.labels,
     )?;
     r.register(Box::new(v.clone()))?;
@@ -215,7 +223,13 @@ impl AgentMetrics {
             over_budget: int_gauge(r, &TARGETS_OVER_BUDGET)?,
             dns_duration: histogram(r, &DNS_LOOKUP_DURATION)?,
             dns_lookups: counter(r, &DNS_LOOKUPS)?,
-            apiserver_duration: histogram(r, &APISERVER_PROBE_DURATION)?,
+            // One probe every few seconds per target: quadrupling buckets
+            // keep its 6 histograms within the series budget.
+            apiserver_duration: histogram_with(
+                r,
+                &APISERVER_PROBE_DURATION,
+                catalog::coarse_buckets(),
+            )?,
             apiserver_probes: counter(r, &APISERVER_PROBES)?,
             live: LiveKeys::default(),
             registry,

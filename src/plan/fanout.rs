@@ -45,14 +45,15 @@ pub struct PlanConfig {
 }
 
 impl Default for PlanConfig {
-    /// 10 in-zone + 2 per other zone: 28 peer nodes at 10 zones, under the
-    /// cap of 32 that keeps an agent within the 2,180-series budget.
+    /// 10 in-zone + 2 per other zone: 28 peer nodes at 10 zones, the cap
+    /// that keeps an agent within the 2,000-series budget (with more zones,
+    /// every zone's first choice is taken before any second one).
     fn default() -> Self {
         Self {
             k_zone: 10,
             k_cross: 2,
             min_probers: 3,
-            max_peer_nodes: 32,
+            max_peer_nodes: 28,
         }
     }
 }
