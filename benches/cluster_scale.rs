@@ -387,6 +387,19 @@ async fn api_row(n: usize, zones: usize) -> ApiRow {
     }
 }
 
+/// The bench process's peak resident set (API test server, publisher and
+/// the old-design watcher's cache), from /proc.
+fn peak_rss() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.trim_start_matches("VmHWM:").trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
 fn human(b: u64) -> String {
     let b = b as f64;
     if b >= 1e9 {
@@ -439,10 +452,11 @@ async fn main() {
             let started = Instant::now();
             let a = api_row(n, zones).await;
             eprintln!(
-                "{n} nodes, {zones} zones: rollout {:.1} s, old-design watcher re-lists {}, row {:.0} s",
+                "{n} nodes, {zones} zones: rollout {:.1} s, old-design watcher re-lists {}, row {:.0} s, bench peak RSS {}",
                 a.rollout.as_secs_f64(),
                 a.old_relists,
-                started.elapsed().as_secs_f64()
+                started.elapsed().as_secs_f64(),
+                peak_rss()
             );
             println!(
                 "| {n} | {zones} | {:.0} ms | {} | {} | {} | {}/{} | {} | {} | {} | {} / {} / {} | {} / {} | {} / {} | {:.0}× / {:.0}× |",
