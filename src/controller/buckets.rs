@@ -26,14 +26,6 @@ pub fn lease_gap_buckets() -> Vec<f64> {
     ]
 }
 
-/// Plan computation buckets: milliseconds at 100 nodes to seconds at
-/// 5,000 (10 zones), with `min_interval`'s 5 s default an edge.
-pub fn plan_compute_buckets() -> Vec<f64> {
-    vec![
-        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
-    ]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Counter, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry,
+    Counter, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry,
 };
 
 use super::api_error::ApiFailureReason;
@@ -60,7 +60,7 @@ pub struct ControllerMetrics {
     lease_gap: HistogramVec,
     plan_writes: IntCounterVec,
     plan_pending: IntGauge,
-    plan_compute: HistogramVec,
+    plan_compute_last: Gauge,
     plan_nodes: IntGauge,
     plan_min_probers: IntGauge,
     plan_max_peer_nodes: IntGauge,
@@ -163,7 +163,7 @@ impl ControllerMetrics {
                 IntCounterVec::new(opts(&PLAN_WRITES), PLAN_WRITES.labels)?,
             )?,
             plan_pending: reg(r, IntGauge::with_opts(opts(&PLAN_PENDING))?)?,
-            plan_compute: hist(r, &PLAN_COMPUTE_DURATION, buckets::plan_compute_buckets())?,
+            plan_compute_last: reg(r, Gauge::with_opts(opts(&PLAN_COMPUTE_LAST))?)?,
             plan_nodes: reg(r, IntGauge::with_opts(opts(&PLAN_NODES))?)?,
             plan_min_probers: reg(r, IntGauge::with_opts(opts(&PLAN_MIN_PROBERS))?)?,
             plan_max_peer_nodes: reg(r, IntGauge::with_opts(opts(&PLAN_MAX_PEER_NODES))?)?,
@@ -196,7 +196,6 @@ impl ControllerMetrics {
                 m.plan_writes.with_label_values(&[op.as_str(), outcome]);
             }
         }
-        m.plan_compute.with_label_values::<&str>(&[]);
         Ok(m)
     }
 
@@ -330,9 +329,7 @@ impl ControllerMetrics {
 
     /// Records one plan computation: its duration and what it planned.
     pub fn observe_plan(&self, d: Duration, shape: PlanShape) {
-        self.plan_compute
-            .with_label_values::<&str>(&[])
-            .observe(d.as_secs_f64());
+        self.plan_compute_last.set(d.as_secs_f64());
         self.plan_nodes.set(gauge_int(shape.nodes));
         self.plan_min_probers.set(gauge_int(shape.min_probers));
         self.plan_max_peer_nodes

@@ -447,11 +447,11 @@ def!(
     "Plan writes and deletes that failed in the last publication and await a retry."
 );
 def!(
-    PLAN_COMPUTE_DURATION,
-    "kubepulse_plan_compute_duration_seconds",
-    Histogram,
+    PLAN_COMPUTE_LAST,
+    "kubepulse_plan_last_compute_duration_seconds",
+    Gauge,
     [],
-    "Time to compute every node's probe plan (fan-out, bandwidth cycle, documents)."
+    "Time the last computation of every node's probe plan took (fan-out, bandwidth cycle, documents)."
 );
 def!(
     PLAN_NODES,
@@ -500,7 +500,7 @@ pub const CONTROLLER: &[MetricDef] = &[
     CONTROLLER_WATCH_RESTARTS,
     PLAN_WRITES,
     PLAN_PENDING,
-    PLAN_COMPUTE_DURATION,
+    PLAN_COMPUTE_LAST,
     PLAN_NODES,
     PLAN_MIN_PROBERS,
     PLAN_MAX_PEER_NODES,
