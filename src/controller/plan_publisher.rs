@@ -121,7 +121,12 @@ impl PlanPublisher {
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "Plan publisher: watch failed; retrying");
                     }
-                    None => return,
+                    None => {
+                        if let Some(p) = pass.take() {
+                            p.abort();
+                        }
+                        return;
+                    }
                 },
                 Some(done) = futures::future::OptionFuture::from(pass.as_mut()), if pass.is_some() => {
                     pass = None;
