@@ -2,7 +2,7 @@
 //! Kubernetes, exposed as a Prometheus exporter.
 //!
 //! The crate is split by concern: pure logic (`proto`, `stats`, `schedule`,
-//! `discovery::path`) has no IO and is unit-tested directly; IO lives in
+//! `peer`, `plan`) has no IO and is unit-tested directly; IO lives in
 //! `probe`, `responder`, `http` and `roles`; all `unsafe` is in `sys`.
 
 pub mod auth;
@@ -14,6 +14,7 @@ pub mod error;
 pub mod http;
 pub mod labels;
 pub mod metrics;
+pub mod peer;
 pub mod plan;
 pub mod probe;
 pub mod proto;

@@ -16,11 +16,11 @@
 use std::collections::HashSet;
 
 use crate::config::reach::MAX_NAMESERVERS;
-use crate::discovery::Target;
 use crate::labels::{
     ApiserverOutcome, ApiserverPhase, ApiserverTarget, DnsOutcome, IcmpMode, PathKind,
     RejectReason, ResponderKind,
 };
+use crate::peer::Target;
 
 use super::catalog::{COARSE_BUCKETS, RTT_BUCKETS};
 use super::has_clock_offset;
@@ -155,9 +155,9 @@ pub fn fit(targets: Vec<Target>, budget: usize) -> (Vec<Target>, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::{targets, Identity, Peer, ProbePorts};
     use crate::labels::{AgentKind, Direction, IcmpMode, Protocol};
     use crate::metrics::{register_process_metrics, AgentMetrics};
+    use crate::peer::{targets, Identity, Peer, ProbePorts};
     use crate::schedule::rendezvous::fan_out;
 
     fn agent(node: usize, kind: AgentKind) -> Peer {
@@ -282,7 +282,7 @@ mod tests {
     #[test]
     fn default_fan_out_fits_the_default_budget() {
         let cap = crate::plan::PlanConfig::default().max_peer_nodes;
-        assert!(DEFAULT_MAX_SERIES <= 2000);
+        const { assert!(DEFAULT_MAX_SERIES <= 2000) };
         assert!(
             series_bound(cap, cap, 0) <= DEFAULT_MAX_SERIES,
             "{}",

@@ -23,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::BurstKeys;
 use crate::config::ProbeSettings;
-use crate::discovery::{Identity, PeerSet, PlanWatch, Target};
+use crate::discovery::PlanWatch;
 use crate::metrics::AgentMetrics;
+use crate::peer::{Identity, PeerSet, Target};
 use guard::SampleGuard;
 
 /// The current probe targets of one agent.

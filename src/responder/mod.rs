@@ -37,9 +37,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::BurstKeys;
 use crate::config::ResponderSettings;
-use crate::discovery::ProbePorts;
 use crate::labels::{RejectReason, ResponderKind};
 use crate::metrics::AgentMetrics;
+use crate::peer::ProbePorts;
 
 /// How often blocking loops wake up to notice shutdown.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);

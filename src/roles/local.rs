@@ -15,10 +15,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BandwidthSchedule, Settings};
-use crate::discovery::{static_peers::StaticDiscovery, Peer, ProbePorts};
+use crate::discovery::static_peers::StaticDiscovery;
 use crate::http::{self, ServerState};
 use crate::labels::AgentKind;
 use crate::metrics::{self, AgentMetrics};
+use crate::peer::{Peer, ProbePorts};
 use crate::roles::agent;
 use crate::{Error, Result};
 
@@ -192,8 +193,8 @@ pub async fn start(opts: LocalOptions, shutdown: CancellationToken) -> Result<Lo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::{targets, Identity};
     use crate::labels::PathKind;
+    use crate::peer::{targets, Identity};
     use std::collections::BTreeSet;
 
     fn paths(n: usize) -> BTreeSet<PathKind> {

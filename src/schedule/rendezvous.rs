@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::discovery::{Identity, Peer};
+use crate::peer::{Identity, Peer};
 
 /// Default `max_peers`: full mesh up to 200 peer nodes.
 pub const DEFAULT_MAX_PEERS: usize = 200;

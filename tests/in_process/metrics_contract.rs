@@ -5,9 +5,9 @@ use kubepulse_testkit::scrape;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kubepulse::discovery::Peer;
 use kubepulse::labels::{AgentKind, Direction, PathKind, Protocol};
 use kubepulse::metrics::{self, catalog, AgentMetrics};
+use kubepulse::peer::Peer;
 
 #[test]
 fn docs_list_exactly_the_catalog() {
