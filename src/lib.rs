@@ -12,7 +12,7 @@ pub mod controller;
 pub mod discovery;
 pub mod error;
 pub mod http;
-pub mod labels;
+pub mod label_enum;
 pub mod metrics;
 pub mod peer;
 pub mod plan;

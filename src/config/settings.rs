@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::labels::AgentKind;
+use crate::peer::AgentKind;
 use crate::peer::{Peer, ProbePorts};
 use crate::schedule::slots::SlotConfig;
 

@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use crate::labels::label_enum;
+use crate::label_enum::label_enum;
 
 label_enum! {
     /// The `reason` label of API failures: a closed set.

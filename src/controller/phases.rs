@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::labels::{Outcome, Phase};
+use super::metric_labels::{Outcome, Phase};
 
 /// First sightings of one probe pod.
 #[derive(Debug, Clone, Default)]

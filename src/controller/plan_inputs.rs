@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 
 use crate::discovery::kubernetes::facts;
-use crate::labels::AgentKind;
+use crate::peer::AgentKind;
 use crate::peer::{Identity, Peer, ProbePorts};
 use crate::plan::{self, node_plan, FanOut, NodePlan, PlanConfig, PlanNode};
 use crate::schedule::slots::SlotConfig;

@@ -1,7 +1,7 @@
 //! Request classification as the apiserver does it: the `scope` and
 //! `code` labels of the apiserver request metrics.
 
-use super::labels::{CodeClass, Scope, Verb};
+use super::metric_labels::{CodeClass, Scope, Verb};
 
 /// The apiserver's `CleanScope`: `resource` if a name is set or the verb is
 /// a create, else `namespace` if the request is namespaced, else `cluster`.

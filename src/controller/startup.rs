@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Event, Pod};
 
-use super::labels::Outcome;
+use super::metric_labels::Outcome;
 use super::phases::{classify, pulled_message_is_pull, Findings, Marks, FATAL_WAITING_REASONS};
 
 /// Something that happened while following the probe pod.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::labels::SweepReason;
+use super::metric_labels::SweepReason;
 
 /// Why (or whether) to delete a probe object.
 ///

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use super::label_keys::RUN;
-use super::labels::Resource;
+use super::metric_labels::Resource;
 use super::metrics::ControllerMetrics;
 use super::objects::managed_selector;
 use super::sweep::decide;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use kube::client::Body;
 use kube::Client;
 
-use super::labels::{Resource, Verb};
+use super::metric_labels::{Resource, Verb};
 use super::metrics::ControllerMetrics;
 use super::scope::scope;
 use super::K8sError;

@@ -15,11 +15,12 @@
 
 use std::collections::HashSet;
 
-use crate::config::reach::MAX_NAMESERVERS;
-use crate::labels::{
-    ApiserverOutcome, ApiserverPhase, ApiserverTarget, DnsOutcome, IcmpMode, PathKind,
-    RejectReason, ResponderKind,
+use super::labels::{
+    ApiserverOutcome, ApiserverPhase, ApiserverTarget, DnsOutcome, IcmpMode, RejectReason,
+    ResponderKind,
 };
+use crate::config::reach::MAX_NAMESERVERS;
+use crate::peer::PathKind;
 use crate::peer::Target;
 
 use super::catalog::{COARSE_BUCKETS, RTT_BUCKETS};
@@ -155,8 +156,9 @@ pub fn fit(targets: Vec<Target>, budget: usize) -> (Vec<Target>, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::labels::{AgentKind, Direction, IcmpMode, Protocol};
+    use crate::metrics::labels::{Direction, IcmpMode, Protocol};
     use crate::metrics::{register_process_metrics, AgentMetrics};
+    use crate::peer::AgentKind;
     use crate::peer::{targets, Identity, Peer, ProbePorts};
     use crate::schedule::rendezvous::fan_out;
 

@@ -4,14 +4,15 @@
 //! data and pure functions: config, discovery, the plan, the schedule and
 //! the probes all build on it, and it depends on none of them.
 
+mod kinds;
 pub mod path;
+
+pub use kinds::{AgentKind, PathKind};
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-
-use crate::labels::{AgentKind, PathKind};
 
 /// Default port of the UDP echo responder.
 pub const DEFAULT_UDP_ECHO_PORT: u16 = 9478;

@@ -1,7 +1,7 @@
 //! Path classification: a pure function from discovery facts to the `path`
 //! label, so every probe result lands under the path kind the reports compare.
 
-use crate::labels::{AgentKind, PathKind};
+use crate::peer::{AgentKind, PathKind};
 
 /// The facts about one end of a probe that decide its path kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -181,8 +181,8 @@ pub fn node_plans(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::labels::{AgentKind, PathKind};
     use crate::peer::{targets, Identity, ProbePorts};
+    use crate::peer::{AgentKind, PathKind};
     use crate::plan::{bandwidth, fanout, PlanConfig, PlanNode};
 
     fn agents(n: usize) -> Vec<Peer> {

@@ -2,8 +2,10 @@
 //! source, the Prometheus source and the live page all compute the same
 //! numbers the same way.
 
-use crate::labels::{Direction, HttpPhase, PathKind, Protocol};
+use crate::metrics::labels::{Direction, HttpPhase, Protocol};
+
 use crate::metrics::catalog as c;
+use crate::peer::PathKind;
 
 use super::model::{
     ApiRow, ControlPlane, MatrixCell, PathRow, PhaseRow, Quantiles, ReachRow, Report, Rtt,

@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::BurstKeys;
 use crate::config::ResponderSettings;
-use crate::labels::{RejectReason, ResponderKind};
+use crate::metrics::labels::{RejectReason, ResponderKind};
 use crate::metrics::AgentMetrics;
 use crate::peer::ProbePorts;
 

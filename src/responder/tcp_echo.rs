@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{accept_loop, idle_timeout, to_tokio, wall_ns, Slot};
 use crate::config::ResponderSettings;
-use crate::labels::{RejectReason, ResponderKind};
+use crate::metrics::labels::{RejectReason, ResponderKind};
 use crate::metrics::AgentMetrics;
 use crate::proto::echo;
 

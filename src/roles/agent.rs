@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::BurstKeys;
 use crate::config::{BandwidthSchedule, BandwidthSettings, DiscoveryMode, Settings};
 use crate::discovery::{Discovery, PlanWatch};
-use crate::labels::{PathKind, Protocol};
+use crate::metrics::labels::Protocol;
 use crate::metrics::{budget, AgentMetrics};
+use crate::peer::PathKind;
 use crate::peer::{self, Identity, PeerSet, ProbePorts, Target};
 use crate::probe::burst_guard::{BurstGuard, BurstWindows};
 use crate::probe::guard::{KeepAll, SampleGuard};
@@ -237,7 +238,7 @@ pub async fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::labels::AgentKind;
+    use crate::peer::AgentKind;
     use crate::peer::Peer;
 
     fn target(name: &str, node: &str, path: PathKind) -> Target {

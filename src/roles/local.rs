@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{BandwidthSchedule, Settings};
 use crate::discovery::static_peers::StaticDiscovery;
 use crate::http::{self, ServerState};
-use crate::labels::AgentKind;
 use crate::metrics::{self, AgentMetrics};
+use crate::peer::AgentKind;
 use crate::peer::{Peer, ProbePorts};
 use crate::roles::agent;
 use crate::{Error, Result};
@@ -193,7 +193,7 @@ pub async fn start(opts: LocalOptions, shutdown: CancellationToken) -> Result<Lo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::labels::PathKind;
+    use crate::peer::PathKind;
     use crate::peer::{targets, Identity};
     use std::collections::BTreeSet;
 

@@ -127,7 +127,7 @@ impl BusyNodes for PlanOrComputed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::labels::AgentKind;
+    use crate::peer::AgentKind;
     use crate::peer::{Peer, ProbePorts};
 
     fn peer(node: &str) -> Peer {

@@ -27,8 +27,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::rendezvous::stable_hash;
-use crate::labels::{AgentKind, Direction, PathKind};
+use crate::metrics::labels::Direction;
 use crate::peer::{path, Identity, Peer};
+use crate::peer::{AgentKind, PathKind};
 use crate::plan::NodePlan;
 
 /// Bandwidth schedule settings.

@@ -16,7 +16,7 @@ use kubepulse::config::KubernetesDiscoverySettings;
 use kubepulse::controller::plan_inputs::{config_map_name, DATA_KEY};
 use kubepulse::discovery::kubernetes::{DiscoveryMetrics, KubernetesDiscovery, KubernetesOptions};
 use kubepulse::discovery::{Discovery, PlanWatch};
-use kubepulse::labels::AgentKind;
+use kubepulse::peer::AgentKind;
 use kubepulse::peer::{Identity, Peer, PeerSet, ProbePorts};
 use kubepulse::plan::node_plan::FORMAT_VERSION;
 use kubepulse::plan::{NodePlan, PlannedBurst};

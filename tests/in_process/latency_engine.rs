@@ -11,9 +11,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kubepulse::config::settings::{ProbeCadence, ProbeSettings};
-use kubepulse::labels::ExcludeReason;
-use kubepulse::labels::{AgentKind, IcmpMode, PathKind, ProbeErrorReason, Protocol};
+use kubepulse::metrics::labels::ExcludeReason;
+use kubepulse::metrics::labels::{IcmpMode, ProbeErrorReason, Protocol};
 use kubepulse::metrics::AgentMetrics;
+use kubepulse::peer::{AgentKind, PathKind};
 use kubepulse::peer::{Identity, Peer, ProbePorts, Target};
 use kubepulse::probe::guard::{KeepAll, SampleGuard};
 use kubepulse::probe::latency::{self, LatencyProber, RttSample, SampleHook};

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 
-use crate::labels::{AgentKind, PathKind};
+use crate::peer::{AgentKind, PathKind};
 use crate::peer::{Identity, Peer, ProbePorts};
 
 /// Downward-API variable holding the agent's pod name (`metadata.name`).

@@ -14,7 +14,7 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::phases::{livez_request, read_livez, Failure, LivezRead, Probe};
-use crate::labels::ApiserverPhase;
+use crate::metrics::labels::ApiserverPhase;
 
 /// Why the TLS client could not be set up.
 #[derive(Debug, thiserror::Error)]

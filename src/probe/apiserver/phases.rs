@@ -5,7 +5,7 @@
 use std::io;
 use std::time::Duration;
 
-use crate::labels::{ApiserverOutcome, ApiserverPhase};
+use crate::metrics::labels::{ApiserverOutcome, ApiserverPhase};
 
 /// The result of one probe: the durations of the phases that completed,
 /// in order, and the outcome.

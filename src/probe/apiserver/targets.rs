@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::labels::ApiserverTarget;
+use crate::metrics::labels::ApiserverTarget;
 
 /// The Service address from the pod environment the kubelet sets
 /// (`KUBERNETES_SERVICE_HOST`, `KUBERNETES_SERVICE_PORT`), if both parse.

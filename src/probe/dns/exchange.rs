@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::rr::Name;
 
 use super::message::{build_query, classify, Reply};
-use crate::labels::DnsOutcome;
+use crate::metrics::labels::DnsOutcome;
 use crate::sys::clock::realtime_ns;
 use crate::sys::timestamp::{enable_rx_timestamps, recv_timestamped, ControlBuf};
 

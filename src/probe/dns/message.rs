@@ -4,7 +4,7 @@
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 
-use crate::labels::DnsOutcome;
+use crate::metrics::labels::DnsOutcome;
 
 /// A name that cannot be queried.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -118,7 +118,7 @@ pub fn start(ctx: &ProbeContext) -> Option<JoinHandle<()>> {
                         let (ns, name, ctx) = (*ns, name.clone(), ctx.clone());
                         jobs.spawn_blocking(move || {
                             let l = lookup(SocketAddr::new(ns, port), ctx.bind, &name, timeout);
-                            if l.outcome != crate::labels::DnsOutcome::Ok {
+                            if l.outcome != crate::metrics::labels::DnsOutcome::Ok {
                                 tracing::debug!(nameserver = %ns, name = %name, outcome = %l.outcome, "DNS lookup failed");
                             }
                             ctx.metrics.observe_dns(ctx.identity.kind, &ns.to_string(), l.outcome, l.rtt);

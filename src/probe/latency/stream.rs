@@ -13,7 +13,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::labels::{ExcludeReason, PathKind, ProbeErrorReason, Protocol};
+use crate::metrics::labels::{ExcludeReason, ProbeErrorReason, Protocol};
+
+use crate::peer::PathKind;
 use crate::probe::guard::SampleGuard;
 use crate::schedule::Periodic;
 use crate::stats::{clock_offset, kernel_rtt, InFlight, Jitter, Match, WindowedMin};

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use super::ProbeContext;
 use crate::config::BandwidthSchedule;
-use crate::labels::{BurstOutcome, Direction, HttpPhase, ProbeErrorReason, Protocol};
+use crate::metrics::labels::{BurstOutcome, Direction, HttpPhase, ProbeErrorReason, Protocol};
 use crate::peer::Target;
 use crate::proto::bandwidth::Mode;
 

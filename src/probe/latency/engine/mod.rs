@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::labels::{IcmpMode, Protocol};
+use crate::metrics::labels::{IcmpMode, Protocol};
 use crate::peer::Target;
 use crate::probe::{ProbeContext, ProbeError};
 use crate::proto::echo::{self, EchoHeader};

@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 
-use crate::labels::{ProbeErrorReason, Protocol};
+use crate::metrics::labels::{ProbeErrorReason, Protocol};
 use crate::metrics::AgentMetrics;
 use crate::probe::guard::SampleGuard;
 use crate::probe::ProbeContext;

@@ -28,7 +28,7 @@ pub(super) fn diff<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::labels::{AgentKind, PathKind};
+    use crate::peer::{AgentKind, PathKind};
     use crate::peer::{Peer, ProbePorts};
 
     fn t(name: &str, port: u16) -> Target {
