@@ -1,6 +1,10 @@
 //! One agent: responders, the latency engine, the scheduled probes, and the
 //! task that turns discovered peers into probe targets.
 
+mod run;
+
+pub use run::run;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
