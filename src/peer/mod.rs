@@ -5,7 +5,7 @@
 //! the probes all build on it, and it depends on none of them.
 
 mod kinds;
-pub mod path;
+pub(crate) mod path;
 
 pub use kinds::{AgentKind, PathKind};
 

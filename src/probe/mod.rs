@@ -7,9 +7,9 @@
 //! Every prober gets a [`ProbeContext`] and follows the current target set
 //! through its `watch` channel, so peers come and go without restarts.
 
-pub mod apiserver;
+pub(crate) mod apiserver;
 pub mod burst_guard;
-pub mod dns;
+pub(crate) mod dns;
 pub mod guard;
 pub mod latency;
 mod rounds;

@@ -198,12 +198,12 @@ mod test_hooks {
     /// Env var (a humantime duration) that shifts the echo responders'
     /// clock in a `testkit` build: how the process tests inject an offset.
     #[cfg(feature = "testkit")]
-    pub const CLOCK_OFFSET_ENV: &str = "KUBEPULSE_TEST_CLOCK_OFFSET";
+    pub(super) const CLOCK_OFFSET_ENV: &str = "KUBEPULSE_TEST_CLOCK_OFFSET";
 
     /// The shift of the echo responders' clock: from [`CLOCK_OFFSET_ENV`]
     /// in a `testkit` build, zero otherwise.
     #[cfg(feature = "testkit")]
-    pub fn clock_offset_from_env() -> Duration {
+    pub(super) fn clock_offset_from_env() -> Duration {
         let Ok(text) = std::env::var(CLOCK_OFFSET_ENV) else {
             return Duration::ZERO;
         };
@@ -215,7 +215,7 @@ mod test_hooks {
 
     /// The shift of the echo responders' clock: none outside tests.
     #[cfg(not(feature = "testkit"))]
-    pub fn clock_offset_from_env() -> Duration {
+    pub(super) fn clock_offset_from_env() -> Duration {
         Duration::ZERO
     }
 }

@@ -14,7 +14,7 @@
 
 mod bandwidth;
 mod connect;
-pub mod goodput;
+pub(crate) mod goodput;
 mod http;
 #[cfg(fuzzing)]
 pub(crate) use http::fuzz_response_head;

@@ -247,7 +247,7 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ProbeError {
 impl Engine {
     /// Opens the sockets; fails only on the UDP socket (ICMP may be
     /// unavailable, TCP connects per target later).
-    pub fn new(ctx: ProbeContext, hook: Option<SampleHook>) -> Result<Self, ProbeError> {
+    pub(super) fn new(ctx: ProbeContext, hook: Option<SampleHook>) -> Result<Self, ProbeError> {
         let udp = if ctx.settings.udp.enabled {
             let addr = SocketAddr::new(ctx.bind, 0);
             let s = Socket::new(Domain::for_address(addr), Type::DGRAM, None)
@@ -299,12 +299,12 @@ impl Engine {
     }
 
     /// The agent name, for the thread name.
-    pub fn agent_name(&self) -> &str {
+    pub(super) fn agent_name(&self) -> &str {
         &self.ctx.identity.name
     }
 
     /// The loop; returns after shutdown.
-    pub fn run(mut self) {
+    pub(super) fn run(mut self) {
         // Timed waits must wake when asked, not up to 50 us later.
         if let Err(e) = set_timer_slack(1) {
             tracing::warn!(error = %e, "Cannot set timer slack; probe deadlines may be late");
