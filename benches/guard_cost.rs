@@ -10,8 +10,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kubepulse::discovery::{Identity, Peer, ProbePorts};
-use kubepulse::labels::AgentKind;
+use kubepulse::peer::AgentKind;
+use kubepulse::peer::{Identity, Peer, ProbePorts};
 use kubepulse::probe::burst_guard::{BurstGuard, BurstWindows};
 use kubepulse::probe::guard::SampleGuard;
 use kubepulse::schedule::computed::ComputedSchedule;

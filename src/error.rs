@@ -24,6 +24,15 @@ pub enum Error {
     /// The bandwidth burst key could not be loaded.
     #[error(transparent)]
     BurstKey(#[from] crate::auth::KeyError),
+    /// Kubernetes discovery could not start.
+    #[error("starting Kubernetes discovery")]
+    Discovery(#[from] crate::discovery::kubernetes::KubernetesError),
+    /// The controller's Kubernetes client or its parts could not start.
+    #[error(transparent)]
+    Controller(#[from] crate::controller::K8sError),
+    /// Shutdown came before the work asked for was done.
+    #[error("interrupted {0}")]
+    Interrupted(&'static str),
     /// A socket could not be bound or configured.
     #[error("{what}")]
     Io {

@@ -2,7 +2,7 @@
 //! Kubernetes, exposed as a Prometheus exporter.
 //!
 //! The crate is split by concern: pure logic (`proto`, `stats`, `schedule`,
-//! `discovery::path`) has no IO and is unit-tested directly; IO lives in
+//! `peer`, `plan`) has no IO and is unit-tested directly; IO lives in
 //! `probe`, `responder`, `http` and `roles`; all `unsafe` is in `sys`.
 
 pub mod auth;
@@ -10,10 +10,11 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod discovery;
-pub mod error;
-pub mod http;
-pub mod labels;
+pub(crate) mod error;
+pub(crate) mod http;
+pub(crate) mod label_enum;
 pub mod metrics;
+pub mod peer;
 pub mod plan;
 pub mod probe;
 pub mod proto;

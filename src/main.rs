@@ -1,9 +1,7 @@
 //! The `kubepulse` binary: parses the command line and runs a role.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,12 +9,9 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use kubepulse::cli::{Cli, Command, LogFormatArg};
-use kubepulse::config::{self, DiscoveryMode, LogFormat, Settings};
-use kubepulse::discovery::{kubernetes, static_peers::StaticDiscovery, Discovery};
-use kubepulse::http::{self, ServerState};
-use kubepulse::metrics::{self, AgentMetrics};
-use kubepulse::report::{self, snapshot::Window};
-use kubepulse::roles::{agent, local};
+use kubepulse::config::{self, LogFormat, Settings};
+use kubepulse::report;
+use kubepulse::roles::{agent, controller, local};
 use kubepulse::{shutdown, telemetry};
 
 fn main() -> ExitCode {
@@ -67,7 +62,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 settings.agent.metrics_listen = *l;
             }
             init_logs(&cli, &settings);
-            run_agent(settings, path.clone(), token).await
+            until_signal(agent::run(settings, path.clone(), token.clone()), token).await
         }
         Command::Local {
             agents,
@@ -90,39 +85,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 bandwidth: *bandwidth,
                 settings,
             };
-            let signals = tokio::spawn(shutdown::on_signal(token.clone()));
-            let run = local::start(opts, token.clone()).await?;
-            if report.is_none() {
-                println!(
-                    "kubepulse local: {} agents on loopback, metrics at http://{}/metrics",
-                    run.agents.len(),
-                    run.metrics_addr
-                );
-            }
-            tracing::info!(addr = %run.metrics_addr, agents = run.agents.len(), "Local mode running");
-            let mut result = Ok(());
-            if let Some(d) = report {
-                let first = run.snapshot();
-                let start = tokio::time::Instant::now();
-                tokio::select! {
-                    () = tokio::time::sleep(*d) => {}
-                    () = token.cancelled() => {}
-                }
-                let w = Window::between(&first, &run.snapshot(), start.elapsed().as_secs_f64());
-                let source = format!("kubepulse local, {} agents on loopback", run.agents.len());
-                print!("{}", report::render(&report::build(&w, &source), *format));
-                if token.is_cancelled() {
-                    result = Err(anyhow::anyhow!(
-                        "interrupted before the report window ended"
-                    ));
-                }
-                token.cancel();
-            }
-            token.cancelled().await;
-            run.join().await;
-            signals.abort();
-            tracing::info!("Stopped");
-            result
+            let run = local::run(opts, *report, *format, token.clone());
+            until_signal(run, token).await
         }
         Command::Report {
             scrape,
@@ -169,148 +133,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 config::validate::validate(&settings)?;
             }
             init_logs(&cli, &settings);
-            run_controller(settings, token).await
+            until_signal(controller::run(settings, token.clone()), token).await
         }
     }
 }
 
-async fn run_controller(settings: Settings, token: CancellationToken) -> anyhow::Result<()> {
-    use kubepulse::controller::{client, metrics::ControllerMetrics};
-    let c = &settings.controller;
-    let registry = prometheus::Registry::new();
-    metrics::register_process_metrics(&registry)?;
-    let m = ControllerMetrics::new(registry.clone())?;
-    let kube_config = client::config(&c.api_url).await?;
-    let clients = client::Clients::new(&kube_config)?;
-    let listener = tokio::net::TcpListener::bind(c.metrics_listen)
-        .await
-        .with_context(|| format!("binding the metrics endpoint {}", c.metrics_listen))?;
-    let metrics_addr = listener
-        .local_addr()
-        .context("reading the metrics endpoint address")?;
-    let state = ServerState::new(vec![registry], format!("controller {}", c.name));
-    let server = tokio::spawn(http::serve(listener, state.clone(), token.clone()));
-    let signals = tokio::spawn(shutdown::on_signal(token.clone()));
-    let running = kubepulse::roles::controller::start(c, clients, m, token.clone())?;
-    // Ready means serving and reaching the API; only the leader measures.
-    let (api, leading) = (running.api.clone(), running.leading.clone());
-    let _ = state.check.set(Box::new(move || {
-        let role = if *leading.borrow() {
-            "leader"
-        } else {
-            "standby"
-        };
-        match api.get() {
-            None => Err("no Kubernetes API call has completed yet".into()),
-            Some(Ok(())) => Ok(format!("{role}, Kubernetes API reachable")),
-            Some(Err(why)) => Err(format!("cannot reach the Kubernetes API: {why}")),
-        }
-    }));
-    state.set_ready();
-    println!(
-        "kubepulse controller {} (run {}): metrics at http://{}/metrics",
-        c.name, running.run, metrics_addr
-    );
-    token.cancelled().await;
-    running.join().await;
-    let _ = server.await;
-    signals.abort();
-    tracing::info!("Stopped");
-    Ok(())
-}
-
-/// Re-reads the static peer list from the config file on every SIGHUP, so
-/// peers can be added or removed without a restart. A bad file is logged
-/// and the current peers are kept.
-async fn reload_on_sighup(
-    path: Option<PathBuf>,
-    discovery: Arc<StaticDiscovery>,
-    token: CancellationToken,
-) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "Cannot listen for SIGHUP; peer reload disabled");
-            return;
-        }
-    };
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {}
-            _ = token.cancelled() => return,
-        }
-        match config::load(path.as_deref()) {
-            Ok(s) => {
-                tracing::info!(
-                    peers = s.discovery.peers.len(),
-                    "SIGHUP: peer list reloaded"
-                );
-                discovery.replace(s.discovery.peers);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: configuration rejected, keeping current peers")
-            }
-        }
-    }
-}
-
-async fn run_agent(
-    mut settings: Settings,
-    path: Option<PathBuf>,
+/// Runs a role with SIGTERM and SIGINT cancelling `token`, its shutdown.
+async fn until_signal(
+    role: impl std::future::Future<Output = kubepulse::Result<()>>,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    let registry = prometheus::Registry::new();
-    metrics::register_process_metrics(&registry)?;
-    let m = AgentMetrics::new(registry.clone())?;
-    // Kept alive for the agent's lifetime: dropping it closes the channel.
-    let mut reload = None;
-    let discovery: Box<dyn Discovery + Send> = match settings.discovery.mode {
-        DiscoveryMode::Static => {
-            let d = Arc::new(StaticDiscovery::new(settings.discovery.peers.clone()));
-            reload = Some(tokio::spawn(reload_on_sighup(
-                path,
-                d.clone(),
-                token.clone(),
-            )));
-            Box::new(d)
-        }
-        DiscoveryMode::Kubernetes => {
-            let env = std::env::vars().collect();
-            Box::new(
-                kubernetes::start_in_cluster(&mut settings, &env, &registry, token.clone())
-                    .await
-                    .context("starting Kubernetes discovery")?,
-            )
-        }
-    };
-    let listener = tokio::net::TcpListener::bind(settings.agent.metrics_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "binding the metrics endpoint {}",
-                settings.agent.metrics_listen
-            )
-        })?;
-    let metrics_addr = listener
-        .local_addr()
-        .context("reading the metrics endpoint address")?;
-    let state = ServerState::new(vec![registry], format!("agent {}", settings.agent.name));
-    let server = tokio::spawn(http::serve(listener, state.clone(), token.clone()));
-    let signals = tokio::spawn(shutdown::on_signal(token.clone()));
-    let running = agent::start(&settings, m, discovery.as_ref(), token.clone()).await?;
-    state.set_ready();
-    println!(
-        "kubepulse agent {}: metrics at http://{}/metrics",
-        settings.agent.name, metrics_addr
-    );
-    token.cancelled().await;
-    running.join().await;
-    let _ = server.await;
-    if let Some(r) = reload {
-        let _ = r.await;
-    }
+    let signals = tokio::spawn(shutdown::on_signal(token));
+    let result = role.await;
     signals.abort();
-    tracing::info!("Stopped");
-    Ok(())
+    if result.is_ok() {
+        tracing::info!("Stopped");
+    }
+    Ok(result?)
 }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kubepulse::auth::BurstKeys;
 use kubepulse::config::ResponderSettings;
-use kubepulse::discovery::ProbePorts;
 use kubepulse::metrics::AgentMetrics;
+use kubepulse::peer::ProbePorts;
 use kubepulse::proto::bandwidth::{self as bw, Mode, Seal, Status};
 use kubepulse::proto::echo::{self, EchoHeader, Kind};
 use kubepulse::responder::{self, Responders};

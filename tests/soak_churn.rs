@@ -16,10 +16,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kubepulse::config::{BandwidthSchedule, Settings};
 use kubepulse::discovery::static_peers::StaticDiscovery;
-use kubepulse::discovery::{Peer, ProbePorts};
-use kubepulse::labels::AgentKind;
 use kubepulse::metrics::budget::{series_for, SERIES_CLUSTER_REACH};
 use kubepulse::metrics::{self, AgentMetrics};
+use kubepulse::peer::AgentKind;
+use kubepulse::peer::{Peer, ProbePorts};
 use kubepulse::proto::echo;
 use kubepulse::roles::agent;
 use prometheus::Registry;

@@ -16,9 +16,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use super::{Mac, MAC_LEN};
 
 /// Shortest key accepted, bytes (the HMAC-SHA256 output size).
-pub const MIN_KEY_BYTES: usize = 32;
+pub(crate) const MIN_KEY_BYTES: usize = 32;
 /// Most keys in a file: the current one and the one being rotated in/out.
-pub const MAX_KEYS: usize = 2;
+pub(crate) const MAX_KEYS: usize = 2;
 
 /// Why no key set could be had.
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,8 @@
 //! during a rotation), the timestamp is within ±30 s of its clock and the
 //! nonce was not seen before ([`replay`]).
 
-pub mod keys;
-pub mod replay;
+pub(crate) mod keys;
+pub(crate) mod replay;
 
 pub use keys::{BurstKeys, KeyError, KeySet};
 pub use replay::{Freshness, Refusal};

@@ -10,11 +10,11 @@ use std::collections::{HashSet, VecDeque};
 use crate::proto::bandwidth::{Seal, NONCE_LEN};
 
 /// How far a request's timestamp may be from the responder's clock.
-pub const WINDOW_MS: u64 = 30_000;
+pub(crate) const WINDOW_MS: u64 = 30_000;
 /// Most nonces remembered; beyond that requests are refused until old
 /// ones expire (thousands of authenticated bursts a minute: never in
 /// practice).
-pub const MAX_NONCES: usize = 65_536;
+pub(crate) const MAX_NONCES: usize = 65_536;
 
 /// Why a request with a valid MAC is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

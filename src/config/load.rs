@@ -40,7 +40,8 @@ pub fn load_from(
 
 /// Loads settings from YAML text over the defaults, without a file or
 /// the environment (the fuzz target's entry; same rules as [`load_from`]).
-pub fn load_yaml_str(text: &str) -> Result<Settings, ConfigError> {
+#[cfg(any(test, fuzzing))]
+pub(crate) fn load_yaml_str(text: &str) -> Result<Settings, ConfigError> {
     let b = Config::builder()
         .add_source(Config::try_from(&Settings::default())?)
         .add_source(File::from_str(text, config::FileFormat::Yaml));

@@ -1,8 +1,8 @@
 //! Configuration: serde types ([`settings`]), file + environment layering
 //! ([`load`]) and semantic validation ([`validate`]).
 
-pub mod load;
-pub mod reach;
+pub(crate) mod load;
+pub(crate) mod reach;
 pub mod settings;
 pub mod validate;
 

@@ -103,7 +103,7 @@ impl Default for ApiserverSettings {
 /// run only where the configuration says what to ask: DNS with `names`
 /// (through `nameservers`, or those of `resolv_conf`), the apiserver with
 /// `service` or `endpoints`.
-pub fn explicit_only(dns: &mut DnsSettings, apiserver: &mut ApiserverSettings) {
+pub(crate) fn explicit_only(dns: &mut DnsSettings, apiserver: &mut ApiserverSettings) {
     if dns.names.is_empty() {
         dns.enabled = false;
     }
@@ -114,7 +114,7 @@ pub fn explicit_only(dns: &mut DnsSettings, apiserver: &mut ApiserverSettings) {
 
 /// Most nameservers queried: glibc's resolver uses the first three
 /// (MAXNS), so a pod never asks a fourth.
-pub const MAX_NAMESERVERS: usize = 3;
+pub(crate) const MAX_NAMESERVERS: usize = 3;
 
 /// Shortest interval of either probe (tests and labs; the defaults are
 /// 10 s: every agent of the cluster asks CoreDNS and the apiserver).

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::discovery::{Peer, ProbePorts};
-use crate::labels::AgentKind;
+use crate::peer::AgentKind;
+use crate::peer::{Peer, ProbePorts};
 use crate::schedule::slots::SlotConfig;
 
 /// Default address of the metrics endpoint.
@@ -94,7 +94,7 @@ impl Default for AgentSettings {
 /// A periodic probe: whether it runs, how often, and how long a reply may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Periodic {
+pub struct ProbeCadence {
     /// Whether the probe runs.
     #[serde(default = "yes")]
     pub enabled: bool,
@@ -110,7 +110,7 @@ fn yes() -> bool {
     true
 }
 
-impl Periodic {
+impl ProbeCadence {
     const fn every(interval: Duration, timeout: Duration) -> Self {
         Self {
             enabled: true,
@@ -125,15 +125,15 @@ impl Periodic {
 #[serde(deny_unknown_fields, default)]
 pub struct ProbeSettings {
     /// UDP echo RTT, loss and jitter.
-    pub udp: Periodic,
+    pub udp: ProbeCadence,
     /// TCP request/response echo on a persistent connection.
-    pub tcp: Periodic,
+    pub tcp: ProbeCadence,
     /// ICMP echo.
-    pub icmp: Periodic,
+    pub icmp: ProbeCadence,
     /// TCP connect time.
-    pub tcp_connect: Periodic,
+    pub tcp_connect: ProbeCadence,
     /// HTTP GET by phase.
-    pub http: Periodic,
+    pub http: ProbeCadence,
     /// Path MTU search.
     pub pmtu: PmtuSettings,
     /// Bandwidth bursts.
@@ -154,11 +154,11 @@ impl Default for ProbeSettings {
     fn default() -> Self {
         let s = Duration::from_secs;
         Self {
-            udp: Periodic::every(s(1), s(1)),
-            tcp: Periodic::every(s(1), s(1)),
-            icmp: Periodic::every(s(1), s(1)),
-            tcp_connect: Periodic::every(s(10), s(2)),
-            http: Periodic::every(s(30), s(5)),
+            udp: ProbeCadence::every(s(1), s(1)),
+            tcp: ProbeCadence::every(s(1), s(1)),
+            icmp: ProbeCadence::every(s(1), s(1)),
+            tcp_connect: ProbeCadence::every(s(10), s(2)),
+            http: ProbeCadence::every(s(30), s(5)),
             pmtu: PmtuSettings::default(),
             bandwidth: BandwidthSettings::default(),
             dns: super::reach::DnsSettings::default(),

@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::settings::{
-    BandwidthSchedule, ControllerSettings, Periodic, Settings, MAX_BURST_BYTES, MAX_BURST_DURATION,
-    MAX_RATE_BITS_PER_SECOND,
+    BandwidthSchedule, ControllerSettings, ProbeCadence, Settings, MAX_BURST_BYTES,
+    MAX_BURST_DURATION, MAX_RATE_BITS_PER_SECOND,
 };
 
 /// A configuration error, naming the offending key.
@@ -31,7 +31,7 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-fn check_periodic(key: &str, p: &Periodic) -> Result<(), ConfigError> {
+fn check_periodic(key: &str, p: &ProbeCadence) -> Result<(), ConfigError> {
     if !p.enabled {
         return Ok(());
     }

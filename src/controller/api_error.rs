@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use crate::labels::label_enum;
+use crate::label_enum::label_enum;
 
 label_enum! {
     /// The `reason` label of API failures: a closed set.
@@ -43,7 +43,7 @@ label_enum! {
 
 /// The call that failed, to name it in the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ApiCall<'a> {
+pub(crate) struct ApiCall<'a> {
     /// The Kubernetes verb: `get`, `list`, `watch`, `create`, `update`...
     pub verb: &'a str,
     /// The resource, with its group when not core: `leases.coordination.k8s.io`.
@@ -69,7 +69,7 @@ impl ApiCall<'_> {
 
 /// A failed API call, named.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiFailure {
+pub(crate) struct ApiFailure {
     /// The closed reason (a metric label).
     pub reason: ApiFailureReason,
     /// The HTTP status, when the apiserver answered.
@@ -87,7 +87,7 @@ impl fmt::Display for ApiFailure {
 }
 
 /// Names the failure of `call` from kube-rs's error.
-pub fn describe(err: &kube::Error, call: &ApiCall<'_>) -> ApiFailure {
+pub(crate) fn describe(err: &kube::Error, call: &ApiCall<'_>) -> ApiFailure {
     match err {
         kube::Error::Api(status) => from_status(
             status.code,
@@ -109,7 +109,7 @@ pub fn describe(err: &kube::Error, call: &ApiCall<'_>) -> ApiFailure {
 
 /// Names the failure of a kube-runtime watcher on `resource` (`namespace`
 /// when namespaced): the initial list, the watch start or the stream.
-pub fn describe_watcher(
+pub(crate) fn describe_watcher(
     err: &kube::runtime::watcher::Error,
     resource: &str,
     namespace: Option<&str>,
@@ -139,7 +139,7 @@ pub fn describe_watcher(
 
 /// Names a failure from a raw response: its status and, when the body is
 /// a `Status` object, the apiserver's reason and message.
-pub fn from_response(code: u16, body: &[u8], call: &ApiCall<'_>) -> ApiFailure {
+pub(crate) fn from_response(code: u16, body: &[u8], call: &ApiCall<'_>) -> ApiFailure {
     match serde_json::from_slice::<kube::core::Status>(body) {
         Ok(st) => from_status(
             code,
@@ -153,7 +153,7 @@ pub fn from_response(code: u16, body: &[u8], call: &ApiCall<'_>) -> ApiFailure {
 
 /// Names a failure from an HTTP status and the apiserver's reason and
 /// message (also for callers that send raw requests and read the status).
-pub fn from_status(
+pub(crate) fn from_status(
     code: u16,
     api_reason: Option<&str>,
     api_message: &str,

@@ -7,15 +7,17 @@ use std::net::{IpAddr, SocketAddr};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// Namespace of the `kubernetes` Service.
-pub const NAMESPACE: &str = "default";
+pub(crate) const NAMESPACE: &str = "default";
 /// Label selector of its EndpointSlices.
-pub const SELECTOR: &str = "kubernetes.io/service-name=kubernetes";
+pub(crate) const SELECTOR: &str = "kubernetes.io/service-name=kubernetes";
 /// Name of the Service port the apiserver serves on.
 const PORT_NAME: &str = "https";
 
 /// Every endpoint address not known to be unready, with the slice's
 /// `https` port (or its only port), sorted and once each.
-pub fn endpoints<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Vec<SocketAddr> {
+pub(crate) fn endpoints<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = Vec::new();
     for s in slices {
         if !matches!(s.address_type.as_str(), "IPv4" | "IPv6") {

@@ -20,7 +20,7 @@ use kube::core::Request;
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::labels::{Resource, Verb, WatchEvent, WatchName};
+use super::metric_labels::{Resource, Verb, WatchEvent, WatchName};
 use super::metrics::ControllerMetrics;
 use super::objects::{sampler_config_map, sampler_seq, SAMPLER};
 use super::timed::{self, Call, Timed};

@@ -3,7 +3,7 @@
 
 /// apiserver request buckets: finer low ones, then the apiserver's own
 /// (`apiserver_request_duration_seconds`). 1 s, 5 s and 30 s are edges.
-pub fn apiserver_buckets() -> Vec<f64> {
+pub(crate) fn apiserver_buckets() -> Vec<f64> {
     vec![
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0,
         4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
@@ -11,7 +11,7 @@ pub fn apiserver_buckets() -> Vec<f64> {
 }
 
 /// Pod startup buckets: finer low ones, then the kubelet's. 5 s is an edge.
-pub fn pod_startup_buckets() -> Vec<f64> {
+pub(crate) fn pod_startup_buckets() -> Vec<f64> {
     vec![
         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0,
         20.0, 30.0, 45.0, 60.0, 120.0, 180.0, 300.0, 600.0,
@@ -20,7 +20,7 @@ pub fn pod_startup_buckets() -> Vec<f64> {
 
 /// Lease renewal gap buckets around the kubelet's 10 s renew interval and
 /// the node lifecycle controller's 40-50 s grace period.
-pub fn lease_gap_buckets() -> Vec<f64> {
+pub(crate) fn lease_gap_buckets() -> Vec<f64> {
     vec![
         1.0, 2.5, 5.0, 8.0, 9.0, 10.0, 11.0, 12.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
     ]

@@ -9,14 +9,14 @@ use std::collections::VecDeque;
 
 /// Sliding min-delay filter over the last `capacity` samples.
 #[derive(Debug, Clone)]
-pub struct OffsetFilter {
+pub(crate) struct OffsetFilter {
     samples: VecDeque<f64>,
     capacity: usize,
 }
 
 impl OffsetFilter {
     /// A filter keeping `capacity` (at least 1) samples.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             samples: VecDeque::with_capacity(capacity.max(1)),
             capacity: capacity.max(1),
@@ -24,7 +24,7 @@ impl OffsetFilter {
     }
 
     /// Adds d = renew_time - receive_time, in seconds.
-    pub fn push(&mut self, d: f64) {
+    pub(crate) fn push(&mut self, d: f64) {
         if !d.is_finite() {
             return;
         }
@@ -35,7 +35,7 @@ impl OffsetFilter {
     }
 
     /// The offset estimate (node minus controller, seconds), if any sample.
-    pub fn estimate(&self) -> Option<f64> {
+    pub(crate) fn estimate(&self) -> Option<f64> {
         self.samples.iter().copied().reduce(f64::max)
     }
 }

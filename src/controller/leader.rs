@@ -29,13 +29,13 @@ use super::metrics::ControllerMetrics;
 use crate::config::LeaderSettings;
 
 /// Whether a record unchanged since `observed_at` has expired at `now`.
-pub fn expired(observed_at: Instant, now: Instant, lease_duration: Duration) -> bool {
+pub(crate) fn expired(observed_at: Instant, now: Instant, lease_duration: Duration) -> bool {
     now.saturating_duration_since(observed_at) >= lease_duration
 }
 
 /// What one read of the Lease showed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Observed {
+pub(crate) enum Observed {
     /// The Lease does not exist.
     Missing,
     /// The Lease exists.
@@ -54,7 +54,7 @@ pub enum Observed {
 
 /// What the elector does after a read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Create the Lease, holding it.
     Create,
     /// Renew our own Lease.
@@ -70,7 +70,7 @@ pub enum Action {
 /// successful write, so a replica that cannot reach the API stops
 /// measuring before its Lease can expire and a peer takes over.
 #[derive(Debug, Clone)]
-pub struct LeaderCore {
+pub(crate) struct LeaderCore {
     identity: String,
     renew_deadline: Duration,
     last_write: Option<Instant>,
@@ -78,7 +78,7 @@ pub struct LeaderCore {
 
 impl LeaderCore {
     /// A core for `identity`, leading for `renew_deadline` after each write.
-    pub fn new(identity: &str, renew_deadline: Duration) -> Self {
+    pub(crate) fn new(identity: &str, renew_deadline: Duration) -> Self {
         Self {
             identity: identity.to_string(),
             renew_deadline,
@@ -88,7 +88,7 @@ impl LeaderCore {
 
     /// Decides what to do about `observed` at `now`. Seeing another holder
     /// ends our leadership at once.
-    pub fn decide(&mut self, observed: &Observed, now: Instant) -> Action {
+    pub(crate) fn decide(&mut self, observed: &Observed, now: Instant) -> Action {
         match observed {
             Observed::Missing => Action::Create,
             Observed::Unknown => Action::Wait,
@@ -110,13 +110,13 @@ impl LeaderCore {
     }
 
     /// Notes a successful write (create, renew or take-over) at `now`.
-    pub fn wrote(&mut self, now: Instant) {
+    pub(crate) fn wrote(&mut self, now: Instant) {
         self.last_write = Some(now);
     }
 
     /// Whether we lead at `now`. Once the deadline has passed, leadership is
     /// gone for good: only a new write brings it back.
-    pub fn leading(&mut self, now: Instant) -> bool {
+    pub(crate) fn leading(&mut self, now: Instant) -> bool {
         let lead = self
             .last_write
             .is_some_and(|t| now.saturating_duration_since(t) < self.renew_deadline);
@@ -130,7 +130,7 @@ impl LeaderCore {
 /// Lets one warning through per `interval`, counting those held back; a
 /// warning of a new kind goes through at once (the problem changed).
 #[derive(Debug, Clone)]
-pub struct WarnLimiter {
+pub(crate) struct WarnLimiter {
     interval: Duration,
     last: Option<Instant>,
     last_kind: Option<&'static str>,
@@ -139,7 +139,7 @@ pub struct WarnLimiter {
 
 impl WarnLimiter {
     /// At most one warning per `interval`.
-    pub fn new(interval: Duration) -> Self {
+    pub(crate) fn new(interval: Duration) -> Self {
         Self {
             interval,
             last: None,
@@ -150,7 +150,7 @@ impl WarnLimiter {
 
     /// `Some(n)` when a warning of `kind` may be logged at `now` (`n` were
     /// held back since the last one), `None` when it must be held back.
-    pub fn allow(&mut self, kind: &'static str, now: Instant) -> Option<u64> {
+    pub(crate) fn allow(&mut self, kind: &'static str, now: Instant) -> Option<u64> {
         let recent = self
             .last
             .is_some_and(|t| now.saturating_duration_since(t) < self.interval);
@@ -184,7 +184,7 @@ impl ApiReachability {
 const WARN_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Elects one leader among replicas sharing a Lease.
-pub struct LeaderElector {
+pub(crate) struct LeaderElector {
     api: Api<Lease>,
     namespace: String,
     identity: String,
@@ -196,7 +196,12 @@ pub struct LeaderElector {
 
 impl LeaderElector {
     /// An elector for `identity` on Lease `settings.lease_name` in `namespace`.
-    pub fn new(client: Client, namespace: &str, identity: &str, settings: LeaderSettings) -> Self {
+    pub(crate) fn new(
+        client: Client,
+        namespace: &str,
+        identity: &str,
+        settings: LeaderSettings,
+    ) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
             namespace: namespace.to_string(),
@@ -209,13 +214,13 @@ impl LeaderElector {
     }
 
     /// Counts failures in `kubepulse_controller_leader_errors_total`.
-    pub fn with_metrics(mut self, metrics: ControllerMetrics) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: ControllerMetrics) -> Self {
         self.metrics = Some(metrics);
         self
     }
 
     /// Where this elector publishes whether it reaches the API.
-    pub fn reachability(&self) -> ApiReachability {
+    pub(crate) fn reachability(&self) -> ApiReachability {
         self.reachability.clone()
     }
 
@@ -274,7 +279,7 @@ impl LeaderElector {
 
     /// Runs until cancelled, publishing leadership on `leading`. On
     /// cancellation a leader releases the Lease so a peer takes over at once.
-    pub async fn run(mut self, leading: watch::Sender<bool>, token: CancellationToken) {
+    pub(crate) async fn run(mut self, leading: watch::Sender<bool>, token: CancellationToken) {
         let name = self.settings.lease_name.clone();
         if name != super::rbac::DEFAULT_LEASE_NAME {
             // The shipped Role names the default Lease (see rbac::grants_for).

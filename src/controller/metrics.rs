@@ -10,7 +10,7 @@ use prometheus::{
 };
 
 use super::api_error::ApiFailureReason;
-use super::labels::{
+use super::metric_labels::{
     CodeClass, Outcome, Phase, Resource, Scope, SweepReason, Verb, WatchEvent, WatchName,
 };
 use super::{buckets, scope};

@@ -8,29 +8,29 @@
 //! (naming API failures), `scope`, `sweep`, `clock` and `rbac`. The rest
 //! talks to the apiserver through kube-rs.
 
-pub mod api_error;
-pub mod apiserver_endpoints;
+pub(crate) mod api_error;
+pub(crate) mod apiserver_endpoints;
 pub mod apiserver_latency;
-pub mod buckets;
+pub(crate) mod buckets;
 pub mod client;
-pub mod clock;
-pub mod labels;
-pub mod leader;
+pub(crate) mod clock;
+pub(crate) mod leader;
+pub mod metric_labels;
 pub mod metrics;
 pub mod nodes;
-pub mod objects;
-pub mod phases;
+pub(crate) mod objects;
+pub(crate) mod phases;
 pub mod plan_inputs;
 pub mod plan_publisher;
-pub mod plan_writes;
+pub(crate) mod plan_writes;
 pub mod pod_startup;
 pub mod rbac;
-pub mod round_robin;
-pub mod scope;
-pub mod startup;
-pub mod sweep;
-pub mod sweeper;
-pub mod timed;
+pub(crate) mod round_robin;
+pub(crate) mod scope;
+pub(crate) mod startup;
+pub(crate) mod sweep;
+pub(crate) mod sweeper;
+pub(crate) mod timed;
 
 /// Errors of the controller's Kubernetes IO.
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,7 @@ mod collector;
 pub use collector::NodeCollector;
 
 use super::clock::OffsetFilter;
-use super::labels::{Component, WatchName};
+use super::metric_labels::{Component, WatchName};
 use super::metrics::ControllerMetrics;
 
 /// Namespace of node heartbeat Leases.

@@ -13,14 +13,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use super::label_keys::*;
 
 /// Probe kind label value of startup pods.
-pub const POD_STARTUP: &str = "pod-startup";
+pub(crate) const POD_STARTUP: &str = "pod-startup";
 /// Probe kind label value of sampler ConfigMaps.
-pub const SAMPLER: &str = "sampler";
+pub(crate) const SAMPLER: &str = "sampler";
 /// The probe pod's only container.
-pub const CONTAINER: &str = "pause";
+pub(crate) const CONTAINER: &str = "pause";
 
 /// Labels of a kubepulse object of `probe` kind created by run `run`.
-pub fn labels(probe: &str, run: &str) -> BTreeMap<String, String> {
+pub(crate) fn labels(probe: &str, run: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
         (PROBE.to_string(), probe.to_string()),
@@ -29,13 +29,13 @@ pub fn labels(probe: &str, run: &str) -> BTreeMap<String, String> {
 }
 
 /// Label selector of everything kubepulse created.
-pub fn managed_selector() -> String {
+pub(crate) fn managed_selector() -> String {
     format!("{MANAGED_BY}={MANAGED_BY_VALUE}")
 }
 
 /// A bare probe pod aimed at `target_node` through the scheduler: a
 /// required node affinity on `kubernetes.io/hostname`, never `spec.nodeName`.
-pub fn probe_pod(
+pub(crate) fn probe_pod(
     name: &str,
     run: &str,
     image: &str,
@@ -113,7 +113,7 @@ pub fn probe_pod(
 
 /// Whether admission changed what the SLI assumes: one container with our
 /// image and no init containers.
-pub fn is_mutated(sent: &Pod, created: &Pod) -> bool {
+pub(crate) fn is_mutated(sent: &Pod, created: &Pod) -> bool {
     let (Some(a), Some(b)) = (&sent.spec, &created.spec) else {
         return true;
     };
@@ -127,7 +127,7 @@ pub fn is_mutated(sent: &Pod, created: &Pod) -> bool {
 }
 
 /// The sampler's ConfigMap carrying write sequence number `seq`.
-pub fn sampler_config_map(name: &str, run: &str, seq: u64) -> ConfigMap {
+pub(crate) fn sampler_config_map(name: &str, run: &str, seq: u64) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
@@ -140,7 +140,7 @@ pub fn sampler_config_map(name: &str, run: &str, seq: u64) -> ConfigMap {
 }
 
 /// The write sequence number a sampler ConfigMap carries.
-pub fn sampler_seq(cm: &ConfigMap) -> Option<u64> {
+pub(crate) fn sampler_seq(cm: &ConfigMap) -> Option<u64> {
     cm.data.as_ref()?.get("seq")?.parse().ok()
 }
 

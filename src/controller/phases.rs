@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::labels::{Outcome, Phase};
+use super::metric_labels::{Outcome, Phase};
 
 /// First sightings of one probe pod.
 #[derive(Debug, Clone, Default)]
@@ -103,7 +103,7 @@ pub struct Findings {
 
 /// The outcome of a finished probe. Order matters: a reason that makes the
 /// timing meaningless wins over one that merely excludes it.
-pub fn classify(f: &Findings, m: &Marks) -> Outcome {
+pub(crate) fn classify(f: &Findings, m: &Marks) -> Outcome {
     if f.create_failed {
         Outcome::CreateError
     } else if f.mutated {
@@ -128,7 +128,7 @@ pub fn classify(f: &Findings, m: &Marks) -> Outcome {
 }
 
 /// Waiting reasons that mean the pod will not start on its own.
-pub const FATAL_WAITING_REASONS: &[&str] = &[
+pub(crate) const FATAL_WAITING_REASONS: &[&str] = &[
     "ErrImagePull",
     "ImagePullBackOff",
     "InvalidImageName",
@@ -139,7 +139,7 @@ pub const FATAL_WAITING_REASONS: &[&str] = &[
 ];
 
 /// Whether a `Pulled` event message reports a real pull (not "already present").
-pub fn pulled_message_is_pull(message: &str) -> bool {
+pub(crate) fn pulled_message_is_pull(message: &str) -> bool {
     !message.contains("already present")
 }
 

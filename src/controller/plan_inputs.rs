@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 
 use crate::discovery::kubernetes::facts;
-use crate::discovery::{Identity, Peer, ProbePorts};
-use crate::labels::AgentKind;
+use crate::peer::AgentKind;
+use crate::peer::{Identity, Peer, ProbePorts};
 use crate::plan::{self, node_plan, FanOut, NodePlan, PlanConfig, PlanNode};
 use crate::schedule::slots::SlotConfig;
 

@@ -9,7 +9,7 @@ use super::metrics::PlanOp;
 
 /// One ConfigMap operation of a publication.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PlanWrite {
+pub(crate) enum PlanWrite {
     /// Apply this plan document under this ConfigMap name.
     Apply {
         /// ConfigMap name.
@@ -26,7 +26,7 @@ pub enum PlanWrite {
 
 impl PlanWrite {
     /// Its `op` label.
-    pub fn op(&self) -> PlanOp {
+    pub(crate) fn op(&self) -> PlanOp {
         match self {
             PlanWrite::Apply { .. } => PlanOp::Apply,
             PlanWrite::Delete { .. } => PlanOp::Delete,
@@ -34,7 +34,7 @@ impl PlanWrite {
     }
 
     /// The ConfigMap it acts on.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             PlanWrite::Apply { name, .. } | PlanWrite::Delete { name } => name,
         }
@@ -43,7 +43,7 @@ impl PlanWrite {
 
 /// The writes that turn `written` into `want`: applies of new or changed
 /// plans, then deletes of plans no longer wanted.
-pub fn writes(
+pub(crate) fn writes(
     want: &BTreeMap<String, String>,
     written: &BTreeMap<String, String>,
 ) -> Vec<PlanWrite> {
@@ -62,7 +62,7 @@ pub fn writes(
 }
 
 /// Records a write that succeeded.
-pub fn record(written: &mut BTreeMap<String, String>, done: PlanWrite) {
+pub(crate) fn record(written: &mut BTreeMap<String, String>, done: PlanWrite) {
     match done {
         PlanWrite::Apply { name, json } => {
             written.insert(name, json);

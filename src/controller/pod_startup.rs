@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::api_error::{self, ApiCall};
 use super::label_keys::PROBE_ID;
-use super::labels::{Outcome, Phase, Resource, Verb};
+use super::metric_labels::{Outcome, Phase, Resource, Verb};
 use super::metrics::ControllerMetrics;
 use super::nodes::NodeView;
 use super::objects::{is_mutated, probe_pod};

@@ -3,7 +3,10 @@
 
 /// Round-robin choice of the next probe target: the first node after
 /// `last` in name order, wrapping, so joins and leaves keep the rotation.
-pub fn next_target<'a>(sorted_nodes: &'a [String], last: Option<&str>) -> Option<&'a String> {
+pub(crate) fn next_target<'a>(
+    sorted_nodes: &'a [String],
+    last: Option<&str>,
+) -> Option<&'a String> {
     let after = last.and_then(|l| sorted_nodes.iter().find(|n| n.as_str() > l));
     after.or_else(|| sorted_nodes.first())
 }

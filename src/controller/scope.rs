@@ -1,11 +1,11 @@
 //! Request classification as the apiserver does it: the `scope` and
 //! `code` labels of the apiserver request metrics.
 
-use super::labels::{CodeClass, Scope, Verb};
+use super::metric_labels::{CodeClass, Scope, Verb};
 
 /// The apiserver's `CleanScope`: `resource` if a name is set or the verb is
 /// a create, else `namespace` if the request is namespaced, else `cluster`.
-pub fn scope(verb: Verb, name_set: bool, namespaced: bool) -> Scope {
+pub(crate) fn scope(verb: Verb, name_set: bool, namespaced: bool) -> Scope {
     if name_set || verb == Verb::Post {
         Scope::Resource
     } else if namespaced {
@@ -16,7 +16,7 @@ pub fn scope(verb: Verb, name_set: bool, namespaced: bool) -> Scope {
 }
 
 /// The `code` label of an HTTP status (`None`: no response at all).
-pub fn code_class(status: Option<u16>) -> CodeClass {
+pub(crate) fn code_class(status: Option<u16>) -> CodeClass {
     match status {
         None => CodeClass::Error,
         Some(s) if s >= 500 => CodeClass::Server5xx,

@@ -10,12 +10,12 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Event, Pod};
 
-use super::labels::Outcome;
+use super::metric_labels::Outcome;
 use super::phases::{classify, pulled_message_is_pull, Findings, Marks, FATAL_WAITING_REASONS};
 
 /// Something that happened while following the probe pod.
 #[derive(Debug, Clone, Copy)]
-pub enum Input<'a> {
+pub(crate) enum Input<'a> {
     /// The pod watch's ADDED event.
     PodAdded(&'a Pod),
     /// A MODIFIED event.
@@ -38,7 +38,7 @@ pub enum Input<'a> {
 
 /// What the IO does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Keep following.
     Continue,
     /// Ready was just seen: start the grace period for late Events (an
@@ -51,7 +51,7 @@ pub enum Step {
 
 /// How following the pod ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
+pub(crate) enum Ending {
     /// The POST failed: nothing to follow.
     CreateFailed,
     /// Ready, and the grace period for late Events is over.
@@ -70,7 +70,7 @@ pub enum Ending {
 
 /// The event handling of one probe.
 #[derive(Debug, Clone)]
-pub struct Startup {
+pub(crate) struct Startup {
     pod_name: String,
     /// First sightings, on the controller's monotonic clock.
     pub marks: Marks,
@@ -82,7 +82,7 @@ pub struct Startup {
 
 impl Startup {
     /// Follows the pod named `pod_name` (its Events are matched by name).
-    pub fn new(pod_name: &str) -> Self {
+    pub(crate) fn new(pod_name: &str) -> Self {
         Self {
             pod_name: pod_name.to_string(),
             marks: Marks::default(),
@@ -94,7 +94,7 @@ impl Startup {
 
     /// Handles one input that arrived at `at`. After a [`Step::Stop`]
     /// every further input gets the same stop and changes nothing.
-    pub fn on(&mut self, input: Input<'_>, at: Instant) -> Step {
+    pub(crate) fn on(&mut self, input: Input<'_>, at: Instant) -> Step {
         if let Some(e) = self.ended {
             return Step::Stop(e);
         }
@@ -145,7 +145,7 @@ impl Startup {
     }
 
     /// Notes that the POST failed (the IO then feeds nothing else).
-    pub fn create_failed(&mut self) -> Ending {
+    pub(crate) fn create_failed(&mut self) -> Ending {
         self.findings.create_failed = true;
         self.ended = Some(Ending::CreateFailed);
         Ending::CreateFailed
@@ -153,7 +153,7 @@ impl Startup {
 
     /// The outcome counted for `ending`: `None` for a cancelled probe,
     /// which is not counted at all.
-    pub fn outcome(&self, ending: Ending) -> Option<Outcome> {
+    pub(crate) fn outcome(&self, ending: Ending) -> Option<Outcome> {
         match ending {
             Ending::Cancelled => None,
             Ending::CreateFailed

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::labels::SweepReason;
+use super::metric_labels::SweepReason;
 
 /// Why (or whether) to delete a probe object.
 ///
@@ -10,7 +10,7 @@ use super::labels::SweepReason;
 /// two clocks, so only used with margins of a minute or more. Objects of an
 /// earlier run must also be older than `min_age`, so a leader that has just
 /// lost its lease can finish its in-flight probe.
-pub fn decide(
+pub(crate) fn decide(
     object_run: Option<&str>,
     my_run: &str,
     age: Duration,

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use super::label_keys::RUN;
-use super::labels::Resource;
+use super::metric_labels::Resource;
 use super::metrics::ControllerMetrics;
 use super::objects::managed_selector;
 use super::sweep::decide;
@@ -19,7 +19,7 @@ use super::K8sError;
 
 /// Sweeper settings.
 #[derive(Clone)]
-pub struct Sweeper {
+pub(crate) struct Sweeper {
     /// Client.
     pub client: Client,
     /// Metrics.
@@ -36,7 +36,7 @@ pub struct Sweeper {
 
 impl Sweeper {
     /// Sweeps now and then every `interval` until cancelled.
-    pub async fn run(self, interval: Duration, token: CancellationToken) {
+    pub(crate) async fn run(self, interval: Duration, token: CancellationToken) {
         loop {
             match self.sweep().await {
                 Ok(n) if n > 0 => tracing::info!(deleted = n, "Swept leftover probe objects"),
@@ -51,7 +51,7 @@ impl Sweeper {
     }
 
     /// One sweep; returns the number of objects deleted.
-    pub async fn sweep(&self) -> Result<usize, K8sError> {
+    pub(crate) async fn sweep(&self) -> Result<usize, K8sError> {
         let pods = self.sweep_kind::<Pod>(Resource::Pods).await?;
         let cms = self.sweep_kind::<ConfigMap>(Resource::ConfigMaps).await?;
         Ok(pods + cms)

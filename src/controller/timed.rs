@@ -8,19 +8,19 @@ use bytes::Bytes;
 use kube::client::Body;
 use kube::Client;
 
-use super::labels::{Resource, Verb};
+use super::metric_labels::{Resource, Verb};
 use super::metrics::ControllerMetrics;
 use super::scope::scope;
 use super::K8sError;
 
 /// APF response headers.
-pub const FLOW_SCHEMA_HEADER: &str = "X-Kubernetes-PF-FlowSchema-UID";
+pub(crate) const FLOW_SCHEMA_HEADER: &str = "X-Kubernetes-PF-FlowSchema-UID";
 /// APF response headers.
-pub const PRIORITY_LEVEL_HEADER: &str = "X-Kubernetes-PF-PriorityLevel-UID";
+pub(crate) const PRIORITY_LEVEL_HEADER: &str = "X-Kubernetes-PF-PriorityLevel-UID";
 
 /// What a request is, for its labels.
 #[derive(Debug, Clone, Copy)]
-pub struct Call {
+pub(crate) struct Call {
     /// Verb.
     pub verb: Verb,
     /// Resource.
@@ -33,7 +33,7 @@ pub struct Call {
 
 /// A finished request.
 #[derive(Debug)]
-pub struct Timed {
+pub(crate) struct Timed {
     /// HTTP status.
     pub status: u16,
     /// Body (empty for WATCH establishment).
@@ -46,12 +46,15 @@ pub struct Timed {
 
 impl Timed {
     /// Whether the status is 2xx.
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         (200..300).contains(&self.status)
     }
 
     /// Decodes the body as `T`.
-    pub fn json<T: serde::de::DeserializeOwned>(&self, what: &'static str) -> Result<T, K8sError> {
+    pub(crate) fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+    ) -> Result<T, K8sError> {
         serde_json::from_slice(&self.body).map_err(|source| K8sError::Decode { what, source })
     }
 }
@@ -60,7 +63,7 @@ impl Timed {
 /// (transport failures and timeouts as `code="error"`) and exports the APF
 /// classification. `sent_hook` runs right before sending, so a caller can
 /// register the send time (watch-event latency) before the event can arrive.
-pub async fn send(
+pub(crate) async fn send(
     client: &Client,
     metrics: &ControllerMetrics,
     call: Call,

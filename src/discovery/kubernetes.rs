@@ -28,10 +28,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Discovery, Identity, PeerSet, PlanWatch, ProbePorts};
+use super::{Discovery, PlanWatch};
 use crate::config::{KubernetesDiscoverySettings, Settings};
 use crate::controller::plan_inputs::{config_map_name, DATA_KEY};
 use crate::metrics::{catalog, MetricsError};
+use crate::peer::{Identity, Peer, PeerSet, ProbePorts};
 use crate::plan::NodePlan;
 
 /// One RBAC rule the agent needs: exactly the API calls this module makes.
@@ -390,7 +391,7 @@ fn publish(plan: NodePlan, probe_tx: &watch::Sender<PeerSet>, plan_tx: &watch::S
     }
 }
 
-fn replace_if_changed(cur: &mut PeerSet, new: Vec<super::Peer>) -> bool {
+fn replace_if_changed(cur: &mut PeerSet, new: Vec<Peer>) -> bool {
     if **cur == new {
         return false;
     }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::{Discovery, Peer, PeerSet};
+use super::Discovery;
+use crate::peer::{Peer, PeerSet};
 
 /// A fixed peer list that can still be replaced at run time (config reload,
 /// tests that remove a peer).

@@ -1,6 +1,6 @@
 //! The exporter's own HTTP endpoint: `/metrics`, `/healthz`, `/readyz` and a
 //! small landing page at `/`.
 
-pub mod server;
+pub(crate) mod server;
 
-pub use server::{serve, ServerState};
+pub(crate) use server::{serve, ServerState};

@@ -44,7 +44,7 @@ pub struct ServerState {
 }
 
 /// A readiness check: `Ok` with a status line, or `Err` with the reason.
-pub type ReadyCheck = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
+pub(crate) type ReadyCheck = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
 
 impl ServerState {
     /// A state serving `registries`, not yet ready.
@@ -124,7 +124,11 @@ fn page(state: &ServerState) -> String {
 }
 
 /// Serves until `shutdown` is cancelled, then drains in-flight requests.
-pub async fn serve(listener: TcpListener, state: Arc<ServerState>, shutdown: CancellationToken) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    shutdown: CancellationToken,
+) {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder

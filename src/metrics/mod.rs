@@ -7,6 +7,7 @@
 
 pub mod budget;
 pub mod catalog;
+pub mod labels;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,11 +19,12 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::labels::{
-    AgentKind, ApiserverOutcome, ApiserverPhase, ApiserverTarget, BurstOutcome, Direction,
-    DnsOutcome, ExcludeReason, HttpPhase, IcmpMode, PathKind, ProbeErrorReason, Protocol,
-    RejectReason, ResponderKind,
+use self::labels::{
+    ApiserverOutcome, ApiserverPhase, ApiserverTarget, BurstOutcome, Direction, DnsOutcome,
+    ExcludeReason, HttpPhase, IcmpMode, ProbeErrorReason, Protocol, RejectReason, ResponderKind,
 };
+
+use crate::peer::{AgentKind, PathKind};
 use catalog::{MetricDef, MetricType};
 
 /// Errors from building or encoding metrics.

@@ -67,7 +67,7 @@ fn pairs(plan: &FanOut) -> BTreeSet<(String, String)> {
 }
 
 /// Packs the plan's pairs into a cycle of rounds.
-pub fn schedule(plan: &FanOut, cfg: &SlotConfig) -> BandwidthPlan {
+pub(crate) fn schedule(plan: &FanOut, cfg: &SlotConfig) -> BandwidthPlan {
     let round_len = cfg.round_len();
     let max_pairs = cfg.max_pairs.max(1);
     let capacity = usize::try_from(round_len)

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::schedule::rendezvous::{stable_hash, weight};
 
 /// Points per node on the cross-zone rings.
-pub const VIRTUAL_POINTS: usize = 16;
+pub(crate) const VIRTUAL_POINTS: usize = 16;
 
 /// Fan-out settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,7 +169,7 @@ impl<'a> Zone<'a> {
 }
 
 /// Computes the fan-out of `nodes` (duplicates by name: the first wins).
-pub fn fan_out(nodes: &[PlanNode], cfg: &PlanConfig) -> FanOut {
+pub(crate) fn fan_out(nodes: &[PlanNode], cfg: &PlanConfig) -> FanOut {
     let mut zones_of: BTreeMap<String, String> = BTreeMap::new();
     for n in nodes {
         zones_of

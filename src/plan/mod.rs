@@ -11,8 +11,8 @@
 //! - [`node_plan`]: one node's share of both, serialised for publication,
 //!   and the [`crate::schedule::busy::BusyNodes`] answer for its targets.
 
-pub mod bandwidth;
-pub mod fanout;
+pub(crate) mod bandwidth;
+pub(crate) mod fanout;
 pub mod node_plan;
 
 pub use bandwidth::BandwidthPlan;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::discovery::Peer;
+use crate::peer::Peer;
 use crate::schedule::busy::BusyNodes;
 use crate::schedule::slots::SlotConfig;
 
@@ -181,8 +181,8 @@ pub fn node_plans(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::{targets, Identity, ProbePorts};
-    use crate::labels::{AgentKind, PathKind};
+    use crate::peer::{targets, Identity, ProbePorts};
+    use crate::peer::{AgentKind, PathKind};
     use crate::plan::{bandwidth, fanout, PlanConfig, PlanNode};
 
     fn agents(n: usize) -> Vec<Peer> {

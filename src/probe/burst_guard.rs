@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::guard::SampleGuard;
-use crate::labels::ExcludeReason;
+use crate::metrics::labels::ExcludeReason;
 use crate::schedule::busy::BusyNodes;
 
 /// Most slots a single probe's flight is checked against; probe timeouts

@@ -8,7 +8,7 @@
 //! replies, RTT, jitter, the windowed minimum or the clock offset), so
 //! `sent − lost` stays the number of kept replies.
 
-use crate::labels::ExcludeReason;
+use crate::metrics::labels::ExcludeReason;
 
 /// Decides whether a probe's outcome must be kept out of the statistics.
 pub trait SampleGuard: Send + Sync {

@@ -7,9 +7,9 @@
 //! Every prober gets a [`ProbeContext`] and follows the current target set
 //! through its `watch` channel, so peers come and go without restarts.
 
-pub mod apiserver;
+pub(crate) mod apiserver;
 pub mod burst_guard;
-pub mod dns;
+pub(crate) mod dns;
 pub mod guard;
 pub mod latency;
 mod rounds;
@@ -23,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::BurstKeys;
 use crate::config::ProbeSettings;
-use crate::discovery::{Identity, PeerSet, PlanWatch, Target};
+use crate::discovery::PlanWatch;
 use crate::metrics::AgentMetrics;
+use crate::peer::{Identity, PeerSet, Target};
 use guard::SampleGuard;
 
 /// The current probe targets of one agent.

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The offset of the first round in `[0, interval)`.
-pub fn first_round(interval: Duration) -> Duration {
+pub(super) fn first_round(interval: Duration) -> Duration {
     let n = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
     if n == 0 {
         return Duration::ZERO;
@@ -22,7 +22,7 @@ pub fn first_round(interval: Duration) -> Duration {
 
 /// Runs `round` at every slot until `shutdown`; a round is awaited before
 /// the next slot is considered, so a slow round skips the slots it covers.
-pub async fn every<F, Fut>(interval: Duration, shutdown: CancellationToken, mut round: F)
+pub(super) async fn every<F, Fut>(interval: Duration, shutdown: CancellationToken, mut round: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,

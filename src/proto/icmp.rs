@@ -3,17 +3,17 @@
 //! error value.
 
 /// ICMP type of an echo reply.
-pub const ECHO_REPLY: u8 = 0;
+pub(crate) const ECHO_REPLY: u8 = 0;
 /// ICMP type of an echo request.
-pub const ECHO_REQUEST: u8 = 8;
+pub(crate) const ECHO_REQUEST: u8 = 8;
 /// Length of the ICMP echo header (type, code, checksum, id, seq).
-pub const HEADER_LEN: usize = 8;
+pub(crate) const HEADER_LEN: usize = 8;
 /// Largest ICMP message accepted (the largest IPv4 payload).
-pub const MAX_LEN: usize = 65515;
+pub(crate) const MAX_LEN: usize = 65515;
 
 /// Why an ICMP message was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum IcmpError {
+pub(crate) enum IcmpError {
     /// Shorter than the header it must carry.
     #[error("ICMP message too short: {0} bytes")]
     Short(usize),
@@ -33,7 +33,7 @@ pub enum IcmpError {
 
 /// Echo request or reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EchoKind {
+pub(crate) enum EchoKind {
     /// Type 8.
     Request,
     /// Type 0.
@@ -42,7 +42,7 @@ pub enum EchoKind {
 
 /// A parsed echo message borrowing its payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Echo<'a> {
+pub(crate) struct Echo<'a> {
     /// Request or reply.
     pub kind: EchoKind,
     /// Identifier (rewritten by the kernel on unprivileged DGRAM sockets).
@@ -54,7 +54,7 @@ pub struct Echo<'a> {
 }
 
 /// RFC 1071 Internet checksum of `data` (odd lengths padded with a zero).
-pub fn checksum(data: &[u8]) -> u16 {
+pub(crate) fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     let mut chunks = data.chunks_exact(2);
     for c in &mut chunks {
@@ -72,7 +72,7 @@ pub fn checksum(data: &[u8]) -> u16 {
 
 /// Writes an echo request with `ident`, `seq` and `payload` into `out`
 /// (cleared first), checksum included.
-pub fn build_echo_request(ident: u16, seq: u16, payload: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn build_echo_request(ident: u16, seq: u16, payload: &[u8], out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&[ECHO_REQUEST, 0, 0, 0]);
     out.extend_from_slice(&ident.to_be_bytes());
@@ -83,7 +83,7 @@ pub fn build_echo_request(ident: u16, seq: u16, payload: &[u8], out: &mut Vec<u8
 }
 
 /// Parses an ICMP echo message (no IP header), verifying its checksum.
-pub fn parse_echo(buf: &[u8]) -> Result<Echo<'_>, IcmpError> {
+pub(crate) fn parse_echo(buf: &[u8]) -> Result<Echo<'_>, IcmpError> {
     if buf.len() < HEADER_LEN {
         return Err(IcmpError::Short(buf.len()));
     }
@@ -110,7 +110,7 @@ pub fn parse_echo(buf: &[u8]) -> Result<Echo<'_>, IcmpError> {
 
 /// Skips the IPv4 header that raw sockets deliver in front of the ICMP
 /// message, checking version, header length and total length.
-pub fn strip_ipv4_header(buf: &[u8]) -> Result<&[u8], IcmpError> {
+pub(crate) fn strip_ipv4_header(buf: &[u8]) -> Result<&[u8], IcmpError> {
     let first = *buf.first().ok_or(IcmpError::BadIpHeader)?;
     if first >> 4 != 4 {
         return Err(IcmpError::BadIpHeader);

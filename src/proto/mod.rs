@@ -3,7 +3,7 @@
 
 pub mod bandwidth;
 pub mod echo;
-pub mod icmp;
+pub(crate) mod icmp;
 
 /// Why a message could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

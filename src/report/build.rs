@@ -2,8 +2,10 @@
 //! source, the Prometheus source and the live page all compute the same
 //! numbers the same way.
 
-use crate::labels::{Direction, HttpPhase, PathKind, Protocol};
+use crate::metrics::labels::{Direction, HttpPhase, Protocol};
+
 use crate::metrics::catalog as c;
+use crate::peer::PathKind;
 
 use super::model::{
     ApiRow, ControlPlane, MatrixCell, PathRow, PhaseRow, Quantiles, ReachRow, Report, Rtt,
@@ -13,7 +15,7 @@ use super::snapshot::Window;
 
 /// Path kinds in report order: the host baseline first, then the paths the
 /// seed reports compare against it.
-pub const PATH_ORDER: [PathKind; 7] = [
+pub(crate) const PATH_ORDER: [PathKind; 7] = [
     PathKind::HostCrossNode,
     PathKind::PodSameNode,
     PathKind::PodCrossNode,
@@ -24,7 +26,7 @@ pub const PATH_ORDER: [PathKind; 7] = [
 ];
 
 /// The pod startup SLO (SIG Scalability): p99 ≤ 5 s.
-pub const POD_STARTUP_SLO_SECONDS: f64 = 5.0;
+pub(crate) const POD_STARTUP_SLO_SECONDS: f64 = 5.0;
 
 /// Labels that name the probing node, in order of preference: the scrape's
 /// `node` target label in a cluster, local mode's `agent` label.

@@ -7,10 +7,10 @@
 //! Pure parts: [`exposition`] (text format parser), [`snapshot`] (windows of
 //! samples), [`quantile`], [`build`] and [`format`]; IO lives in [`source`].
 
-pub mod build;
+pub(crate) mod build;
 pub mod exposition;
 pub mod format;
-pub mod model;
+pub(crate) mod model;
 pub mod page;
 pub mod quantile;
 pub mod snapshot;

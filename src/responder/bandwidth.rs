@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::{accept_loop, Slot, POLL_INTERVAL};
 use crate::auth::{BurstKeys, Freshness};
 use crate::config::ResponderSettings;
-use crate::labels::{RejectReason, ResponderKind};
+use crate::metrics::labels::{RejectReason, ResponderKind};
 use crate::metrics::AgentMetrics;
 use crate::proto::bandwidth::{Mode, Request, SealedRequest, Status, REQUEST_LEN};
 

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{accept_loop, idle_timeout, Slot};
 use crate::config::ResponderSettings;
-use crate::labels::{RejectReason, ResponderKind};
+use crate::metrics::labels::{RejectReason, ResponderKind};
 use crate::metrics::AgentMetrics;
 
 const KIND: ResponderKind = ResponderKind::Http;

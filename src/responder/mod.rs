@@ -37,9 +37,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::BurstKeys;
 use crate::config::ResponderSettings;
-use crate::discovery::ProbePorts;
-use crate::labels::{RejectReason, ResponderKind};
+use crate::metrics::labels::{RejectReason, ResponderKind};
 use crate::metrics::AgentMetrics;
+use crate::peer::ProbePorts;
 
 /// How often blocking loops wake up to notice shutdown.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -198,12 +198,12 @@ mod test_hooks {
     /// Env var (a humantime duration) that shifts the echo responders'
     /// clock in a `testkit` build: how the process tests inject an offset.
     #[cfg(feature = "testkit")]
-    pub const CLOCK_OFFSET_ENV: &str = "KUBEPULSE_TEST_CLOCK_OFFSET";
+    pub(super) const CLOCK_OFFSET_ENV: &str = "KUBEPULSE_TEST_CLOCK_OFFSET";
 
     /// The shift of the echo responders' clock: from [`CLOCK_OFFSET_ENV`]
     /// in a `testkit` build, zero otherwise.
     #[cfg(feature = "testkit")]
-    pub fn clock_offset_from_env() -> Duration {
+    pub(super) fn clock_offset_from_env() -> Duration {
         let Ok(text) = std::env::var(CLOCK_OFFSET_ENV) else {
             return Duration::ZERO;
         };
@@ -215,7 +215,7 @@ mod test_hooks {
 
     /// The shift of the echo responders' clock: none outside tests.
     #[cfg(not(feature = "testkit"))]
-    pub fn clock_offset_from_env() -> Duration {
+    pub(super) fn clock_offset_from_env() -> Duration {
         Duration::ZERO
     }
 }
@@ -260,24 +260,23 @@ async fn start_with_clock(
         tracing::warn!(offset = ?clock_offset,
             "Echo responders report a shifted clock (a test build); never use in production");
     }
-    let started = async {
-        let h = udp_echo::spawn(udp, offset_ns, &limits, metrics.clone(), stop.clone()).map_err(
-            |source| ResponderError::Start {
-                what: "udp echo",
-                source,
-            },
-        )?;
-        r.threads.push(("udp echo", h));
-        let h = tcp_echo::spawn(tcp, offset_ns, &limits, metrics.clone(), stop.clone())
-            .await
-            .map_err(|source| ResponderError::Start {
-                what: "tcp echo",
-                source,
-            })?;
-        r.threads.push(("tcp echo", h));
-        Ok::<(), ResponderError>(())
-    }
-    .await;
+    let started =
+        async {
+            let h = udp_echo::spawn(udp, offset_ns, &limits, metrics.clone(), stop.clone())
+                .map_err(|source| ResponderError::Start {
+                    what: "udp echo",
+                    source,
+                })?;
+            r.threads.push(("udp echo", h));
+            let h = tcp_echo::spawn(tcp, offset_ns, &limits, metrics.clone(), stop.clone())
+                .map_err(|source| ResponderError::Start {
+                    what: "tcp echo",
+                    source,
+                })?;
+            r.threads.push(("tcp echo", h));
+            Ok::<(), ResponderError>(())
+        }
+        .await;
     if let Err(e) = started {
         stop.cancel();
         r.join().await;
@@ -411,6 +410,43 @@ impl Slot {
     }
 }
 
+/// What a TCP responder admits: at most `max_connections` connections,
+/// each within its source's budgets, each counted in the connections gauge.
+struct Admission {
+    permits: Arc<Semaphore>,
+    budgets: Arc<SourceBudgets>,
+    gauge: IntGauge,
+}
+
+impl Admission {
+    fn new(limits: &ResponderSettings, metrics: &AgentMetrics, kind: ResponderKind) -> Self {
+        // Semaphore::new panics above MAX_PERMITS; a config cannot reach that.
+        let max = limits.max_connections.min(Semaphore::MAX_PERMITS);
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+            budgets: Arc::new(SourceBudgets::new(limits)),
+            gauge: metrics.responder_connections(kind),
+        }
+    }
+
+    /// A slot for a new connection from `source`, or why it is refused
+    /// (the caller counts the rejection and closes the connection).
+    fn admit(&self, source: IpAddr) -> Result<Slot, RejectReason> {
+        // Per source first: a source over its budget must not take a slot.
+        let source = self.budgets.admit(source)?;
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| RejectReason::ConnectionLimit)?;
+        Ok(Slot {
+            _permit: permit,
+            source,
+            _gauge: GaugeGuard::new(self.gauge.clone()),
+        })
+    }
+}
+
 /// Keeps a connections gauge raised while alive.
 struct GaugeGuard(IntGauge);
 
@@ -442,11 +478,7 @@ async fn accept_loop<F, Fut>(
     F: FnMut(TcpStream, Slot) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    // Semaphore::new panics above MAX_PERMITS; a config cannot reach that.
-    let max = limits.max_connections;
-    let permits = Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)));
-    let budgets = Arc::new(SourceBudgets::new(limits));
-    let gauge = metrics.responder_connections(kind);
+    let admission = Admission::new(limits, &metrics, kind);
     let tracker = TaskTracker::new();
     loop {
         let stream = tokio::select! {
@@ -464,26 +496,12 @@ async fn accept_loop<F, Fut>(
             },
         };
         let (stream, peer) = stream;
-        // Per source first: a source over its budget must not take a slot.
-        let source = match budgets.admit(peer.ip()) {
-            Ok(s) => s,
-            Err(reason) => {
-                metrics.responder_rejected(kind, reason);
-                drop(stream);
-                continue;
-            }
-        };
-        match permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let slot = Slot {
-                    _permit: permit,
-                    source,
-                    _gauge: GaugeGuard::new(gauge.clone()),
-                };
+        match admission.admit(peer.ip()) {
+            Ok(slot) => {
                 tracker.spawn(handle(stream, slot));
             }
-            Err(_) => {
-                metrics.responder_rejected(kind, RejectReason::ConnectionLimit);
+            Err(reason) => {
+                metrics.responder_rejected(kind, reason);
                 drop(stream);
             }
         }

@@ -2,125 +2,254 @@
 //! connections, each answered at once (TCP_NODELAY) with the responder's
 //! wall-clock receive and send times.
 //!
-//! Latency-critical like the UDP echo, so it runs on its own OS thread with a
-//! current-thread tokio runtime: one thread serves up to `max_connections`
-//! connections (a thread per connection would mean hundreds of threads), and
-//! no task of the shared multi-thread runtime can delay a reply
-//! (measurement.md §5: current_thread p99 50 us vs 334 us on a noisy shared
-//! runtime).
+//! Latency-critical like the UDP echo, so it runs on its own OS thread: one
+//! `ppoll` over the listener, a wake-up descriptor and every connection,
+//! and a request is read and answered in the wake-up that saw it, with no
+//! runtime between the socket and the reply. One thread serves up to
+//! `max_connections` connections (a thread per connection would mean
+//! hundreds of threads). The echo used to run on a current-thread tokio
+//! runtime; its task wake-ups added tens of microseconds, and their jitter,
+//! to every TCP RTT on the lab's 2-vCPU VM.
 
-use crate::sys::thread::prefer_realtime;
-use std::io;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::{accept_loop, idle_timeout, to_tokio, wall_ns, Slot};
+use super::{idle_timeout, wall_ns, Admission, Slot, ACCEPT_BACKOFF, POLL_INTERVAL};
 use crate::config::ResponderSettings;
-use crate::labels::{RejectReason, ResponderKind};
+use crate::metrics::labels::{RejectReason, ResponderKind};
 use crate::metrics::AgentMetrics;
 use crate::proto::echo;
+use crate::sys::poll::{ppoll, PollFd, READABLE};
+use crate::sys::thread::prefer_realtime;
+use crate::sys::wake::Wake;
 
 const KIND: ResponderKind = ResponderKind::TcpEcho;
 
-/// Starts the echo thread on a bound listener. Returns once the listener is
-/// registered with the thread's runtime, or the reason it could not be.
-pub(super) async fn spawn(
-    listener: std::net::TcpListener,
+/// Starts the echo thread on a bound listener.
+pub(super) fn spawn(
+    listener: TcpListener,
     offset_ns: u64,
     limits: &ResponderSettings,
     metrics: AgentMetrics,
     stop: CancellationToken,
 ) -> io::Result<JoinHandle<()>> {
-    let limits = *limits;
-    let idle = idle_timeout(&limits);
+    listener.set_nonblocking(true)?;
+    let wake = Arc::new(Wake::new()?);
+    // Shutdown must wake the poll. With a runtime at hand a task notifies
+    // the wake-up descriptor; else the poll looks every POLL_INTERVAL.
+    let longest_wait = match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            let (wake, stop) = (wake.clone(), stop.clone());
+            rt.spawn(async move {
+                stop.cancelled().await;
+                wake.notify();
+            });
+            Duration::from_secs(3600)
+        }
+        Err(_) => POLL_INTERVAL,
+    };
+    let echo = Echo {
+        admission: Admission::new(limits, &metrics, KIND),
+        listener,
+        wake,
+        conns: Vec::new(),
+        idle: idle_timeout(limits),
+        offset_ns,
+        metrics,
+        accept_after: None,
+        longest_wait,
+    };
     let realtime = limits.realtime_priority;
-    let (ready_tx, ready_rx) = oneshot::channel::<io::Result<()>>();
-    // The runtime is built and dropped on its own thread: dropping a runtime
-    // inside the caller's async context would panic.
-    let thread = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("kp-tcp-echo".into())
         .spawn(move || {
             if realtime {
                 prefer_realtime("tcp echo");
             }
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .enable_time()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let listener = match to_tokio("tcp echo", listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(io::Error::other(e)));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                let conn_stop = stop.clone();
-                accept_loop(listener, KIND, &limits, metrics.clone(), stop, |s, slot| {
-                    connection(s, slot, idle, offset_ns, metrics.clone(), conn_stop.clone())
-                })
-                .await;
-            });
-        })?;
-    // On failure the thread is already on its way out: no need to join it.
-    match ready_rx.await {
-        Ok(Ok(())) => Ok(thread),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(io::Error::other("tcp echo thread exited during start")),
-    }
+            echo.run(&stop);
+        })
 }
 
-/// Serves one connection until the peer closes it, it idles for `idle`, it
-/// sends a malformed message, or shutdown.
-async fn connection(
-    mut stream: TcpStream,
+/// One connection: the request read so far, and its share of the limits.
+struct Conn {
+    stream: TcpStream,
+    buf: [u8; echo::HEADER_LEN],
+    filled: usize,
+    last_active: Instant,
     _slot: Slot,
+}
+
+/// What became of a connection after serving it.
+#[derive(Debug, PartialEq, Eq)]
+enum Served {
+    Open,
+    Closed,
+}
+
+struct Echo {
+    admission: Admission,
+    listener: TcpListener,
+    wake: Arc<Wake>,
+    conns: Vec<Conn>,
     idle: Duration,
     offset_ns: u64,
     metrics: AgentMetrics,
-    stop: CancellationToken,
-) {
-    // Replies are single small segments that must leave at once.
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "Cannot set TCP_NODELAY on a TCP echo connection");
-    }
-    let mut buf = [0u8; echo::HEADER_LEN];
-    loop {
-        let read = tokio::select! {
-            biased;
-            () = stop.cancelled() => return,
-            r = tokio::time::timeout(idle, stream.read_exact(&mut buf)) => r,
-        };
-        match read {
-            Ok(Ok(_)) => {}
-            // EOF (possibly mid-message) or a reset: the prober went away.
-            Ok(Err(_)) => return,
-            Err(_) => {
-                tracing::debug!("Closing an idle TCP echo connection");
-                return;
+    /// After a failed accept (out of descriptors and the like) the listener
+    /// stays readable: it leaves the poll set until then, so the thread
+    /// neither spins nor stops answering.
+    accept_after: Option<Instant>,
+    longest_wait: Duration,
+}
+
+impl Echo {
+    fn run(mut self, stop: &CancellationToken) {
+        let mut fds: Vec<PollFd> = Vec::new();
+        while !stop.is_cancelled() {
+            let now = Instant::now();
+            let accepting = self.accept_after.is_none_or(|t| t <= now);
+            if accepting {
+                self.accept_after = None;
+            }
+            fds.clear();
+            fds.push(PollFd::new(self.wake.as_fd(), READABLE));
+            fds.push(PollFd::new(
+                self.listener.as_fd(),
+                if accepting { READABLE } else { 0 },
+            ));
+            fds.extend(
+                self.conns
+                    .iter()
+                    .map(|c| PollFd::new(c.stream.as_fd(), READABLE)),
+            );
+            if let Err(e) = ppoll(&mut fds, self.wait(now)) {
+                tracing::warn!(error = %e, "ppoll failed in the TCP echo");
+                std::thread::sleep(ACCEPT_BACKOFF);
+                continue;
+            }
+            if fds.first().is_some_and(|w| w.revents() != 0) {
+                // Shutdown: the loop condition sees it.
+                self.wake.clear();
+                continue;
+            }
+            // Requests first: their turnaround is in every measured RTT.
+            let mut i = 0;
+            let mut fd = 2;
+            while i < self.conns.len() {
+                let ready = fds.get(fd).is_some_and(|f| f.revents() != 0);
+                fd += 1;
+                if ready && self.serve(i) == Served::Closed {
+                    // Keeps the order of the rest in step with `fds`.
+                    self.conns.remove(i);
+                    continue;
+                }
+                i += 1;
+            }
+            let now = Instant::now();
+            let idle = self.idle;
+            self.conns.retain(|c| {
+                let keep = now.saturating_duration_since(c.last_active) < idle;
+                if !keep {
+                    tracing::debug!("Closing an idle TCP echo connection");
+                }
+                keep
+            });
+            if accepting && fds.get(1).is_some_and(|f| f.revents() != 0) {
+                self.accept(now);
             }
         }
-        let rx_ns = wall_ns(offset_ns);
-        if echo::make_reply(&mut buf, rx_ns, wall_ns(offset_ns)).is_err() {
-            metrics.responder_rejected(KIND, RejectReason::Malformed);
-            return;
+        // Close the port first, then the connections.
+        drop(self.listener);
+        self.conns.clear();
+    }
+
+    /// How long to wait: until the first idle deadline or the end of an
+    /// accept backoff, at most `longest_wait`.
+    fn wait(&self, now: Instant) -> Duration {
+        let idle_deadline = self.conns.iter().map(|c| c.last_active + self.idle).min();
+        [idle_deadline, self.accept_after]
+            .into_iter()
+            .flatten()
+            .map(|t| t.saturating_duration_since(now))
+            .fold(self.longest_wait, Duration::min)
+    }
+
+    /// Reads what connection `i` sent and answers every whole request.
+    fn serve(&mut self, i: usize) -> Served {
+        let Some(c) = self.conns.get_mut(i) else {
+            return Served::Closed;
+        };
+        loop {
+            let Some(rest) = c.buf.get_mut(c.filled..) else {
+                return Served::Closed;
+            };
+            match c.stream.read(rest) {
+                // EOF (possibly mid-message): the prober went away.
+                Ok(0) => return Served::Closed,
+                Ok(n) => c.filled += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Served::Open,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Served::Closed,
+            }
+            if c.filled < echo::HEADER_LEN {
+                continue;
+            }
+            let rx_ns = wall_ns(self.offset_ns);
+            c.filled = 0;
+            c.last_active = Instant::now();
+            if echo::make_reply(&mut c.buf, rx_ns, wall_ns(self.offset_ns)).is_err() {
+                self.metrics
+                    .responder_rejected(KIND, RejectReason::Malformed);
+                return Served::Closed;
+            }
+            // A 64-byte reply fits any send buffer a prober that reads its
+            // replies leaves: one that does not is closed, never waited on.
+            match c.stream.write(&c.buf) {
+                Ok(n) if n == c.buf.len() => self.metrics.responder_request(KIND),
+                _ => return Served::Closed,
+            }
         }
-        if stream.write_all(&buf).await.is_err() {
-            return;
+    }
+
+    /// Accepts every pending connection within the limits.
+    fn accept(&mut self, now: Instant) {
+        loop {
+            let (stream, peer) = match self.listener.accept() {
+                Ok(a) => a,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(responder = %KIND, error = %e, "Accept failed");
+                    self.accept_after = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+            };
+            let slot = match self.admission.admit(peer.ip()) {
+                Ok(s) => s,
+                Err(reason) => {
+                    self.metrics.responder_rejected(KIND, reason);
+                    continue;
+                }
+            };
+            // Replies are single small segments that must leave at once.
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "Cannot set TCP_NODELAY on a TCP echo connection");
+            }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            self.conns.push(Conn {
+                stream,
+                buf: [0; echo::HEADER_LEN],
+                filled: 0,
+                last_active: now,
+                _slot: slot,
+            });
         }
-        metrics.responder_request(KIND);
     }
 }

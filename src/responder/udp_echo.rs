@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::budget::{Rate, TokenBuckets, DEFAULT_MAX_SOURCES};
 use super::{wall_ns, POLL_INTERVAL};
 use crate::config::ResponderSettings;
-use crate::labels::{RejectReason, ResponderKind};
+use crate::metrics::labels::{RejectReason, ResponderKind};
 use crate::metrics::AgentMetrics;
 use crate::proto::echo;
 use crate::proto::DecodeError;

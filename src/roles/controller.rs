@@ -8,9 +8,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ControllerSettings;
+use crate::config::{ControllerSettings, Settings};
 use crate::controller::apiserver_latency::Sampler;
-use crate::controller::client::Clients;
+use crate::controller::client::{self, Clients};
 use crate::controller::leader::{ApiReachability, LeaderElector};
 use crate::controller::metrics::ControllerMetrics;
 use crate::controller::nodes::{self, NodeCollector, NodeView};
@@ -18,6 +18,52 @@ use crate::controller::plan_publisher::PlanPublisher;
 use crate::controller::pod_startup::PodProbe;
 use crate::controller::sweeper::Sweeper;
 use crate::controller::K8sError;
+use crate::roles::Endpoint;
+
+/// Runs the controller until `shutdown`: metrics, the Kubernetes client,
+/// leader election and, while leading, the measurements; ready once the
+/// API answers.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> crate::Result<()> {
+    let c = &settings.controller;
+    let registry = prometheus::Registry::new();
+    crate::metrics::register_process_metrics(&registry)?;
+    let m = ControllerMetrics::new(registry.clone())?;
+    let kube_config = client::config(&c.api_url).await?;
+    let clients = Clients::new(&kube_config)?;
+    let endpoint = Endpoint::serve(
+        c.metrics_listen,
+        vec![registry],
+        format!("controller {}", c.name),
+        shutdown.clone(),
+    )
+    .await?;
+    let running = start(c, clients, m, shutdown.clone())?;
+    // Ready means serving and reaching the API; only the leader measures.
+    let (api, leading) = (running.api.clone(), running.leading.clone());
+    let _ = endpoint.state().check.set(Box::new(move || {
+        let role = if *leading.borrow() {
+            "leader"
+        } else {
+            "standby"
+        };
+        match api.get() {
+            None => Err("no Kubernetes API call has completed yet".into()),
+            Some(Ok(())) => Ok(format!("{role}, Kubernetes API reachable")),
+            Some(Err(why)) => Err(format!("cannot reach the Kubernetes API: {why}")),
+        }
+    }));
+    endpoint.set_ready();
+    println!(
+        "kubepulse controller {} (run {}): metrics at http://{}/metrics",
+        c.name,
+        running.run,
+        endpoint.addr()
+    );
+    shutdown.cancelled().await;
+    running.join().await;
+    endpoint.stopped().await;
+    Ok(())
+}
 
 /// A random run id (8 hex digits): labels every object this run creates.
 pub fn new_run_id() -> String {

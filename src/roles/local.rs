@@ -10,16 +10,18 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use std::time::Duration;
+
 use prometheus::Registry;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BandwidthSchedule, Settings};
-use crate::discovery::{static_peers::StaticDiscovery, Peer, ProbePorts};
-use crate::http::{self, ServerState};
-use crate::labels::AgentKind;
+use crate::discovery::static_peers::StaticDiscovery;
 use crate::metrics::{self, AgentMetrics};
-use crate::roles::agent;
+use crate::peer::AgentKind;
+use crate::peer::{Peer, ProbePorts};
+use crate::report::{self, snapshot::Window, Format};
+use crate::roles::{agent, Endpoint};
 use crate::{Error, Result};
 
 /// Default `/metrics` address of local mode.
@@ -87,7 +89,7 @@ pub struct LocalRun {
     /// Every registry served (process metrics, then one per agent).
     pub registries: Vec<Registry>,
     running: Vec<agent::RunningAgent>,
-    server: tokio::task::JoinHandle<()>,
+    endpoint: Endpoint,
     /// Kept so peers stay published while the run lasts.
     _discovery: StaticDiscovery,
 }
@@ -109,8 +111,47 @@ impl LocalRun {
         for a in self.running {
             a.join().await;
         }
-        let _ = self.server.await;
+        self.endpoint.stopped().await;
     }
+}
+
+/// Runs local mode until `shutdown` or, with `report`, for that window:
+/// then prints the report of what the agents measured in it (in `format`)
+/// and stops.
+pub async fn run(
+    opts: LocalOptions,
+    report: Option<Duration>,
+    format: Format,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let run = start(opts, shutdown.clone()).await?;
+    if report.is_none() {
+        println!(
+            "kubepulse local: {} agents on loopback, metrics at http://{}/metrics",
+            run.agents.len(),
+            run.metrics_addr
+        );
+    }
+    tracing::info!(addr = %run.metrics_addr, agents = run.agents.len(), "Local mode running");
+    let mut result = Ok(());
+    if let Some(d) = report {
+        let first = run.snapshot();
+        let start = tokio::time::Instant::now();
+        tokio::select! {
+            () = tokio::time::sleep(d) => {}
+            () = shutdown.cancelled() => {}
+        }
+        let w = Window::between(&first, &run.snapshot(), start.elapsed().as_secs_f64());
+        let source = format!("kubepulse local, {} agents on loopback", run.agents.len());
+        print!("{}", report::render(&report::build(&w, &source), format));
+        if shutdown.is_cancelled() {
+            result = Err(Error::Interrupted("before the report window ended"));
+        }
+        shutdown.cancel();
+    }
+    shutdown.cancelled().await;
+    run.join().await;
+    result
 }
 
 /// Starts local mode; returns once `/metrics` is bound and every agent runs.
@@ -167,24 +208,20 @@ pub async fn start(opts: LocalOptions, shutdown: CancellationToken) -> Result<Lo
         .collect();
     discovery.replace(peers);
 
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .map_err(|e| Error::io(format!("binding the metrics endpoint {}", opts.listen), e))?;
-    let metrics_addr = listener
-        .local_addr()
-        .map_err(|e| Error::io("reading the metrics address", e))?;
-    let state = ServerState::new(
+    let endpoint = Endpoint::serve(
+        opts.listen,
         registries.clone(),
         format!("local mode: {} agents on loopback", agents.len()),
-    );
-    state.set_ready();
-    let server = tokio::spawn(http::serve(listener, state, shutdown));
+        shutdown,
+    )
+    .await?;
+    endpoint.set_ready();
     Ok(LocalRun {
-        metrics_addr,
+        metrics_addr: endpoint.addr(),
         agents,
         registries,
         running,
-        server,
+        endpoint,
         _discovery: discovery,
     })
 }
@@ -192,8 +229,8 @@ pub async fn start(opts: LocalOptions, shutdown: CancellationToken) -> Result<Lo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::{targets, Identity};
-    use crate::labels::PathKind;
+    use crate::peer::PathKind;
+    use crate::peer::{targets, Identity};
     use std::collections::BTreeSet;
 
     fn paths(n: usize) -> BTreeSet<PathKind> {

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::busy::BusyNodes;
 use super::slots::{pairs_in_slot, schedule_nodes, SlotConfig};
-use crate::discovery::{Identity, PeerSet};
+use crate::peer::{Identity, PeerSet};
 
 /// Slots remembered: a probe window spans at most two, and the engine and
 /// scheduled probes ask about the current and the previous one.
@@ -51,7 +51,7 @@ impl ComputedSchedule {
 pub fn busy_nodes(
     slot: u64,
     me: &Identity,
-    peers: &[crate::discovery::Peer],
+    peers: &[crate::peer::Peer],
     cfg: &SlotConfig,
 ) -> Vec<String> {
     let nodes = schedule_nodes(me, peers);
@@ -127,8 +127,8 @@ impl BusyNodes for PlanOrComputed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::{Peer, ProbePorts};
-    use crate::labels::AgentKind;
+    use crate::peer::AgentKind;
+    use crate::peer::{Peer, ProbePorts};
 
     fn peer(node: &str) -> Peer {
         Peer {

@@ -2,11 +2,11 @@
 //! phase per peer, reconnect backoff, rendezvous peer choice and the
 //! bandwidth slot schedule.
 
-pub mod backoff;
+pub(crate) mod backoff;
 pub mod busy;
 pub mod computed;
-pub mod periodic;
-pub mod rendezvous;
+pub(crate) mod periodic;
+pub(crate) mod rendezvous;
 pub mod slots;
 
 pub use backoff::Backoff;

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 /// A send that left more than this after its deadline counts as late.
-pub const LATE_THRESHOLD: Duration = Duration::from_millis(1);
+pub(crate) const LATE_THRESHOLD: Duration = Duration::from_millis(1);
 /// Shortest interval accepted; guards against a zero division.
 const MIN_INTERVAL: Duration = Duration::from_micros(1);
 

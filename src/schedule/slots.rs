@@ -27,8 +27,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::rendezvous::stable_hash;
-use crate::discovery::{path, Identity, Peer};
-use crate::labels::{AgentKind, Direction, PathKind};
+use crate::metrics::labels::Direction;
+use crate::peer::{path, Identity, Peer};
+use crate::peer::{AgentKind, PathKind};
 use crate::plan::NodePlan;
 
 /// Bandwidth schedule settings.
@@ -234,7 +235,7 @@ fn burst_to(me: &Identity, peer: &Peer, cfg: &SlotConfig) -> Option<Burst> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::ProbePorts;
+    use crate::peer::ProbePorts;
     use std::collections::HashMap;
 
     fn cluster(n: usize) -> Vec<Peer> {

@@ -3,22 +3,35 @@
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::labels::IcmpMode;
+/// The kind of ICMP socket opened: they differ in what a read returns and
+/// in who picks the echo identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IcmpSocketKind {
+    /// Unprivileged datagram socket: reads return the ICMP message, and the
+    /// kernel sets the echo identifier (the socket's "port").
+    Dgram,
+    /// Raw socket: reads return the IPv4 header too, every ICMP packet of
+    /// the host arrives, and the identifier is ours to pick and check.
+    Raw,
+}
 
-/// Opens the best ICMPv4 socket available, non-blocking. Returns the mode
-/// and the socket, or `Unavailable` with the two errors for the log.
-pub fn open_icmp_v4() -> (IcmpMode, Option<Socket>, Vec<std::io::Error>) {
+/// Opens the best ICMPv4 socket available, non-blocking: its kind and the
+/// socket, or `None` with the two errors for the log.
+pub fn open_icmp_v4() -> (Option<(IcmpSocketKind, Socket)>, Vec<std::io::Error>) {
     let mut errors = Vec::new();
-    for (mode, ty) in [(IcmpMode::Dgram, Type::DGRAM), (IcmpMode::Raw, Type::RAW)] {
+    for (kind, ty) in [
+        (IcmpSocketKind::Dgram, Type::DGRAM),
+        (IcmpSocketKind::Raw, Type::RAW),
+    ] {
         match Socket::new(Domain::IPV4, ty, Some(Protocol::ICMPV4)) {
             Ok(s) => match s.set_nonblocking(true) {
-                Ok(()) => return (mode, Some(s), errors),
+                Ok(()) => return (Some((kind, s)), errors),
                 Err(e) => errors.push(e),
             },
             Err(e) => errors.push(e),
         }
     }
-    (IcmpMode::Unavailable, None, errors)
+    (None, errors)
 }
 
 #[cfg(test)]
@@ -26,12 +39,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reports_a_mode_consistent_with_the_socket() {
-        let (mode, sock, errors) = open_icmp_v4();
-        match mode {
-            IcmpMode::Dgram => assert!(sock.is_some() && errors.is_empty()),
-            IcmpMode::Raw => assert!(sock.is_some() && errors.len() == 1),
-            IcmpMode::Unavailable => assert!(sock.is_none() && errors.len() == 2),
+    fn reports_a_kind_consistent_with_the_errors() {
+        let (sock, errors) = open_icmp_v4();
+        match sock {
+            Some((IcmpSocketKind::Dgram, _)) => assert!(errors.is_empty()),
+            Some((IcmpSocketKind::Raw, _)) => assert_eq!(errors.len(), 1),
+            None => assert_eq!(errors.len(), 2),
         }
     }
 }

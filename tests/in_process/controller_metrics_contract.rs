@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kubepulse::controller::labels::{Phase, Resource, Scope, SweepReason, Verb, WatchEvent};
+use kubepulse::controller::metric_labels::{Phase, Resource, Scope, SweepReason, Verb, WatchEvent};
 use kubepulse::controller::metrics::{ControllerMetrics, PlanOp, PlanShape};
 use kubepulse::controller::nodes::{NodeCollector, NodeView};
 use kubepulse::metrics::{self, catalog};

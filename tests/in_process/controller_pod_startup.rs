@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kubepulse::config::PodStartupSettings;
-use kubepulse::controller::labels::{Outcome, Phase};
+use kubepulse::controller::metric_labels::{Outcome, Phase};
 use kubepulse::controller::metrics::ControllerMetrics;
 use kubepulse::controller::nodes::NodeView;
 use kubepulse::controller::pod_startup::PodProbe;

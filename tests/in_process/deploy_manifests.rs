@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use kubepulse::config::{self, DiscoveryMode, PlanSettings, DEFAULT_METRICS_LISTEN};
 use kubepulse::discovery::kubernetes::{facts, API_ACCESS};
-use kubepulse::discovery::ProbePorts;
+use kubepulse::peer::ProbePorts;
 use serde_json::Value;
 
 const KNOWN_KINDS: &[(&str, &str)] = &[

@@ -10,11 +10,12 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kubepulse::config::settings::{Periodic, ProbeSettings};
-use kubepulse::discovery::{Identity, Peer, ProbePorts, Target};
-use kubepulse::labels::ExcludeReason;
-use kubepulse::labels::{AgentKind, IcmpMode, PathKind, ProbeErrorReason, Protocol};
+use kubepulse::config::settings::{ProbeCadence, ProbeSettings};
+use kubepulse::metrics::labels::ExcludeReason;
+use kubepulse::metrics::labels::{IcmpMode, ProbeErrorReason, Protocol};
 use kubepulse::metrics::AgentMetrics;
+use kubepulse::peer::{AgentKind, PathKind};
+use kubepulse::peer::{Identity, Peer, ProbePorts, Target};
 use kubepulse::probe::guard::{KeepAll, SampleGuard};
 use kubepulse::probe::latency::{self, LatencyProber, RttSample, SampleHook};
 use kubepulse::probe::{ProbeContext, TargetSet};
@@ -165,8 +166,8 @@ fn target(name: &str, ports: ProbePorts) -> Target {
     }
 }
 
-fn periodic(enabled: bool, interval: Duration) -> Periodic {
-    Periodic {
+fn periodic(enabled: bool, interval: Duration) -> ProbeCadence {
+    ProbeCadence {
         enabled,
         interval,
         // The production default; generous for a loaded test host.
@@ -686,7 +687,7 @@ fn bad_and_late_replies_are_counted_apart_from_losses() {
         },
     );
     let settings = ProbeSettings {
-        udp: Periodic {
+        udp: ProbeCadence {
             enabled: true,
             interval: Duration::from_millis(20),
             timeout: Duration::from_millis(50),

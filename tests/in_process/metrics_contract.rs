@@ -5,9 +5,11 @@ use kubepulse_testkit::scrape;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kubepulse::discovery::Peer;
-use kubepulse::labels::{AgentKind, Direction, PathKind, Protocol};
+use kubepulse::metrics::labels::{Direction, Protocol};
+
 use kubepulse::metrics::{self, catalog, AgentMetrics};
+use kubepulse::peer::Peer;
+use kubepulse::peer::{AgentKind, PathKind};
 
 #[test]
 fn docs_list_exactly_the_catalog() {
@@ -66,7 +68,7 @@ fn a_real_scrape_is_fully_documented() {
         0,
         1.0,
     );
-    m.set_icmp_mode(kubepulse::labels::IcmpMode::Dgram);
+    m.set_icmp_mode(kubepulse::metrics::labels::IcmpMode::Dgram);
     m.clock_offset(PathKind::PodCrossNode, &peer.node)
         .expect("a live cross-node key has a clock offset")
         .set(0.001);

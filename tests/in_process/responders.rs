@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kubepulse::auth::{BurstKeys, KeySet};
 use kubepulse::config::ResponderSettings;
-use kubepulse::discovery::ProbePorts;
 use kubepulse::metrics::AgentMetrics;
+use kubepulse::peer::ProbePorts;
 use kubepulse::proto::bandwidth::{self as bw, Mode, Seal, Status};
 use kubepulse::proto::echo::{self, EchoHeader, Kind};
 use kubepulse::responder::{self, Responders};
@@ -507,6 +507,11 @@ async fn bandwidth_source_sends_exactly_the_requested_bytes() {
         let mut got = Vec::new();
         s.read_to_end(&mut got).expect("burst until EOF");
         assert_eq!(got.len() as u64, n);
+        // The source frees its one burst once it sees the prober close,
+        // after the prober saw the end of the data: wait for that before
+        // the next request, or it is refused as busy.
+        drop(s);
+        f.wait_value("bandwidth connections", 0.0, |f| f.connections("bandwidth"));
     }
     assert_eq!(f.requests("bandwidth"), 2.0);
     f.stop().await;

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kubepulse::config::ProbeSettings;
-use kubepulse::discovery::{Identity, Peer, ProbePorts, Target};
-use kubepulse::labels::{AgentKind, ExcludeReason, PathKind, Protocol};
 use kubepulse::metrics::catalog::{self, MetricDef};
+use kubepulse::metrics::labels::{ExcludeReason, Protocol};
 use kubepulse::metrics::AgentMetrics;
+use kubepulse::peer::{AgentKind, PathKind};
+use kubepulse::peer::{Identity, Peer, ProbePorts, Target};
 use kubepulse::probe::guard::{KeepAll, SampleGuard};
 use kubepulse::probe::{scheduled, ProbeContext, TargetSet};
 use kubepulse::proto::{bandwidth as bw, echo};

@@ -145,8 +145,8 @@ fn clock_offset_estimate_is_within_half_rtt_of_the_injected_offset() {
 /// the slots the shared schedule gives it (1 s slots, every slot a round).
 #[test]
 fn bandwidth_bursts_follow_the_slot_schedule() {
-    use kubepulse::discovery::{Identity, Peer, ProbePorts};
-    use kubepulse::labels::AgentKind;
+    use kubepulse::peer::AgentKind;
+    use kubepulse::peer::{Identity, Peer, ProbePorts};
     use kubepulse::schedule::slots::{my_bursts, SlotConfig};
     use std::time::{SystemTime, UNIX_EPOCH};
 

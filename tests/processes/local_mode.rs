@@ -5,8 +5,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kubepulse::labels::PathKind;
 use kubepulse::metrics::catalog;
+use kubepulse::peer::PathKind;
 use kubepulse_testkit::process::Kubepulse;
 use kubepulse_testkit::scrape::{self, Scrape};
 

@@ -9,7 +9,7 @@ use prometheus::proto::MetricFamily;
 use prometheus::{GaugeVec, IntCounterVec, Opts};
 
 use super::NodeView;
-use crate::controller::labels::Component;
+use crate::controller::metric_labels::Component;
 use crate::metrics::catalog::{self, MetricDef};
 
 /// Exports node and control-plane state at scrape time.

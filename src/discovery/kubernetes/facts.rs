@@ -8,8 +8,8 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 
-use crate::discovery::{Identity, Peer, ProbePorts};
-use crate::labels::{AgentKind, PathKind};
+use crate::peer::{AgentKind, PathKind};
+use crate::peer::{Identity, Peer, ProbePorts};
 
 /// Downward-API variable holding the agent's pod name (`metadata.name`).
 pub const ENV_POD_NAME: &str = "KUBEPULSE_POD_NAME";

@@ -14,11 +14,11 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::phases::{livez_request, read_livez, Failure, LivezRead, Probe};
-use crate::labels::ApiserverPhase;
+use crate::metrics::labels::ApiserverPhase;
 
 /// Why the TLS client could not be set up.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsSetupError {
+pub(crate) enum TlsSetupError {
     /// The CA bundle could not be read or held no certificate.
     #[error("CA bundle {path}: {reason}")]
     Ca {
@@ -33,7 +33,7 @@ pub enum TlsSetupError {
 }
 
 /// A TLS client trusting only the CA bundle at `ca_file`.
-pub fn client_config(ca_file: &Path) -> Result<Arc<ClientConfig>, TlsSetupError> {
+pub(crate) fn client_config(ca_file: &Path) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let ca_err = |reason: String| TlsSetupError::Ca {
         path: ca_file.display().to_string(),
         reason,
@@ -57,7 +57,7 @@ pub fn client_config(ca_file: &Path) -> Result<Arc<ClientConfig>, TlsSetupError>
 
 /// What a probe needs besides its target.
 #[derive(Clone)]
-pub struct ProbeSetup {
+pub(crate) struct ProbeSetup {
     /// The TLS client.
     pub tls: Arc<ClientConfig>,
     /// Name the certificate is checked against (and the Host header).
@@ -71,7 +71,7 @@ pub struct ProbeSetup {
 }
 
 /// Probes the apiserver at `addr`.
-pub fn probe(addr: SocketAddr, s: &ProbeSetup) -> Probe {
+pub(crate) fn probe(addr: SocketAddr, s: &ProbeSetup) -> Probe {
     let mut p = Probe::start();
     // Connect.
     let (mut sock, took) = match connect(addr, s.bind, s.timeout) {

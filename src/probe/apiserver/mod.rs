@@ -8,9 +8,9 @@
 //! list ([`targets`]) are pure; [`exchange`] is the timed IO; `run` the
 //! schedule.
 
-pub mod exchange;
-pub mod phases;
+pub(crate) mod exchange;
+pub(crate) mod phases;
 mod run;
-pub mod targets;
+pub(crate) mod targets;
 
-pub use run::start;
+pub(crate) use run::start;

@@ -5,12 +5,12 @@
 use std::io;
 use std::time::Duration;
 
-use crate::labels::{ApiserverOutcome, ApiserverPhase};
+use crate::metrics::labels::{ApiserverOutcome, ApiserverPhase};
 
 /// The result of one probe: the durations of the phases that completed,
 /// in order, and the outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Probe {
+pub(crate) struct Probe {
     /// Completed phases, in the order they ran.
     pub done: Vec<(ApiserverPhase, Duration)>,
     /// `Ok`, or why the first failed phase failed.
@@ -19,7 +19,7 @@ pub struct Probe {
 
 impl Probe {
     /// A probe about to start: nothing done yet.
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self {
             done: Vec::with_capacity(ApiserverPhase::ALL.len()),
             outcome: ApiserverOutcome::Ok,
@@ -29,7 +29,12 @@ impl Probe {
     /// Books a completed phase. A phase longer than `timeout` counts as
     /// timed out (a socket timeout bounds each read, not the whole phase),
     /// so the histograms never hold a phase that was a failure.
-    pub fn completed(&mut self, phase: ApiserverPhase, took: Duration, timeout: Duration) -> bool {
+    pub(crate) fn completed(
+        &mut self,
+        phase: ApiserverPhase,
+        took: Duration,
+        timeout: Duration,
+    ) -> bool {
         if took > timeout {
             self.outcome = ApiserverOutcome::Timeout;
             return false;
@@ -39,20 +44,21 @@ impl Probe {
     }
 
     /// Books the failure of `phase`: the probe ends with this outcome.
-    pub fn failed(mut self, phase: ApiserverPhase, why: Failure) -> Self {
+    pub(crate) fn failed(mut self, phase: ApiserverPhase, why: Failure) -> Self {
         self.outcome = outcome(phase, why);
         self
     }
 
     /// The probe's duration of `phase`, if that phase completed.
-    pub fn phase(&self, phase: ApiserverPhase) -> Option<Duration> {
+    #[cfg(test)]
+    pub(crate) fn phase(&self, phase: ApiserverPhase) -> Option<Duration> {
         self.done.iter().find(|(p, _)| *p == phase).map(|(_, d)| *d)
     }
 }
 
 /// How a phase failed.
 #[derive(Debug)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// A socket error (a timeout among them).
     Io(io::ErrorKind),
     /// The TLS layer refused (certificate, protocol alert).
@@ -63,7 +69,7 @@ pub enum Failure {
 
 /// The outcome of a failure in `phase`: any timeout is `timeout`; other
 /// socket errors are the phase's own failure.
-pub fn outcome(phase: ApiserverPhase, why: Failure) -> ApiserverOutcome {
+pub(crate) fn outcome(phase: ApiserverPhase, why: Failure) -> ApiserverOutcome {
     match why {
         Failure::Io(io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => {
             ApiserverOutcome::Timeout
@@ -79,16 +85,16 @@ pub fn outcome(phase: ApiserverPhase, why: Failure) -> ApiserverOutcome {
 }
 
 /// The request line and headers of the health request.
-pub fn livez_request(path: &str, host: &str) -> String {
+pub(crate) fn livez_request(path: &str, host: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kubepulse\r\nAccept: text/plain\r\nConnection: close\r\n\r\n")
 }
 
 /// Largest response head accepted.
-pub const MAX_HEAD: usize = 16 << 10;
+pub(crate) const MAX_HEAD: usize = 16 << 10;
 
 /// Where a `/livez` response read so far stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LivezRead {
+pub(crate) enum LivezRead {
     /// Need more bytes.
     More,
     /// Complete (head and Content-Length body, or head only without a
@@ -101,7 +107,7 @@ pub enum LivezRead {
 }
 
 /// Checks the bytes of a `/livez` response read so far.
-pub fn read_livez(buf: &[u8]) -> LivezRead {
+pub(crate) fn read_livez(buf: &[u8]) -> LivezRead {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {

@@ -10,11 +10,11 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::exchange::{client_config, probe, ProbeSetup};
 use super::targets::{service_from_env, targets};
-use crate::labels::ApiserverOutcome;
+use crate::metrics::labels::ApiserverOutcome;
 use crate::probe::{rounds, ProbeContext};
 
 /// Starts the apiserver probe, or explains in the log why it does not run.
-pub fn start(ctx: &ProbeContext) -> Option<JoinHandle<()>> {
+pub(crate) fn start(ctx: &ProbeContext) -> Option<JoinHandle<()>> {
     let s = &ctx.settings.apiserver;
     if !s.enabled {
         return None;

@@ -3,11 +3,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::labels::ApiserverTarget;
+use crate::metrics::labels::ApiserverTarget;
 
 /// The Service address from the pod environment the kubelet sets
 /// (`KUBERNETES_SERVICE_HOST`, `KUBERNETES_SERVICE_PORT`), if both parse.
-pub fn service_from_env(host: Option<&str>, port: Option<&str>) -> Option<SocketAddr> {
+pub(crate) fn service_from_env(host: Option<&str>, port: Option<&str>) -> Option<SocketAddr> {
     let ip: IpAddr = host?.trim().parse().ok()?;
     let port: u16 = port?.trim().parse().ok()?;
     (port != 0).then_some(SocketAddr::new(ip, port))
@@ -17,7 +17,7 @@ pub fn service_from_env(host: Option<&str>, port: Option<&str>) -> Option<Socket
 /// (configured and from the plan) once each, sorted. An endpoint equal to
 /// the Service address is the Service (a cluster without kube-proxy
 /// indirection) and is not probed twice.
-pub fn targets(
+pub(crate) fn targets(
     service: Option<SocketAddr>,
     configured: &[SocketAddr],
     planned: &[SocketAddr],

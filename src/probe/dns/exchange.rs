@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::rr::Name;
 
 use super::message::{build_query, classify, Reply};
-use crate::labels::DnsOutcome;
+use crate::metrics::labels::DnsOutcome;
 use crate::sys::clock::realtime_ns;
 use crate::sys::timestamp::{enable_rx_timestamps, recv_timestamped, ControlBuf};
 
@@ -34,7 +34,7 @@ const MAX_REPLY: usize = 4096;
 
 /// The result of one lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lookup {
+pub(crate) struct Lookup {
     /// How it ended.
     pub outcome: DnsOutcome,
     /// Query sent to reply received, when a reply arrived.
@@ -49,7 +49,7 @@ impl Lookup {
 
 /// Asks `server` for the A records of `name` from `bind` (a specific
 /// address of the same family, or unspecified), waiting at most `timeout`.
-pub fn lookup(server: SocketAddr, bind: IpAddr, name: &Name, timeout: Duration) -> Lookup {
+pub(crate) fn lookup(server: SocketAddr, bind: IpAddr, name: &Name, timeout: Duration) -> Lookup {
     let sock = match socket(server, bind) {
         Ok(s) => s,
         Err(e) => {

@@ -4,12 +4,12 @@
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 
-use crate::labels::DnsOutcome;
+use crate::metrics::labels::DnsOutcome;
 
 /// A name that cannot be queried.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{name:?} is not a DNS name: {reason}")]
-pub struct BadName {
+pub(crate) struct BadName {
     /// The name as given.
     pub name: String,
     /// What is wrong with it.
@@ -19,7 +19,7 @@ pub struct BadName {
 /// Parses `name` as a fully qualified name (a trailing dot is optional):
 /// the probe asks exactly this name, without walking the search list, so
 /// one lookup is one exchange.
-pub fn query_name(name: &str) -> Result<Name, BadName> {
+pub(crate) fn query_name(name: &str) -> Result<Name, BadName> {
     let bad = |reason: &str| BadName {
         name: name.to_string(),
         reason: reason.to_string(),
@@ -45,7 +45,7 @@ pub fn query_name(name: &str) -> Result<Name, BadName> {
 }
 
 /// The wire form of a recursive `A` query for `name` with message `id`.
-pub fn build_query(id: u16, name: &Name) -> Vec<u8> {
+pub(crate) fn build_query(id: u16, name: &Name) -> Vec<u8> {
     let mut m = Message::new();
     m.set_id(id)
         .set_message_type(MessageType::Query)
@@ -58,7 +58,7 @@ pub fn build_query(id: u16, name: &Name) -> Vec<u8> {
 
 /// What a received datagram means for a lookup in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// Not the reply to this query (another id, not a response): keep
     /// waiting, as a resolver does, so a stray datagram is no failure.
     Unrelated,
@@ -67,7 +67,7 @@ pub enum Reply {
 }
 
 /// Classifies datagram `buf` against the query `id` for `name`.
-pub fn classify(buf: &[u8], id: u16, name: &Name) -> Reply {
+pub(crate) fn classify(buf: &[u8], id: u16, name: &Name) -> Reply {
     let Ok(m) = Message::from_vec(buf) else {
         // Unparsable: ours only if its id says so (the first two bytes).
         return match buf {

@@ -3,9 +3,9 @@
 //! reply classification ([`message`], pure), the timed UDP exchange
 //! ([`exchange`], IO) and the schedule that books the results ([`run`]).
 
-pub mod exchange;
-pub mod message;
-pub mod resolv_conf;
+pub(crate) mod exchange;
+pub(crate) mod message;
+pub(crate) mod resolv_conf;
 mod run;
 
-pub use run::start;
+pub(crate) use run::start;

@@ -12,7 +12,7 @@ const MAX_NDOTS: u8 = 15;
 
 /// What the probe needs of a resolver configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResolvConf {
+pub(crate) struct ResolvConf {
     /// Nameservers in order, at most [`MAX_NAMESERVERS`] (later ones are
     /// never asked by glibc and are dropped here too).
     pub nameservers: Vec<IpAddr>,
@@ -26,7 +26,7 @@ impl ResolvConf {
     /// Parses resolv.conf text. Unknown keywords and malformed entries are
     /// skipped, as the libc resolver skips them: the probe should ask what
     /// the pods ask, not reject what they accept.
-    pub fn parse(text: &str) -> Self {
+    pub(crate) fn parse(text: &str) -> Self {
         let mut conf = ResolvConf {
             nameservers: Vec::new(),
             search: Vec::new(),
@@ -69,7 +69,7 @@ impl ResolvConf {
     /// The cluster domain: the `<domain>` of the first `svc.<domain>`
     /// search entry, which the kubelet writes into every ClusterFirst pod's
     /// resolv.conf (`<ns>.svc.<domain> svc.<domain> <domain>`).
-    pub fn cluster_domain(&self) -> Option<&str> {
+    pub(crate) fn cluster_domain(&self) -> Option<&str> {
         self.search
             .iter()
             .find_map(|s| s.strip_prefix("svc.").filter(|d| !d.is_empty()))
@@ -77,7 +77,7 @@ impl ResolvConf {
 
     /// The names resolved by default: the apiserver's Service name in the
     /// cluster domain, if there is one.
-    pub fn default_names(&self) -> Vec<String> {
+    pub(crate) fn default_names(&self) -> Vec<String> {
         self.cluster_domain()
             .map(|d| vec![format!("kubernetes.default.svc.{d}")])
             .unwrap_or_default()

@@ -15,7 +15,7 @@ use crate::probe::{rounds, ProbeContext};
 
 /// What to ask whom, resolved once at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnsPlan {
+pub(super) struct DnsPlan {
     /// Nameservers, in resolver order.
     pub nameservers: Vec<IpAddr>,
     /// Names, fully qualified.
@@ -24,7 +24,7 @@ pub struct DnsPlan {
 
 /// Why the DNS probe does not run.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum DnsOff {
+pub(super) enum DnsOff {
     /// `probes.dns.enabled: false`.
     #[error("disabled in the configuration")]
     Disabled,
@@ -40,7 +40,11 @@ pub enum DnsOff {
 
 /// Decides what the probe asks (pure): configured nameservers and names
 /// win over the resolver configuration `conf` (read from `source`).
-pub fn dns_plan(s: &DnsSettings, conf: &ResolvConf, source: &str) -> Result<DnsPlan, DnsOff> {
+pub(super) fn dns_plan(
+    s: &DnsSettings,
+    conf: &ResolvConf,
+    source: &str,
+) -> Result<DnsPlan, DnsOff> {
     if !s.enabled {
         return Err(DnsOff::Disabled);
     }
@@ -76,7 +80,7 @@ pub fn dns_plan(s: &DnsSettings, conf: &ResolvConf, source: &str) -> Result<DnsP
 }
 
 /// Starts the DNS probe, or explains in the log why it does not run.
-pub fn start(ctx: &ProbeContext) -> Option<JoinHandle<()>> {
+pub(crate) fn start(ctx: &ProbeContext) -> Option<JoinHandle<()>> {
     let s = &ctx.settings.dns;
     let source = s.resolv_conf.display().to_string();
     let conf = match std::fs::read_to_string(&s.resolv_conf) {
@@ -118,7 +122,7 @@ pub fn start(ctx: &ProbeContext) -> Option<JoinHandle<()>> {
                         let (ns, name, ctx) = (*ns, name.clone(), ctx.clone());
                         jobs.spawn_blocking(move || {
                             let l = lookup(SocketAddr::new(ns, port), ctx.bind, &name, timeout);
-                            if l.outcome != crate::labels::DnsOutcome::Ok {
+                            if l.outcome != crate::metrics::labels::DnsOutcome::Ok {
                                 tracing::debug!(nameserver = %ns, name = %name, outcome = %l.outcome, "DNS lookup failed");
                             }
                             ctx.metrics.observe_dns(ctx.identity.kind, &ns.to_string(), l.outcome, l.rtt);

@@ -13,7 +13,9 @@ mod tcp;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::labels::{PathKind, Protocol};
+use crate::metrics::labels::Protocol;
+
+use crate::peer::PathKind;
 use crate::sys::clock::realtime_ns;
 use stream::Arrival;
 

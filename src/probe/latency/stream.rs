@@ -13,7 +13,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::labels::{ExcludeReason, PathKind, ProbeErrorReason, Protocol};
+use crate::metrics::labels::{ExcludeReason, ProbeErrorReason, Protocol};
+
+use crate::peer::PathKind;
 use crate::probe::guard::SampleGuard;
 use crate::schedule::Periodic;
 use crate::stats::{clock_offset, kernel_rtt, InFlight, Jitter, Match, WindowedMin};
@@ -42,7 +44,7 @@ pub(super) enum Arrival {
 
 impl Arrival {
     /// Monotonic time of the read.
-    pub fn read_at(&self) -> Instant {
+    pub(super) fn read_at(&self) -> Instant {
         match self {
             Arrival::Kernel { now_mono, .. } => *now_mono,
             Arrival::Mono(at) => *at,
@@ -115,7 +117,7 @@ fn ns(d: Duration) -> u64 {
 
 impl Stream {
     /// A new stream sending on `schedule`.
-    pub fn new(
+    pub(super) fn new(
         protocol: Protocol,
         path: PathKind,
         peer_node: Arc<str>,
@@ -141,14 +143,14 @@ impl Stream {
     }
 
     /// The sequence number of the next probe.
-    pub fn take_seq(&mut self) -> u64 {
+    pub(super) fn take_seq(&mut self) -> u64 {
         let s = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
         s
     }
 
     /// Records a probe that left; it is booked when its outcome is known.
-    pub fn sent(
+    pub(super) fn sent(
         &mut self,
         seq: u64,
         stamp: SendStamp,
@@ -162,7 +164,12 @@ impl Stream {
 
     /// Books a probe whose send failed: a loss (unless excluded) and an
     /// error.
-    pub fn send_failed(&mut self, stamp: SendStamp, guard: &dyn SampleGuard, sink: &mut dyn Sink) {
+    pub(super) fn send_failed(
+        &mut self,
+        stamp: SendStamp,
+        guard: &dyn SampleGuard,
+        sink: &mut dyn Sink,
+    ) {
         match guard.exclude(&self.peer_node, stamp.real_ns, stamp.real_ns) {
             Some(reason) => sink.event(Event::Excluded(reason)),
             None => sink.event(Event::Lost),
@@ -171,7 +178,7 @@ impl Stream {
     }
 
     /// Books the probes whose timeout passed by `now` as lost.
-    pub fn expire(&mut self, now: Instant, guard: &dyn SampleGuard, sink: &mut dyn Sink) {
+    pub(super) fn expire(&mut self, now: Instant, guard: &dyn SampleGuard, sink: &mut dyn Sink) {
         let timeout = self.timeout;
         let peer_node = &self.peer_node;
         self.inflight.expire_each(now, |stamp| {
@@ -199,13 +206,13 @@ impl Stream {
     }
 
     /// The earliest timeout of a probe in flight.
-    pub fn next_timeout(&self) -> Option<Instant> {
+    pub(super) fn next_timeout(&self) -> Option<Instant> {
         self.inflight.next_deadline()
     }
 
     /// Books a reply to probe `seq`; `responder` carries the responder's
     /// wall-clock stamps when the protocol has them (UDP echo).
-    pub fn reply(
+    pub(super) fn reply(
         &mut self,
         seq: u64,
         arrival: Arrival,

@@ -85,7 +85,12 @@ pub(super) struct TcpConn {
 
 impl TcpConn {
     /// A connection to `dest` that will first connect at `now`.
-    pub fn new(dest: SocketAddr, bind: IpAddr, connect_timeout: Duration, now: Instant) -> Self {
+    pub(super) fn new(
+        dest: SocketAddr,
+        bind: IpAddr,
+        connect_timeout: Duration,
+        now: Instant,
+    ) -> Self {
         // Binding the source only makes sense when it is set and of the
         // destination's family.
         let bind = (!bind.is_unspecified() && bind.is_ipv4() == dest.is_ipv4()).then_some(bind);
@@ -99,7 +104,7 @@ impl TcpConn {
     }
 
     /// The descriptor to poll and for what, if any.
-    pub fn interest(&self) -> Option<(BorrowedFd<'_>, i16)> {
+    pub(super) fn interest(&self) -> Option<(BorrowedFd<'_>, i16)> {
         match &self.state {
             State::Idle { .. } => None,
             State::Connecting { sock, .. } => Some((sock.as_fd(), WRITABLE)),
@@ -109,7 +114,7 @@ impl TcpConn {
 
     /// When the connection needs attention without any IO (retry, connect
     /// timeout).
-    pub fn next_timer(&self) -> Option<Instant> {
+    pub(super) fn next_timer(&self) -> Option<Instant> {
         match &self.state {
             State::Idle { retry_at } => Some(*retry_at),
             State::Connecting { deadline, .. } => Some(*deadline),
@@ -119,7 +124,7 @@ impl TcpConn {
 
     /// Starts a connect when the retry time has come; fails one that took
     /// longer than the timeout.
-    pub fn tick(&mut self, now: Instant, events: &mut Vec<TcpEvent>) {
+    pub(super) fn tick(&mut self, now: Instant, events: &mut Vec<TcpEvent>) {
         match &self.state {
             State::Idle { retry_at } if *retry_at <= now => match self.connect(now) {
                 Ok(state) => self.state = state,
@@ -157,7 +162,7 @@ impl TcpConn {
     }
 
     /// Handles poll results for this connection's descriptor.
-    pub fn ready(&mut self, revents: i16, now: Instant, events: &mut Vec<TcpEvent>) {
+    pub(super) fn ready(&mut self, revents: i16, now: Instant, events: &mut Vec<TcpEvent>) {
         match &mut self.state {
             State::Idle { .. } => {}
             State::Connecting { sock, .. } => {
@@ -219,7 +224,7 @@ impl TcpConn {
     }
 
     /// Sends one request frame.
-    pub fn send(&mut self, frame: &[u8], now: Instant) -> Result<(), SendError> {
+    pub(super) fn send(&mut self, frame: &[u8], now: Instant) -> Result<(), SendError> {
         let State::Up { sock, .. } = &mut self.state else {
             return Err(SendError::NotConnected);
         };
@@ -239,14 +244,14 @@ impl TcpConn {
     }
 
     /// Drops the connection after a protocol error (bad frame).
-    pub fn drop_connection(&mut self, now: Instant) {
+    pub(super) fn drop_connection(&mut self, now: Instant) {
         self.state = State::Idle {
             retry_at: now + self.backoff.next_delay(),
         };
     }
 
     /// A reply arrived: the peer is healthy again.
-    pub fn healthy(&mut self) {
+    pub(super) fn healthy(&mut self) {
         self.backoff.reset();
     }
 

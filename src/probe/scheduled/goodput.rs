@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 /// The goodput of the second half of a transfer.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Goodput {
+pub(crate) struct Goodput {
     /// Bytes per second over the measured window.
     pub bytes_per_sec: f64,
     /// Bytes in the measured window (at least half of `total_bytes`).
@@ -32,7 +32,7 @@ pub struct Goodput {
 /// Returns `None` when no bytes moved, when no sample lies at or below the
 /// half (a single sample, or everything arrived before the first one), or
 /// when the window has zero duration.
-pub fn second_half(samples: &[(Instant, u64)]) -> Option<Goodput> {
+pub(crate) fn second_half(samples: &[(Instant, u64)]) -> Option<Goodput> {
     let total = samples.iter().map(|(_, b)| *b).max()?;
     if total == 0 {
         return None;

@@ -14,7 +14,7 @@
 
 mod bandwidth;
 mod connect;
-pub mod goodput;
+pub(crate) mod goodput;
 mod http;
 #[cfg(fuzzing)]
 pub(crate) use http::fuzz_response_head;
@@ -33,8 +33,8 @@ use tokio::time::Instant;
 
 use super::ProbeContext;
 use crate::config::BandwidthSchedule;
-use crate::discovery::Target;
-use crate::labels::{BurstOutcome, Direction, HttpPhase, ProbeErrorReason, Protocol};
+use crate::metrics::labels::{BurstOutcome, Direction, HttpPhase, ProbeErrorReason, Protocol};
+use crate::peer::Target;
 use crate::proto::bandwidth::Mode;
 
 /// Connect and HTTP probes in flight at once per kind. At the default

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::discovery::Target;
+use crate::peer::Target;
 use crate::probe::ProbeContext;
 use crate::schedule::slots::{my_bursts, plan_bursts, SlotConfig};
 

@@ -29,14 +29,15 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::discovery::Target;
-use crate::labels::{IcmpMode, Protocol};
+use crate::metrics::labels::{IcmpMode, Protocol};
+use crate::peer::Target;
 use crate::probe::{ProbeContext, ProbeError};
 use crate::proto::echo::{self, EchoHeader};
 use crate::proto::icmp;
 use crate::schedule::Periodic;
 use crate::sys::clock::realtime_ns;
 use crate::sys::epoll::{self, Epoll};
+use crate::sys::icmp::IcmpSocketKind;
 use crate::sys::poll::{ppoll, PollFd, FAILED, READABLE, WRITABLE};
 use crate::sys::thread::{prefer_realtime, set_timer_slack};
 use crate::sys::timestamp::{enable_rx_timestamps, ControlBuf};
@@ -163,7 +164,7 @@ impl Probe {
 
 struct IcmpSocket {
     sock: Socket,
-    mode: IcmpMode,
+    kind: IcmpSocketKind,
     // Our identifier on raw sockets; DGRAM sockets get one from the kernel.
     ident: u16,
     /// Whether replies carry kernel receive stamps (else they must be read
@@ -246,7 +247,7 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ProbeError {
 impl Engine {
     /// Opens the sockets; fails only on the UDP socket (ICMP may be
     /// unavailable, TCP connects per target later).
-    pub fn new(ctx: ProbeContext, hook: Option<SampleHook>) -> Result<Self, ProbeError> {
+    pub(super) fn new(ctx: ProbeContext, hook: Option<SampleHook>) -> Result<Self, ProbeError> {
         let udp = if ctx.settings.udp.enabled {
             let addr = SocketAddr::new(ctx.bind, 0);
             let s = Socket::new(Domain::for_address(addr), Type::DGRAM, None)
@@ -298,12 +299,12 @@ impl Engine {
     }
 
     /// The agent name, for the thread name.
-    pub fn agent_name(&self) -> &str {
+    pub(super) fn agent_name(&self) -> &str {
         &self.ctx.identity.name
     }
 
     /// The loop; returns after shutdown.
-    pub fn run(mut self) {
+    pub(super) fn run(mut self) {
         // Timed waits must wake when asked, not up to 50 us later.
         if let Err(e) = set_timer_slack(1) {
             tracing::warn!(error = %e, "Cannot set timer slack; probe deadlines may be late");
@@ -684,17 +685,21 @@ fn fire(
 }
 
 fn open_icmp(ctx: &ProbeContext) -> Option<IcmpSocket> {
-    let (mode, sock, errors) = crate::sys::icmp::open_icmp_v4();
-    ctx.metrics.set_icmp_mode(mode);
+    let (sock, errors) = crate::sys::icmp::open_icmp_v4();
+    ctx.metrics.set_icmp_mode(match &sock {
+        Some((IcmpSocketKind::Dgram, _)) => IcmpMode::Dgram,
+        Some((IcmpSocketKind::Raw, _)) => IcmpMode::Raw,
+        None => IcmpMode::Unavailable,
+    });
     let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    let Some(sock) = sock else {
+    let Some((kind, sock)) = sock else {
         tracing::warn!(
             ?errors,
             "No ICMP socket (neither unprivileged DGRAM nor RAW); ICMP probes are off"
         );
         return None;
     };
-    tracing::info!(mode = %mode, "ICMP echo socket opened");
+    tracing::info!(?kind, "ICMP echo socket opened");
     let stamped = match enable_rx_timestamps(&sock) {
         Ok(()) => true,
         Err(e) => {
@@ -711,7 +716,7 @@ fn open_icmp(ctx: &ProbeContext) -> Option<IcmpSocket> {
     }
     Some(IcmpSocket {
         sock,
-        mode,
+        kind,
         ident: rand::random(),
         stamped,
     })

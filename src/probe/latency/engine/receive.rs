@@ -5,12 +5,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 
-use crate::labels::{IcmpMode, ProbeErrorReason, Protocol};
+use crate::metrics::labels::{ProbeErrorReason, Protocol};
 use crate::metrics::AgentMetrics;
 use crate::probe::guard::SampleGuard;
 use crate::probe::ProbeContext;
 use crate::proto::echo::{EchoHeader, Kind};
 use crate::proto::icmp;
+use crate::sys::icmp::IcmpSocketKind;
 use crate::sys::timestamp::{recv_timestamped, Received};
 
 use super::super::stream::{Arrival, ResponderTimes};
@@ -76,7 +77,7 @@ impl Engine {
             };
             let arrival = arrival(&r);
             let bytes = self.rx.get(..r.len).unwrap_or_default();
-            let msg = if i.mode == IcmpMode::Raw {
+            let msg = if i.kind == IcmpSocketKind::Raw {
                 icmp::strip_ipv4_header(bytes)
             } else {
                 Ok(bytes)
@@ -87,7 +88,9 @@ impl Engine {
             let Ok(e) = msg.and_then(icmp::parse_echo) else {
                 continue;
             };
-            if e.kind != icmp::EchoKind::Reply || (i.mode == IcmpMode::Raw && e.ident != i.ident) {
+            if e.kind != icmp::EchoKind::Reply
+                || (i.kind == IcmpSocketKind::Raw && e.ident != i.ident)
+            {
                 continue;
             }
             let Ok((Kind::Request, h)) = EchoHeader::decode(e.payload) else {

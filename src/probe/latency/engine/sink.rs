@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
-use crate::labels::{PathKind, Protocol};
+use crate::metrics::labels::Protocol;
+
 use crate::metrics::{AgentMetrics, LatencySeries};
+use crate::peer::PathKind;
 
 use super::super::stream::{Event, Sink};
 use super::super::{RttSample, SampleHook};

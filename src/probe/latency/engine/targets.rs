@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use crate::discovery::Target;
+use crate::peer::Target;
 
 /// Targets to drop and to add to go from `current` to `new`.
 pub(super) fn diff<'a>(
@@ -28,8 +28,8 @@ pub(super) fn diff<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::{Peer, ProbePorts};
-    use crate::labels::{AgentKind, PathKind};
+    use crate::peer::{AgentKind, PathKind};
+    use crate::peer::{Peer, ProbePorts};
 
     fn t(name: &str, port: u16) -> Target {
         Target {

@@ -1,11 +1,11 @@
 //! Path classification: a pure function from discovery facts to the `path`
 //! label, so every probe result lands under the path kind the reports compare.
 
-use crate::labels::{AgentKind, PathKind};
+use crate::peer::{AgentKind, PathKind};
 
 /// The facts about one end of a probe that decide its path kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Endpoint<'a> {
+pub(crate) struct Endpoint<'a> {
     /// Node the agent runs on.
     pub node: &'a str,
     /// Pod network or host network.
@@ -17,7 +17,7 @@ pub struct Endpoint<'a> {
 /// Host-to-host on the same node is the agent probing itself and has no path
 /// kind (`None`). Pod-to-host and host-to-pod cover both same-node and
 /// cross-node pairs; the `peer_node` label tells them apart.
-pub fn classify(local: Endpoint<'_>, peer: Endpoint<'_>) -> Option<PathKind> {
+pub(crate) fn classify(local: Endpoint<'_>, peer: Endpoint<'_>) -> Option<PathKind> {
     let same_node = local.node == peer.node;
     match (local.kind, peer.kind) {
         (AgentKind::Pod, AgentKind::Pod) if same_node => Some(PathKind::PodSameNode),

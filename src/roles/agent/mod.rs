@@ -1,6 +1,10 @@
 //! One agent: responders, the latency engine, the scheduled probes, and the
 //! task that turns discovered peers into probe targets.
 
+mod run;
+
+pub use run::run;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::BurstKeys;
 use crate::config::{BandwidthSchedule, BandwidthSettings, DiscoveryMode, Settings};
-use crate::discovery::{self, Discovery, Identity, PeerSet, PlanWatch, ProbePorts, Target};
-use crate::labels::{PathKind, Protocol};
+use crate::discovery::{Discovery, PlanWatch};
+use crate::metrics::labels::Protocol;
 use crate::metrics::{budget, AgentMetrics};
+use crate::peer::PathKind;
+use crate::peer::{self, Identity, PeerSet, ProbePorts, Target};
 use crate::probe::burst_guard::{BurstGuard, BurstWindows};
 use crate::probe::guard::{KeepAll, SampleGuard};
 use crate::probe::{self, latency::LatencyProber, ProbeContext, TargetSet};
@@ -99,7 +105,7 @@ fn spawn_target_publisher(
         let mut over_budget = 0;
         loop {
             let snapshot = peers.borrow_and_update().clone();
-            let (new, dropped) = budget::fit(discovery::targets(&identity, &snapshot), max_series);
+            let (new, dropped) = budget::fit(peer::targets(&identity, &snapshot), max_series);
             if dropped != over_budget && dropped > 0 {
                 tracing::warn!(agent = %identity.name, dropped, max_series,
                     "Series budget reached: some targets are not probed (raise metrics.max_series or lower the fan-out)");
@@ -236,8 +242,8 @@ pub async fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::Peer;
-    use crate::labels::AgentKind;
+    use crate::peer::AgentKind;
+    use crate::peer::Peer;
 
     fn target(name: &str, node: &str, path: PathKind) -> Target {
         Target {

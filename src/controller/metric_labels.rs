@@ -1,6 +1,6 @@
 //! Closed label-value enums of the controller's metrics.
 
-use crate::labels::label_enum;
+use crate::label_enum::label_enum;
 
 label_enum! {
     /// The `phase` label of pod startup durations (definitions in docs/metrics.md).

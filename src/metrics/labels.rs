@@ -1,33 +1,8 @@
-//! Closed label-value enums. Every label value kubepulse exports comes from
-//! one of these, so cardinality is bounded by construction.
+//! Closed label-value enums of the agent's metrics. Every label value an
+//! agent exports comes from one of these (or from [`crate::peer`]'s
+//! `AgentKind` and `PathKind`), so cardinality is bounded by construction.
 
-/// Defines a label enum with its exported string form and a list of all values.
-macro_rules! label_enum {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $s:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($(#[$vmeta])* $variant),+ }
-
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            /// The label value as exported.
-            pub const fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $s),+ }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-pub(crate) use label_enum;
+use crate::label_enum::label_enum;
 
 label_enum! {
     /// The `protocol` label: which probe produced a latency sample.
@@ -40,36 +15,6 @@ label_enum! {
         Icmp => "icmp",
         /// HTTP GET on a fresh connection.
         Http => "http",
-    }
-}
-
-label_enum! {
-    /// The `path` label: what kind of network path a probe crosses.
-    PathKind {
-        /// Pod to pod on the same node (bridge/veth only).
-        PodSameNode => "pod_same_node",
-        /// Pod to pod on different nodes (the CNI data path).
-        PodCrossNode => "pod_cross_node",
-        /// Host network to host network on different nodes: the baseline.
-        HostCrossNode => "host_cross_node",
-        /// Pod network to a host-network agent.
-        PodToHost => "pod_to_host",
-        /// Host-network agent to a pod-network agent.
-        HostToPod => "host_to_pod",
-        /// Through the agents' Service ClusterIP (kube-proxy).
-        ServiceClusterip => "service_clusterip",
-        /// Through the agents' Service NodePort.
-        ServiceNodeport => "service_nodeport",
-    }
-}
-
-label_enum! {
-    /// Whether an agent runs in the pod network or with hostNetwork.
-    AgentKind {
-        /// In the pod network.
-        Pod => "pod",
-        /// With hostNetwork: true.
-        Host => "host",
     }
 }
 
@@ -251,20 +196,5 @@ label_enum! {
         TlsFailed => "tls_failed",
         /// `/livez` answered something other than 200, or not HTTP.
         HttpFailed => "http_failed",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn serde_names_match_label_values() {
-        for p in PathKind::ALL {
-            let json = serde_json::to_string(p).expect("serialize");
-            assert_eq!(json, format!("\"{}\"", p.as_str()));
-        }
-        let k: AgentKind = serde_json::from_str("\"host\"").expect("parse");
-        assert_eq!(k, AgentKind::Host);
     }
 }
