@@ -290,26 +290,12 @@ impl Writer {
         written: Option<BTreeMap<String, String>>,
     ) -> PassResult {
         let sticky_before = snapshot.sticky.clone();
-        let mut written = match written {
-            Some(w) => w,
-            None => match existing(&self.cms).await {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Plan publisher: cannot list plans; retrying");
-                    return PassResult {
-                        written: None,
-                        sticky: sticky_before,
-                        complete: false,
-                    };
-                }
-            },
-        };
         let planned = match tokio::task::spawn_blocking(move || snapshot.plan()).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "Plan publisher: plan computation failed; retrying");
                 return PassResult {
-                    written: Some(written),
+                    written,
                     sticky: sticky_before,
                     complete: false,
                 };
@@ -318,6 +304,25 @@ impl Writer {
         if let Some(m) = &self.metrics {
             m.observe_plan(planned.took, planned.shape);
         }
+        let mut written = match written {
+            Some(w) => w,
+            None => match existing(&self.cms).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Plan publisher: cannot list plans; retrying");
+                    // Nothing can be written until the list succeeds: every
+                    // plan waits, and the alert on this gauge sees it.
+                    if let Some(m) = &self.metrics {
+                        m.set_plan_pending(planned.want.len());
+                    }
+                    return PassResult {
+                        written: None,
+                        sticky: sticky_before,
+                        complete: false,
+                    };
+                }
+            },
+        };
         let todo = plan_writes::writes(&planned.want, &written);
         let total = todo.len();
         let results: Vec<(PlanWrite, Result<(), K8sError>)> = futures::stream::iter(todo)

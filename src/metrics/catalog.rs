@@ -444,7 +444,7 @@ def!(
     "kubepulse_plan_pending",
     Gauge,
     [],
-    "Plan writes and deletes that failed in the last publication and await a retry."
+    "Plan writes and deletes that failed in the last publication and await a retry (every plan, when the existing plans could not even be listed)."
 );
 def!(
     PLAN_COMPUTE_LAST,

@@ -445,3 +445,38 @@ async fn plan_metrics_count_writes_and_a_failed_write_is_retried_alone() {
     assert_eq!(get("kubepulse_plan_nodes", &[]), Some((n - 1) as f64));
     p.stop().await;
 }
+
+/// A new leader that cannot list the existing plans writes nothing, and
+/// says so: every plan is pending until the list succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_wait_while_the_existing_ones_cannot_be_listed() {
+    use apiserver::{Fault, Rule};
+    use kubepulse::controller::metrics::ControllerMetrics;
+    let server = ApiServer::start().await;
+    let n = 5;
+    cluster(&server, n, 1);
+    server.inject(
+        Rule::new(Fault::Status(500))
+            .verb(Verb::List)
+            .path("/configmaps?")
+            .always(),
+    );
+    let registry = prometheus::Registry::new();
+    let metrics = ControllerMetrics::new(registry.clone()).expect("metrics");
+    let token = CancellationToken::new();
+    let task = tokio::spawn(
+        PlanPublisher::new(server.client(), NS, settings(Duration::from_millis(200)))
+            .with_metrics(metrics)
+            .run(token.clone()),
+    );
+    let p = Running { token, task };
+    let pending = || series(&registry, "kubepulse_plan_pending", &[]);
+    wait_for("every plan pending", || pending() == Some(n as f64)).await;
+    assert!(plans(&server).is_empty(), "nothing written before the list");
+    assert_eq!(patches(&server), 0);
+
+    server.clear_faults();
+    wait_for("the plans written", || plans(&server).len() == n).await;
+    wait_for("nothing pending", || pending() == Some(0.0)).await;
+    p.stop().await;
+}
