@@ -444,6 +444,9 @@ fn local_mode_probes_configured_servers() {
             .spawn()
             .expect("openssl must be installed"),
     );
+    // Both up before the agents' first probes, or those book a failure.
+    reach::wait_listening(None, "-u", dns_port);
+    reach::wait_listening(None, "-t", tls_port);
     let off = json!({"enabled": false, "interval": "1s", "timeout": "1s"});
     let cfg = json!({
         "probes": {

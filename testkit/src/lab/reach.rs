@@ -138,25 +138,32 @@ pub fn start_dnsmasq(lab: &Lab, ns: &str, addr: Ipv4Addr, dir: &Path) -> u32 {
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let pid = lab.spawn(ns, &args, Some(&dir.join("dnsmasq.log")));
-    wait_listening(ns, "-u", 53);
+    wait_listening(Some(ns), "-u", 53);
     pid
 }
 
-/// Waits until something in `ns` listens on `port` (`proto`: `-u` or
-/// `-t`, as `ss` takes it), so agents started next find the server up
-/// rather than booking a start-up failure.
-fn wait_listening(ns: &str, proto: &str, port: u16) {
+/// Waits until something listens on `port` (`proto`: `-u` or `-t`, as
+/// `ss` takes it) in network namespace `ns`, or in the test's own when
+/// `None`, so agents started next find the server up rather than booking
+/// a start-up failure.
+pub fn wait_listening(ns: Option<&str>, proto: &str, port: u16) {
     let filter = format!("sport = :{port}");
     let up = crate::lab::netlab::poll(Duration::from_secs(10), Duration::from_millis(20), || {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns, "ss", "-Hln", proto, &filter])
-            .output()
-            .ok()?;
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "ss"]);
+                c
+            }
+            None => Command::new("ss"),
+        };
+        let out = cmd.args(["-Hln", proto, &filter]).output().ok()?;
         (!out.stdout.is_empty()).then_some(())
     });
     assert!(
         up.is_some(),
-        "nothing listens on port {port} in {ns} after 10 s"
+        "nothing listens on port {port} in {} after 10 s",
+        ns.unwrap_or("the test's namespace")
     );
 }
 
@@ -174,7 +181,7 @@ pub fn start_apiserver(lab: &Lab, ns: &str, addr: Ipv4Addr, files: &ReachFiles) 
         &["sh", "-c", &script],
         Some(&files.path("s_server.log")),
     );
-    wait_listening(ns, "-t", APISERVER_PORT);
+    wait_listening(Some(ns), "-t", APISERVER_PORT);
     pid
 }
 
