@@ -697,8 +697,8 @@ fn bad_and_late_replies_are_counted_apart_from_losses() {
         rtt_min_window: Duration::from_secs(60),
         ..ProbeSettings::default()
     };
-    let e = Engine::start(settings, vec![tg, ts], None);
-    let err = |path: &str, reason: ProbeErrorReason| {
+    let mut e = Engine::start(settings, vec![tg, ts], None);
+    let err = |e: &Engine, path: &str, reason: ProbeErrorReason| {
         e.existing(
             "kubepulse_probe_errors_total",
             &[
@@ -709,9 +709,11 @@ fn bad_and_late_replies_are_counted_apart_from_losses() {
         )
     };
     wait_for("bad and late replies", Duration::from_secs(20), || {
-        err("service_clusterip", ProbeErrorReason::BadReply) >= 5.0
-            && err("pod_cross_node", ProbeErrorReason::LateReply) >= 5.0
+        err(&e, "service_clusterip", ProbeErrorReason::BadReply) >= 5.0
+            && err(&e, "pod_cross_node", ProbeErrorReason::LateReply) >= 5.0
     });
+    // Stopped, so the counters read below cannot move between two reads.
+    e.halt();
     // Late replies are losses too (they missed the timeout); never replies.
     let slow = |m| e.peer_value(m, Protocol::Udp, "node-slow");
     assert!(slow("kubepulse_probe_lost_total") >= 5.0);
@@ -719,9 +721,11 @@ fn bad_and_late_replies_are_counted_apart_from_losses() {
         slow("kubepulse_probe_sent_total"),
         slow("kubepulse_probe_lost_total")
     );
-    assert_eq!(err("pod_cross_node", ProbeErrorReason::BadReply), 0.0);
-    assert_eq!(err("service_clusterip", ProbeErrorReason::LateReply), 0.0);
-    e.stop();
+    assert_eq!(err(&e, "pod_cross_node", ProbeErrorReason::BadReply), 0.0);
+    assert_eq!(
+        err(&e, "service_clusterip", ProbeErrorReason::LateReply),
+        0.0
+    );
     stop.store(true, Ordering::Relaxed);
     for t in [g, s] {
         t.join().expect("peer thread");
