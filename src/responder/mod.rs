@@ -260,23 +260,22 @@ async fn start_with_clock(
         tracing::warn!(offset = ?clock_offset,
             "Echo responders report a shifted clock (a test build); never use in production");
     }
-    let started =
-        async {
-            let h = udp_echo::spawn(udp, offset_ns, &limits, metrics.clone(), stop.clone())
-                .map_err(|source| ResponderError::Start {
-                    what: "udp echo",
-                    source,
-                })?;
+    // Both echo threads start synchronously; the first failure stops here.
+    let started = udp_echo::spawn(udp, offset_ns, &limits, metrics.clone(), stop.clone())
+        .map_err(|source| ResponderError::Start {
+            what: "udp echo",
+            source,
+        })
+        .and_then(|h| {
             r.threads.push(("udp echo", h));
-            let h = tcp_echo::spawn(tcp, offset_ns, &limits, metrics.clone(), stop.clone())
-                .map_err(|source| ResponderError::Start {
+            tcp_echo::spawn(tcp, offset_ns, &limits, metrics.clone(), stop.clone()).map_err(
+                |source| ResponderError::Start {
                     what: "tcp echo",
                     source,
-                })?;
-            r.threads.push(("tcp echo", h));
-            Ok::<(), ResponderError>(())
-        }
-        .await;
+                },
+            )
+        })
+        .map(|h| r.threads.push(("tcp echo", h)));
     if let Err(e) = started {
         stop.cancel();
         r.join().await;
