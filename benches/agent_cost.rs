@@ -159,6 +159,45 @@ fn cpu_ns(pid: u32) -> (f64, Vec<u32>) {
     (total as f64 / 1e9, tids)
 }
 
+/// CPU ns of `pid`'s live threads, summed by thread name (`comm`): where
+/// the process's time goes (the engine, tokio's workers, the blocking
+/// pool, the echo threads).
+fn cpu_by_thread(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let ns = std::fs::read_to_string(e.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+        if let Some(ns) = ns {
+            *out.entry(comm.trim().to_string()).or_insert(0) += ns;
+        }
+    }
+    out
+}
+
+/// `after - before` per thread name, as "name share%" (largest first),
+/// out of `total_ns`.
+fn thread_shares(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> String {
+    let mut d: Vec<(String, u64)> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v.saturating_sub(*before.get(k).unwrap_or(&0))))
+        .collect();
+    let total: u64 = d.iter().map(|x| x.1).sum::<u64>().max(1);
+    d.sort_by_key(|x| std::cmp::Reverse(x.1));
+    d.iter()
+        .filter(|x| x.1 > 0)
+        .map(|(k, v)| format!("{k} {:.0}%", 100.0 * *v as f64 / total as f64))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// CPU seconds spent by `pid` between two readings: ns-exact when the same
 /// threads ran throughout, else (a thread exited) from the tick counts,
 /// which keep the time of exited threads.
@@ -266,6 +305,8 @@ struct Row {
     series: usize,
     responder_cpu_per_echo: f64,
     probes_per_s: f64,
+    /// The prober's CPU by thread name.
+    threads: String,
 }
 
 fn latency_probes(body: &str) -> f64 {
@@ -294,12 +335,14 @@ fn measure_kubepulse(k: usize, window: Duration, legacy: bool) -> Row {
     let (ppid, rpid) = (prober.0.id(), responder.0.id());
     let p0 = cpu_reading(ppid);
     let r0 = cpu_reading(rpid);
+    let threads0 = cpu_by_thread(ppid);
     let sent0 = latency_probes(&scrape(paddr));
     let echo0 = echoed(&scrape(raddr));
     let t0 = Instant::now();
     std::thread::sleep(window);
     let p1 = cpu_reading(ppid);
     let r1 = cpu_reading(rpid);
+    let threads = thread_shares(&threads0, &cpu_by_thread(ppid));
     let (_, rss) = proc_stat(ppid);
     let elapsed = t0.elapsed().as_secs_f64();
     let body = scrape(paddr);
@@ -315,6 +358,7 @@ fn measure_kubepulse(k: usize, window: Duration, legacy: bool) -> Row {
         series: series(&body),
         responder_cpu_per_echo: cpu_between(&r0, &r1) / (echo1 - echo0).max(1.0),
         probes_per_s: probes / elapsed,
+        threads,
     }
 }
 
@@ -372,6 +416,7 @@ fn main() {
             row.probes_per_s,
             row.fping_cpu_per_probe * 1e6
         );
+        eprintln!("  prober CPU by thread: {}", row.threads);
         rows.push(row);
     }
 
@@ -452,6 +497,10 @@ fn main() {
             r.series,
             us(r.responder_cpu_per_echo),
         );
+    }
+    println!();
+    for r in &rows {
+        println!("K={}: prober CPU by thread: {}", r.k, r.threads);
     }
     if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
         println!(

@@ -172,6 +172,17 @@ pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
     kubepulse::report::quantile::histogram_quantile(q, buckets)
 }
 
+/// The nearest-rank `q`-quantile of raw samples (sorts them); `None` when
+/// there are none. For exact values, where [`quantile`] interpolates
+/// within a histogram bucket.
+pub fn sample_quantile<T: Ord + Copy>(samples: &mut [T], q: f64) -> Option<T> {
+    samples.sort_unstable();
+    let rank = (samples.len() as f64 * q).ceil() as usize;
+    samples
+        .get(rank.saturating_sub(1).min(samples.len().saturating_sub(1)))
+        .copied()
+}
+
 /// `name{k="v",...}`, for failure messages.
 pub fn selector(name: &str, matchers: &[(&str, &str)]) -> String {
     let labels: Vec<String> = matchers

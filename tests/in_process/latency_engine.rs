@@ -20,6 +20,7 @@ use kubepulse::probe::guard::{KeepAll, SampleGuard};
 use kubepulse::probe::latency::{self, LatencyProber, RttSample, SampleHook};
 use kubepulse::probe::{ProbeContext, TargetSet};
 use kubepulse::proto::echo;
+use kubepulse_testkit::scrape::sample_quantile;
 use prometheus::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -501,9 +502,7 @@ fn probes_live_and_dead_targets_and_follows_target_changes() {
 }
 
 fn p99(samples: &mut [Duration]) -> Duration {
-    samples.sort();
-    let i = ((samples.len() as f64) * 0.99).ceil() as usize;
-    samples[i.saturating_sub(1).min(samples.len() - 1)]
+    sample_quantile(samples, 0.99).expect("RTT samples")
 }
 
 /// Collects `n` UDP RTT samples from `rx`, after discarding `warmup`.
@@ -567,7 +566,12 @@ fn busy_runtime() -> (tokio::runtime::Runtime, Arc<AtomicBool>) {
 /// p99 15 us idle vs 19 us busy on a host loaded by other builds, while UDP
 /// to a normal-priority responder reached milliseconds). The engine thread
 /// itself stays at normal priority: it is what is under test.
+///
+/// It runs alone (`.ci/run` runs it in a step of its own): a CPU-bound test
+/// beside it in this binary loads the busy phases more than the idle ones
+/// (p99 164 us against 69 us in one full run, 4 of 4 passes alone).
 #[test]
+#[ignore = "timing: run alone, as .ci/run does (cargo test --test in_process -- --ignored)"]
 fn busy_tokio_runtime_does_not_inflate_udp_p99() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let r = Responder::start_with(true);
@@ -602,10 +606,7 @@ fn busy_tokio_runtime_does_not_inflate_udp_p99() {
         rt.shutdown_timeout(Duration::from_secs(1));
     }
     let (n_idle, n_busy) = (idle.len(), busy.len());
-    let p50 = |v: &mut Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
-    };
+    let p50 = |v: &mut Vec<Duration>| sample_quantile(v, 0.5).expect("RTT samples");
     let (p99_idle, p99_busy) = (p99(&mut idle), p99(&mut busy));
     let (p50_idle, p50_busy) = (p50(&mut idle), p50(&mut busy));
     eprintln!(

@@ -10,6 +10,9 @@ use serde_json::{json, Value};
 use super::netlab::{poll, Lab};
 use super::prom::{self, Scrape};
 
+/// The log target of the agents' per-sample trace events.
+pub const RTT_SAMPLES: &str = "kubepulse::rtt_samples";
+
 /// Port of every agent's `/metrics` (each agent has its own address).
 pub const METRICS_PORT: u16 = 9477;
 
@@ -125,6 +128,19 @@ impl Agents {
     /// Starts `probers` (each probing every agent of `peers` but itself)
     /// with `probes` settings, and waits until each serves `/readyz`.
     pub fn start(lab: &Lab, probers: &[AgentSpec], peers: &[AgentSpec], probes: &Value) -> Agents {
+        Self::start_logging(lab, probers, peers, probes, &json!({"level": "info"}))
+    }
+
+    /// [`Agents::start`] with `log` as the agents' `log` settings (for
+    /// example JSON with [`RTT_SAMPLES`] at trace, read back with
+    /// [`Agents::rtt_samples`]).
+    pub fn start_logging(
+        lab: &Lab,
+        probers: &[AgentSpec],
+        peers: &[AgentSpec],
+        probes: &Value,
+        log: &Value,
+    ) -> Agents {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut pids = Vec::new();
         for a in probers {
@@ -142,7 +158,7 @@ impl Agents {
                     "mode": "static",
                     "peers": peers.iter().filter(|p| p.name != a.name).map(AgentSpec::peer_json).collect::<Vec<_>>(),
                 },
-                "log": {"level": "info"},
+                "log": log,
             });
             // JSON is YAML, and the loader picks the format by extension.
             let path = dir.path().join(format!("{}.yaml", a.name));
@@ -198,6 +214,41 @@ impl Agents {
     /// The log of agent `name` so far.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// How many bytes agent `name` has logged so far: a mark for
+    /// [`Agents::rtt_samples`].
+    pub fn log_len(&self, name: &str) -> u64 {
+        std::fs::metadata(self.dir.path().join(format!("{name}.log"))).map_or(0, |m| m.len())
+    }
+
+    /// The RTTs (ns) of the kept samples agent `name` logged between the
+    /// marks `from` and `to` ([`Agents::log_len`]) whose fields match
+    /// every `(field, value)` of `matchers`. The agent must log JSON with
+    /// [`RTT_SAMPLES`] at trace; a line of that target without `rtt_ns`
+    /// fails the test.
+    pub fn rtt_samples(
+        &self,
+        name: &str,
+        from: u64,
+        to: u64,
+        matchers: &[(&str, &str)],
+    ) -> Vec<u64> {
+        let bytes = std::fs::read(self.dir.path().join(format!("{name}.log")))
+            .unwrap_or_else(|e| panic!("read {name}'s log: {e}"));
+        let to = usize::try_from(to).unwrap_or(usize::MAX).min(bytes.len());
+        let from = usize::try_from(from).unwrap_or(usize::MAX).min(to);
+        String::from_utf8_lossy(&bytes[from..to])
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == RTT_SAMPLES)
+            .filter(|v| matchers.iter().all(|(k, want)| v[*k] == *want))
+            .map(|v| {
+                v["rtt_ns"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{name}: RTT sample without rtt_ns: {v}"))
+            })
+            .collect()
     }
 
     /// The spec of agent `name`.
