@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::api_error::{self, ApiCall, ApiFailure};
 use super::metrics::ControllerMetrics;
-use crate::config::LeaderSettings;
+use crate::config::{LeaderSettings, DEFAULT_LEASE_NAME};
 
 /// Whether a record unchanged since `observed_at` has expired at `now`.
 pub(crate) fn expired(observed_at: Instant, now: Instant, lease_duration: Duration) -> bool {
@@ -281,7 +281,7 @@ impl LeaderElector {
     /// cancellation a leader releases the Lease so a peer takes over at once.
     pub(crate) async fn run(mut self, leading: watch::Sender<bool>, token: CancellationToken) {
         let name = self.settings.lease_name.clone();
-        if name != super::rbac::DEFAULT_LEASE_NAME {
+        if name != DEFAULT_LEASE_NAME {
             // The shipped Role names the default Lease (see rbac::grants_for).
             tracing::info!(lease = %name,
                 "Leader Lease renamed: the Role kubepulse-controller-leader must grant get and update on this name (resourceNames)");
