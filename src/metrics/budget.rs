@@ -19,9 +19,9 @@ use super::labels::{
     ApiserverOutcome, ApiserverPhase, ApiserverTarget, DnsOutcome, IcmpMode, RejectReason,
     ResponderKind,
 };
-use crate::config::reach::MAX_NAMESERVERS;
 use crate::peer::PathKind;
 use crate::peer::Target;
+use crate::proto::dns::MAX_NAMESERVERS;
 
 use super::catalog::{COARSE_BUCKETS, RTT_BUCKETS};
 use super::has_clock_offset;
