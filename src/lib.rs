@@ -5,6 +5,7 @@
 //! `peer`, `plan`) has no IO and is unit-tested directly; IO lives in
 //! `probe`, `responder`, `http` and `roles`; all `unsafe` is in `sys`.
 
+pub(crate) mod api_error;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -9,7 +9,7 @@
 //!
 //! The decisions are pure ([`LeaderCore::decide`], [`WarnLimiter`]); the
 //! loop in [`LeaderElector::run`] only does the IO. Every failed call is
-//! named ([`super::api_error`]), logged at `warn` (rate-limited) and
+//! named ([`crate::api_error`]), logged at `warn` (rate-limited) and
 //! counted in `kubepulse_controller_leader_errors_total{reason}`, so a
 //! controller that cannot lead says why.
 
@@ -24,8 +24,8 @@ use kube::Client;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::api_error::{self, ApiCall, ApiFailure};
 use super::metrics::ControllerMetrics;
+use crate::api_error::{self, ApiCall, ApiFailure};
 use crate::config::{LeaderSettings, DEFAULT_LEASE_NAME};
 
 /// Whether a record unchanged since `observed_at` has expired at `now`.

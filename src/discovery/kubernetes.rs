@@ -1,6 +1,7 @@
 //! Discovery through the Kubernetes API: the agent reads only its own
-//! node's probe plan, one ConfigMap written by the controller
-//! ([`crate::controller::plan_publisher`]), through a watch on that one object.
+//! node's probe plan, one ConfigMap written by the controller's plan
+//! publisher ([`crate::plan::config_map`]), through a watch on that one
+//! object.
 //! No agent lists or watches the other agents, so the apiserver's load does
 //! not grow with the square of the cluster.
 //!
@@ -30,9 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Discovery, PlanWatch};
 use crate::config::{KubernetesDiscoverySettings, Settings};
-use crate::controller::plan_inputs::{config_map_name, DATA_KEY};
 use crate::metrics::{catalog, MetricsError};
 use crate::peer::{Identity, Peer, PeerSet, ProbePorts};
+use crate::plan::config_map::{config_map_name, DATA_KEY};
 use crate::plan::NodePlan;
 
 /// One RBAC rule the agent needs: exactly the API calls this module makes.
@@ -254,8 +255,7 @@ impl Health {
             return;
         }
         if self.up != Some(false) {
-            let f =
-                crate::controller::api_error::describe_watcher(e, "configmaps", Some(namespace));
+            let f = crate::api_error::describe_watcher(e, "configmaps", Some(namespace));
             tracing::warn!(reason = %f.reason, status = ?f.status, peers,
                 "Reading the probe plan failed: {f}; probing the last plan");
             self.up = Some(false);
