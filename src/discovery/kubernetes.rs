@@ -29,12 +29,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Discovery, PlanWatch};
+use super::Discovery;
 use crate::config::{KubernetesDiscoverySettings, Settings};
 use crate::metrics::{catalog, MetricsError};
 use crate::peer::{Identity, Peer, PeerSet, ProbePorts};
 use crate::plan::config_map::{config_map_name, DATA_KEY};
-use crate::plan::NodePlan;
+use crate::plan::{NodePlan, PlanWatch};
 
 /// One RBAC rule the agent needs: exactly the API calls this module makes.
 /// `deploy/rbac.yaml` must grant these and nothing else (a test compares).

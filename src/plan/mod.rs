@@ -12,15 +12,24 @@
 //!   and the [`crate::schedule::busy::BusyNodes`] answer for its targets.
 //! - [`config_map`]: the ConfigMap that carries a node's plan from the
 //!   controller to the node's agents.
+//! - [`agent_busy`]: on an agent, the plan's busy answer while it has a
+//!   plan, its own slot schedule's otherwise (the one piece here that
+//!   follows a channel).
 
+pub mod agent_busy;
 pub(crate) mod bandwidth;
 pub mod config_map;
 pub(crate) mod fanout;
 pub mod node_plan;
 
+pub use agent_busy::PlanOrComputed;
 pub use bandwidth::BandwidthPlan;
 pub use fanout::{FanOut, PlanConfig, PlanNode};
 pub use node_plan::{NodePlan, PlannedBurst};
+
+/// The node's probe plan, when a controller publishes one
+/// (`discovery.mode: kubernetes`); `None` in static and local mode.
+pub type PlanWatch = Option<std::sync::Arc<NodePlan>>;
 
 /// The node label giving a node's zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
