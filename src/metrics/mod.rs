@@ -7,7 +7,10 @@
 
 pub mod budget;
 pub mod catalog;
+mod discovery;
 pub mod labels;
+
+pub use discovery::DiscoveryMetrics;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
