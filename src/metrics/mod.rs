@@ -1,7 +1,7 @@
 //! Prometheus metrics: the catalog of names ([`catalog`]), the agent's typed
 //! handles ([`AgentMetrics`]) and exposition ([`encode`]).
 //!
-//! Label values are passed as enums from [`crate::labels`], never free
+//! Label values are passed as enums from [`labels`], never free
 //! strings, except `peer_node` which comes from discovery and is bounded by
 //! the peer set.
 
