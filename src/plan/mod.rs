@@ -12,11 +12,11 @@
 //!   and the [`crate::schedule::busy::BusyNodes`] answer for its targets.
 //! - [`config_map`]: the ConfigMap that carries a node's plan from the
 //!   controller to the node's agents.
-//! - [`agent_busy`]: on an agent, the plan's busy answer while it has a
+//! - `agent_busy`: on an agent, the plan's busy answer while it has a
 //!   plan, its own slot schedule's otherwise (the one piece here that
 //!   follows a channel).
 
-pub mod agent_busy;
+pub(crate) mod agent_busy;
 pub(crate) mod bandwidth;
 pub mod config_map;
 pub(crate) mod fanout;

@@ -1,5 +1,5 @@
 //! Wire formats, pure encode/decode with no IO (and the DNS names and
-//! resolver limits of [`dns`]). Malformed input is an error value, never a
+//! resolver limits of `dns`). Malformed input is an error value, never a
 //! panic.
 
 pub mod bandwidth;
