@@ -4,7 +4,9 @@
 //! The crate is split by concern: pure logic (`proto`, `stats`, `schedule`,
 //! `peer`, `plan`) has no IO and is unit-tested directly; IO lives in
 //! `probe`, `responder`, `http` and `roles`; all `unsafe` is in `sys`.
+//! Modules name only modules of lower layers (`STYLE.md`, "Layout").
 
+pub(crate) mod api_error;
 pub mod auth;
 pub mod cli;
 pub mod config;

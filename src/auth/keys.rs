@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::{Mac, MAC_LEN};
+use crate::proto::bandwidth::{Mac, MAC_LEN};
 
 /// Shortest key accepted, bytes (the HMAC-SHA256 output size).
 pub(crate) const MIN_KEY_BYTES: usize = 32;

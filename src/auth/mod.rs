@@ -12,12 +12,3 @@ pub(crate) mod replay;
 
 pub use keys::{BurstKeys, KeyError, KeySet};
 pub use replay::{Freshness, Refusal};
-
-/// Length of a MAC (HMAC-SHA256).
-pub const MAC_LEN: usize = 32;
-
-/// Something that signs messages.
-pub trait Mac {
-    /// The MAC of `msg`.
-    fn sign(&self, msg: &[u8]) -> [u8; MAC_LEN];
-}

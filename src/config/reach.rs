@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::proto::dns::{query_name, MAX_NAMESERVERS};
+
 /// Cluster DNS lookups (`probes.dns`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -112,10 +114,6 @@ pub(crate) fn explicit_only(dns: &mut DnsSettings, apiserver: &mut ApiserverSett
     }
 }
 
-/// Most nameservers queried: glibc's resolver uses the first three
-/// (MAXNS), so a pod never asks a fourth.
-pub(crate) const MAX_NAMESERVERS: usize = 3;
-
 /// Shortest interval of either probe (tests and labs; the defaults are
 /// 10 s: every agent of the cluster asks CoreDNS and the apiserver).
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -145,7 +143,7 @@ impl DnsSettings {
         }
         check_schedule("probes.dns", self.interval, self.timeout)?;
         for (i, n) in self.names.iter().enumerate() {
-            if let Err(e) = crate::probe::dns::message::query_name(n) {
+            if let Err(e) = query_name(n) {
                 return Err((format!("probes.dns.names[{i}]"), e.to_string()));
             }
         }

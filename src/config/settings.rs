@@ -456,7 +456,7 @@ impl Default for ControllerSettings {
 }
 
 /// The probe plan the controller computes and publishes, one ConfigMap per
-/// node ([`crate::controller::plan_publisher`]).
+/// node (the controller's plan publisher).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PlanSettings {
@@ -592,6 +592,10 @@ impl Default for NodeHealthSettings {
     }
 }
 
+/// The default `controller.leader.lease_name`, as `deploy/` grants it (the
+/// controller's RBAC rules name it).
+pub const DEFAULT_LEASE_NAME: &str = "kubepulse-controller";
+
 /// Leader election on a Lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -612,7 +616,7 @@ pub struct LeaderSettings {
 impl Default for LeaderSettings {
     fn default() -> Self {
         Self {
-            lease_name: crate::controller::rbac::DEFAULT_LEASE_NAME.into(),
+            lease_name: DEFAULT_LEASE_NAME.into(),
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),

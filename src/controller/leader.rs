@@ -9,7 +9,7 @@
 //!
 //! The decisions are pure ([`LeaderCore::decide`], [`WarnLimiter`]); the
 //! loop in [`LeaderElector::run`] only does the IO. Every failed call is
-//! named ([`super::api_error`]), logged at `warn` (rate-limited) and
+//! named ([`crate::api_error`]), logged at `warn` (rate-limited) and
 //! counted in `kubepulse_controller_leader_errors_total{reason}`, so a
 //! controller that cannot lead says why.
 
@@ -24,9 +24,9 @@ use kube::Client;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::api_error::{self, ApiCall, ApiFailure};
 use super::metrics::ControllerMetrics;
-use crate::config::LeaderSettings;
+use crate::api_error::{self, ApiCall, ApiFailure};
+use crate::config::{LeaderSettings, DEFAULT_LEASE_NAME};
 
 /// Whether a record unchanged since `observed_at` has expired at `now`.
 pub(crate) fn expired(observed_at: Instant, now: Instant, lease_duration: Duration) -> bool {
@@ -281,7 +281,7 @@ impl LeaderElector {
     /// cancellation a leader releases the Lease so a peer takes over at once.
     pub(crate) async fn run(mut self, leading: watch::Sender<bool>, token: CancellationToken) {
         let name = self.settings.lease_name.clone();
-        if name != super::rbac::DEFAULT_LEASE_NAME {
+        if name != DEFAULT_LEASE_NAME {
             // The shipped Role names the default Lease (see rbac::grants_for).
             tracing::info!(lease = %name,
                 "Leader Lease renamed: the Role kubepulse-controller-leader must grant get and update on this name (resourceNames)");

@@ -9,11 +9,11 @@ use prometheus::{
     Opts, Registry,
 };
 
-use super::api_error::ApiFailureReason;
 use super::metric_labels::{
     CodeClass, Outcome, Phase, Resource, Scope, SweepReason, Verb, WatchEvent, WatchName,
 };
 use super::{buckets, scope};
+use crate::api_error::ApiFailureReason;
 use crate::metrics::catalog::{self, MetricDef};
 use crate::metrics::MetricsError;
 

@@ -4,11 +4,10 @@
 //!
 //! Pure logic has no IO and is unit-tested: `startup` (the pod startup
 //! probe as a state machine with an outcome for every ending), `phases`,
-//! the leader election core (`leader::LeaderCore::decide`), `api_error`
-//! (naming API failures), `scope`, `sweep`, `clock` and `rbac`. The rest
-//! talks to the apiserver through kube-rs.
+//! the leader election core (`leader::LeaderCore::decide`), `scope`,
+//! `sweep`, `clock` and `rbac`; failed API calls are named by
+//! `crate::api_error`. The rest talks to the apiserver through kube-rs.
 
-pub(crate) mod api_error;
 pub(crate) mod apiserver_endpoints;
 pub mod apiserver_latency;
 pub(crate) mod buckets;

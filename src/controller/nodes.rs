@@ -325,7 +325,7 @@ async fn drive<K, S, F>(
                     tracing::debug!(watch = %name, error = %e, "Watch failed");
                 } else {
                     let (resource, ns) = watched(name);
-                    let why = super::api_error::describe_watcher(&e, resource, ns);
+                    let why = crate::api_error::describe_watcher(&e, resource, ns);
                     tracing::warn!(watch = %name, reason = %why.reason, status = ?why.status,
                         "Watch failed, retrying with backoff: {why}");
                     failing = true;

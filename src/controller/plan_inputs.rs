@@ -9,29 +9,9 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use crate::discovery::kubernetes::facts;
 use crate::peer::AgentKind;
 use crate::peer::{Identity, Peer, ProbePorts};
+use crate::plan::config_map::config_map_name;
 use crate::plan::{self, node_plan, FanOut, NodePlan, PlanConfig, PlanNode};
 use crate::schedule::slots::SlotConfig;
-
-/// Prefix of a node's plan ConfigMap name.
-pub const CONFIG_MAP_PREFIX: &str = "kubepulse-plan-";
-/// Key of the plan JSON in the ConfigMap's data.
-pub const DATA_KEY: &str = "plan.json";
-/// Label marking plan ConfigMaps (value [`PLAN_LABEL_VALUE`]).
-pub const PLAN_LABEL: &str = "kubepulse.io/plan";
-/// Value of [`PLAN_LABEL`].
-pub const PLAN_LABEL_VALUE: &str = "node";
-
-/// The ConfigMap holding `node`'s plan; node names longer than a ConfigMap
-/// name allows are hashed (agents compute the same name).
-pub fn config_map_name(node: &str) -> String {
-    let name = format!("{CONFIG_MAP_PREFIX}{node}");
-    if name.len() <= 253 {
-        name
-    } else {
-        let h = crate::schedule::rendezvous::stable_hash(&[node.as_bytes()]);
-        format!("{CONFIG_MAP_PREFIX}{h:016x}")
-    }
-}
 
 /// The nodes of the plan: every node with an agent pod (in any phase, so a
 /// pod being replaced does not drop its node) plus `sticky` (nodes that had
@@ -201,14 +181,5 @@ mod tests {
                 .node,
             "b"
         );
-    }
-
-    #[test]
-    fn long_node_names_are_hashed() {
-        let long = "n".repeat(300);
-        let name = config_map_name(&long);
-        assert!(name.len() <= 253 && name.starts_with(CONFIG_MAP_PREFIX));
-        assert_eq!(name, config_map_name(&long));
-        assert_eq!(config_map_name("node-1"), "kubepulse-plan-node-1");
     }
 }

@@ -28,10 +28,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::apiserver_endpoints;
 use super::metrics::{ControllerMetrics, PlanShape};
-use super::plan_inputs::{self, Inputs, DATA_KEY, PLAN_LABEL, PLAN_LABEL_VALUE};
+use super::plan_inputs::{self, Inputs};
 use super::plan_writes::{self, PlanWrite};
 use super::{label_keys, K8sError};
 use crate::config::PlanSettings;
+use crate::plan::config_map::{DATA_KEY, PLAN_LABEL, PLAN_LABEL_VALUE};
 
 /// Field manager of the server-side applies.
 pub const FIELD_MANAGER: &str = "kubepulse-controller";

@@ -14,7 +14,6 @@ use kube::core::Request;
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::api_error::{self, ApiCall};
 use super::label_keys::PROBE_ID;
 use super::metric_labels::{Outcome, Phase, Resource, Verb};
 use super::metrics::ControllerMetrics;
@@ -26,6 +25,7 @@ pub use super::startup::{observe_event, observe_pod};
 use super::startup::{Ending, Input, Startup, Step};
 use super::timed::{self, Call};
 use super::K8sError;
+use crate::api_error::{self, ApiCall};
 use crate::config::PodStartupSettings;
 
 type Watch<T> = BoxStream<'static, Result<KubeWatchEvent<T>, kube::Error>>;

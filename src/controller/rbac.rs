@@ -1,6 +1,8 @@
 //! The one list of API permissions the controller uses. `deploy/controller/
 //! rbac.yaml` must grant exactly these (a test compares them).
 
+use crate::config::DEFAULT_LEASE_NAME;
+
 /// Where a rule applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Place {
@@ -32,9 +34,6 @@ pub struct Rule {
     /// Verbs.
     pub verbs: &'static [&'static str],
 }
-
-/// The default `controller.leader.lease_name`, as `deploy/` grants it.
-pub const DEFAULT_LEASE_NAME: &str = "kubepulse-controller";
 
 /// Every permission, and why.
 pub const RULES: &[Rule] = &[

@@ -1,6 +1,7 @@
 //! Discovery through the Kubernetes API: the agent reads only its own
-//! node's probe plan, one ConfigMap written by the controller
-//! ([`crate::controller::plan_publisher`]), through a watch on that one object.
+//! node's probe plan, one ConfigMap written by the controller's plan
+//! publisher ([`crate::plan::config_map`]), through a watch on that one
+//! object.
 //! No agent lists or watches the other agents, so the apiserver's load does
 //! not grow with the square of the cluster.
 //!
@@ -23,17 +24,17 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
-use prometheus::{Gauge, IntGauge, Registry};
+use prometheus::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Discovery, PlanWatch};
+use super::Discovery;
 use crate::config::{KubernetesDiscoverySettings, Settings};
-use crate::controller::plan_inputs::{config_map_name, DATA_KEY};
-use crate::metrics::{catalog, MetricsError};
+use crate::metrics::{DiscoveryMetrics, MetricsError};
 use crate::peer::{Identity, Peer, PeerSet, ProbePorts};
-use crate::plan::NodePlan;
+use crate::plan::config_map::{config_map_name, DATA_KEY};
+use crate::plan::{NodePlan, PlanWatch};
 
 /// One RBAC rule the agent needs: exactly the API calls this module makes.
 /// `deploy/rbac.yaml` must grant these and nothing else (a test compares).
@@ -89,31 +90,6 @@ pub enum KubernetesError {
     /// The discovery metrics could not be registered.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
-}
-
-/// The discovery health metrics.
-#[derive(Clone)]
-pub struct DiscoveryMetrics {
-    up: IntGauge,
-    last_sync: Gauge,
-}
-
-impl DiscoveryMetrics {
-    /// Registers `kubepulse_discovery_up` and
-    /// `kubepulse_discovery_last_sync_timestamp_seconds` in `registry`.
-    pub fn new(registry: &Registry) -> Result<Self, MetricsError> {
-        let d = &catalog::DISCOVERY_UP;
-        let up = IntGauge::new(d.name, d.help).map_err(MetricsError::Register)?;
-        let d = &catalog::DISCOVERY_LAST_SYNC;
-        let last_sync = Gauge::new(d.name, d.help).map_err(MetricsError::Register)?;
-        registry
-            .register(Box::new(up.clone()))
-            .map_err(MetricsError::Register)?;
-        registry
-            .register(Box::new(last_sync.clone()))
-            .map_err(MetricsError::Register)?;
-        Ok(Self { up, last_sync })
-    }
 }
 
 /// What Kubernetes discovery watches and for whom.
@@ -235,13 +211,13 @@ impl Health {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        self.metrics.last_sync.set(now);
+        self.metrics.set_last_sync(now);
         if self.up != Some(true) {
             if self.up.is_some() {
                 tracing::info!("Kubernetes API reachable again; probe plan in sync");
             }
             self.up = Some(true);
-            self.metrics.up.set(1);
+            self.metrics.set_up(true);
         }
     }
 
@@ -254,12 +230,11 @@ impl Health {
             return;
         }
         if self.up != Some(false) {
-            let f =
-                crate::controller::api_error::describe_watcher(e, "configmaps", Some(namespace));
+            let f = crate::api_error::describe_watcher(e, "configmaps", Some(namespace));
             tracing::warn!(reason = %f.reason, status = ?f.status, peers,
                 "Reading the probe plan failed: {f}; probing the last plan");
             self.up = Some(false);
-            self.metrics.up.set(0);
+            self.metrics.set_up(false);
         } else {
             tracing::debug!(error = %e, "Reading the probe plan still failing");
         }

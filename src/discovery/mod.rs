@@ -10,10 +10,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::peer::PeerSet;
-
-/// The node's probe plan, when a controller publishes one
-/// (`discovery.mode: kubernetes`); `None` in static and local mode.
-pub type PlanWatch = Option<Arc<crate::plan::NodePlan>>;
+use crate::plan::PlanWatch;
 
 /// A source of peer sets. Implementations keep the channel current until the
 /// receiver side is dropped.

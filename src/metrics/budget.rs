@@ -19,16 +19,16 @@ use super::labels::{
     ApiserverOutcome, ApiserverPhase, ApiserverTarget, DnsOutcome, IcmpMode, RejectReason,
     ResponderKind,
 };
-use crate::config::reach::MAX_NAMESERVERS;
 use crate::peer::PathKind;
 use crate::peer::Target;
+use crate::proto::dns::MAX_NAMESERVERS;
 
 use super::catalog::{COARSE_BUCKETS, RTT_BUCKETS};
 use super::has_clock_offset;
 
 /// Default `metrics.max_series`: the most series one agent exports. The
-/// controller's default fan-out (at most 28 peer nodes, see the tests)
-/// fits with the cluster DNS and apiserver probes on.
+/// controller's default fan-out (at most 28 peer nodes, see the plan's
+/// `PlanConfig` tests) fits with the cluster DNS and apiserver probes on.
 pub const DEFAULT_MAX_SERIES: usize = 2000;
 
 /// Lines of a histogram with the fine layout: buckets, `+Inf`, `_sum`,
@@ -235,7 +235,7 @@ mod tests {
     fn simulate(targets: &[Target]) -> usize {
         let registry = prometheus::Registry::new();
         register_process_metrics(&registry).expect("process metrics");
-        crate::discovery::kubernetes::DiscoveryMetrics::new(&registry).expect("discovery");
+        crate::metrics::DiscoveryMetrics::new(&registry).expect("discovery");
         let m = AgentMetrics::new(registry.clone()).expect("metrics");
         m.set_icmp_mode(IcmpMode::Dgram);
         // The most nameservers a resolver configuration yields.
@@ -281,25 +281,6 @@ mod tests {
             simulate(&plan(1001, 200, 0)),
             simulate(&plan(201, 200, 0)),
             "flat above max_peers"
-        );
-    }
-
-    /// The controller's default fan-out cap (pod and host path to each
-    /// peer node, 3 Service targets) fits the default budget, which is at
-    /// most the 2,000 series the cluster-scale work allows.
-    #[test]
-    fn default_fan_out_fits_the_default_budget() {
-        let cap = crate::plan::PlanConfig::default().max_peer_nodes;
-        const { assert!(DEFAULT_MAX_SERIES <= 2000) };
-        assert!(
-            series_bound(cap, cap, 0) <= DEFAULT_MAX_SERIES,
-            "{}",
-            series_bound(cap, cap, 0)
-        );
-        assert_eq!(
-            max_peer_nodes(DEFAULT_MAX_SERIES, 0),
-            cap,
-            "the budget holds the fan-out cap, and no more"
         );
     }
 

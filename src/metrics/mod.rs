@@ -1,13 +1,16 @@
 //! Prometheus metrics: the catalog of names ([`catalog`]), the agent's typed
 //! handles ([`AgentMetrics`]) and exposition ([`encode`]).
 //!
-//! Label values are passed as enums from [`crate::labels`], never free
+//! Label values are passed as enums from [`labels`], never free
 //! strings, except `peer_node` which comes from discovery and is bounded by
 //! the peer set.
 
 pub mod budget;
 pub mod catalog;
+mod discovery;
 pub mod labels;
+
+pub use discovery::DiscoveryMetrics;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};

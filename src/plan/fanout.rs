@@ -256,6 +256,7 @@ fn repair_in_degree(plan: &mut FanOut, cfg: &PlanConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::budget::{max_peer_nodes, series_bound, DEFAULT_MAX_SERIES};
 
     pub(crate) fn cluster(n: usize, zones: usize) -> Vec<PlanNode> {
         (0..n)
@@ -391,5 +392,24 @@ mod tests {
             ..PlanConfig::default()
         };
         assert_eq!(bad.validate(), Err(PlanConfigError::NoPeers));
+    }
+
+    /// The controller's default fan-out cap (pod and host path to each
+    /// peer node, 3 Service targets) fits the default budget, which is at
+    /// most the 2,000 series the cluster-scale work allows.
+    #[test]
+    fn default_fan_out_fits_the_default_budget() {
+        let cap = PlanConfig::default().max_peer_nodes;
+        const { assert!(DEFAULT_MAX_SERIES <= 2000) };
+        assert!(
+            series_bound(cap, cap, 0) <= DEFAULT_MAX_SERIES,
+            "{}",
+            series_bound(cap, cap, 0)
+        );
+        assert_eq!(
+            max_peer_nodes(DEFAULT_MAX_SERIES, 0),
+            cap,
+            "the budget holds the fan-out cap, and no more"
+        );
     }
 }

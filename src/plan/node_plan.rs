@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::peer::Peer;
+use crate::peer::{Identity, Peer};
 use crate::schedule::busy::BusyNodes;
-use crate::schedule::slots::SlotConfig;
+use crate::schedule::slots::{burst_to, Burst, SlotConfig};
 
 use super::{BandwidthPlan, FanOut};
 
@@ -113,6 +113,25 @@ impl BusyNodes for NodePlan {
     }
 }
 
+/// The bursts `me` initiates in absolute `slot` under the controller's
+/// plan: the same-kind agent on the plan's partner node, pod agents in the
+/// first half of the slot and host agents in the second, as in
+/// [`crate::schedule::slots::my_bursts`].
+pub fn plan_bursts(slot: u64, me: &Identity, plan: &NodePlan, cfg: &SlotConfig) -> Vec<Burst> {
+    let Some(partner) = plan.burst_in(slot) else {
+        return Vec::new();
+    };
+    let Some(peer) = plan
+        .peers
+        .iter()
+        .filter(|p| p.path.is_none() && p.node == partner && p.kind == me.kind)
+        .min_by(|a, b| a.name.cmp(&b.name))
+    else {
+        return Vec::new();
+    };
+    burst_to(me, peer, cfg).into_iter().collect()
+}
+
 /// Every node's plan. `agents` are all running agents (their node must be
 /// in `fan`); `extra(node)` adds per-node targets such as the Service.
 pub fn node_plans(
@@ -181,7 +200,9 @@ pub fn node_plans(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::peer::{targets, Identity, ProbePorts};
+    use std::time::Duration;
+
+    use crate::peer::{targets, ProbePorts};
     use crate::peer::{AgentKind, PathKind};
     use crate::plan::{bandwidth, fanout, PlanConfig, PlanNode};
 
@@ -198,6 +219,14 @@ mod tests {
                 })
             })
             .collect()
+    }
+
+    fn identity(p: &Peer) -> Identity {
+        Identity {
+            name: p.name.clone(),
+            node: p.node.clone(),
+            kind: p.kind,
+        }
     }
 
     fn plans(n: usize, zones: usize) -> (FanOut, BandwidthPlan, BTreeMap<String, NodePlan>) {
@@ -297,5 +326,52 @@ mod tests {
         eprintln!("largest plan: {max} bytes");
         // Far below the 1 MiB object limit.
         assert!(max < 64 * 1024, "{max} bytes");
+    }
+
+    #[test]
+    fn plan_bursts_follow_the_controllers_cycle() {
+        let cfg = SlotConfig::default();
+        let peers = agents(30);
+        let nodes: Vec<PlanNode> = (0..30)
+            .map(|i| PlanNode {
+                name: format!("node-{i:05}"),
+                zone: String::new(),
+            })
+            .collect();
+        let fan = fanout::fan_out(&nodes, &PlanConfig::default());
+        let bw = bandwidth::schedule(&fan, &cfg);
+        let plans = node_plans(&fan, &bw, &peers, &cfg, |_, _| Vec::new());
+        let mut seen = 0;
+        for b in &bw.bursts {
+            for kind in [AgentKind::Pod, AgentKind::Host] {
+                let me = peers
+                    .iter()
+                    .find(|p| p.node == b.initiator && p.kind == kind)
+                    .map(identity)
+                    .expect("agent");
+                // Any later cycle gives the same bursts.
+                let slot = b.slot + 2 * bw.cycle_slots;
+                let got = plan_bursts(slot, &me, &plans[&b.initiator], &cfg);
+                assert_eq!(got.len(), 1, "{} in slot {}", b.initiator, b.slot);
+                assert_eq!(got[0].peer.node, b.responder);
+                assert_eq!(got[0].peer.kind, kind, "pod to pod, host to host");
+                let half = cfg.slot / 2;
+                let want = if kind == AgentKind::Pod {
+                    Duration::ZERO
+                } else {
+                    half
+                };
+                assert_eq!(got[0].offset, want);
+                // The responder initiates nothing in that slot.
+                let other = peers
+                    .iter()
+                    .find(|p| p.node == b.responder && p.kind == kind)
+                    .map(identity)
+                    .expect("agent");
+                assert!(plan_bursts(slot, &other, &plans[&b.responder], &cfg).is_empty());
+                seen += 1;
+            }
+        }
+        assert!(seen > 0);
     }
 }

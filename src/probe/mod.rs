@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::BurstKeys;
 use crate::config::ProbeSettings;
-use crate::discovery::PlanWatch;
 use crate::metrics::AgentMetrics;
 use crate::peer::{Identity, PeerSet, Target};
+use crate::plan::PlanWatch;
 use guard::SampleGuard;
 
 /// The current probe targets of one agent.

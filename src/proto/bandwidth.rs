@@ -14,12 +14,22 @@
 //! ```
 //!
 //! Decoding checks the framing only; the MAC, the timestamp window and the
-//! nonce are checked by the responder ([`crate::auth`]).
+//! nonce are checked by the responder (the `auth` module, which implements
+//! [`Mac`] with the cluster's burst keys).
 
 use std::time::Duration;
 
 use super::DecodeError;
-use crate::auth::{Mac, MAC_LEN};
+
+/// Length of a MAC (HMAC-SHA256).
+pub const MAC_LEN: usize = 32;
+
+/// Something that signs messages: the request's MAC comes from it, so the
+/// wire format needs no key.
+pub trait Mac {
+    /// The MAC of `msg`.
+    fn sign(&self, msg: &[u8]) -> [u8; MAC_LEN];
+}
 
 /// Magic number of bandwidth messages.
 pub const MAGIC: [u8; 4] = *b"KPB1";

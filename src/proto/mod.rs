@@ -1,7 +1,9 @@
-//! Wire formats, pure encode/decode with no IO. Malformed input is an
-//! error value, never a panic.
+//! Wire formats, pure encode/decode with no IO (and the DNS names and
+//! resolver limits of `dns`). Malformed input is an error value, never a
+//! panic.
 
 pub mod bandwidth;
+pub(crate) mod dns;
 pub mod echo;
 pub(crate) mod icmp;
 

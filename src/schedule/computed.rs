@@ -97,33 +97,6 @@ impl BusyNodes for ComputedSchedule {
     }
 }
 
-/// Whoever decides this agent's bursts: the controller's plan while the
-/// agent has one (the bursts then follow the plan's cycle), the schedule it
-/// computes itself otherwise. The sample guard asks this one.
-pub struct PlanOrComputed {
-    plan: watch::Receiver<crate::discovery::PlanWatch>,
-    computed: ComputedSchedule,
-}
-
-impl PlanOrComputed {
-    /// Follows `plan`, falling back to `computed`.
-    pub fn new(
-        plan: watch::Receiver<crate::discovery::PlanWatch>,
-        computed: ComputedSchedule,
-    ) -> Self {
-        Self { plan, computed }
-    }
-}
-
-impl BusyNodes for PlanOrComputed {
-    fn busy(&self, slot: u64, node: &str) -> bool {
-        if let Some(plan) = self.plan.borrow().as_ref() {
-            return plan.busy(slot, node);
-        }
-        self.computed.busy(slot, node)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,39 +144,5 @@ mod tests {
         // A new peer list is seen at once: alone, nobody is busy.
         tx.send(Arc::new(Vec::new())).expect("send");
         assert!((0..40).all(|slot| !s.busy(slot, "a")));
-    }
-
-    #[test]
-    fn the_plan_answers_while_there_is_one() {
-        let me = Identity {
-            name: "host-a".into(),
-            node: "a".into(),
-            kind: AgentKind::Host,
-        };
-        // Alone, the agent-computed schedule has no pair: nobody is busy.
-        let (_peers_tx, peers) = watch::channel::<PeerSet>(Arc::new(Vec::new()));
-        let computed = ComputedSchedule::new(me, peers, SlotConfig::default());
-        let plan = crate::plan::NodePlan {
-            version: crate::plan::node_plan::FORMAT_VERSION,
-            node: "a".into(),
-            zone: String::new(),
-            target_nodes: vec!["b".into()],
-            probers: 1,
-            peers: vec![peer("b")],
-            slot_ms: 5000,
-            cycle_slots: 100,
-            bursts: vec![],
-            busy: [("b".to_string(), vec![7])].into_iter().collect(),
-            apiserver: vec![],
-        };
-        let (tx, rx) = watch::channel::<crate::discovery::PlanWatch>(Some(Arc::new(plan)));
-        let busy = PlanOrComputed::new(rx, computed);
-        assert!(busy.busy(107, "b"), "the plan's cycle repeats");
-        assert!(!busy.busy(108, "b"));
-        tx.send_replace(None);
-        assert!(
-            !busy.busy(107, "b"),
-            "without a plan, the computed schedule"
-        );
     }
 }

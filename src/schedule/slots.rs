@@ -30,7 +30,6 @@ use super::rendezvous::stable_hash;
 use crate::metrics::labels::Direction;
 use crate::peer::{path, Identity, Peer};
 use crate::peer::{AgentKind, PathKind};
-use crate::plan::NodePlan;
 
 /// Bandwidth schedule settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -189,27 +188,8 @@ pub fn my_bursts(slot: u64, me: &Identity, peers: &[Peer], cfg: &SlotConfig) -> 
     burst_to(me, peer, cfg).into_iter().collect()
 }
 
-/// The bursts `me` initiates in absolute `slot` under the controller's
-/// plan: the same-kind agent on the plan's partner node, pod agents in the
-/// first half of the slot and host agents in the second, as in
-/// [`my_bursts`].
-pub fn plan_bursts(slot: u64, me: &Identity, plan: &NodePlan, cfg: &SlotConfig) -> Vec<Burst> {
-    let Some(partner) = plan.burst_in(slot) else {
-        return Vec::new();
-    };
-    let Some(peer) = plan
-        .peers
-        .iter()
-        .filter(|p| p.path.is_none() && p.node == partner && p.kind == me.kind)
-        .min_by(|a, b| a.name.cmp(&b.name))
-    else {
-        return Vec::new();
-    };
-    burst_to(me, peer, cfg).into_iter().collect()
-}
-
 /// A burst from `me` to `peer` at `me`'s half of the slot.
-fn burst_to(me: &Identity, peer: &Peer, cfg: &SlotConfig) -> Option<Burst> {
+pub(crate) fn burst_to(me: &Identity, peer: &Peer, cfg: &SlotConfig) -> Option<Burst> {
     let local = path::Endpoint {
         node: &me.node,
         kind: me.kind,
@@ -378,54 +358,6 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 6 * 5 / 2);
-    }
-
-    #[test]
-    fn plan_bursts_follow_the_controllers_cycle() {
-        use crate::plan::{bandwidth, fanout, node_plan, PlanConfig, PlanNode};
-        let cfg = SlotConfig::default();
-        let peers = cluster(30);
-        let nodes: Vec<PlanNode> = (0..30)
-            .map(|i| PlanNode {
-                name: format!("node-{i:04}"),
-                zone: String::new(),
-            })
-            .collect();
-        let fan = fanout::fan_out(&nodes, &PlanConfig::default());
-        let bw = bandwidth::schedule(&fan, &cfg);
-        let plans = node_plan::node_plans(&fan, &bw, &peers, &cfg, |_, _| Vec::new());
-        let mut seen = 0;
-        for b in &bw.bursts {
-            for kind in [AgentKind::Pod, AgentKind::Host] {
-                let me = peers
-                    .iter()
-                    .find(|p| p.node == b.initiator && p.kind == kind)
-                    .map(identity)
-                    .expect("agent");
-                // Any later cycle gives the same bursts.
-                let slot = b.slot + 2 * bw.cycle_slots;
-                let got = plan_bursts(slot, &me, &plans[&b.initiator], &cfg);
-                assert_eq!(got.len(), 1, "{} in slot {}", b.initiator, b.slot);
-                assert_eq!(got[0].peer.node, b.responder);
-                assert_eq!(got[0].peer.kind, kind, "pod to pod, host to host");
-                let half = cfg.slot / 2;
-                let want = if kind == AgentKind::Pod {
-                    Duration::ZERO
-                } else {
-                    half
-                };
-                assert_eq!(got[0].offset, want);
-                // The responder initiates nothing in that slot.
-                let other = peers
-                    .iter()
-                    .find(|p| p.node == b.responder && p.kind == kind)
-                    .map(identity)
-                    .expect("agent");
-                assert!(plan_bursts(slot, &other, &plans[&b.responder], &cfg).is_empty());
-                seen += 1;
-            }
-        }
-        assert!(seen > 0);
     }
 
     #[test]

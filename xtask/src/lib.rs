@@ -1,8 +1,10 @@
 //! kubepulse's repository tasks, run as `cargo xtask <task>` and used by the
-//! tests that check their output is committed.
+//! tests that check their output is committed, and the module graph check
+//! ([`module_graph`]).
 
 use std::path::{Path, PathBuf};
 
+pub mod module_graph;
 pub mod monitoring;
 
 /// What can go wrong in a task.
@@ -27,6 +29,9 @@ pub enum Error {
     /// Generated files differ from what their sources give.
     #[error("deploy/monitoring is out of date ({0}); regenerate with `cargo xtask monitoring`")]
     OutOfDate(String),
+    /// `src/`'s top-level modules depend on each other in cycles.
+    #[error("{0} module cycle(s) in src/")]
+    Cycles(usize),
 }
 
 /// The repository root (the parent of `xtask/`).

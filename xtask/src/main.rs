@@ -2,7 +2,9 @@
 //!
 //! - `monitoring`: regenerates `deploy/monitoring/` (the PrometheusRule and
 //!   the Grafana dashboard ConfigMaps) from `alerts/` and `dashboards/`;
-//! - `monitoring --check`: fails when `deploy/monitoring/` is out of date.
+//! - `monitoring --check`: fails when `deploy/monitoring/` is out of date;
+//! - `modules`: prints the layers of `src/`'s top-level modules, lowest
+//!   first, and any cycle among them.
 
 use std::process::ExitCode;
 
@@ -23,8 +25,23 @@ fn main() -> ExitCode {
                 Err(xtask::Error::OutOfDate(problems.join(", ")))
             }
         }),
+        ["modules"] => xtask::module_graph::scan(&root.join("src")).and_then(|scan| {
+            let layers = xtask::module_graph::layers(&scan.modules, &scan.edges);
+            for (i, layer) in layers.iter().enumerate() {
+                println!("{i}: {}", layer.join(" "));
+            }
+            let cycles = xtask::module_graph::cycles(&scan.edges);
+            for c in &cycles {
+                println!("{c}");
+            }
+            if cycles.is_empty() {
+                Ok(())
+            } else {
+                Err(xtask::Error::Cycles(cycles.len()))
+            }
+        }),
         _ => {
-            eprintln!("usage: cargo xtask monitoring [--check]");
+            eprintln!("usage: cargo xtask monitoring [--check] | cargo xtask modules");
             return ExitCode::from(2);
         }
     };

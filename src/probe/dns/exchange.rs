@@ -129,7 +129,7 @@ fn socket(server: SocketAddr, bind: IpAddr) -> io::Result<UdpSocket> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::dns::message::query_name;
+    use crate::proto::dns::query_name;
     use hickory_proto::op::{Message, MessageType, ResponseCode};
 
     /// A loopback server answering each query once with `rcode` after

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use crate::config::reach::MAX_NAMESERVERS;
+use crate::proto::dns::MAX_NAMESERVERS;
 
 /// glibc's default `ndots`.
 const DEFAULT_NDOTS: u8 = 1;

@@ -8,10 +8,10 @@ use hickory_proto::rr::Name;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::exchange::lookup;
-use super::message::query_name;
 use super::resolv_conf::ResolvConf;
 use crate::config::DnsSettings;
 use crate::probe::{rounds, ProbeContext};
+use crate::proto::dns::query_name;
 
 /// What to ask whom, resolved once at start.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,8 +9,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::peer::Target;
+use crate::plan::node_plan::plan_bursts;
 use crate::probe::ProbeContext;
-use crate::schedule::slots::{my_bursts, plan_bursts, SlotConfig};
+use crate::schedule::slots::{my_bursts, SlotConfig};
 
 use super::{run_job, Kind};
 

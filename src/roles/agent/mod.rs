@@ -15,16 +15,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::BurstKeys;
 use crate::config::{BandwidthSchedule, BandwidthSettings, DiscoveryMode, Settings};
-use crate::discovery::{Discovery, PlanWatch};
+use crate::discovery::Discovery;
 use crate::metrics::labels::Protocol;
 use crate::metrics::{budget, AgentMetrics};
 use crate::peer::PathKind;
 use crate::peer::{self, Identity, PeerSet, ProbePorts, Target};
+use crate::plan::{PlanOrComputed, PlanWatch};
 use crate::probe::burst_guard::{BurstGuard, BurstWindows};
 use crate::probe::guard::{KeepAll, SampleGuard};
 use crate::probe::{self, latency::LatencyProber, ProbeContext, TargetSet};
 use crate::responder::{self, Responders};
-use crate::schedule::computed::{ComputedSchedule, PlanOrComputed};
+use crate::schedule::computed::ComputedSchedule;
 use crate::Result;
 
 /// A running agent.

@@ -3,7 +3,8 @@
 //! RBAC rules lack, a 404 the object that is missing, a refused connection
 //! or a TLS failure the transport, instead of one "unreachable" for all.
 //!
-//! Pure: it only reads the error (and its `source()` chain).
+//! Pure: it only reads the error (and its `source()` chain). Shared by the
+//! controller and the agent's plan watch (`discovery::kubernetes`).
 
 use std::fmt;
 
