@@ -1,6 +1,6 @@
-//! Pure scheduling: absolute-deadline periodic schedules with a random
-//! phase per peer, reconnect backoff, rendezvous peer choice and the
-//! bandwidth slot schedule.
+//! Pure scheduling: absolute-deadline periodic schedules, the trains that
+//! place probe streams within their interval, reconnect backoff,
+//! rendezvous peer choice and the bandwidth slot schedule.
 
 pub(crate) mod backoff;
 pub mod busy;
@@ -8,6 +8,8 @@ pub mod computed;
 pub(crate) mod periodic;
 pub(crate) mod rendezvous;
 pub mod slots;
+pub mod train;
 
 pub use backoff::Backoff;
 pub use periodic::{Fire, Periodic};
+pub use train::{TrainSlot, Trains};

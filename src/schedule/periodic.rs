@@ -38,6 +38,17 @@ impl Periodic {
         }
     }
 
+    /// Deadlines at `epoch + phase + i * interval` from the first one at or
+    /// after `now`: streams created at different times keep their places
+    /// relative to each other (a train, see [`super::train`]).
+    pub fn aligned(epoch: Instant, phase: Duration, interval: Duration, now: Instant) -> Self {
+        let mut s = Self::new(epoch, phase, interval);
+        let behind = now.saturating_duration_since(s.origin).as_nanos();
+        let step = s.interval.as_nanos();
+        s.next = u64::try_from(behind.div_ceil(step)).unwrap_or(u64::MAX);
+        s
+    }
+
     /// A schedule with a uniformly random phase in `[0, interval)`, so peers
     /// and protocols do not all fire together.
     pub fn with_random_phase(start: Instant, interval: Duration) -> Self {
@@ -89,6 +100,24 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn an_aligned_schedule_starts_at_its_first_deadline_from_now() {
+        let epoch = Instant::now();
+        // Created 25 ms after the epoch: the 3 ms + i * 10 ms grid goes on
+        // at 33 ms, neither earlier (a late send) nor shifted.
+        let mut s = Periodic::aligned(epoch, ms(3), ms(10), epoch + ms(25));
+        assert_eq!(s.next_deadline(), epoch + ms(33));
+        assert_eq!(s.fire(epoch + ms(32)), None);
+        let f = s.fire(epoch + ms(33)).expect("due");
+        assert_eq!((f.late, f.skipped), (false, 0));
+        // Exactly on a deadline: that one is the first.
+        let t = Periodic::aligned(epoch, ms(3), ms(10), epoch + ms(13));
+        assert_eq!(t.next_deadline(), epoch + ms(13));
+        // Before the first deadline.
+        let u = Periodic::aligned(epoch, ms(3), ms(10), epoch);
+        assert_eq!(u.next_deadline(), epoch + ms(3));
     }
 
     #[test]

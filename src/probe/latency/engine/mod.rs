@@ -34,7 +34,7 @@ use crate::peer::Target;
 use crate::probe::{ProbeContext, ProbeError};
 use crate::proto::echo::{self, EchoHeader};
 use crate::proto::icmp;
-use crate::schedule::Periodic;
+use crate::schedule::{Periodic, TrainSlot, Trains};
 use crate::sys::clock::realtime_ns;
 use crate::sys::epoll::{self, Epoll};
 use crate::sys::icmp::IcmpSocketKind;
@@ -114,6 +114,8 @@ struct Probe {
     armed: Instant,
     /// What the epoll set watches for this stream's TCP connection.
     registered: Option<(RawFd, i16)>,
+    /// Its place in its interval's train, given back when it goes.
+    train_slot: TrainSlot,
 }
 
 impl Probe {
@@ -194,6 +196,8 @@ pub(super) struct Engine {
     /// Min-heap of (deadline, stream id); an entry is live while it equals
     /// the stream's `armed`.
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Where each stream sends within its interval.
+    trains: Trains,
     /// The reply descriptors, polled without waiting at each wake-up.
     fds: Vec<PollFd>,
     slots: Vec<Slot>,
@@ -285,6 +289,7 @@ impl Engine {
             retired: ById::default(),
             next_sweep: Instant::now(),
             timers: BinaryHeap::new(),
+            trains: Trains::new(),
             fds: Vec::new(),
             slots: Vec::new(),
             waits: Vec::new(),
@@ -452,7 +457,9 @@ impl Engine {
             for id in self.targets.remove(&t).unwrap_or_default() {
                 // Dropping the probe closes its TCP socket, which leaves
                 // the epoll set by itself.
-                self.probes.remove(&id);
+                if let Some(p) = self.probes.remove(&id) {
+                    self.trains.release(p.train_slot);
+                }
                 self.retired.insert(id, now + RETIRED_GRACE);
             }
         }
@@ -494,16 +501,15 @@ impl Engine {
         let peer_node: Arc<str> = Arc::from(t.peer.node.as_str());
         let mut ids = Vec::new();
         for (protocol, periodic, dest) in dests {
+            let (train_slot, phase) = self.trains.take(periodic.interval, random_below);
             let series = self.ctx.metrics.latency(protocol, t.path, &t.peer.node);
             let stream = Stream::new(
                 protocol,
                 t.path,
                 peer_node.clone(),
-                // Every stream its own random phase: sends to one target
-                // that leave together queue behind each other on the path
-                // (floors rose 40-90 us in the lab when the protocols of a
-                // target shared a phase).
-                Periodic::with_random_phase(now, periodic.interval),
+                // A place in its interval's train: one send per
+                // TRAIN_SPACING, never two at once (see schedule::train).
+                Periodic::aligned(self.epoch, phase, periodic.interval, now),
                 periodic.timeout,
                 s.rtt_min_window,
             );
@@ -517,6 +523,7 @@ impl Engine {
                 peer_node: peer_node.clone(),
                 armed: now,
                 registered: None,
+                train_slot,
             };
             probe.armed = probe.next_wake();
             self.timers.push(Reverse((probe.armed, id)));
@@ -682,6 +689,12 @@ fn fire(
             });
         }
     }
+}
+
+/// A uniformly random duration in `[0, bound)`: a new train's start.
+fn random_below(bound: Duration) -> Duration {
+    let ns = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX).max(1);
+    Duration::from_nanos(rand::random_range(0..ns))
 }
 
 fn open_icmp(ctx: &ProbeContext) -> Option<IcmpSocket> {
