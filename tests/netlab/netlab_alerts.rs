@@ -22,209 +22,19 @@
 use kubepulse_testkit::lab;
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kubepulse_testkit::http::percent_encode;
 use lab::agents::{fast_probes, AgentSpec, Agents};
 use lab::netlab::{poll, timing_lock, Flavour, Lab, LabSpec};
+use lab::prometheus::Prom;
 
-/// Test-only `for:` of every alert.
-const FOR: &str = "2s";
-/// Test-only rate window replacing `[5m]` and `[10m]`.
-const WINDOW: &str = "[20s]";
-const PROM_PORT: u16 = 9090;
 /// Alert expected in every phase: no controller runs in the lab.
 const CONTROLLER_ABSENT: &str = "KubepulseControllerAbsent{severity=warning}";
-
-/// The rules file with test-only `for:` and rate windows.
-fn test_rules() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/alerts/kubepulse-rules.yaml");
-    let text = std::fs::read_to_string(path).expect("read alerts/kubepulse-rules.yaml");
-    let mut fors = 0;
-    let out: Vec<String> = text
-        .lines()
-        .map(|l| {
-            let t = l.trim_start();
-            if t.starts_with("for: ") {
-                fors += 1;
-                format!("{}for: {FOR}", &l[..l.len() - t.len()])
-            } else {
-                l.replace("[5m]", WINDOW).replace("[10m]", WINDOW)
-            }
-        })
-        .collect();
-    assert!(fors > 20, "expected every alert to have a for: ({fors})");
-    out.join("\n") + "\n"
-}
-
-/// A Prometheus process inside a lab namespace.
-struct Prom {
-    ns: String,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-impl Prom {
-    /// Starts Prometheus in node 0's host namespace, scraping every agent
-    /// with the target labels the PodMonitor would set (`node`, `cluster`).
-    fn start(lab: &Lab, agents: &[AgentSpec]) -> Prom {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let rules = dir.path().join("rules.yaml");
-        std::fs::write(&rules, test_rules()).expect("write rules");
-        let mut targets = String::new();
-        for a in agents {
-            targets.push_str(&format!(
-                "      - targets: ['{}']\n        labels: {{node: '{}', cluster: lab, pod: '{}'}}\n",
-                a.metrics_addr(),
-                a.node,
-                a.name
-            ));
-        }
-        let cfg = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 rule_files:\n  - {}\n\
-                 scrape_configs:\n  - job_name: kubepulse-agent\n    static_configs:\n{targets}",
-                rules.display()
-            ),
-        )
-        .expect("write prometheus config");
-        let ns = lab.host(0);
-        let addr = SocketAddr::new(IpAddr::V4(lab.host_ip(0)), PROM_PORT);
-        let bin = std::env::var("KUBEPULSE_PROMETHEUS").unwrap_or("/usr/bin/prometheus".into());
-        let args = [
-            bin,
-            format!("--config.file={}", cfg.display()),
-            format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
-            format!("--web.listen-address={addr}"),
-            "--log.level=warn".into(),
-        ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let log = dir.path().join("prometheus.log");
-        let pid = lab.spawn(&ns, &args, Some(&log));
-        let prom = Prom { ns, addr, dir };
-        let ready = poll(Duration::from_secs(30), Duration::from_millis(200), || {
-            assert!(lab.alive(pid), "prometheus exited: {}", prom.log());
-            prom.get("/-/ready").ok()
-        });
-        assert!(ready.is_some(), "prometheus not ready: {}", prom.log());
-        // The transformed rules loaded.
-        let rules = prom.get("/api/v1/rules").expect("rules API");
-        assert!(
-            rules.contains("KubepulsePathMTUBelowInterfaceMTU"),
-            "rules not loaded: {}",
-            prom.log()
-        );
-        prom
-    }
-
-    /// Every rule of the transformed file evaluated without error.
-    fn assert_rules_healthy(&self) {
-        let body = self.get("/api/v1/rules").expect("rules API");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("rules JSON");
-        let mut bad = Vec::new();
-        let mut n = 0;
-        for g in v["data"]["groups"].as_array().expect("rule groups") {
-            for r in g["rules"].as_array().expect("rules") {
-                n += 1;
-                if r["health"] != "ok" {
-                    bad.push(format!("{} {}: {}", r["name"], r["health"], r["lastError"]));
-                }
-            }
-        }
-        assert!(n > 50, "only {n} rules loaded");
-        assert!(bad.is_empty(), "rules not healthy: {bad:#?}");
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
-
-    fn get(&self, target: &str) -> std::io::Result<String> {
-        let addr = self.addr;
-        let target = target.to_string();
-        lab::netlab::in_ns(&self.ns, move || lab::prom::http_get(addr, &target))
-    }
-
-    /// Instant query: every series as (labels, value).
-    fn query(&self, expr: &str) -> Vec<(serde_json::Map<String, serde_json::Value>, f64)> {
-        let body = self
-            .get(&format!("/api/v1/query?query={}", percent_encode(expr)))
-            .unwrap_or_else(|e| panic!("query {expr}: {e}\n{}", self.log()));
-        let v: serde_json::Value = serde_json::from_str(&body).expect("query JSON");
-        assert_eq!(v["status"], "success", "{expr}: {body}");
-        v["data"]["result"]
-            .as_array()
-            .expect("vector result")
-            .iter()
-            .map(|s| {
-                let labels = s["metric"].as_object().cloned().unwrap_or_default();
-                let val = s["value"][1]
-                    .as_str()
-                    .and_then(|x| x.parse().ok())
-                    .unwrap_or(f64::NAN);
-                (labels, val)
-            })
-            .collect()
-    }
-
-    /// Firing alerts as `Name{severity=..,node=..,peer_node=..,path=..,protocol=..}`
-    /// (only the labels present).
-    fn firing(&self) -> BTreeSet<String> {
-        self.query("ALERTS{alertstate=\"firing\"}")
-            .into_iter()
-            .map(|(l, _)| {
-                let get = |k: &str| l.get(k).and_then(|v| v.as_str()).map(str::to_string);
-                let keys: Vec<String> = ["severity", "node", "peer_node", "path", "protocol"]
-                    .iter()
-                    .filter_map(|k| get(k).map(|v| format!("{k}={v}")))
-                    .collect();
-                format!(
-                    "{}{{{}}}",
-                    get("alertname").unwrap_or_default(),
-                    keys.join(",")
-                )
-            })
-            .collect()
-    }
-
-    /// Polls until the firing set is exactly `want` (panics with the last
-    /// set after `timeout`), then checks it holds for `hold`. Returns how
-    /// long it took to get there.
-    fn expect_firing(
-        &self,
-        what: &str,
-        want: &BTreeSet<String>,
-        timeout: Duration,
-        hold: Duration,
-    ) -> Duration {
-        let t0 = Instant::now();
-        let mut last = BTreeSet::new();
-        let got = poll(timeout, Duration::from_millis(500), || {
-            last = self.firing();
-            (last == *want).then_some(())
-        });
-        assert!(
-            got.is_some(),
-            "{what}: firing alerts never became exactly the expected set after {timeout:?}\n\
-             want: {want:#?}\nlast: {last:#?}\nloss ratios: {:?}\npath MTU: {:?}",
-            self.query("node_peer_node_path:kubepulse_probe_loss:ratio_rate5m > 0"),
-            self.query("kubepulse_path_mtu_bytes")
-        );
-        let took = t0.elapsed();
-        let end = Instant::now() + hold;
-        while Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(500));
-            let now = self.firing();
-            assert_eq!(&now, want, "{what}: firing set changed during the hold");
-        }
-        eprintln!("{what}: exactly {want:?} firing after {took:.1?}, held {hold:?}");
-        took
-    }
-}
+/// Shown when a firing set never matches.
+const DEBUG: &[&str] = &[
+    "node_peer_node_path:kubepulse_probe_loss:ratio_rate5m > 0",
+    "kubepulse_path_mtu_bytes",
+];
 
 fn set(items: &[String]) -> BTreeSet<String> {
     items.iter().cloned().collect()
@@ -273,6 +83,7 @@ fn loss_fires_pair_and_pod_network_alerts_only_for_the_lossy_pods() {
         &baseline,
         Duration::from_secs(10),
         Duration::from_secs(5),
+        DEBUG,
     );
 
     let (p0, p1) = (lab.pod_ip(0, 0), lab.pod_ip(1, 0));
@@ -307,6 +118,7 @@ fn loss_fires_pair_and_pod_network_alerts_only_for_the_lossy_pods() {
         &set(&want),
         Duration::from_secs(45),
         Duration::from_secs(5),
+        DEBUG,
     );
     assert!(lab.nft_counter(&ns1, "dropped") > 0);
     prom.assert_rules_healthy();
@@ -318,6 +130,7 @@ fn loss_fires_pair_and_pod_network_alerts_only_for_the_lossy_pods() {
         &baseline,
         Duration::from_secs(45),
         Duration::from_secs(3),
+        DEBUG,
     );
 }
 
@@ -373,6 +186,7 @@ fn mtu_blackhole_fires_path_mtu_alert_only_for_paths_to_the_blackholed_node() {
         &baseline,
         Duration::from_secs(10),
         Duration::from_secs(5),
+        DEBUG,
     );
 
     // Prometheus's scrapes of node 1's agents (TCP from port 9477) are
@@ -412,6 +226,7 @@ fn mtu_blackhole_fires_path_mtu_alert_only_for_paths_to_the_blackholed_node() {
         &set(&want),
         Duration::from_secs(45),
         Duration::from_secs(5),
+        DEBUG,
     );
     assert!(lab.nft_counter(&ns1, "blackholed") > 0);
     prom.assert_rules_healthy();
@@ -470,6 +285,7 @@ fn pod_only_delay_fires_overlay_rtt_overhead_alert() {
         &baseline,
         Duration::from_secs(10),
         Duration::from_secs(5),
+        DEBUG,
     );
     let base: Vec<f64> = prom.query(overhead).iter().map(|(_, v)| *v).collect();
 
@@ -488,6 +304,7 @@ fn pod_only_delay_fires_overlay_rtt_overhead_alert() {
         &set(&want),
         Duration::from_secs(30),
         Duration::from_secs(5),
+        DEBUG,
     );
     let now: Vec<f64> = prom.query(overhead).iter().map(|(_, v)| *v).collect();
     eprintln!("pod-minus-host RTT min: baseline {base:?} s, with 1 ms delay {now:?} s");
@@ -500,5 +317,6 @@ fn pod_only_delay_fires_overlay_rtt_overhead_alert() {
         &baseline,
         Duration::from_secs(30),
         Duration::from_secs(3),
+        DEBUG,
     );
 }

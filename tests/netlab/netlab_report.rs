@@ -25,9 +25,16 @@ fn iperf3(lab: &Lab, from: &AgentSpec, to: &AgentSpec) -> f64 {
     .expect("iperf3 client ran");
     lab.kill(server);
     let v: Json = serde_json::from_str(&out).expect("iperf3 JSON");
-    v["end"]["sum_received"]["bits_per_second"]
+    let bps = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
-        .unwrap_or_else(|| panic!("iperf3 receiver goodput missing: {out}"))
+        .unwrap_or_else(|| panic!("iperf3 receiver goodput missing: {out}"));
+    eprintln!(
+        "iperf3 {} -> {}: {:.0} Mbit/s",
+        from.name,
+        to.name,
+        bps / 1e6
+    );
+    bps
 }
 
 /// qperf's tcp_lat (one way, RTT/2) from `from` to `to`, seconds.
@@ -209,6 +216,15 @@ fn report_shows_the_vxlan_overhead_the_way_iperf3_and_qperf_do() {
                     .expect("bandwidth overhead"),
             );
             kp_rtt.push(pod["rtt_overhead"].as_f64().expect("RTT overhead"));
+            // The report gives bytes per second.
+            let mbit = |row: &Json, dir: &str| row[dir].as_f64().unwrap_or(f64::NAN) * 8.0 / 1e6;
+            lines.push(format!(
+                "{flavour:?} report: send/receive Mbit/s pod {:.0}/{:.0} host {:.0}/{:.0}",
+                mbit(pod, "bandwidth_send"),
+                mbit(pod, "bandwidth_receive"),
+                mbit(host, "bandwidth_send"),
+                mbit(host, "bandwidth_receive")
+            ));
         }
         let median = |mut v: Vec<f64>| {
             v.sort_by(f64::total_cmp);

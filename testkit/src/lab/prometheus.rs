@@ -1,8 +1,8 @@
 //! A real Prometheus inside a lab namespace, scraping lab agents and
 //! evaluating the REAL alerts/kubepulse-rules.yaml with test-time windows
 //! (every `for:` 2s, `[5m]`/`[10m]` rate windows 20s; thresholds and logic
-//! untouched), the same harness as tests/netlab/netlab_alerts.rs with
-//! the firing set keyed by every label the alerts carry.
+//! untouched), for the lab's alert tests; the firing set is keyed by every
+//! label the alerts carry.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -32,17 +32,22 @@ const KEYS: &[&str] = &[
 pub fn test_rules() -> String {
     let path = crate::repo_root().join("alerts/kubepulse-rules.yaml");
     let text = std::fs::read_to_string(path).expect("read alerts/kubepulse-rules.yaml");
+    let mut fors = 0;
     let out: Vec<String> = text
         .lines()
         .map(|l| {
             let t = l.trim_start();
             if t.starts_with("for: ") {
+                fors += 1;
                 format!("{}for: {FOR}", &l[..l.len() - t.len()])
             } else {
                 l.replace("[5m]", WINDOW).replace("[10m]", WINDOW)
             }
         })
         .collect();
+    // A rules file whose `for:` lines moved (another indentation, a
+    // template) would silently keep production delays.
+    assert!(fors > 20, "expected every alert to have a for: ({fors})");
     out.join("\n") + "\n"
 }
 
@@ -99,6 +104,13 @@ impl Prom {
             prom.get("/-/ready").ok()
         });
         assert!(ready.is_some(), "prometheus not ready: {}", prom.log());
+        // The transformed rules loaded.
+        let rules = prom.get("/api/v1/rules").expect("rules API");
+        assert!(
+            rules.contains("KubepulsePathMTUBelowInterfaceMTU"),
+            "rules not loaded: {}",
+            prom.log()
+        );
         prom
     }
 
@@ -107,13 +119,16 @@ impl Prom {
         let body = self.get("/api/v1/rules").expect("rules API");
         let v: serde_json::Value = serde_json::from_str(&body).expect("rules JSON");
         let mut bad = Vec::new();
+        let mut n = 0;
         for g in v["data"]["groups"].as_array().expect("rule groups") {
             for r in g["rules"].as_array().expect("rules") {
+                n += 1;
                 if r["health"] != "ok" {
                     bad.push(format!("{} {}: {}", r["name"], r["health"], r["lastError"]));
                 }
             }
         }
+        assert!(n > 50, "only {n} rules loaded");
         assert!(bad.is_empty(), "rules not healthy: {bad:#?}");
     }
 
