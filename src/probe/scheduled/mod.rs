@@ -36,6 +36,8 @@ use crate::config::BandwidthSchedule;
 use crate::metrics::labels::{BurstOutcome, Direction, HttpPhase, ProbeErrorReason, Protocol};
 use crate::peer::Target;
 use crate::proto::bandwidth::Mode;
+use crate::schedule::train::{TrainSlot, Trains};
+use crate::schedule::Periodic;
 
 /// Connect and HTTP probes in flight at once per kind. At the default
 /// cadences this is far above need; it only bounds threads when many peers
@@ -158,6 +160,14 @@ async fn run(ctx: ProbeContext, kind: Kind) {
     let mut running: HashSet<Target> = HashSet::new();
     let mut ids: HashMap<tokio::task::Id, Target> = HashMap::new();
     let mut jobs: JoinSet<()> = JoinSet::new();
+    // The short probes go out as a train, as the latency streams do (see
+    // schedule::train): a thread woken a millisecond after its last job
+    // costs less than one woken after a long sleep. Not bursts (one at a
+    // time, spread so they do not run back to back) nor PMTU searches.
+    let in_train = matches!(kind, Kind::TcpConnect | Kind::Http);
+    let epoch = Instant::now();
+    let mut trains = Trains::new();
+    let mut train_slots: HashMap<Target, TrainSlot> = HashMap::new();
     let mut sync = true;
     // False once the publisher is gone: keep probing the last target set.
     let mut watching = true;
@@ -169,9 +179,23 @@ async fn run(ctx: ProbeContext, kind: Kind) {
             let now = Instant::now();
             let keep: HashSet<&Target> = current.iter().collect();
             due.retain(|t, _| keep.contains(t));
+            train_slots.retain(|t, slot| {
+                let stays = keep.contains(t);
+                if !stays {
+                    trains.release(*slot);
+                }
+                stays
+            });
             for t in current.iter() {
-                due.entry(t.clone())
-                    .or_insert_with(|| now + random_phase(first_spread));
+                due.entry(t.clone()).or_insert_with(|| {
+                    if !in_train {
+                        return now + random_phase(first_spread);
+                    }
+                    let (slot, phase) = trains.take(interval, random_phase);
+                    train_slots.insert(t.clone(), slot);
+                    let next = Periodic::aligned(epoch.into_std(), phase, interval, now.into_std());
+                    Instant::from_std(next.next_deadline())
+                });
             }
         }
 
