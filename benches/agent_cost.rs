@@ -11,11 +11,17 @@
 //! Then the loopback UDP RTT as kubepulse reports it next to `fping` at
 //! the same spacing.
 //!
+//! Each K is measured in rounds (kubepulse's window, then fping's), and
+//! the table gives the medians with every round's ratio: on a VM the cost
+//! of a wake-up drifts between windows by as much as the difference being
+//! measured, so one pair of windows is not a result.
+//!
 //! Run: `cargo build --release && cargo bench --bench agent_cost`
-//! (about 5 minutes). Environment: `AGENT_COST_BIN` measures another
+//! (about 8 minutes). Environment: `AGENT_COST_BIN` measures another
 //! kubepulse binary (e.g. an older build; set `AGENT_COST_LEGACY=1` if it
 //! predates `metrics.max_series`), `AGENT_COST_WINDOW` the window in
-//! seconds (default 40), `AGENT_COST_K` a comma-separated list of K.
+//! seconds (default 20), `AGENT_COST_ROUNDS` the rounds per K (default 3),
+//! `AGENT_COST_K` a comma-separated list of K.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -307,6 +313,42 @@ struct Row {
     probes_per_s: f64,
     /// The prober's CPU by thread name.
     threads: String,
+    /// Every round's kubepulse / fping ratio.
+    ratios: Vec<f64>,
+}
+
+/// The median of `v` (the upper one of an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `rounds` alternating rounds at `k`: the median round (by prober CPU per
+/// probe) with the median fping cost and every round's ratio.
+fn measure_rounds(k: usize, window: Duration, rounds: usize, legacy: bool) -> Row {
+    let mut all = Vec::new();
+    for round in 1..=rounds {
+        let mut row = measure_kubepulse(k, window, legacy);
+        row.fping_cpu_per_probe = measure_fping(k, window);
+        eprintln!(
+            "K={k} round {round}: {:.1} us/probe ({:.0} probes/s), fping {:.1} us/probe; prober CPU by thread: {}",
+            row.kp_cpu_per_probe * 1e6,
+            row.probes_per_s,
+            row.fping_cpu_per_probe * 1e6,
+            row.threads
+        );
+        all.push(row);
+    }
+    let ratios: Vec<f64> = all
+        .iter()
+        .map(|r| r.kp_cpu_per_probe / r.fping_cpu_per_probe)
+        .collect();
+    let fping = median(all.iter().map(|r| r.fping_cpu_per_probe).collect());
+    all.sort_by(|a, b| a.kp_cpu_per_probe.total_cmp(&b.kp_cpu_per_probe));
+    let mut row = all.swap_remove(all.len() / 2);
+    row.fping_cpu_per_probe = fping;
+    row.ratios = ratios;
+    row
 }
 
 fn latency_probes(body: &str) -> f64 {
@@ -359,6 +401,7 @@ fn measure_kubepulse(k: usize, window: Duration, legacy: bool) -> Row {
         responder_cpu_per_echo: cpu_between(&r0, &r1) / (echo1 - echo0).max(1.0),
         probes_per_s: probes / elapsed,
         threads,
+        ratios: Vec::new(),
     }
 }
 
@@ -398,8 +441,13 @@ fn main() {
         std::env::var("AGENT_COST_WINDOW")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(40),
+            .unwrap_or(20),
     );
+    let rounds = std::env::var("AGENT_COST_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3usize)
+        .max(1);
     let legacy = std::env::var("AGENT_COST_LEGACY").is_ok_and(|v| v == "1");
     let ks: Vec<usize> = std::env::var("AGENT_COST_K")
         .ok()
@@ -408,16 +456,7 @@ fn main() {
 
     let mut rows = Vec::new();
     for &k in &ks {
-        let mut row = measure_kubepulse(k, window, legacy);
-        row.fping_cpu_per_probe = measure_fping(k, window);
-        eprintln!(
-            "K={k}: {:.1} us/probe ({:.0} probes/s), fping {:.1} us/probe",
-            row.kp_cpu_per_probe * 1e6,
-            row.probes_per_s,
-            row.fping_cpu_per_probe * 1e6
-        );
-        eprintln!("  prober CPU by thread: {}", row.threads);
-        rows.push(row);
+        rows.push(measure_rounds(k, window, rounds, legacy));
     }
 
     // Loopback UDP RTT at 10 ms spacing, next to ping at the same spacing.
@@ -475,7 +514,7 @@ fn main() {
     let us = |s: f64| s * 1e6;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "kubepulse agent cost ({}; window {} s; load average: {})",
+        "kubepulse agent cost ({}; {rounds} rounds of {} s windows per K, medians; load average: {})",
         bin(),
         window.as_secs(),
         load.trim()
@@ -484,15 +523,17 @@ fn main() {
         "one prober, K peers, udp+tcp+icmp 1/s, tcp connect 10 s, http 30 s, pmtu 10 m, bandwidth off"
     );
     println!();
-    println!("| K peers | prober CPU per probe | fping CPU per probe | ratio | RSS | series | responder CPU per echoed probe |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| K peers | prober CPU per probe | fping CPU per probe | ratio (median of rounds) | every round's ratio | RSS | series | responder CPU per echoed probe |");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in &rows {
+        let each: Vec<String> = r.ratios.iter().map(|x| format!("{x:.2}")).collect();
         println!(
-            "| {} | {:.1} µs | {:.1} µs | {:.2}x | {:.1} MiB | {} | {:.1} µs |",
+            "| {} | {:.1} µs | {:.1} µs | {:.2}x | {} | {:.1} MiB | {} | {:.1} µs |",
             r.k,
             us(r.kp_cpu_per_probe),
             us(r.fping_cpu_per_probe),
-            r.kp_cpu_per_probe / r.fping_cpu_per_probe,
+            median(r.ratios.clone()),
+            each.join(", "),
             r.rss / 1_048_576.0,
             r.series,
             us(r.responder_cpu_per_echo),

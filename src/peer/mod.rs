@@ -89,6 +89,19 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// A peer on loopback with the default ports, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn on_loopback(name: &str, node: &str, kind: AgentKind) -> Peer {
+        Peer {
+            name: name.into(),
+            address: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            node: node.into(),
+            kind,
+            ports: ProbePorts::default(),
+            path: None,
+        }
+    }
+
     /// The path kind of probes from `local` to this peer, or `None` when the
     /// peer is the local agent's own node and kind (nothing to measure).
     pub fn path_from(&self, local: &Identity) -> Option<PathKind> {
@@ -141,14 +154,7 @@ mod tests {
     use super::*;
 
     fn peer(name: &str, node: &str, kind: AgentKind) -> Peer {
-        Peer {
-            name: name.into(),
-            address: "127.0.0.1".parse().expect("ip"),
-            node: node.into(),
-            kind,
-            ports: ProbePorts::default(),
-            path: None,
-        }
+        Peer::on_loopback(name, node, kind)
     }
 
     #[test]

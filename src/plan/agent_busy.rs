@@ -37,20 +37,13 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::peer::{AgentKind, Identity, Peer, PeerSet, ProbePorts};
+    use crate::peer::{AgentKind, Identity, Peer, PeerSet};
     use crate::plan::node_plan::FORMAT_VERSION;
     use crate::plan::NodePlan;
     use crate::schedule::slots::SlotConfig;
 
     fn peer(node: &str) -> Peer {
-        Peer {
-            name: format!("host-{node}"),
-            address: "127.0.0.1".parse().expect("ip"),
-            node: node.to_owned(),
-            kind: AgentKind::Host,
-            ports: ProbePorts::default(),
-            path: None,
-        }
+        Peer::on_loopback(&format!("host-{node}"), node, AgentKind::Host)
     }
 
     #[test]

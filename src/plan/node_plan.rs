@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::peer::{Identity, Peer};
 use crate::schedule::busy::BusyNodes;
-use crate::schedule::slots::{burst_to, Burst, SlotConfig};
+use crate::schedule::slots::{partner_bursts, Burst, SlotConfig};
 
 use super::{BandwidthPlan, FanOut};
 
@@ -121,15 +121,7 @@ pub fn plan_bursts(slot: u64, me: &Identity, plan: &NodePlan, cfg: &SlotConfig) 
     let Some(partner) = plan.burst_in(slot) else {
         return Vec::new();
     };
-    let Some(peer) = plan
-        .peers
-        .iter()
-        .filter(|p| p.path.is_none() && p.node == partner && p.kind == me.kind)
-        .min_by(|a, b| a.name.cmp(&b.name))
-    else {
-        return Vec::new();
-    };
-    burst_to(me, peer, cfg).into_iter().collect()
+    partner_bursts(me, &plan.peers, partner, cfg)
 }
 
 /// Every node's plan. `agents` are all running agents (their node must be

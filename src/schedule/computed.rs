@@ -101,17 +101,10 @@ impl BusyNodes for ComputedSchedule {
 mod tests {
     use super::*;
     use crate::peer::AgentKind;
-    use crate::peer::{Peer, ProbePorts};
+    use crate::peer::Peer;
 
     fn peer(node: &str) -> Peer {
-        Peer {
-            name: format!("host-{node}"),
-            address: "127.0.0.1".parse().expect("ip"),
-            node: node.to_owned(),
-            kind: AgentKind::Host,
-            ports: ProbePorts::default(),
-            path: None,
-        }
+        Peer::on_loopback(&format!("host-{node}"), node, AgentKind::Host)
     }
 
     #[test]

@@ -176,16 +176,24 @@ pub fn my_bursts(slot: u64, me: &Identity, peers: &[Peer], cfg: &SlotConfig) -> 
     else {
         return Vec::new();
     };
-    // The same-kind agent on the partner node; the smallest name if a
-    // rollout briefly runs two.
-    let Some(peer) = peers
+    partner_bursts(me, peers, partner, cfg)
+}
+
+/// The bursts `me` runs with `partner`'s node: to the same-kind agent
+/// there (the smallest name if a rollout briefly runs two), if any.
+pub(crate) fn partner_bursts(
+    me: &Identity,
+    peers: &[Peer],
+    partner: &str,
+    cfg: &SlotConfig,
+) -> Vec<Burst> {
+    peers
         .iter()
         .filter(|p| p.path.is_none() && p.node == partner && p.kind == me.kind)
         .min_by(|a, b| a.name.cmp(&b.name))
-    else {
-        return Vec::new();
-    };
-    burst_to(me, peer, cfg).into_iter().collect()
+        .and_then(|peer| burst_to(me, peer, cfg))
+        .into_iter()
+        .collect()
 }
 
 /// A burst from `me` to `peer` at `me`'s half of the slot.
