@@ -141,19 +141,20 @@ fn delay_line_adds_twice_the_one_way_delay() {
     let (from, to) = (lab.host(0), lab.host_ip(1).to_string());
     let pod_to = lab.pod_ip(1, 0).to_string();
     let pkts0 = lab.delay_line_packets();
-    // Every CPU kept out of idle by a SCHED_IDLE loop (it runs only when
-    // nothing else wants the CPU): a reply 2d after its request otherwise
-    // wakes ping from a deeper idle than one 50 us after it, and how much
-    // deeper depends on the host's recent history (halt polling), which
-    // moved the median by 60-130 us right after another test ran.
-    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    for _ in 0..cpus {
-        lab.spawn(
-            &from,
-            &["chrt", "-i", "0", "sh", "-c", "while :; do :; done"],
-            None,
-        );
-    }
+    // CPUs poll when idle instead of halting while this is held (PM QoS,
+    // as cyclictest does): a reply 2d after its request otherwise wakes
+    // ping from a halt, and how deep depends on the haltpoll governor's
+    // recent history, which moved the median by 60-130 us right after
+    // another test ran. (Busy loops at SCHED_IDLE did worse: the delay
+    // line's yield handed them whole slices.)
+    let _no_halt = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/cpu_dma_latency")
+        .and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(&0i32.to_ne_bytes()).map(|()| f)
+        })
+        .expect("hold /dev/cpu_dma_latency at 0");
     // Same spacing for every d: the base includes idle-exit cost (sec. 6).
     let measure = |lab: &Lab, dst: &str| {
         let st = ping(lab, &from, &["-c", "100", "-i", "0.01", dst]);
