@@ -120,21 +120,10 @@ fn buckets(body: &str, name: &str, matchers: &[&str]) -> Vec<(f64, f64)> {
     out
 }
 
-/// histogram_quantile's linear interpolation within a bucket.
+/// histogram_quantile's linear interpolation within a bucket (the
+/// report's own implementation); NaN without samples.
 fn quantile(q: f64, b: &[(f64, f64)]) -> f64 {
-    let total = b.last().map(|x| x.1).unwrap_or(0.0);
-    let rank = q * total;
-    let mut prev = (0.0, 0.0);
-    for &(le, c) in b {
-        if c >= rank {
-            if le.is_infinite() {
-                return prev.0;
-            }
-            return prev.0 + (le - prev.0) * (rank - prev.1) / (c - prev.1).max(1e-9);
-        }
-        prev = (le, c);
-    }
-    prev.0
+    kubepulse::report::quantile::histogram_quantile(q, b).unwrap_or(f64::NAN)
 }
 
 /// CPU seconds of `pid`, ns-exact: the sum of its threads' time on CPU
@@ -318,9 +307,8 @@ struct Row {
 }
 
 /// The median of `v` (the upper one of an even count).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+fn median(v: &[f64]) -> f64 {
+    kubepulse_testkit::scrape::median(v).unwrap_or(f64::NAN)
 }
 
 /// `rounds` alternating rounds at `k`: the median round (by prober CPU per
@@ -343,7 +331,11 @@ fn measure_rounds(k: usize, window: Duration, rounds: usize, legacy: bool) -> Ro
         .iter()
         .map(|r| r.kp_cpu_per_probe / r.fping_cpu_per_probe)
         .collect();
-    let fping = median(all.iter().map(|r| r.fping_cpu_per_probe).collect());
+    let fping = median(
+        &all.iter()
+            .map(|r| r.fping_cpu_per_probe)
+            .collect::<Vec<_>>(),
+    );
     all.sort_by(|a, b| a.kp_cpu_per_probe.total_cmp(&b.kp_cpu_per_probe));
     let mut row = all.swap_remove(all.len() / 2);
     row.fping_cpu_per_probe = fping;
@@ -532,7 +524,7 @@ fn main() {
             r.k,
             us(r.kp_cpu_per_probe),
             us(r.fping_cpu_per_probe),
-            median(r.ratios.clone()),
+            median(&r.ratios),
             each.join(", "),
             r.rss / 1_048_576.0,
             r.series,

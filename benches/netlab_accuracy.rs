@@ -267,9 +267,7 @@ fn measure(lab: &Lab, p: &Path) -> Row {
 }
 
 fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    kubepulse_testkit::scrape::median(v).unwrap_or(f64::NAN)
 }
 
 /// One iperf3 run of `secs` from `from` to `to`: receiver goodput, bit/s.

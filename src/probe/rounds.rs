@@ -7,18 +7,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// The offset of the first round in `[0, interval)`.
-pub(super) fn first_round(interval: Duration) -> Duration {
-    let n = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
-    if n == 0 {
-        return Duration::ZERO;
-    }
-    Duration::from_nanos(rand::rng().random_range(0..n))
-}
+use crate::schedule::random_below;
 
 /// Runs `round` at every slot until `shutdown`; a round is awaited before
 /// the next slot is considered, so a slow round skips the slots it covers.
@@ -27,7 +19,8 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut slot = Instant::now() + first_round(interval);
+    // The first round at a random offset within the interval.
+    let mut slot = Instant::now() + random_below(interval);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -55,14 +48,6 @@ fn next_slot(slot: Instant, interval: Duration, now: Instant) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn first_round_is_within_the_interval() {
-        assert_eq!(first_round(Duration::ZERO), Duration::ZERO);
-        for _ in 0..1000 {
-            assert!(first_round(Duration::from_millis(3)) < Duration::from_millis(3));
-        }
-    }
 
     #[tokio::test(start_paused = true)]
     async fn rounds_keep_their_slots_and_skip_while_busy() {

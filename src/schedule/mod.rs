@@ -11,5 +11,5 @@ pub mod slots;
 pub mod train;
 
 pub use backoff::Backoff;
-pub use periodic::{Fire, Periodic};
+pub use periodic::{random_below, Fire, Periodic};
 pub use train::{TrainSlot, Trains};

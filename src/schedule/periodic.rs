@@ -9,6 +9,17 @@ pub(crate) const LATE_THRESHOLD: Duration = Duration::from_millis(1);
 /// Shortest interval accepted; guards against a zero division.
 const MIN_INTERVAL: Duration = Duration::from_micros(1);
 
+/// A uniformly random duration in `[0, bound)` (zero for a zero bound):
+/// the random start of a train, or the first run of a schedule, so agents
+/// and probe kinds do not all fire together.
+pub fn random_below(bound: Duration) -> Duration {
+    let ns = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX);
+    if ns == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(rand::random_range(0..ns))
+}
+
 /// One due send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fire {
@@ -47,15 +58,6 @@ impl Periodic {
         let step = s.interval.as_nanos();
         s.next = u64::try_from(behind.div_ceil(step)).unwrap_or(u64::MAX);
         s
-    }
-
-    /// A schedule with a uniformly random phase in `[0, interval)`, so peers
-    /// and protocols do not all fire together.
-    pub fn with_random_phase(start: Instant, interval: Duration) -> Self {
-        let interval = interval.max(MIN_INTERVAL);
-        let ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
-        let phase = Duration::from_nanos(rand::random_range(0..ns));
-        Self::new(start, phase, interval)
     }
 
     /// The interval.
@@ -159,13 +161,16 @@ mod tests {
     }
 
     #[test]
-    fn random_phase_is_within_one_interval() {
-        let t0 = Instant::now();
-        for _ in 0..200 {
-            let s = Periodic::with_random_phase(t0, ms(7));
-            let d = s.next_deadline().duration_since(t0);
-            assert!(d < ms(7), "{d:?}");
+    fn random_below_stays_below_its_bound() {
+        assert_eq!(random_below(Duration::ZERO), Duration::ZERO);
+        for _ in 0..1000 {
+            assert!(random_below(ms(3)) < ms(3));
         }
+    }
+
+    #[test]
+    fn a_zero_interval_is_guarded() {
+        let t0 = Instant::now();
         let s = Periodic::new(t0, Duration::ZERO, Duration::ZERO);
         assert_eq!(s.interval(), MIN_INTERVAL, "zero interval guarded");
     }

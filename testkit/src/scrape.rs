@@ -183,6 +183,14 @@ pub fn sample_quantile<T: Ord + Copy>(samples: &mut [T], q: f64) -> Option<T> {
         .copied()
 }
 
+/// The median of `values` (the upper one of an even count); `None` when
+/// there are none.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
 /// `name{k="v",...}`, for failure messages.
 pub fn selector(name: &str, matchers: &[(&str, &str)]) -> String {
     let labels: Vec<String> = matchers

@@ -21,6 +21,11 @@ use stream::Arrival;
 
 use super::{ProbeContext, ProbeError};
 
+/// The log target of one trace event per kept RTT sample, with fields
+/// `protocol`, `path`, `peer` and `rtt_ns`
+/// (`log.level: info,kubepulse::rtt_samples=trace`).
+pub const RTT_SAMPLES_TARGET: &str = "kubepulse::rtt_samples";
+
 /// One RTT sample as recorded in the metrics.
 #[derive(Debug, Clone)]
 pub struct RttSample {

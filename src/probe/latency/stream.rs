@@ -270,6 +270,7 @@ impl Stream {
 mod tests {
     use super::*;
     use crate::probe::guard::KeepAll;
+    use crate::schedule::random_below;
 
     const TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -278,7 +279,11 @@ mod tests {
             Protocol::Udp,
             PathKind::PodCrossNode,
             Arc::from("node-b"),
-            Periodic::with_random_phase(now, Duration::from_secs(1)),
+            Periodic::new(
+                now,
+                random_below(Duration::from_secs(1)),
+                Duration::from_secs(1),
+            ),
             TIMEOUT,
             Duration::from_secs(60),
         )
@@ -425,7 +430,11 @@ mod tests {
             Protocol::Udp,
             PathKind::PodCrossNode,
             Arc::from("node-c"),
-            Periodic::with_random_phase(t0, Duration::from_secs(1)),
+            Periodic::new(
+                t0,
+                random_below(Duration::from_secs(1)),
+                Duration::from_secs(1),
+            ),
             TIMEOUT,
             Duration::from_secs(60),
         );

@@ -26,7 +26,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -37,7 +36,7 @@ use crate::metrics::labels::{BurstOutcome, Direction, HttpPhase, ProbeErrorReaso
 use crate::peer::Target;
 use crate::proto::bandwidth::Mode;
 use crate::schedule::train::{TrainSlot, Trains};
-use crate::schedule::Periodic;
+use crate::schedule::{random_below, Periodic};
 
 /// Connect and HTTP probes in flight at once per kind. At the default
 /// cadences this is far above need; it only bounds threads when many peers
@@ -128,15 +127,6 @@ pub fn start(ctx: ProbeContext) -> Vec<JoinHandle<()>> {
         .collect()
 }
 
-/// A uniformly random delay in `[0, spread)`.
-fn random_phase(spread: Duration) -> Duration {
-    let n = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX);
-    if n == 0 {
-        return Duration::ZERO;
-    }
-    Duration::from_nanos(rand::rng().random_range(0..n))
-}
-
 /// The first slot of `slot + k * interval` (k >= 1) after `now`.
 fn next_slot(slot: Instant, interval: Duration, now: Instant) -> Instant {
     let mut next = slot + interval;
@@ -189,9 +179,9 @@ async fn run(ctx: ProbeContext, kind: Kind) {
             for t in current.iter() {
                 due.entry(t.clone()).or_insert_with(|| {
                     if !in_train {
-                        return now + random_phase(first_spread);
+                        return now + random_below(first_spread);
                     }
-                    let (slot, phase) = trains.take(interval, random_phase);
+                    let (slot, phase) = trains.take(interval, random_below);
                     train_slots.insert(t.clone(), slot);
                     let next = Periodic::aligned(epoch.into_std(), phase, interval, now.into_std());
                     Instant::from_std(next.next_deadline())
@@ -443,13 +433,5 @@ mod tests {
         // 25 s late: slots at 10 and 20 are gone, the next is 30.
         assert_eq!(next_slot(t0, i, t0 + Duration::from_secs(25)), t0 + 3 * i);
         assert_eq!(next_slot(t0, i, t0 + i), t0 + 2 * i);
-    }
-
-    #[test]
-    fn random_phase_is_within_spread() {
-        assert_eq!(random_phase(Duration::ZERO), Duration::ZERO);
-        for _ in 0..1000 {
-            assert!(random_phase(Duration::from_millis(5)) < Duration::from_millis(5));
-        }
     }
 }

@@ -11,7 +11,7 @@ use super::netlab::{poll, Lab};
 use super::prom::{self, Scrape};
 
 /// The log target of the agents' per-sample trace events.
-pub const RTT_SAMPLES: &str = "kubepulse::rtt_samples";
+pub use kubepulse::probe::latency::RTT_SAMPLES_TARGET as RTT_SAMPLES;
 
 /// Port of every agent's `/metrics` (each agent has its own address).
 pub const METRICS_PORT: u16 = 9477;

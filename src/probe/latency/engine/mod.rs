@@ -38,7 +38,7 @@ use crate::peer::Target;
 use crate::probe::{ProbeContext, ProbeError};
 use crate::proto::echo::{self, EchoHeader};
 use crate::proto::icmp;
-use crate::schedule::{Periodic, TrainSlot, Trains};
+use crate::schedule::{random_below, Periodic, TrainSlot, Trains};
 use crate::sys::clock::realtime_ns;
 use crate::sys::epoll::{self, Epoll};
 use crate::sys::icmp::IcmpSocketKind;
@@ -693,12 +693,6 @@ fn fire(
             });
         }
     }
-}
-
-/// A uniformly random duration in `[0, bound)`: a new train's start.
-fn random_below(bound: Duration) -> Duration {
-    let ns = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX).max(1);
-    Duration::from_nanos(rand::random_range(0..ns))
 }
 
 fn open_icmp(ctx: &ProbeContext) -> Option<IcmpSocket> {

@@ -9,11 +9,7 @@ use crate::metrics::{AgentMetrics, LatencySeries};
 use crate::peer::PathKind;
 
 use super::super::stream::{Event, Sink};
-use super::super::{RttSample, SampleHook};
-
-/// The log target of one trace event per kept RTT sample
-/// (`log.level: info,kubepulse::rtt_samples=trace`).
-const RTT_SAMPLES_TARGET: &str = "kubepulse::rtt_samples";
+use super::super::{RttSample, SampleHook, RTT_SAMPLES_TARGET};
 
 /// The clock offset gauge of a stream, resolved at its first estimate (not
 /// before: zero would read as "in sync").
