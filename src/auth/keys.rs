@@ -68,7 +68,7 @@ impl std::fmt::Debug for KeySet {
 }
 
 impl KeySet {
-    /// Keys from raw bytes (each at least [`MIN_KEY_BYTES`]).
+    /// Keys from raw bytes (each at least `MIN_KEY_BYTES`).
     pub fn from_bytes(keys: &[&[u8]]) -> Self {
         Self {
             keys: keys

@@ -14,7 +14,7 @@ use crate::proto::dns::{query_name, MAX_NAMESERVERS};
 #[serde(deny_unknown_fields, default)]
 pub struct DnsSettings {
     /// Whether lookups run. Outside `discovery.mode: kubernetes` they run
-    /// only with `names` set ([`explicit_only`]); in a
+    /// only with `names` set (`explicit_only`); in a
     /// cluster, with no `names` and no cluster domain in the resolver
     /// configuration there is nothing to resolve and the probe stays off.
     pub enabled: bool,
@@ -55,7 +55,7 @@ impl Default for DnsSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct ApiserverSettings {
     /// Whether probes run. Outside `discovery.mode: kubernetes` they run
-    /// only with `service` or `endpoints` set ([`explicit_only`]); in a
+    /// only with `service` or `endpoints` set (`explicit_only`); in a
     /// cluster, without a Service address (no `KUBERNETES_SERVICE_HOST`)
     /// and no endpoints the probe stays off.
     pub enabled: bool,

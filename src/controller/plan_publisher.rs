@@ -9,7 +9,7 @@
 //! nodes) a publication runs as its own task while the watches keep being
 //! read: the computation on the blocking pool, the writes with at most
 //! `write_concurrency` in flight. Only writes that succeeded are recorded
-//! ([`super::plan_writes`]); the rest are retried at the next pass.
+//! (`plan_writes`); the rest are retried at the next pass.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The pod startup probe: one bare pod at a time, aimed round-robin at each
 //! schedulable node, every phase timed on the controller's monotonic clock
-//! at the arrival of the event that first showed it (see [`super::phases`]).
+//! at the arrival of the event that first showed it (see `phases`).
 
 use std::time::{Duration, Instant};
 

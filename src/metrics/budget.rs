@@ -51,7 +51,7 @@ pub const SERIES_PER_CROSS_NODE_KEY: usize = 1;
 pub const SERIES_PER_PATH: usize = 3 * HISTOGRAM + 4 * 5 + 4 + HISTOGRAM + 3 * HISTOGRAM + 2 * 3;
 /// Series of the cluster reachability probes, independent of peers: the
 /// DNS lookup histogram (20 lines, the agent's one network), lookups by
-/// nameserver (at most [`MAX_NAMESERVERS`]) × outcome, and the apiserver
+/// nameserver (at most `MAX_NAMESERVERS`) × outcome, and the apiserver
 /// phase histograms (2 targets × 3 phases × 12 lines, coarse buckets) and
 /// probes by target × outcome.
 pub const SERIES_CLUSTER_REACH: usize = HISTOGRAM

@@ -1,6 +1,6 @@
 //! The agents kubepulse measures between, as every layer sees them: who
 //! this agent is ([`Identity`]), who it probes ([`Peer`], [`Target`]), on
-//! which ports, and the path kind between two of them ([`path`]). Plain
+//! which ports, and the path kind between two of them (`path`). Plain
 //! data and pure functions: config, discovery, the plan, the schedule and
 //! the probes all build on it, and it depends on none of them.
 

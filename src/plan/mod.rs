@@ -5,9 +5,9 @@
 //! [`NodePlan`], so no agent ever lists or watches the other agents
 //! (Pingmesh's pinglists; gardener network-problem-detector's ConfigMap).
 //!
-//! - [`fanout`]: topology-aware, bounded fan-out with a guaranteed
+//! - `fanout`: topology-aware, bounded fan-out with a guaranteed
 //!   in-degree, stable under churn (hashed rings per zone).
-//! - [`bandwidth`]: the bandwidth slot schedule over the plan's pairs only.
+//! - `bandwidth`: the bandwidth slot schedule over the plan's pairs only.
 //! - [`node_plan`]: one node's share of both, serialised for publication,
 //!   and the [`crate::schedule::busy::BusyNodes`] answer for its targets.
 //! - [`config_map`]: the ConfigMap that carries a node's plan from the

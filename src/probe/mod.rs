@@ -1,8 +1,8 @@
 //! Probers: the latency engine (UDP, TCP request/response, ICMP on one
 //! dedicated thread, see [`latency`]) and the scheduled probes (TCP
 //! connect, HTTP, path MTU, bandwidth, see [`scheduled`]), and the cluster
-//! reachability probes towards cluster DNS ([`dns`]) and the kube-apiserver
-//! ([`apiserver`]).
+//! reachability probes towards cluster DNS (`dns`) and the kube-apiserver
+//! (`apiserver`).
 //!
 //! Every prober gets a [`ProbeContext`] and follows the current target set
 //! through its `watch` channel, so peers come and go without restarts.

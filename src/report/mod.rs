@@ -5,7 +5,7 @@
 //! snapshots of `/metrics`, from Prometheus, or in-process.
 //!
 //! Pure parts: [`exposition`] (text format parser), [`snapshot`] (windows of
-//! samples), [`quantile`], [`build`] and [`format`]; IO lives in [`source`].
+//! samples), [`quantile`], [`build`] and [`format`](mod@format); IO lives in [`source`].
 
 pub(crate) mod build;
 pub mod exposition;

@@ -8,7 +8,7 @@
 //! - UDP echo: a dedicated OS thread with a blocking socket. Its turnaround
 //!   is part of every measured RTT, so it must not queue behind other tasks.
 //! - TCP echo: a dedicated current-thread tokio runtime on its own OS thread
-//!   (see [`tcp_echo`]), for the same reason.
+//!   (see `tcp_echo`), for the same reason.
 //! - Bandwidth: accept and handshake on the shared runtime, the data
 //!   transfer itself on a blocking thread.
 //! - HTTP: hyper on the shared runtime (its numbers are coarse anyway).

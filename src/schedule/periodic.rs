@@ -25,7 +25,7 @@ pub fn random_below(bound: Duration) -> Duration {
 pub struct Fire {
     /// The deadline this send stands for.
     pub deadline: Instant,
-    /// Whether it left more than [`LATE_THRESHOLD`] after the deadline.
+    /// Whether it left more than `LATE_THRESHOLD` after the deadline.
     pub late: bool,
     /// Whole earlier deadlines that were missed and are not sent.
     pub skipped: u64,

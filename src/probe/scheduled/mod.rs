@@ -10,7 +10,7 @@
 //! previous probe is still running skips its slot rather than stacking up.
 //! Bandwidth has a single permit: never two bursts at once on one agent.
 //! With `schedule: slots` (the default outside local mode) bandwidth runs on
-//! the cluster-wide slot schedule instead ([`slotted`]).
+//! the cluster-wide slot schedule instead (`slotted`).
 
 mod bandwidth;
 mod connect;
