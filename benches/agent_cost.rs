@@ -28,6 +28,8 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kubepulse_testkit::scrape::Scrape;
+
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -67,63 +69,17 @@ fn start(args: &[&str]) -> (Proc, SocketAddr) {
     (Proc(child), addr)
 }
 
-fn scrape(addr: SocketAddr) -> String {
-    kubepulse_testkit::http::get_ok(addr, "/metrics").expect("scrape /metrics")
-}
-
-fn series(body: &str) -> usize {
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .count()
-}
-
-/// Sum of the samples of `name` whose line contains every matcher.
-fn sum(body: &str, name: &str, matchers: &[&str]) -> f64 {
-    body.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
-                && matchers.iter().all(|m| l.contains(m))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// (cumulative upper bound, count) buckets of a histogram series.
-fn buckets(body: &str, name: &str, matchers: &[&str]) -> Vec<(f64, f64)> {
-    let mut out: Vec<(f64, f64)> = Vec::new();
-    for l in body.lines() {
-        if !l.starts_with(&format!("{name}_bucket{{")) || !matchers.iter().all(|m| l.contains(m)) {
-            continue;
-        }
-        let le = l
-            .split("le=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .expect("le");
-        let le = if le == "+Inf" {
-            f64::INFINITY
-        } else {
-            le.parse().expect("le")
-        };
-        let v: f64 = l
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .expect("value");
-        match out.iter_mut().find(|(b, _)| *b == le) {
-            Some(e) => e.1 += v,
-            None => out.push((le, v)),
-        }
-    }
-    out.sort_by(|a, b| a.0.total_cmp(&b.0));
-    out
+/// One parsed `/metrics` scrape (the test kit's strict view: a series the
+/// bench reads that is not there fails it, never reads as 0).
+fn scrape(addr: SocketAddr) -> Scrape {
+    let body = kubepulse_testkit::http::get_ok(addr, "/metrics").expect("scrape /metrics");
+    kubepulse_testkit::scrape::parse(&body)
 }
 
 /// histogram_quantile's linear interpolation within a bucket (the
 /// report's own implementation); NaN without samples.
 fn quantile(q: f64, b: &[(f64, f64)]) -> f64 {
-    kubepulse::report::quantile::histogram_quantile(q, b).unwrap_or(f64::NAN)
+    kubepulse_testkit::scrape::quantile(b, q).unwrap_or(f64::NAN)
 }
 
 /// CPU seconds of `pid`, ns-exact: the sum of its threads' time on CPU
@@ -343,20 +299,18 @@ fn measure_rounds(k: usize, window: Duration, rounds: usize, legacy: bool) -> Ro
     row
 }
 
-fn latency_probes(body: &str) -> f64 {
-    sum(body, "kubepulse_probe_sent_total", &[])
+fn latency_probes(s: &Scrape) -> f64 {
+    s.sum("kubepulse_probe_sent_total", &[])
 }
 
-fn echoed(body: &str) -> f64 {
-    sum(
-        body,
-        "kubepulse_responder_requests_total",
-        &["responder=\"udp_echo\""],
-    ) + sum(
-        body,
-        "kubepulse_responder_requests_total",
-        &["responder=\"tcp_echo\""],
-    )
+fn echoed(s: &Scrape) -> f64 {
+    let requests = |responder| {
+        s.sum(
+            "kubepulse_responder_requests_total",
+            &[("responder", responder)],
+        )
+    };
+    requests("udp_echo") + requests("tcp_echo")
 }
 
 fn measure_kubepulse(k: usize, window: Duration, legacy: bool) -> Row {
@@ -389,7 +343,7 @@ fn measure_kubepulse(k: usize, window: Duration, legacy: bool) -> Row {
         kp_cpu_per_probe: cpu_between(&p0, &p1) / probes,
         fping_cpu_per_probe: 0.0,
         rss,
-        series: series(&body),
+        series: body.series_count(),
         responder_cpu_per_echo: cpu_between(&r0, &r1) / (echo1 - echo0).max(1.0),
         probes_per_s: probes / elapsed,
         threads,
@@ -465,11 +419,8 @@ fn main() {
     let (_pb, _) = start(&["agent", "--config", &b.path().to_string_lossy()]);
     // Warm up, then count only the samples taken while ping runs.
     std::thread::sleep(Duration::from_secs(3));
-    let before = buckets(
-        &scrape(addr_a),
-        "kubepulse_probe_rtt_seconds",
-        &["protocol=\"udp\""],
-    );
+    let udp_rtt = || scrape(addr_a).buckets("kubepulse_probe_rtt_seconds", &[("protocol", "udp")]);
+    let before = udp_rtt();
     // `fping -C`: one line "addr : t1 t2 ..." in ms on stderr.
     let ping = Command::new("fping")
         .args(["-C", "100", "-p", "10", "-q", "127.0.0.1"])
@@ -490,18 +441,8 @@ fn main() {
             .saturating_sub(1)
             .min(ping_rtts.len() - 1)]
     };
-    let after = buckets(
-        &scrape(addr_a),
-        "kubepulse_probe_rtt_seconds",
-        &["protocol=\"udp\""],
-    );
-    let hist: Vec<(f64, f64)> = after
-        .iter()
-        .map(|(le, c)| {
-            let prev = before.iter().find(|(l, _)| l == le).map_or(0.0, |x| x.1);
-            (*le, c - prev)
-        })
-        .collect();
+    let hist = kubepulse_testkit::scrape::bucket_delta(&udp_rtt(), &before);
+    let udp_samples = hist.last().map(|x| x.1).expect("UDP RTT histogram buckets");
 
     let us = |s: f64| s * 1e6;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -545,7 +486,7 @@ fn main() {
     }
     println!(
         "\nloopback RTT at 10 ms spacing ({} kubepulse UDP samples, {} fping samples):",
-        hist.last().map(|x| x.1).unwrap_or(0.0),
+        udp_samples,
         ping_rtts.len()
     );
     println!(
