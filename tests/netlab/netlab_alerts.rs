@@ -3,7 +3,7 @@
 //! the REAL alerts/kubepulse-rules.yaml, transformed for test time only:
 //!
 //! - every `for:` becomes `for: 2s` (the production values are minutes);
-//! - the `[5m]` and `[10m]` rate windows become `[20s]`, so a fault shows
+//! - the `[5m]` and `[10m]` rate windows become `[10s]`, so a fault shows
 //!   (and startup losses age out) within seconds, not minutes. Recording rule
 //!   names keep their `rate5m` suffix; thresholds and expression logic are
 //!   untouched.

@@ -32,6 +32,8 @@ use lab::prom::{bucket_delta, quantile, Scrape};
 const INTERVAL_MS: u64 = 10;
 const TIMEOUT_MS: u64 = 200;
 const WINDOW: Duration = Duration::from_secs(30);
+/// The warm-up run's window: it is only printed.
+const WARM_UP: Duration = Duration::from_secs(10);
 const RATE_MBIT: u32 = 300;
 const DROP_PERMILLE: u32 = 20;
 
@@ -84,11 +86,11 @@ fn one_of(s: &Scrape, name: &str) -> f64 {
     s.one(name, &l).unwrap_or_else(|| panic!("{name} missing"))
 }
 
-/// Measures agent h0 towards node1 over [`WINDOW`], counters read as in
+/// Measures agent h0 towards node1 over `window`, counters read as in
 /// `netlab_loss` (agent one timeout after nft, so both count the same
 /// probes); the exact p99 also takes h1's samples towards node0 (the
 /// `responder` agents) over the same window.
-fn measure(lab: &Lab, agents: &Agents, responder: &Agents) -> Window {
+fn measure(lab: &Lab, agents: &Agents, responder: &Agents, window: Duration) -> Window {
     let ns1 = lab.host(1);
     let settle = Duration::from_millis(TIMEOUT_MS + 150);
     let nft = || {
@@ -101,7 +103,7 @@ fn measure(lab: &Lab, agents: &Agents, responder: &Agents) -> Window {
     std::thread::sleep(settle);
     let a0 = agents.scrape("host0");
     let marks0 = (agents.log_len("host0"), responder.log_len("host1"));
-    std::thread::sleep(WINDOW);
+    std::thread::sleep(window);
     let n1 = nft();
     std::thread::sleep(settle);
     let a1 = agents.scrape("host0");
@@ -139,7 +141,7 @@ fn measure(lab: &Lab, agents: &Agents, responder: &Agents) -> Window {
     }
 }
 
-fn run(lab: &Lab, bursts: bool) -> Window {
+fn run(lab: &Lab, bursts: bool, window: Duration) -> Window {
     let (h0, h1) = (AgentSpec::host(lab, 0), AgentSpec::host(lab, 1));
     let mut probes = fast_probes();
     probes["udp"]["interval"] = format!("{INTERVAL_MS}ms").into();
@@ -184,7 +186,7 @@ fn run(lab: &Lab, bursts: bool) -> Window {
     } else {
         std::thread::sleep(Duration::from_secs(2));
     }
-    let w = measure(lab, &prober, &responder);
+    let w = measure(lab, &prober, &responder, window);
     prober.stop(lab);
     responder.stop(lab);
     w
@@ -207,12 +209,12 @@ fn bursts_do_not_show_up_as_latency_or_loss() {
     // a warm-up run is only printed. Then quiet runs before and after the
     // bursts; the lower p99 is the baseline, so load from outside the lab
     // cannot make the test easier.
-    let warm = run(&lab, false);
+    let warm = run(&lab, false, WARM_UP);
     eprintln!("warm-up: UDP p99 {:.1} us exact", warm.p99 * 1e6);
-    let quiet = run(&lab, false);
-    let busy = run(&lab, true);
-    let busy_again = run(&lab, true);
-    let after = run(&lab, false);
+    let quiet = run(&lab, false, WINDOW);
+    let busy = run(&lab, true, WINDOW);
+    let busy_again = run(&lab, true, WINDOW);
+    let after = run(&lab, false, WINDOW);
     let mut report = Vec::new();
     let mut bad = Vec::new();
     for (name, w) in [

@@ -1,6 +1,6 @@
 //! A real Prometheus inside a lab namespace, scraping lab agents and
 //! evaluating the REAL alerts/kubepulse-rules.yaml with test-time windows
-//! (every `for:` 2s, `[5m]`/`[10m]` rate windows 20s; thresholds and logic
+//! (every `for:` 2s, `[5m]`/`[10m]` rate windows 10s; thresholds and logic
 //! untouched), for the lab's alert tests; the firing set is keyed by every
 //! label the alerts carry.
 
@@ -15,7 +15,7 @@ use crate::lab::netlab::{in_ns, poll, Lab};
 /// Test-only `for:` of every alert.
 const FOR: &str = "2s";
 /// Test-only rate window replacing `[5m]` and `[10m]`.
-const WINDOW: &str = "[20s]";
+const WINDOW: &str = "[10s]";
 const PROM_PORT: u16 = 9090;
 /// Labels that identify a firing alert in [`Prom::firing`].
 const KEYS: &[&str] = &[
