@@ -165,7 +165,7 @@ impl Prom {
             .collect()
     }
 
-    /// Firing alerts as `Name{severity=..,node=..,...}` (the [`KEYS`]
+    /// Firing alerts as `Name{severity=..,node=..,...}` (the `KEYS`
     /// present, in that order).
     pub fn firing(&self) -> BTreeSet<String> {
         self.query("ALERTS{alertstate=\"firing\"}")
