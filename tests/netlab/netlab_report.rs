@@ -1,9 +1,8 @@
 //! `kubepulse report` in the network lab: on the vxlan flavour, the
 //! report's overhead of the pod path against the host path points the same
 //! way as iperf3 (bandwidth) and qperf (latency) measured in the same run.
-//! (The routed flavour's overhead has no direction to assert, the pod path
-//! being a veth and a route; `cargo bench --bench netlab_accuracy` prints
-//! the single-path numbers.)
+//! (The routed flavour is not measured: its pod path, a veth and a route,
+//! has no overhead direction to assert.)
 
 use kubepulse_testkit::lab;
 
