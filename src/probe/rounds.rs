@@ -2,7 +2,8 @@
 //! `phase + k * interval` with a random phase per agent, so the agents of
 //! a cluster do not hit CoreDNS and the apiserver in step (goldpinger#69).
 //! A round still running at its next slot makes that slot skip, never
-//! stack.
+//! stack; the scheduled probes skip their missed slots by the same rule
+//! ([`next_slot`]).
 
 use std::future::Future;
 use std::time::Duration;
@@ -36,9 +37,11 @@ where
 
 /// The first `slot + k * interval` (k >= 1) after `now`: slots that passed
 /// while a round ran are skipped, not made up.
-fn next_slot(slot: Instant, interval: Duration, now: Instant) -> Instant {
+pub(super) fn next_slot(slot: Instant, interval: Duration, now: Instant) -> Instant {
     let mut next = slot + interval;
     if next <= now && !interval.is_zero() {
+        // Late by whole intervals (a slow round, or the host stalled): keep
+        // the phase, skip the missed slots instead of bursting.
         let behind = now.duration_since(next).as_nanos() / interval.as_nanos() + 1;
         next += interval.saturating_mul(u32::try_from(behind).unwrap_or(u32::MAX));
     }
@@ -80,5 +83,16 @@ mod tests {
         let s = Duration::from_secs;
         // Slots 0, 10, (20, 30 skipped), 40, 50, 60 [, 70 if within 75 s].
         assert_eq!(&offsets[..5], &[s(0), s(10), s(40), s(50), s(60)]);
+    }
+
+    #[test]
+    fn next_slot_keeps_phase_and_skips_missed_slots() {
+        let t0 = Instant::now();
+        let i = Duration::from_secs(10);
+        assert_eq!(next_slot(t0, i, t0), t0 + i);
+        assert_eq!(next_slot(t0, i, t0 + Duration::from_secs(3)), t0 + i);
+        // 25 s late: slots at 10 and 20 are gone, the next is 30.
+        assert_eq!(next_slot(t0, i, t0 + Duration::from_secs(25)), t0 + 3 * i);
+        assert_eq!(next_slot(t0, i, t0 + i), t0 + 2 * i);
     }
 }

@@ -180,9 +180,7 @@ fn measure(flavour: Flavour) -> Run {
     // Medians of three alternating runs: one run on a shared 2-core machine
     // can land on a descheduled receiver.
     let median = |f: &dyn Fn(&AgentSpec, &AgentSpec) -> f64, a: &AgentSpec, b: &AgentSpec| {
-        let mut v = [f(a, b), f(a, b), f(a, b)];
-        v.sort_by(f64::total_cmp);
-        v[1]
+        kubepulse_testkit::scrape::median(&[f(a, b), f(a, b), f(a, b)]).expect("three runs")
     };
     let bw = |a: &AgentSpec, b: &AgentSpec| iperf3(&lab, a, b);
     let lat = |a: &AgentSpec, b: &AgentSpec| qperf_lat(&lab, a, b);

@@ -38,6 +38,8 @@ use crate::proto::bandwidth::Mode;
 use crate::schedule::train::{TrainSlot, Trains};
 use crate::schedule::{random_below, Periodic};
 
+use super::rounds::next_slot;
+
 /// Connect and HTTP probes in flight at once per kind. At the default
 /// cadences this is far above need; it only bounds threads when many peers
 /// are unreachable and each job waits for its full timeout.
@@ -125,20 +127,6 @@ pub fn start(ctx: ProbeContext) -> Vec<JoinHandle<()>> {
             Some(tokio::spawn(run(ctx.clone(), kind)))
         })
         .collect()
-}
-
-/// The first slot of `slot + k * interval` (k >= 1) after `now`.
-fn next_slot(slot: Instant, interval: Duration, now: Instant) -> Instant {
-    let mut next = slot + interval;
-    if next <= now {
-        // Late by whole intervals (slot skipped, or the host stalled):
-        // keep the phase, skip the missed slots instead of bursting.
-        let behind = now.duration_since(next).as_nanos();
-        let k = behind / interval.as_nanos().max(1) + 1;
-        let k = u32::try_from(k).unwrap_or(u32::MAX);
-        next += interval.saturating_mul(k);
-    }
-    next
 }
 
 /// Follows the targets and runs `kind` on each at its slots until shutdown.
@@ -417,21 +405,5 @@ fn run_job(kind: Kind, ctx: &ProbeContext, target: &Target) {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn next_slot_keeps_phase_and_skips_missed_slots() {
-        let t0 = Instant::now();
-        let i = Duration::from_secs(10);
-        assert_eq!(next_slot(t0, i, t0), t0 + i);
-        assert_eq!(next_slot(t0, i, t0 + Duration::from_secs(3)), t0 + i);
-        // 25 s late: slots at 10 and 20 are gone, the next is 30.
-        assert_eq!(next_slot(t0, i, t0 + Duration::from_secs(25)), t0 + 3 * i);
-        assert_eq!(next_slot(t0, i, t0 + i), t0 + 2 * i);
     }
 }
