@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use apiserver::{ApiServer, Verb};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use kubepulse::config::PlanSettings;
 use kubepulse::controller::plan_inputs::{self, Inputs};
@@ -249,7 +249,13 @@ async fn api_row(n: usize, zones: usize) -> ApiRow {
     // One watcher of every agent pod: what each agent ran in the old design.
     let old_api: Api<Pod> = Api::namespaced(server.actor_client("old-agent"), NS);
     let old_cfg = watcher::Config::default().labels("app.kubernetes.io/component=agent");
-    let old_task = tokio::spawn(watcher(old_api, old_cfg).for_each(|_| async {}));
+    // With a backoff, as in src/: a watcher retrying an error at once never
+    // yields to the runtime (see tests/in_process/k8s_apiserver.rs).
+    let old_task = tokio::spawn(
+        watcher(old_api, old_cfg)
+            .default_backoff()
+            .for_each(|_| async {}),
+    );
 
     // One real agent process on node 0, reading its plan.
     let dir = tempfile::tempdir().expect("tempdir");

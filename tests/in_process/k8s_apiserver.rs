@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node};
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
+use kube::runtime::WatchStreamExt;
 use serde_json::json;
 
 fn cm(name: &str, label: &str) -> ConfigMap {
@@ -238,15 +239,18 @@ async fn change_log_window() {
         other => panic!("expected 410, got {other:?}"),
     }
     // kube's watcher, resuming from a compacted resourceVersion after its
-    // watch ends, re-lists and sees every object.
-    let store = {
+    // watch ends, re-lists and sees every object. With a backoff, as every
+    // watcher in src/ has: without one, an error that needs no IO (kube's
+    // request buffer closed, or a refused loopback connect, both once the
+    // runtime shuts down at the end of the test) is retried at once, the
+    // task never yields, and the runtime's shutdown waits for it forever.
+    let (store, reflector) = {
         let (reader, writer) = kube::runtime::reflector::store();
         let stream = kube::runtime::reflector(
             writer,
-            kube::runtime::watcher(api.clone(), Default::default()),
+            kube::runtime::watcher(api.clone(), Default::default()).default_backoff(),
         );
-        tokio::spawn(stream.for_each(|_| async {}));
-        reader
+        (reader, tokio::spawn(stream.for_each(|_| async {})))
     };
     store.wait_until_ready().await.expect("ready");
     server.set_down(true);
@@ -263,4 +267,5 @@ async fn change_log_window() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    reflector.abort();
 }
