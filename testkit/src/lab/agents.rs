@@ -115,6 +115,16 @@ pub fn burst_key_file() -> PathBuf {
     .clone()
 }
 
+/// One kept RTT sample from an agent's trace log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RttSample {
+    /// When it was logged, since the Unix epoch (the agents' and the
+    /// test's clock: one machine).
+    pub at: Duration,
+    /// The round-trip time, ns.
+    pub rtt_ns: u64,
+}
+
 /// Running agents; they die with the lab.
 pub struct Agents {
     /// The agents, in start order.
@@ -222,18 +232,19 @@ impl Agents {
         std::fs::metadata(self.dir.path().join(format!("{name}.log"))).map_or(0, |m| m.len())
     }
 
-    /// The RTTs (ns) of the kept samples agent `name` logged between the
-    /// marks `from` and `to` ([`Agents::log_len`]) whose fields match
-    /// every `(field, value)` of `matchers`. The agent must log JSON with
-    /// [`RTT_SAMPLES`] at trace; a line of that target without `rtt_ns`
-    /// fails the test.
+    /// The kept samples agent `name` logged between the marks `from` and
+    /// `to` ([`Agents::log_len`]) whose fields match every `(field, value)`
+    /// of `matchers`, each with the time it was logged (its reply's
+    /// arrival, within the agent's logging delay). The agent must log JSON
+    /// with [`RTT_SAMPLES`] at trace; a line of that target without
+    /// `rtt_ns` or a valid `timestamp` fails the test.
     pub fn rtt_samples(
         &self,
         name: &str,
         from: u64,
         to: u64,
         matchers: &[(&str, &str)],
-    ) -> Vec<u64> {
+    ) -> Vec<RttSample> {
         let bytes = std::fs::read(self.dir.path().join(format!("{name}.log")))
             .unwrap_or_else(|e| panic!("read {name}'s log: {e}"));
         let to = usize::try_from(to).unwrap_or(usize::MAX).min(bytes.len());
@@ -244,9 +255,15 @@ impl Agents {
             .filter(|v| v["target"] == RTT_SAMPLES)
             .filter(|v| matchers.iter().all(|(k, want)| v[*k] == *want))
             .map(|v| {
-                v["rtt_ns"]
+                let rtt_ns = v["rtt_ns"]
                     .as_u64()
-                    .unwrap_or_else(|| panic!("{name}: RTT sample without rtt_ns: {v}"))
+                    .unwrap_or_else(|| panic!("{name}: RTT sample without rtt_ns: {v}"));
+                let at = v["timestamp"]
+                    .as_str()
+                    .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .unwrap_or_else(|| panic!("{name}: RTT sample without a timestamp: {v}"));
+                RttSample { at, rtt_ns }
             })
             .collect()
     }
