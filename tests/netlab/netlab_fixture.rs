@@ -147,14 +147,7 @@ fn delay_line_adds_twice_the_one_way_delay() {
     // recent history, which moved the median by 60-130 us right after
     // another test ran. (Busy loops at SCHED_IDLE did worse: the delay
     // line's yield handed them whole slices.)
-    let _no_halt = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/cpu_dma_latency")
-        .and_then(|mut f| {
-            use std::io::Write;
-            f.write_all(&0i32.to_ne_bytes()).map(|()| f)
-        })
-        .expect("hold /dev/cpu_dma_latency at 0");
+    let _no_halt = lab::sys::hold_cpus_awake().expect("hold /dev/cpu_dma_latency at 0");
     // Same spacing for every d: the base includes idle-exit cost (sec. 6).
     let measure = |lab: &Lab, dst: &str| {
         let st = ping(lab, &from, &["-c", "100", "-i", "0.01", dst]);

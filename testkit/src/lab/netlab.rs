@@ -6,7 +6,8 @@
 //!                            a bridge in a switch netns (3 nodes)
 //!    cbr0 10.244.i.1/24      bridge of this node's pods
 //!    vx0  10.245.0.(i+1)/24  vxlan id 42 (overlay flavour only), MTU 1450
-//!    dl                      TUN end of the delay line (when added)
+//!    dl                      TUN end of the delay line (when added);
+//!                            10.201.0.(i+1)/24 when under the overlay
 //!  pod j on node i ("pod" netns): eth0 10.244.i.(10+j)/24, default via .1
 //! ```
 //!
@@ -398,6 +399,41 @@ impl Lab {
         }
     }
 
+    /// Inserts the delay line under the overlay only (overlay flavour):
+    /// nodes 0 and 1 reach each other's vxlan through TUN devices `dl`
+    /// (addresses `10.201.0.(i+1)/24`, the vxlan forwarding entries
+    /// pointed at them), while host traffic stays on the underlay. Pod
+    /// paths between the two nodes then cost a known 2d more than the host
+    /// path, which is what an overlay's extra latency looks like, made
+    /// large and exact. Starts with zero delay.
+    pub fn add_overlay_delay_line(&mut self) {
+        assert_eq!(self.spec.flavour, Flavour::Overlay, "an overlay lab");
+        assert!(self.delay_line.is_none(), "one delay line per lab");
+        let (a, b) = (self.host(0), self.host(1));
+        let dl = DelayLine::start(&a, &b, "dl")
+            .unwrap_or_else(|e| panic!("cannot start the delay line: {e}"));
+        self.delay_line = Some(dl);
+        for (me, peer) in [(0usize, 1usize), (1, 0)] {
+            let h = self.host(me);
+            let addr = format!("{}/24", overlay_line_ip(me));
+            ip(&["-n", &h, "addr", "add", &addr, "dev", "dl"]);
+            ip(&["-n", &h, "link", "set", "dl", "up"]);
+            let (old, new) = (
+                self.host_ip(peer).to_string(),
+                overlay_line_ip(peer).to_string(),
+            );
+            let zero = "00:00:00:00:00:00";
+            check(
+                Command::new("bridge")
+                    .args(["-n", &h, "fdb", "del", zero, "dev", "vx0", "dst", &old]),
+            );
+            check(
+                Command::new("bridge")
+                    .args(["-n", &h, "fdb", "append", zero, "dev", "vx0", "dst", &new]),
+            );
+        }
+    }
+
     /// Sets the delay line's one-way delay (both directions).
     pub fn set_delay(&self, d: Duration) {
         self.delay_line
@@ -416,13 +452,19 @@ impl Lab {
 
     /// Shapes node `i`'s underlay egress with tbf.
     pub fn set_tbf(&self, i: usize, rate_mbit: u32, burst: &str) {
+        self.set_tbf_on(i, "ul", rate_mbit, burst);
+    }
+
+    /// Shapes the egress of node `i`'s device `dev` (`ul`, or the delay
+    /// line's `dl`) with tbf.
+    pub fn set_tbf_on(&self, i: usize, dev: &str, rate_mbit: u32, burst: &str) {
         let rate = format!("{rate_mbit}mbit");
         ip(&[
             "-n",
             &self.host(i),
             "link",
             "set",
-            "ul",
+            dev,
             "txqueuelen",
             "1000",
         ]);
@@ -432,7 +474,7 @@ impl Lab {
             "qdisc",
             "replace",
             "dev",
-            "ul",
+            dev,
             "root",
             "tbf",
             "rate",
@@ -591,6 +633,11 @@ impl Drop for Lab {
             let _ = output(Command::new("ip").args(["netns", "del", ns]));
         }
     }
+}
+
+/// Node `i`'s end of the delay line under the overlay.
+fn overlay_line_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 201, 0, i as u8 + 1)
 }
 
 /// Polls `f` every `every` until it returns `Some` or `timeout` passes.

@@ -136,3 +136,17 @@ pub fn euid() -> u32 {
     // SAFETY: geteuid cannot fail and has no arguments.
     unsafe { libc::geteuid() }
 }
+
+/// Keeps every CPU out of idle states while held (PM QoS: a 0 us
+/// `/dev/cpu_dma_latency` request, as cyclictest does): idle CPUs poll
+/// instead of halting, so a timer or a packet wakes a thread without an
+/// idle exit whose cost depends on the governor's recent history. The
+/// request ends when the file is closed.
+pub fn hold_cpus_awake() -> io::Result<File> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/cpu_dma_latency")?;
+    f.write_all(&0i32.to_ne_bytes())?;
+    Ok(f)
+}
