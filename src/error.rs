@@ -21,7 +21,8 @@ pub enum Error {
     /// A prober could not start.
     #[error("starting probes")]
     Probe(#[from] ProbeError),
-    /// The bandwidth burst key could not be loaded.
+    /// No burst key could be generated for this run (a key file that is
+    /// missing or invalid is not an error: the agent runs without bursts).
     #[error(transparent)]
     BurstKey(#[from] crate::auth::KeyError),
     /// Kubernetes discovery could not start.

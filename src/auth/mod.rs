@@ -10,5 +10,5 @@
 pub(crate) mod keys;
 pub(crate) mod replay;
 
-pub use keys::{BurstKeys, KeyError, KeySet};
+pub use keys::{BurstKeys, KeyError, KeySet, KeyState};
 pub use replay::{Freshness, Refusal};

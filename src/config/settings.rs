@@ -72,8 +72,10 @@ pub struct AgentSettings {
     pub metrics_listen: SocketAddr,
     /// File with the bandwidth burst key(s), mounted from a Secret: one key
     /// per line (hex, at least 32 bytes); the first signs, every one is
-    /// accepted (rotation). Unset: a random key for this process (local
-    /// mode; agents in other processes cannot burst to it).
+    /// accepted (rotation). Missing or invalid: the agent runs without
+    /// bursts, warns once and takes the keys up when the file holds them.
+    /// Unset: a random key for this process (local mode; agents in other
+    /// processes cannot burst to it).
     pub burst_key_file: Option<PathBuf>,
 }
 

@@ -19,6 +19,7 @@ use super::labels::{
     ApiserverOutcome, ApiserverPhase, ApiserverTarget, DnsOutcome, IcmpMode, RejectReason,
     ResponderKind,
 };
+use crate::auth::KeyState;
 use crate::peer::PathKind;
 use crate::peer::Target;
 use crate::proto::dns::MAX_NAMESERVERS;
@@ -60,15 +61,17 @@ pub const SERIES_CLUSTER_REACH: usize = HISTOGRAM
     + ApiserverTarget::ALL.len() * ApiserverOutcome::ALL.len();
 /// Series independent of peers: send-late (3), responder requests (one per
 /// responder), rejections (responders × reasons), connections (3), ICMP
-/// mode (one per mode), peers by path (one per path kind), targets over
-/// budget, build info, discovery (2), the 7 `process_*` series and the
-/// cluster reachability probes ([`SERIES_CLUSTER_REACH`]). Counted
-/// from the label enums, so a new label value moves the formula with it.
+/// mode (one per mode), burst key state (one per state), peers by path (one
+/// per path kind), targets over budget, build info, discovery (2), the 7
+/// `process_*` series and the cluster reachability probes
+/// ([`SERIES_CLUSTER_REACH`]). Counted from the label enums, so a new label
+/// value moves the formula with it.
 pub const SERIES_FIXED: usize = 3
     + ResponderKind::ALL.len()
     + ResponderKind::ALL.len() * RejectReason::ALL.len()
     + 3
     + IcmpMode::ALL.len()
+    + KeyState::ALL.len()
     + PathKind::ALL.len()
     + 1
     + 1
@@ -238,6 +241,7 @@ mod tests {
         crate::metrics::DiscoveryMetrics::new(&registry).expect("discovery");
         let m = AgentMetrics::new(registry.clone()).expect("metrics");
         m.set_icmp_mode(IcmpMode::Dgram);
+        m.set_burst_key_state(KeyState::Loaded);
         // The most nameservers a resolver configuration yields.
         let ns: Vec<String> = (1..=MAX_NAMESERVERS)
             .map(|i| format!("10.96.0.{i}"))

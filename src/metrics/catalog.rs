@@ -179,6 +179,13 @@ def!(
     "The kind of ICMP socket the agent could open (dgram, raw or unavailable); value 1."
 );
 def!(
+    BURST_KEY_STATE,
+    "kubepulse_burst_key_state",
+    Gauge,
+    ["state"],
+    "State of the agent's bandwidth burst key (agent.burst_key_file): 1 for the current state (loaded, missing or invalid), 0 for the others. Without a loaded key the agent runs no bursts and refuses those of other agents."
+);
+def!(
     PEERS,
     "kubepulse_peers",
     Gauge,
@@ -268,6 +275,7 @@ pub const ALL: &[MetricDef] = &[
     RESPONDER_REJECTED,
     RESPONDER_CONNECTIONS,
     ICMP_SOCKET,
+    BURST_KEY_STATE,
     PEERS,
     TARGETS_OVER_BUDGET,
     BUILD_INFO,

@@ -27,6 +27,7 @@ use self::labels::{
     ExcludeReason, HttpPhase, IcmpMode, ProbeErrorReason, Protocol, RejectReason, ResponderKind,
 };
 
+use crate::auth::KeyState;
 use crate::peer::{AgentKind, PathKind};
 use catalog::{MetricDef, MetricType};
 
@@ -179,6 +180,7 @@ pub struct AgentMetrics {
     responder_rejected: IntCounterVec,
     responder_connections: IntGaugeVec,
     icmp_socket: IntGaugeVec,
+    burst_key: IntGaugeVec,
     peers: IntGaugeVec,
     over_budget: IntGaugeVec,
     dns_duration: HistogramVec,
@@ -224,6 +226,7 @@ impl AgentMetrics {
             responder_rejected: counter(r, &RESPONDER_REJECTED)?,
             responder_connections: int_gauge(r, &RESPONDER_CONNECTIONS)?,
             icmp_socket: int_gauge(r, &ICMP_SOCKET)?,
+            burst_key: int_gauge(r, &BURST_KEY_STATE)?,
             peers: int_gauge(r, &PEERS)?,
             over_budget: int_gauge(r, &TARGETS_OVER_BUDGET)?,
             dns_duration: histogram(r, &DNS_LOOKUP_DURATION)?,
@@ -504,6 +507,17 @@ impl AgentMetrics {
             self.icmp_socket
                 .with_label_values(&[m.as_str()])
                 .set(i64::from(*m == mode));
+        }
+    }
+
+    /// Exports the burst key state: 1 for `state`, 0 for the others. The
+    /// one writer is the agent's key watch, which sets it at start-up,
+    /// before the agent reports ready, and after every look at the file.
+    pub fn set_burst_key_state(&self, state: KeyState) {
+        for s in KeyState::ALL {
+            self.burst_key
+                .with_label_values(&[s.as_str()])
+                .set(i64::from(*s == state));
         }
     }
 

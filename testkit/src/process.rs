@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A running kubepulse process.
@@ -23,16 +23,39 @@ impl Kubepulse {
     }
 
     /// [`Kubepulse::start`] with extra environment variables (e.g. the test
-    /// hooks of a `testkit` build).
+    /// hooks of a `testkit` build, or `RUST_LOG`, `warn` by default).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Kubepulse {
+        Self::spawn(args, env, None)
+    }
+
+    /// [`Kubepulse::start_with_env`] that also collects the process's log
+    /// (its stderr), still copied to the test's stderr.
+    pub fn start_logged(args: &[&str], env: &[(&str, &str)]) -> (Kubepulse, Logs) {
+        let logs = Logs::default();
+        (Self::spawn(args, env, Some(logs.clone())), logs)
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)], logs: Option<Logs>) -> Kubepulse {
         let mut child = Command::new(crate::kubepulse_bin())
             .args(args)
-            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if logs.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .expect("spawn kubepulse");
+        if let (Some(logs), Some(stderr)) = (logs, child.stderr.take()) {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    logs.0.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                }
+            });
+        }
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -88,6 +111,18 @@ impl Drop for Kubepulse {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The log lines a child process has written so far (see
+/// [`Kubepulse::start_logged`]).
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<String>>>);
+
+impl Logs {
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

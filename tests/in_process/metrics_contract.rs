@@ -69,6 +69,7 @@ fn a_real_scrape_is_fully_documented() {
         1.0,
     );
     m.set_icmp_mode(kubepulse::metrics::labels::IcmpMode::Dgram);
+    m.set_burst_key_state(kubepulse::auth::KeyState::Missing);
     m.clock_offset(PathKind::PodCrossNode, &peer.node)
         .expect("a live cross-node key has a clock offset")
         .set(0.001);

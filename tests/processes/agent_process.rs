@@ -8,7 +8,12 @@ use std::time::Duration;
 use kubepulse_testkit::process::{free_port, Kubepulse};
 use kubepulse_testkit::scrape;
 
-fn agent_config(name: &str, node: &str, addr: &str, peers: &[(&str, &str, &str)]) -> String {
+pub(super) fn agent_config(
+    name: &str,
+    node: &str,
+    addr: &str,
+    peers: &[(&str, &str, &str)],
+) -> String {
     let mut s = format!(
         "agent:\n  name: {name}\n  node: {node}\n  kind: pod\n  bind_address: {addr}\n  metrics_listen: 127.0.0.1:{port}\n\
          probes:\n  udp: {{interval: 50ms, timeout: 300ms}}\n  tcp: {{interval: 50ms, timeout: 300ms}}\n  icmp: {{interval: 50ms, timeout: 300ms}}\n\
@@ -27,7 +32,7 @@ fn agent_config(name: &str, node: &str, addr: &str, peers: &[(&str, &str, &str)]
     s
 }
 
-fn write(f: &mut tempfile::NamedTempFile, text: &str) {
+pub(super) fn write(f: &mut tempfile::NamedTempFile, text: &str) {
     let file = f.as_file_mut();
     file.set_len(0).expect("truncate");
     std::io::Seek::seek(file, std::io::SeekFrom::Start(0)).expect("seek");
@@ -35,7 +40,7 @@ fn write(f: &mut tempfile::NamedTempFile, text: &str) {
     file.sync_all().expect("sync");
 }
 
-fn temp() -> tempfile::NamedTempFile {
+pub(super) fn temp() -> tempfile::NamedTempFile {
     tempfile::Builder::new()
         .suffix(".yaml")
         .tempfile()
@@ -243,7 +248,7 @@ fn bandwidth_bursts_follow_the_slot_schedule() {
 }
 
 /// Probes answered: sent minus lost, `None` until both series exist.
-fn kept(sc: &scrape::Scrape, m: &[(&str, &str)]) -> Option<f64> {
+pub(super) fn kept(sc: &scrape::Scrape, m: &[(&str, &str)]) -> Option<f64> {
     Some(
         sc.try_sum("kubepulse_probe_sent_total", m)?
             - sc.try_sum("kubepulse_probe_lost_total", m)?,

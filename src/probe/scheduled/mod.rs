@@ -348,15 +348,12 @@ fn run_job(kind: Kind, ctx: &ProbeContext, target: &Target) {
         },
         Kind::Bandwidth => {
             let b = &s.bandwidth;
-            let keys = match ctx.burst_keys.current() {
-                Ok(k) => k,
-                Err(e) => {
-                    tracing::warn!(error = %e, "No burst key; bandwidth bursts skipped");
-                    for dir in Direction::ALL {
-                        m.burst_outcome(path, *dir, BurstOutcome::Error);
-                    }
-                    return;
-                }
+            // Without a usable key there is no burst to count, not a failed
+            // one: the key file's reader logged why, once, and
+            // kubepulse_burst_key_state says so.
+            let Some(keys) = ctx.burst_keys.current() else {
+                tracing::debug!(peer = %peer.name, "No burst key; burst skipped");
+                return;
             };
             // Both directions back to back under the same permit.
             for (mode, dir) in [

@@ -132,6 +132,33 @@ fn spawn_target_publisher(
     })
 }
 
+/// How often the key watch looks at the burst key file. Bursts and burst
+/// requests look too, as they come; this keeps the state metric current
+/// when none come, well within the kubelet's own delay in updating a
+/// mounted Secret (a minute or more).
+const KEY_WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Keeps `kubepulse_burst_key_state` current: set now, before the agent
+/// reports ready, then after every look. A look also logs a change of
+/// state, once (`BurstKeys`).
+fn spawn_key_watch(
+    keys: Arc<BurstKeys>,
+    metrics: AgentMetrics,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    metrics.set_burst_key_state(keys.state());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(KEY_WATCH_INTERVAL) => {}
+                _ = shutdown.cancelled() => break,
+            }
+            // A stat, and a read of a few bytes when the file changed.
+            metrics.set_burst_key_state(keys.state());
+        }
+    })
+}
+
 /// The sample guard for this agent's bursts: on the slot schedule every
 /// agent knows when either end of a path bursts; with `schedule: interval`
 /// (local mode, small static setups) bursts are unscheduled and nothing is
@@ -177,7 +204,10 @@ pub async fn start(
     if a.burst_key_file.is_none() && settings.probes.bandwidth.enabled {
         tracing::warn!("No agent.burst_key_file: bandwidth bursts use a key of this process only, so agents in other processes refuse them");
     }
+    // A missing or invalid key file is logged and exported, not fatal: the
+    // agent runs without bursts until the file holds keys.
     let burst_keys = Arc::new(BurstKeys::new(a.burst_key_file.clone())?);
+    let key_watch = spawn_key_watch(burst_keys.clone(), metrics.clone(), shutdown.clone());
     let responders = responder::start(
         a.bind_address,
         a.ports,
@@ -228,6 +258,7 @@ pub async fn start(
         .collect();
     tasks.extend(probe::scheduled::start(ctx));
     tasks.push(publisher);
+    tasks.push(key_watch);
     tracing::info!(agent = %identity.name, node = %identity.node, kind = %identity.kind,
         udp_echo = ports.udp_echo, tcp_echo = ports.tcp_echo, bandwidth = ports.bandwidth,
         http = ports.http, "Agent started");
