@@ -571,7 +571,7 @@ fn busy_runtime() -> (tokio::runtime::Runtime, Arc<AtomicBool>) {
 /// beside it in this binary loads the busy phases more than the idle ones
 /// (p99 164 us against 69 us in one full run, 4 of 4 passes alone).
 #[test]
-#[ignore = "timing: run alone, as .ci/run does (cargo test --test in_process -- --ignored)"]
+#[ignore = "timing: runs alone, with every test thread (.config/nextest.toml; .ci/run passes --run-ignored all)"]
 fn busy_tokio_runtime_does_not_inflate_udp_p99() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let r = Responder::start_with(true);

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod junit;
 pub mod module_graph;
 pub mod monitoring;
 

@@ -3,6 +3,8 @@
 //! - `monitoring`: regenerates `deploy/monitoring/` (the PrometheusRule and
 //!   the Grafana dashboard ConfigMaps) from `alerts/` and `dashboards/`;
 //! - `monitoring --check`: fails when `deploy/monitoring/` is out of date;
+//! - `slowest JUNIT [N]`: prints the N (10) slowest tests of a
+//!   cargo-nextest JUnit report, slowest first;
 //! - `modules`: prints the layers of `src/`'s top-level modules, lowest
 //!   first, and any cycle among them.
 
@@ -25,6 +27,10 @@ fn main() -> ExitCode {
                 Err(xtask::Error::OutOfDate(problems.join(", ")))
             }
         }),
+        ["slowest", path] | ["slowest", path, _] => {
+            let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(10);
+            slowest(std::path::Path::new(path), n)
+        }
         ["modules"] => xtask::module_graph::scan(&root.join("src")).and_then(|scan| {
             let layers = xtask::module_graph::layers(&scan.modules, &scan.edges);
             for (i, layer) in layers.iter().enumerate() {
@@ -41,7 +47,9 @@ fn main() -> ExitCode {
             }
         }),
         _ => {
-            eprintln!("usage: cargo xtask monitoring [--check] | cargo xtask modules");
+            eprintln!(
+                "usage: cargo xtask monitoring [--check] | cargo xtask modules | cargo xtask slowest JUNIT [N]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -52,4 +60,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the `n` slowest tests of the JUnit report at `path`.
+fn slowest(path: &std::path::Path, n: usize) -> Result<(), xtask::Error> {
+    let xml = std::fs::read_to_string(path).map_err(|source| xtask::Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let cases = xtask::junit::cases(&xml).map_err(|what| xtask::Error::Source {
+        path: path.to_path_buf(),
+        what,
+    })?;
+    for c in xtask::junit::slowest(cases, n) {
+        println!("{:>9.1} s  {} {}", c.seconds, c.binary, c.name);
+    }
+    Ok(())
 }

@@ -64,8 +64,11 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// Serialises timing-sensitive tests inside one test binary: two labs
-/// measuring at once on 2 cores would disturb each other's numbers.
+/// Serialises timing-sensitive tests inside one test process (`cargo
+/// test` runs a binary's tests as threads): two labs measuring at once on
+/// 2 cores would disturb each other's numbers. Under cargo-nextest every
+/// test is a process of its own, and `.config/nextest.toml` runs the
+/// timing tests alone.
 pub static TIMING: Mutex<()> = Mutex::new(());
 
 /// Takes the timing lock even if a previous holder panicked.
