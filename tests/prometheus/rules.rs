@@ -12,6 +12,10 @@ use serde_yaml::Value;
 
 const RULES: &str = "alerts/kubepulse-rules.yaml";
 const RUNBOOKS: &str = "docs/runbooks.md";
+/// Where `RUNBOOKS` is published: the base of every `runbook_url` in the
+/// source rules, and the chart's default `prometheusRule.runbookUrlBase`
+/// (installations may point it at their own copy).
+const RUNBOOK_BASE: &str = "https://github.com/kubepulse/kubepulse/blob/main/docs/runbooks.md";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -214,15 +218,26 @@ fn alerts_follow_the_conventions() {
         if !absent && !a["description"].as_str().unwrap_or("").contains("{{ $") {
             problems.push(format!("{what}: description must be templated"));
         }
+        // Absolute (Alertmanager and Grafana show it outside the
+        // repository), and resolving to this alert's section.
         let anchor = name.to_lowercase();
-        if a["runbook_url"].as_str() != Some(&format!("{RUNBOOKS}#{anchor}")) {
-            problems.push(format!("{what}: runbook_url must be {RUNBOOKS}#{anchor}"));
+        if a["runbook_url"].as_str() != Some(&format!("{RUNBOOK_BASE}#{anchor}")) {
+            problems.push(format!(
+                "{what}: runbook_url must be {RUNBOOK_BASE}#{anchor}"
+            ));
         }
         if !anchors.contains(&anchor) {
             problems.push(format!("{what}: {RUNBOOKS} has no section ## {name}"));
         }
     }
     assert!(problems.is_empty(), "rules:\n  {}", problems.join("\n  "));
+}
+
+#[test]
+fn the_chart_defaults_to_the_published_runbooks() {
+    let values: Value =
+        serde_yaml::from_str(&read("charts/kubepulse/values.yaml")).expect("values parse");
+    assert_eq!(values["prometheusRule"]["runbookUrlBase"], RUNBOOK_BASE);
 }
 
 #[test]
