@@ -10,8 +10,9 @@ models leave it open, so an unknown or misspelt field is an error, as
 `kubectl apply` with strict field validation makes it.
 
 Usage: validate_crds.py FILE...  (multi-document YAML). Prints one line per
-monitoring.coreos.com object, "PASS kind/name" or "ERROR kind/name: where:
-what", and exits 1 on any error, 2 when the models are missing.
+monitoring.coreos.com object, "PASS FILE kind/name" or "ERROR FILE
+kind/name: where: what", and exits 1 on any error, 2 when the models are
+missing.
 """
 import sys
 
@@ -68,7 +69,7 @@ def main(paths):
             if not str(doc.get("apiVersion", "")).startswith("monitoring.coreos.com/"):
                 continue
             kind = doc.get("kind")
-            name = f"{kind}/{doc.get('metadata', {}).get('name')}"
+            name = f"{path} {kind}/{doc.get('metadata', {}).get('name')}"
             if doc.get("apiVersion") != "monitoring.coreos.com/v1" or kind not in MODELS:
                 print(f"ERROR {name}: no schema for {doc.get('apiVersion')} {kind}")
                 failed = True

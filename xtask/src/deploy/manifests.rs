@@ -324,7 +324,10 @@ metadata:
         let k = &files["monitoring/prometheus-operator/kustomization.yaml"];
         assert!(k.contains("  - podmonitor.yaml\n"), "{k}");
         let k = &files["prometheus-operator/kustomization.yaml"];
-        assert!(k.contains("  - ../base\n") && k.contains("  - ../cluster\n"), "{k}");
+        assert!(
+            k.contains("  - ../base\n") && k.contains("  - ../cluster\n"),
+            "{k}"
+        );
     }
 
     #[test]
