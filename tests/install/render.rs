@@ -7,7 +7,7 @@ use serde_yaml::Value;
 use crate::tools;
 
 /// Kinds without a namespace.
-pub const CLUSTER_KINDS: &[&str] = &[
+pub(crate) const CLUSTER_KINDS: &[&str] = &[
     "Namespace",
     "ClusterRole",
     "ClusterRoleBinding",
@@ -17,10 +17,10 @@ pub const CLUSTER_KINDS: &[&str] = &[
 
 /// The namespaces where the controller's Roles must live whatever the
 /// release namespace (the probe namespace aside, which is a value).
-pub const FIXED_NAMESPACES: &[&str] = &["kube-system", "kube-node-lease", "default"];
+pub(crate) const FIXED_NAMESPACES: &[&str] = &["kube-system", "kube-node-lease", "default"];
 
 /// Every non-empty document of a multi-document YAML text.
-pub fn parse(text: &str) -> Vec<Value> {
+pub(crate) fn parse(text: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(text)
         .map(|d| serde::Deserialize::deserialize(d).expect("rendered YAML parses"))
         .filter(|v: &Value| !v.is_null())
@@ -28,7 +28,7 @@ pub fn parse(text: &str) -> Vec<Value> {
 }
 
 /// `charts/kubepulse/ci/*.yaml`, sorted.
-pub fn ci_values() -> Vec<PathBuf> {
+pub(crate) fn ci_values() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(tools::chart().join("ci"))
         .expect("charts/kubepulse/ci")
         .map(|e| e.expect("dir entry").path())
@@ -40,7 +40,7 @@ pub fn ci_values() -> Vec<PathBuf> {
 }
 
 /// A values file's short name (`hardened` for `hardened-values.yaml`).
-pub fn name(values: &std::path::Path) -> String {
+pub(crate) fn name(values: &std::path::Path) -> String {
     let stem = values
         .file_stem()
         .expect("file name")
@@ -50,7 +50,7 @@ pub fn name(values: &std::path::Path) -> String {
 }
 
 /// `helm template kubepulse charts/kubepulse -n <namespace> -f <values> <extra>`.
-pub fn helm_template(values: &std::path::Path, namespace: &str, extra: &[&str]) -> String {
+pub(crate) fn helm_template(values: &std::path::Path, namespace: &str, extra: &[&str]) -> String {
     let chart = tools::chart();
     let mut args = vec![
         "template",
@@ -66,7 +66,7 @@ pub fn helm_template(values: &std::path::Path, namespace: &str, extra: &[&str]) 
 }
 
 /// Every directory under deploy/ with a kustomization.yaml, sorted.
-pub fn kustomizations() -> Vec<PathBuf> {
+pub(crate) fn kustomizations() -> Vec<PathBuf> {
     fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(dir).expect("read dir") {
             let p = e.expect("dir entry").path();
@@ -84,7 +84,7 @@ pub fn kustomizations() -> Vec<PathBuf> {
 }
 
 /// `kubectl kustomize <dir>`.
-pub fn kustomize(dir: &std::path::Path) -> String {
+pub(crate) fn kustomize(dir: &std::path::Path) -> String {
     tools::run(
         &tools::kubectl(),
         &["kustomize", dir.to_str().expect("UTF-8 path")],
@@ -92,7 +92,7 @@ pub fn kustomize(dir: &std::path::Path) -> String {
 }
 
 /// `kind name` (or `kind namespace/name`) of an object, for messages.
-pub fn id(o: &Value) -> String {
+pub(crate) fn id(o: &Value) -> String {
     let kind = o["kind"].as_str().unwrap_or("?");
     let name = o["metadata"]["name"].as_str().unwrap_or("?");
     match o["metadata"]["namespace"].as_str() {
@@ -102,19 +102,19 @@ pub fn id(o: &Value) -> String {
 }
 
 /// The objects of `kind`.
-pub fn of_kind<'a>(objs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+pub(crate) fn of_kind<'a>(objs: &'a [Value], kind: &str) -> Vec<&'a Value> {
     objs.iter().filter(|o| o["kind"] == kind).collect()
 }
 
 /// The object `kind` named `name`.
-pub fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+pub(crate) fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     objs.iter()
         .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
 /// The pod templates' containers of the workloads among `objs`.
-pub fn containers(objs: &[Value]) -> Vec<(String, &Value)> {
+pub(crate) fn containers(objs: &[Value]) -> Vec<(String, &Value)> {
     let mut out = Vec::new();
     for o in objs {
         for c in o["spec"]["template"]["spec"]["containers"]

@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 /// A tool: `$<ENV>`, else the first `name` on `PATH` or in /usr/local/bin.
 /// Panics, naming the tool and how to install it, when there is none.
-pub fn tool(name: &str, env: &str) -> PathBuf {
+pub(crate) fn tool(name: &str, env: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
@@ -21,34 +21,34 @@ pub fn tool(name: &str, env: &str) -> PathBuf {
         })
 }
 
-pub fn helm() -> PathBuf {
+pub(crate) fn helm() -> PathBuf {
     tool("helm", "HELM")
 }
 
-pub fn kubectl() -> PathBuf {
+pub(crate) fn kubectl() -> PathBuf {
     tool("kubectl", "KUBECTL")
 }
 
-pub fn kubernetes_validate() -> PathBuf {
+pub(crate) fn kubernetes_validate() -> PathBuf {
     tool("kubernetes-validate", "KUBERNETES_VALIDATE")
 }
 
-pub fn promtool() -> PathBuf {
+pub(crate) fn promtool() -> PathBuf {
     tool("promtool", "PROMTOOL")
 }
 
 /// The repository root.
-pub fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// The chart directory.
-pub fn chart() -> PathBuf {
+pub(crate) fn chart() -> PathBuf {
     root().join("charts/kubepulse")
 }
 
 /// Runs `program args`, returning its output whatever the exit status.
-pub fn output(program: &Path, args: &[&str]) -> Output {
+pub(crate) fn output(program: &Path, args: &[&str]) -> Output {
     Command::new(program)
         .args(args)
         .current_dir(root())
@@ -58,7 +58,7 @@ pub fn output(program: &Path, args: &[&str]) -> Output {
 
 /// Runs `program args` and returns its stdout; panics with its stderr when
 /// it fails.
-pub fn run(program: &Path, args: &[&str]) -> String {
+pub(crate) fn run(program: &Path, args: &[&str]) -> String {
     let out = output(program, args);
     assert!(
         out.status.success(),
