@@ -3,29 +3,10 @@
 //! `runbook_url` is absolute and resolves to a section of
 //! docs/runbooks.md, and promtool accepts the result.
 
-use std::collections::BTreeSet;
-
 use serde_yaml::Value;
 
 use crate::render::{self, find, parse};
 use crate::tools;
-
-/// The anchors GitHub generates for the `## ` headings of docs/runbooks.md.
-fn anchors() -> BTreeSet<String> {
-    std::fs::read_to_string(tools::root().join("docs/runbooks.md"))
-        .expect("docs/runbooks.md")
-        .lines()
-        .filter_map(|l| l.strip_prefix("## "))
-        .map(|h| {
-            h.trim()
-                .to_lowercase()
-                .chars()
-                .filter(|c| c.is_alphanumeric() || *c == '-' || *c == ' ' || *c == '_')
-                .map(|c| if c == ' ' { '-' } else { c })
-                .collect()
-        })
-        .collect()
-}
 
 fn alerts(groups: &Value) -> Vec<&Value> {
     groups
@@ -40,7 +21,7 @@ fn alerts(groups: &Value) -> Vec<&Value> {
 /// Every alert's runbook_url is `<base>#<anchor>` with an anchor of
 /// docs/runbooks.md.
 fn check_runbooks(groups: &Value, base: &str) {
-    let anchors = anchors();
+    let anchors = kubepulse_testkit::runbooks::repo_anchors();
     let all = alerts(groups);
     assert!(!all.is_empty());
     for a in all {
@@ -127,8 +108,5 @@ fn selectors_are_substituted_and_promtool_accepts_the_result() {
     );
     assert!(out.contains("SUCCESS"), "{out}");
     let parsed: Value = serde_yaml::from_str(text).expect("rules parse");
-    check_runbooks(
-        &parsed["groups"],
-        "https://github.com/kubepulse/kubepulse/blob/main/docs/runbooks.md",
-    );
+    check_runbooks(&parsed["groups"], kubepulse_testkit::runbooks::PUBLISHED);
 }

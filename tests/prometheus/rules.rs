@@ -12,10 +12,9 @@ use serde_yaml::Value;
 
 const RULES: &str = "alerts/kubepulse-rules.yaml";
 const RUNBOOKS: &str = "docs/runbooks.md";
-/// Where `RUNBOOKS` is published: the base of every `runbook_url` in the
-/// source rules, and the chart's default `prometheusRule.runbookUrlBase`
-/// (installations may point it at their own copy).
-const RUNBOOK_BASE: &str = "https://github.com/kubepulse/kubepulse/blob/main/docs/runbooks.md";
+/// Where `RUNBOOKS` is published (installations may point the chart's
+/// `prometheusRule.runbookUrlBase` at their own copy).
+const RUNBOOK_BASE: &str = kubepulse_testkit::runbooks::PUBLISHED;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -138,24 +137,9 @@ fn seconds(d: &str) -> u64 {
     total
 }
 
-/// The anchors GitHub generates for `## Heading` lines.
-fn runbook_anchors(md: &str) -> BTreeSet<String> {
-    md.lines()
-        .filter_map(|l| l.strip_prefix("## "))
-        .map(|h| {
-            h.trim()
-                .to_lowercase()
-                .chars()
-                .filter(|c| c.is_alphanumeric() || *c == '-' || *c == ' ' || *c == '_')
-                .map(|c| if c == ' ' { '-' } else { c })
-                .collect()
-        })
-        .collect()
-}
-
 #[test]
 fn alerts_follow_the_conventions() {
-    let anchors = runbook_anchors(&read(RUNBOOKS));
+    let anchors = kubepulse_testkit::runbooks::anchors(&read(RUNBOOKS));
     let mut problems = Vec::new();
     let mut seen = BTreeSet::new();
     for r in rules() {
@@ -246,7 +230,7 @@ fn every_runbook_section_is_an_alert() {
         .iter()
         .filter_map(|r| r["alert"].as_str().map(str::to_lowercase))
         .collect();
-    for a in runbook_anchors(&read(RUNBOOKS)) {
+    for a in kubepulse_testkit::runbooks::anchors(&read(RUNBOOKS)) {
         if a.starts_with("kubepulse") {
             assert!(
                 alerts.contains(&a),
@@ -335,7 +319,7 @@ fn every_alert_is_tested_firing_and_not_firing() {
 fn helpers() {
     assert_eq!(seconds("1h30m"), 5400);
     assert_eq!(seconds("15m"), 900);
-    let a = runbook_anchors("# T\n## KubepulseFoo\ntext\n## Other thing\n");
+    let a = kubepulse_testkit::runbooks::anchors("# T\n## KubepulseFoo\ntext\n## Other thing\n");
     assert!(
         a.contains("kubepulsefoo") && a.contains("other-thing"),
         "{a:?}"
