@@ -1,5 +1,6 @@
-//! The one list of API permissions the controller uses. `deploy/controller/
-//! rbac.yaml` must grant exactly these (a test compares them).
+//! The one list of API permissions the controller uses. The chart's
+//! `controller-rbac*.yaml` templates must grant exactly these (a test
+//! compares them).
 
 use crate::config::DEFAULT_LEASE_NAME;
 

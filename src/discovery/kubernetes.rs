@@ -37,7 +37,8 @@ use crate::plan::config_map::{config_map_name, DATA_KEY};
 use crate::plan::{NodePlan, PlanWatch};
 
 /// One RBAC rule the agent needs: exactly the API calls this module makes.
-/// `deploy/rbac.yaml` must grant these and nothing else (a test compares).
+/// The chart's `agent-rbac.yaml` must grant these and nothing else (a test
+/// compares).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiAccess {
     /// API group (`""` is the core group).

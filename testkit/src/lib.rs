@@ -1,7 +1,8 @@
 //! kubepulse's test kit, shared by every integration test binary: the
 //! Kubernetes API test server and a simulated kubelet, the network namespace
 //! lab, the kubepulse process runner, one HTTP client and one view of a
-//! `/metrics` scrape. Dev-only: nothing here ships.
+//! `/metrics` scrape, and the anchors of docs/runbooks.md the alerts link
+//! to. Dev-only: nothing here ships.
 
 use std::path::PathBuf;
 
@@ -10,6 +11,7 @@ pub mod http;
 pub mod kubelet;
 pub mod lab;
 pub mod process;
+pub mod runbooks;
 pub mod scrape;
 
 /// The repository root (where `docs/`, `deploy/` and `alerts/` are).

@@ -1,4 +1,6 @@
-//! deploy/controller/rbac.yaml grants exactly `kubepulse::controller::rbac::RULES`.
+//! The controller's Roles and ClusterRole in deploy/ (rendered from the
+//! chart's controller-rbac*.yaml templates) grant exactly
+//! `kubepulse::controller::rbac::RULES`.
 
 use std::collections::BTreeSet;
 
@@ -30,14 +32,21 @@ fn strings(v: &serde_yaml::Value, key: &str) -> Vec<String> {
 
 #[test]
 fn rbac_yaml_matches_the_code() {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/controller/rbac.yaml"
-    ))
-    .expect("rbac.yaml");
+    let mut text = String::new();
+    for file in [
+        "deploy/base/controller-rbac.yaml",
+        "deploy/cluster/controller-rbac-cluster.yaml",
+    ] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        text += &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+        text += "\n---\n";
+    }
     let mut granted = BTreeSet::new();
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let v = serde_yaml::Value::deserialize(doc).expect("yaml");
+        if v.is_null() {
+            continue;
+        }
         let kind = v["kind"].as_str().expect("kind");
         if kind != "Role" && kind != "ClusterRole" {
             continue;

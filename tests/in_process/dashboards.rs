@@ -1,8 +1,9 @@
 //! Lints the Grafana dashboards (`dashboards/*.json`) and every dashboard
 //! query and rule expression (parsed with `promql-parser`), and checks that
-//! the Kubernetes manifests in `deploy/monitoring/` are generated from them.
+//! the Helm chart's copies (`charts/kubepulse/files/`) and the manifests in
+//! `deploy/monitoring/` carry them.
 //!
-//! Regenerate the manifests with `cargo xtask monitoring`.
+//! Regenerate both with `cargo xtask deploy`.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -658,28 +659,53 @@ fn lint_catches_mistakes() {
 
 // ------------------------------------------------------------------ deploy/
 
+/// The chart's copies of the rules and dashboards are the sources, byte
+/// for byte, and the manifests of deploy/ carry them: the dashboard
+/// ConfigMaps hold exactly `dashboards/*.json` with what the Grafana
+/// sidecar needs, the PrometheusRule and the rules ConfigMap exactly the
+/// source rules (the chart's default substitutions are the source's own
+/// literals). tests/install checks that deploy/ is what the chart renders.
 #[test]
-fn deploy_manifests_are_generated_from_sources() {
-    let problems = xtask::monitoring::check(&root()).expect("read the sources");
+fn chart_and_deploy_carry_the_sources() {
+    let want = xtask::deploy::chart_files::generate(&root()).expect("read the sources");
+    let stale: Vec<&String> = want
+        .iter()
+        .filter(|(path, text)| fs::read_to_string(root().join(path)).ok().as_ref() != Some(*text))
+        .map(|(path, _)| path)
+        .collect();
     assert!(
-        problems.is_empty(),
-        "deploy/monitoring is out of date ({}); regenerate with `cargo xtask monitoring`",
-        problems.join(", ")
+        stale.is_empty(),
+        "out of date: {stale:?}; regenerate with `cargo xtask deploy`"
     );
-    // The generated objects carry what the operator and the Grafana sidecar need.
-    let want = xtask::monitoring::generate(&root()).expect("generate");
-    for (name, text) in &want {
-        let v: Yaml = serde_yaml::from_str(text).expect("generated YAML parses");
-        if v["kind"] == "ConfigMap" {
-            assert_eq!(v["metadata"]["labels"]["grafana_dashboard"], "1", "{name}");
-            let data = v["data"].as_mapping().expect("data");
-            for (_, json) in data {
-                let d: Json = serde_json::from_str(json.as_str().expect("string"))
-                    .expect("dashboard JSON in the ConfigMap parses");
-                assert!(d["uid"].is_string(), "{name}");
-            }
-        } else {
-            assert_eq!(v["spec"]["groups"], rules()["groups"], "{name}");
-        }
+
+    let objects = |rel: &str| -> Vec<Yaml> {
+        serde_yaml::Deserializer::from_str(&read(&root().join(rel)))
+            .map(|d| serde::Deserialize::deserialize(d).expect("generated YAML parses"))
+            .collect()
+    };
+    let sources = dashboards();
+    let maps = objects("deploy/monitoring/dashboards/dashboards.yaml");
+    assert_eq!(maps.len(), sources.len(), "one ConfigMap per dashboard");
+    for (file, json) in &sources {
+        let cm = maps
+            .iter()
+            .find(|m| m["data"][file.as_str()].is_string())
+            .unwrap_or_else(|| panic!("no ConfigMap carries {file}"));
+        assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1", "{file}");
+        assert!(cm["metadata"]["annotations"]["grafana_folder"].is_string());
+        let carried: Json = serde_json::from_str(cm["data"][file.as_str()].as_str().unwrap_or(""))
+            .expect("dashboard JSON in the ConfigMap parses");
+        assert_eq!(&carried, json, "{file}");
     }
+    let rule = &objects("deploy/monitoring/prometheus-operator/prometheusrule.yaml")[0];
+    assert_eq!(rule["kind"], "PrometheusRule");
+    assert_eq!(rule["spec"]["groups"], rules()["groups"]);
+    let cm = &objects("deploy/monitoring/plain-prometheus/rules-configmap.yaml")[0];
+    let file: Yaml = serde_yaml::from_str(
+        cm["data"]["kubepulse-rules.yaml"]
+            .as_str()
+            .expect("the rules file in the ConfigMap"),
+    )
+    .expect("the ConfigMap's rules parse");
+    assert_eq!(file["groups"], rules()["groups"]);
 }

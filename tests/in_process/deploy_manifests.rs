@@ -1,8 +1,11 @@
-//! The manifests in `deploy/` agree with the code: every YAML document
-//! parses and has a known kind, the kustomizations list every manifest, the
-//! Role grants exactly the API calls the agent makes, and images, ports,
-//! labels, downward-API variables and the agent config match the code's
-//! defaults.
+//! The static manifests in `deploy/` (rendered from the Helm chart by
+//! `cargo xtask deploy`; tests/install checks they are up to date and
+//! validates them) agree with the code: every object has a known kind, the
+//! install labels and an explicit namespace, the kustomizations list every
+//! manifest, the agent Role grants exactly the API calls the agent makes,
+//! and images, ports, labels, downward-API variables, the agent config and
+//! the burst key mount match the code's defaults. The Dockerfile is checked
+//! here too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -17,27 +20,67 @@ const KNOWN_KINDS: &[(&str, &str)] = &[
     ("v1", "ServiceAccount"),
     ("v1", "ConfigMap"),
     ("v1", "Service"),
+    ("v1", "ResourceQuota"),
+    ("v1", "LimitRange"),
+    ("apps/v1", "DaemonSet"),
+    ("apps/v1", "Deployment"),
+    ("policy/v1", "PodDisruptionBudget"),
     ("rbac.authorization.k8s.io/v1", "Role"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"),
-    ("apps/v1", "DaemonSet"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("flowcontrol.apiserver.k8s.io/v1", "FlowSchema"),
+    (
+        "flowcontrol.apiserver.k8s.io/v1",
+        "PriorityLevelConfiguration",
+    ),
     ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 ];
 
-/// The manifest directories this test owns (deploy/monitoring and
-/// deploy/controller belong to other parts and have their own checks).
-const DIRS: &[&str] = &["deploy", "deploy/prometheus-operator"];
+/// Kinds without a namespace.
+const CLUSTER_KINDS: &[&str] = &[
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "FlowSchema",
+    "PriorityLevelConfiguration",
+];
+
+/// The only namespaces objects may be in: the install namespace, the probe
+/// namespace, and where the controller's cross-namespace Roles must live.
+const NAMESPACES: &[&str] = &[
+    "kubepulse",
+    "kubepulse-probes",
+    "kube-system",
+    "kube-node-lease",
+    "default",
+];
+
+const LABELS: &[&str] = &[
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/managed-by",
+];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `*.yaml` files under `dir`, recursively, sorted.
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("read deploy dir")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .collect();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read deploy dir") {
+        let p = e.expect("dir entry").path();
+        if p.is_dir() {
+            out.extend(yaml_files(&p));
+        } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(p);
+        }
+    }
     out.sort();
     out
 }
@@ -54,18 +97,18 @@ fn docs(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// Every object of the base and the prometheus-operator overlay.
+fn is_kustomization(p: &Path) -> bool {
+    p.file_name().is_some_and(|n| n == "kustomization.yaml")
+}
+
+/// Every object under deploy/ (each once: the overlays only combine
+/// directories).
 fn objects() -> Vec<Value> {
-    let mut out = Vec::new();
-    for dir in DIRS {
-        for f in yaml_files(&root().join(dir)) {
-            if f.file_name().is_some_and(|n| n == "kustomization.yaml") {
-                continue;
-            }
-            out.extend(docs(&f));
-        }
-    }
-    out
+    yaml_files(&root().join("deploy"))
+        .iter()
+        .filter(|p| !is_kustomization(p))
+        .flat_map(|p| docs(p))
+        .collect()
 }
 
 fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -83,49 +126,55 @@ fn str_set(v: &Value) -> BTreeSet<String> {
 }
 
 #[test]
-fn every_document_parses_with_a_known_kind() {
+fn every_object_has_a_known_kind_labels_and_a_namespace() {
     let objs = objects();
-    assert!(objs.len() >= 10, "{} objects", objs.len());
+    assert!(objs.len() >= 40, "{} objects", objs.len());
     for o in &objs {
         let key = (
             o["apiVersion"].as_str().unwrap_or(""),
             o["kind"].as_str().unwrap_or(""),
         );
         assert!(KNOWN_KINDS.contains(&key), "unknown kind {key:?}");
-        assert!(o["metadata"]["name"].is_string(), "{key:?} without a name");
-        if key.1 != "Namespace" {
-            assert_eq!(o["metadata"]["namespace"], "kubepulse", "{key:?}");
+        let name = o["metadata"]["name"].as_str().expect("a name");
+        for l in LABELS {
+            assert!(
+                o["metadata"]["labels"][l].is_string(),
+                "{key:?} {name}: no label {l}"
+            );
+        }
+        let ns = o["metadata"]["namespace"].as_str();
+        if CLUSTER_KINDS.contains(&key.1) {
+            assert_eq!(ns, None, "{key:?} {name} is cluster-wide");
+        } else {
+            let ns = ns.unwrap_or_else(|| panic!("{key:?} {name}: no namespace"));
+            assert!(NAMESPACES.contains(&ns), "{key:?} {name} in {ns}");
         }
     }
 }
 
 #[test]
 fn kustomizations_list_every_manifest() {
-    for dir in DIRS {
-        let dir = root().join(dir);
-        let k = docs(&dir.join("kustomization.yaml")).remove(0);
-        let listed: BTreeSet<String> = str_set(&k["resources"])
+    for k in yaml_files(&root().join("deploy"))
+        .into_iter()
+        .filter(|p| is_kustomization(p))
+    {
+        let dir = k.parent().expect("a directory");
+        let listed: BTreeSet<String> = str_set(&docs(&k).remove(0)["resources"])
             .into_iter()
-            .filter(|r| r != "..")
+            .filter(|r| r.ends_with(".yaml"))
             .collect();
-        let files: BTreeSet<String> = yaml_files(&dir)
-            .iter()
-            .filter_map(|p| p.file_name()?.to_str().map(String::from))
-            .filter(|n| n != "kustomization.yaml")
+        let files: BTreeSet<String> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .filter_map(|e| e.ok()?.file_name().to_str().map(String::from))
+            .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
             .collect();
         assert_eq!(listed, files, "{}", dir.display());
     }
 }
 
 #[test]
-fn rbac_grants_exactly_the_api_calls_the_code_makes() {
+fn rbac_grants_exactly_the_api_calls_the_agent_makes() {
     let objs = objects();
-    assert!(
-        !objs
-            .iter()
-            .any(|o| o["kind"] == "ClusterRole" || o["kind"] == "ClusterRoleBinding"),
-        "the agent needs no cluster-wide access"
-    );
     let role = find(&objs, "Role", "kubepulse-agent");
     let mut granted = BTreeMap::new();
     for rule in role["rules"].as_array().expect("rules") {
@@ -150,6 +199,12 @@ fn rbac_grants_exactly_the_api_calls_the_code_makes() {
     let binding = find(&objs, "RoleBinding", "kubepulse-agent");
     assert_eq!(binding["roleRef"]["name"], "kubepulse-agent");
     assert_eq!(binding["subjects"][0]["name"], "kubepulse-agent");
+    // Nothing cluster-wide is bound to the agents.
+    for o in objs.iter().filter(|o| o["kind"] == "ClusterRoleBinding") {
+        for s in o["subjects"].as_array().expect("subjects") {
+            assert_ne!(s["name"], "kubepulse-agent");
+        }
+    }
 }
 
 fn container(ds: &Value) -> &Value {
@@ -171,10 +226,10 @@ fn ports(c: &Value) -> BTreeSet<(String, u64, String)> {
         .collect()
 }
 
-fn expected_ports() -> BTreeSet<(String, u64, String)> {
+/// The probe ports (what the Service and other agents reach).
+fn probe_ports() -> BTreeSet<(String, u64, String)> {
     let d = ProbePorts::default();
     [
-        ("metrics", DEFAULT_METRICS_LISTEN.port(), "TCP"),
         ("udp-echo", d.udp_echo, "UDP"),
         ("tcp-echo", d.tcp_echo, "TCP"),
         ("bandwidth", d.bandwidth, "TCP"),
@@ -183,6 +238,17 @@ fn expected_ports() -> BTreeSet<(String, u64, String)> {
     .into_iter()
     .map(|(n, p, proto)| (n.to_string(), u64::from(p), proto.to_string()))
     .collect()
+}
+
+/// The probe ports and metrics: every port an agent listens on.
+fn expected_ports() -> BTreeSet<(String, u64, String)> {
+    let mut all = probe_ports();
+    all.insert((
+        "metrics".into(),
+        u64::from(DEFAULT_METRICS_LISTEN.port()),
+        "TCP".into(),
+    ));
+    all
 }
 
 fn env(c: &Value) -> BTreeMap<String, Value> {
@@ -226,6 +292,19 @@ fn daemonsets_agree_with_the_code() {
         }
         assert_eq!(pod_labels["kubepulse.io/network"], network);
         assert_eq!(spec["serviceAccountName"], "kubepulse-agent");
+        // Linux nodes only, off virtual-kubelet and Fargate, NoSchedule
+        // taints tolerated.
+        assert_eq!(spec["nodeSelector"]["kubernetes.io/os"], "linux");
+        let affinity = spec["affinity"].to_string();
+        assert!(
+            affinity.contains("virtual-kubelet") && affinity.contains("fargate"),
+            "{network}: {affinity}"
+        );
+        assert!(spec["tolerations"]
+            .as_array()
+            .expect("tolerations")
+            .iter()
+            .any(|t| t["operator"] == "Exists" && t["effect"] == "NoSchedule"));
         // Downward API identity.
         let e = env(c);
         for (var, path) in [
@@ -280,6 +359,36 @@ fn daemonsets_agree_with_the_code() {
 }
 
 #[test]
+fn the_controller_is_scraped_and_kept_available() {
+    let objs = objects();
+    let d = find(&objs, "Deployment", "kubepulse-controller");
+    let annotations = &d["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(
+        annotations["prometheus.io/port"],
+        config::DEFAULT_CONTROLLER_METRICS_LISTEN.port().to_string()
+    );
+    let c = container(d);
+    assert!(c["resources"]["requests"]["memory"].is_string());
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    let e = env(c);
+    assert_eq!(
+        e["KUBEPULSE__CONTROLLER__POD_STARTUP__IMAGE"]["value"],
+        config::DEFAULT_PROBE_IMAGE
+    );
+    assert_eq!(
+        e["KUBEPULSE__CONTROLLER__PROBE_NAMESPACE"]["value"],
+        config::ControllerSettings::default().probe_namespace
+    );
+    let pdb = find(&objs, "PodDisruptionBudget", "kubepulse-controller");
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        d["spec"]["selector"]["matchLabels"]
+    );
+    assert!(d["spec"]["replicas"].as_u64().unwrap_or(0) >= 2);
+}
+
+#[test]
 fn service_and_config_agree_with_the_code() {
     let objs = objects();
     // The controller's plan publisher finds the agents and their Service.
@@ -304,51 +413,98 @@ fn service_and_config_agree_with_the_code() {
             )
         })
         .collect();
-    assert_eq!(got, expected_ports());
+    assert_eq!(got, probe_ports(), "probe ports only, never metrics");
     for name in facts::PORT_NAMES {
         assert!(got.iter().any(|(n, _, _)| n == name), "{name}");
     }
 
-    // The ConfigMap's config loads with the real loader and selects the
-    // DaemonSets' pods.
+    // Each DaemonSet's config loads with the real loader, is mounted where
+    // KUBEPULSE_CONFIG points, and finds the burst key where the (optional)
+    // Secret is mounted.
     let cm = find(&objs, "ConfigMap", "kubepulse-agent");
-    let text = cm["data"]["config.yaml"].as_str().expect("config.yaml");
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("config.yaml");
-    std::fs::write(&path, text).expect("write");
-    let s = config::load_from(Some(&path), Default::default()).expect("config loads");
-    assert_eq!(s.discovery.mode, DiscoveryMode::Kubernetes);
-    assert_eq!(
-        s.discovery.kubernetes.plan_config_map, "",
-        "each agent reads its own node's plan"
-    );
-    for ds in ["kubepulse-agent-pod", "kubepulse-agent-host"] {
-        let ds = find(&objs, "DaemonSet", ds);
-        let mounted = &ds["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"];
-        assert_eq!(mounted, "kubepulse-agent");
-        // The burst key Secret is mounted where the config looks for it.
+    for network in ["pod", "host"] {
+        let key = format!("{network}.yaml");
+        let text = cm["data"][&key].as_str().expect("config per DaemonSet");
+        let path = dir.path().join(&key);
+        std::fs::write(&path, text).expect("write");
+        let s = config::load_from(Some(&path), Default::default()).expect("config loads");
+        assert_eq!(s.discovery.mode, DiscoveryMode::Kubernetes);
+        assert_eq!(
+            s.discovery.kubernetes.plan_config_map, "",
+            "each agent reads its own node's plan"
+        );
+        let ds = find(&objs, "DaemonSet", &format!("kubepulse-agent-{network}"));
         let volumes = ds["spec"]["template"]["spec"]["volumes"]
             .as_array()
             .expect("volumes");
-        let key = volumes
+        let config = volumes
+            .iter()
+            .find(|v| v["configMap"]["name"] == "kubepulse-agent")
+            .expect("config volume");
+        assert_eq!(
+            config["configMap"]["items"],
+            serde_json::json!([{"key": key, "path": "config.yaml"}])
+        );
+        let mounts = container(ds)["volumeMounts"].as_array().expect("mounts");
+        let mount_of = |volume: &Value| {
+            mounts
+                .iter()
+                .find(|m| m["name"] == volume["name"])
+                .expect("volume mounted")["mountPath"]
+                .as_str()
+                .expect("mountPath")
+                .to_string()
+        };
+        let e = env(container(ds));
+        assert_eq!(
+            e["KUBEPULSE_CONFIG"]["value"],
+            format!("{}/config.yaml", mount_of(config))
+        );
+        let secret = volumes
             .iter()
             .find(|v| v["secret"]["secretName"] == "kubepulse-burst-key")
             .expect("burst key Secret volume");
-        let mount = container(ds)["volumeMounts"]
-            .as_array()
-            .expect("mounts")
-            .iter()
-            .find(|m| m["name"] == key["name"])
-            .expect("burst key mounted");
+        assert_eq!(
+            secret["secret"]["optional"], true,
+            "pods start without the Secret"
+        );
         let file = s.agent.burst_key_file.as_ref().expect("burst_key_file set");
         assert_eq!(
             file.parent().and_then(|p| p.to_str()),
-            mount["mountPath"].as_str()
+            Some(mount_of(secret).as_str())
         );
         assert_eq!(file.file_name().and_then(|f| f.to_str()), Some("burst.key"));
-        let e = env(container(ds));
-        assert_eq!(e["KUBEPULSE_CONFIG"]["value"], "/etc/kubepulse/config.yaml");
     }
+    assert!(
+        !objs.iter().any(|o| o["kind"] == "Secret"),
+        "no key is shipped: each cluster makes its own"
+    );
+}
+
+/// A NetworkPolicy rule's (port, protocol) pairs; empty: every protocol.
+fn rule_ports(rule: &Value) -> BTreeSet<(u64, String)> {
+    rule["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["port"].as_u64().expect("port"),
+                p["protocol"].as_str().expect("protocol").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn has_v4_and_v6_blocks(peers: &Value) -> bool {
+    let cidrs: Vec<&str> = peers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["ipBlock"]["cidr"].as_str())
+        .collect();
+    cidrs.iter().any(|c| c.contains('.')) && cidrs.iter().any(|c| c.contains(':'))
 }
 
 #[test]
@@ -362,23 +518,40 @@ fn scraping_and_network_policy() {
         r["sourceLabels"] == serde_json::json!(["__meta_kubernetes_pod_node_name"])
             && r["targetLabel"] == "node"
     }));
+    assert!(
+        pm["spec"].get("namespaceSelector").is_none(),
+        "its own namespace, whatever it is"
+    );
     let np = find(&objs, "NetworkPolicy", "kubepulse-agent");
     assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
-    let mut admitted = BTreeSet::new();
-    for rule in np["spec"]["ingress"].as_array().expect("ingress") {
-        assert!(rule["from"].is_array(), "every rule names its sources");
-        for p in rule["ports"].as_array().expect("ports") {
-            admitted.insert((
-                p["port"].as_u64().expect("port"),
-                p["protocol"].as_str().expect("protocol").to_string(),
-            ));
+    let rules = np["spec"]["ingress"].as_array().expect("ingress");
+    assert!(
+        rules.iter().all(|r| r["from"].is_array()),
+        "every rule names its sources"
+    );
+    // Probes from the other agents and from node addresses: no ports, so
+    // ICMP and ICMPv6 echo are admitted too.
+    let agents = rules
+        .iter()
+        .find(|r| {
+            r["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "agent"
+        })
+        .expect("a rule from the agents");
+    assert!(rule_ports(agents).is_empty(), "{agents}");
+    let nodes = rules
+        .iter()
+        .find(|r| r["from"][0]["ipBlock"].is_object())
+        .expect("a rule from node addresses");
+    assert!(rule_ports(nodes).is_empty(), "{nodes}");
+    assert!(has_v4_and_v6_blocks(&nodes["from"]), "{nodes}");
+    // Everything else: the metrics port only.
+    let metrics: BTreeSet<(u64, String)> =
+        [(u64::from(DEFAULT_METRICS_LISTEN.port()), "TCP".into())].into();
+    for r in rules {
+        if !std::ptr::eq(r, agents) && !std::ptr::eq(r, nodes) {
+            assert_eq!(rule_ports(r), metrics, "{r}");
         }
     }
-    let want: BTreeSet<(u64, String)> = expected_ports()
-        .into_iter()
-        .map(|(_, p, proto)| (p, proto))
-        .collect();
-    assert_eq!(admitted, want, "probe ports and metrics, nothing else");
 }
 
 /// The pod agents may reach cluster DNS (port 53, UDP and TCP, on the DNS
@@ -390,32 +563,20 @@ fn egress_policy_admits_dns_and_the_apiserver() {
     let np = find(&objs, "NetworkPolicy", "kubepulse-agent-egress");
     assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Egress"]));
     let rules = np["spec"]["egress"].as_array().expect("egress");
-    let ports = |rule: &Value| -> BTreeSet<(u64, String)> {
-        rule["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|p| {
-                (
-                    p["port"].as_u64().expect("port"),
-                    p["protocol"].as_str().expect("protocol").to_string(),
-                )
-            })
-            .collect()
-    };
     let dns = rules
         .iter()
         .find(|r| r["to"][0]["podSelector"]["matchLabels"]["k8s-app"] == "kube-dns")
         .expect("a rule to the DNS pods");
     let want: BTreeSet<(u64, String)> = [(53, "UDP".into()), (53, "TCP".into())].into();
-    assert_eq!(ports(dns), want);
-    assert!(
-        rules.iter().any(|r| {
-            let p = ports(r);
+    assert_eq!(rule_ports(dns), want);
+    let api = rules
+        .iter()
+        .find(|r| {
+            let p = rule_ports(r);
             p.contains(&(443, "TCP".into())) && p.contains(&(6443, "TCP".into()))
-        }),
-        "a rule to the apiserver ports"
-    );
+        })
+        .expect("a rule to the apiserver ports");
+    assert!(has_v4_and_v6_blocks(&api["to"]), "{api}");
     // Every rule names its destinations (no rule admits everything).
     assert!(rules.iter().all(|r| r["to"].is_array()));
 }

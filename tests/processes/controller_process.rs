@@ -216,8 +216,8 @@ async fn binary_measures_survives_sigkill_and_cleans_up() {
     );
 
     // Least privilege, checked on the wire: every request the controller
-    // made is allowed by RULES (the list deploy/controller/rbac.yaml is
-    // tested against), and every rule was needed.
+    // made is allowed by RULES (the list the chart's RBAC is tested
+    // against), and every rule was needed.
     let mut used = vec![false; RULES.len()];
     for seen in server.requests().into_iter().filter(|s| s.actor.is_none()) {
         let (method, uri) = (&seen.method, &seen.uri);

@@ -12,6 +12,9 @@ use serde_yaml::Value;
 
 const RULES: &str = "alerts/kubepulse-rules.yaml";
 const RUNBOOKS: &str = "docs/runbooks.md";
+/// Where `RUNBOOKS` is published (installations may point the chart's
+/// `prometheusRule.runbookUrlBase` at their own copy).
+const RUNBOOK_BASE: &str = kubepulse_testkit::runbooks::PUBLISHED;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -134,24 +137,9 @@ fn seconds(d: &str) -> u64 {
     total
 }
 
-/// The anchors GitHub generates for `## Heading` lines.
-fn runbook_anchors(md: &str) -> BTreeSet<String> {
-    md.lines()
-        .filter_map(|l| l.strip_prefix("## "))
-        .map(|h| {
-            h.trim()
-                .to_lowercase()
-                .chars()
-                .filter(|c| c.is_alphanumeric() || *c == '-' || *c == ' ' || *c == '_')
-                .map(|c| if c == ' ' { '-' } else { c })
-                .collect()
-        })
-        .collect()
-}
-
 #[test]
 fn alerts_follow_the_conventions() {
-    let anchors = runbook_anchors(&read(RUNBOOKS));
+    let anchors = kubepulse_testkit::runbooks::anchors(&read(RUNBOOKS));
     let mut problems = Vec::new();
     let mut seen = BTreeSet::new();
     for r in rules() {
@@ -214,9 +202,13 @@ fn alerts_follow_the_conventions() {
         if !absent && !a["description"].as_str().unwrap_or("").contains("{{ $") {
             problems.push(format!("{what}: description must be templated"));
         }
+        // Absolute (Alertmanager and Grafana show it outside the
+        // repository), and resolving to this alert's section.
         let anchor = name.to_lowercase();
-        if a["runbook_url"].as_str() != Some(&format!("{RUNBOOKS}#{anchor}")) {
-            problems.push(format!("{what}: runbook_url must be {RUNBOOKS}#{anchor}"));
+        if a["runbook_url"].as_str() != Some(&format!("{RUNBOOK_BASE}#{anchor}")) {
+            problems.push(format!(
+                "{what}: runbook_url must be {RUNBOOK_BASE}#{anchor}"
+            ));
         }
         if !anchors.contains(&anchor) {
             problems.push(format!("{what}: {RUNBOOKS} has no section ## {name}"));
@@ -226,12 +218,19 @@ fn alerts_follow_the_conventions() {
 }
 
 #[test]
+fn the_chart_defaults_to_the_published_runbooks() {
+    let values: Value =
+        serde_yaml::from_str(&read("charts/kubepulse/values.yaml")).expect("values parse");
+    assert_eq!(values["prometheusRule"]["runbookUrlBase"], RUNBOOK_BASE);
+}
+
+#[test]
 fn every_runbook_section_is_an_alert() {
     let alerts: BTreeSet<String> = rules()
         .iter()
         .filter_map(|r| r["alert"].as_str().map(str::to_lowercase))
         .collect();
-    for a in runbook_anchors(&read(RUNBOOKS)) {
+    for a in kubepulse_testkit::runbooks::anchors(&read(RUNBOOKS)) {
         if a.starts_with("kubepulse") {
             assert!(
                 alerts.contains(&a),
@@ -320,7 +319,7 @@ fn every_alert_is_tested_firing_and_not_firing() {
 fn helpers() {
     assert_eq!(seconds("1h30m"), 5400);
     assert_eq!(seconds("15m"), 900);
-    let a = runbook_anchors("# T\n## KubepulseFoo\ntext\n## Other thing\n");
+    let a = kubepulse_testkit::runbooks::anchors("# T\n## KubepulseFoo\ntext\n## Other thing\n");
     assert!(
         a.contains("kubepulsefoo") && a.contains("other-thing"),
         "{a:?}"

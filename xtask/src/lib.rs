@@ -1,12 +1,14 @@
 //! kubepulse's repository tasks, run as `cargo xtask <task>` and used by the
-//! tests that check their output is committed, and the module graph check
+//! tests that check their output is committed: the static manifests and the
+//! chart's copied files ([`deploy`]), and the module graph check
 //! ([`module_graph`]).
 
 use std::path::{Path, PathBuf};
 
+
+pub mod deploy;
 pub mod junit;
 pub mod module_graph;
-pub mod monitoring;
 
 /// What can go wrong in a task.
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +30,16 @@ pub enum Error {
         what: String,
     },
     /// Generated files differ from what their sources give.
-    #[error("deploy/monitoring is out of date ({0}); regenerate with `cargo xtask monitoring`")]
+    #[error("generated files are out of date:\n  {0}\nregenerate with `cargo xtask deploy`")]
     OutOfDate(String),
+    /// An external tool (helm) failed or is missing.
+    #[error("{tool}: {what}")]
+    Tool {
+        /// The tool.
+        tool: String,
+        /// What happened.
+        what: String,
+    },
     /// `src/`'s top-level modules depend on each other in cycles.
     #[error("{0} module cycle(s) in src/")]
     Cycles(usize),
