@@ -32,6 +32,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use kubepulse::config::PlanSettings;
+use kubepulse::controller::node_lifecycle;
 use kubepulse::controller::plan_inputs::{self, Inputs};
 use kubepulse::controller::plan_publisher::PlanPublisher;
 use kubepulse::plan::{self, PlanConfig};
@@ -74,6 +75,7 @@ fn node_obj(i: usize, zones: usize) -> Node {
         "metadata": {"name": node_name(i), "labels": {
             "topology.kubernetes.io/zone": format!("zone-{}", i % zones),
             "kubernetes.io/hostname": node_name(i)}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
     }))
     .expect("node")
 }
@@ -92,7 +94,9 @@ fn pod_obj(name: &str, i: usize, host: bool, gen: u32) -> Pod {
                 {"name": "tcp-echo", "containerPort": 9478},
                 {"name": "bandwidth", "containerPort": 9479},
                 {"name": "http", "containerPort": 9480}]}]},
-        "status": {"phase": "Running", "podIP": ip(i, host), "hostIP": ip(i, true)}
+        "status": {"phase": "Running", "podIP": ip(i, host), "hostIP": ip(i, true),
+            "conditions": [{"type": "ContainersReady", "status": "True"},
+                           {"type": "Ready", "status": "True"}]}
     }))
     .expect("pod")
 }
@@ -125,8 +129,10 @@ fn plan_row(n: usize, zones: usize) -> PlanRow {
     let slots = SlotConfig::default();
     let t0 = Instant::now();
     let pn = plan_inputs::plan_nodes(nodes.iter(), pods.iter(), &BTreeSet::new());
+    let lifecycle = node_lifecycle::lifecycle(nodes.iter(), pn.iter().map(|n| n.name.as_str()));
     let computed = plan_inputs::compute(&Inputs {
         nodes: &pn,
+        lifecycle: &lifecycle,
         pods: &pod_refs,
         service: None,
         fan_out: &cfg,
@@ -145,7 +151,11 @@ fn plan_row(n: usize, zones: usize) -> PlanRow {
         series: plan::agent_series_bound(max_peer_nodes),
         min_in: indeg.values().copied().min().unwrap_or(0),
         max_in: indeg.values().copied().max().unwrap_or(0),
-        max_plan_bytes: docs.values().map(String::len).max().unwrap_or(0),
+        max_plan_bytes: docs
+            .values()
+            .map(|d| d.values().map(String::len).sum::<usize>())
+            .max()
+            .unwrap_or(0),
         // A replaced pod changes its own node's plan and its probers'.
         uncoalesced_writes: indeg.values().map(|d| 2 * (1 + d)).sum(),
     }

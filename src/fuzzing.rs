@@ -48,13 +48,15 @@ pub fn config_yaml(data: &[u8]) {
     }
 }
 
-/// Probe plan: the ConfigMap text an agent reads, then what the agent asks
-/// of it (its peers, and who bursts when for the sample guard).
+/// Probe plan: the ConfigMap text an agent reads, as its plan and as its
+/// lifecycle, then what the agent asks of them (its peers, who bursts when
+/// for the sample guard, and the lifecycle view of its targets).
 pub fn probe_plan(data: &[u8]) {
     use crate::schedule::busy::BusyNodes;
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    let lifecycle = crate::plan::PeerLifecycle::from_json(text).unwrap_or_default();
     let Ok(plan) = crate::plan::NodePlan::from_json(text) else {
         return;
     };
@@ -63,5 +65,14 @@ pub fn probe_plan(data: &[u8]) {
         for n in &plan.target_nodes {
             let _ = plan.busy(slot, n);
         }
+    }
+    for p in plan.peers.iter().take(4) {
+        let me = crate::peer::Identity {
+            name: p.name.clone(),
+            node: p.node.clone(),
+            kind: p.kind,
+        };
+        let targets = crate::peer::targets(&me, &plan.peers);
+        let _ = crate::plan::lifecycle::agent_lifecycle(&me, &targets, &plan.peers, &lifecycle);
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use prometheus::{
     Counter, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry,
+    IntGaugeVec, Opts, Registry,
 };
 
 use super::metric_labels::{
@@ -16,6 +16,7 @@ use super::{buckets, scope};
 use crate::api_error::ApiFailureReason;
 use crate::metrics::catalog::{self, MetricDef};
 use crate::metrics::MetricsError;
+use crate::peer::NodeState;
 
 fn reg<C: prometheus::core::Collector + Clone + 'static>(
     r: &Registry,
@@ -62,6 +63,8 @@ pub struct ControllerMetrics {
     plan_pending: IntGauge,
     plan_compute_last: Gauge,
     plan_nodes: IntGauge,
+    plan_nodes_by_state: IntGaugeVec,
+    plan_agents_not_ready: IntGauge,
     plan_min_probers: IntGauge,
     plan_max_peer_nodes: IntGauge,
 }
@@ -165,6 +168,11 @@ impl ControllerMetrics {
             plan_pending: reg(r, IntGauge::with_opts(opts(&PLAN_PENDING))?)?,
             plan_compute_last: reg(r, Gauge::with_opts(opts(&PLAN_COMPUTE_LAST))?)?,
             plan_nodes: reg(r, IntGauge::with_opts(opts(&PLAN_NODES))?)?,
+            plan_nodes_by_state: reg(
+                r,
+                IntGaugeVec::new(opts(&PLAN_NODES_BY_STATE), PLAN_NODES_BY_STATE.labels)?,
+            )?,
+            plan_agents_not_ready: reg(r, IntGauge::with_opts(opts(&PLAN_AGENTS_NOT_READY))?)?,
             plan_min_probers: reg(r, IntGauge::with_opts(opts(&PLAN_MIN_PROBERS))?)?,
             plan_max_peer_nodes: reg(r, IntGauge::with_opts(opts(&PLAN_MAX_PEER_NODES))?)?,
             registry,
@@ -191,6 +199,9 @@ impl ControllerMetrics {
             m.watch_restarts.with_label_values(&[w.as_str()]);
         }
         m.lease_gap.with_label_values::<&str>(&[]);
+        for s in NodeState::CLASSIFIED {
+            m.plan_nodes_by_state.with_label_values(&[s.as_str()]);
+        }
         for op in PlanOp::ALL {
             for outcome in ["ok", "error"] {
                 m.plan_writes.with_label_values(&[op.as_str(), outcome]);
@@ -334,6 +345,22 @@ impl ControllerMetrics {
         self.plan_min_probers.set(gauge_int(shape.min_probers));
         self.plan_max_peer_nodes
             .set(gauge_int(shape.max_peer_nodes));
+    }
+
+    /// Records the lifecycle of one plan computation: its nodes by state
+    /// (every state the controller assigns, 0 included) and the agents it
+    /// left out.
+    pub fn observe_plan_lifecycle(
+        &self,
+        states: &std::collections::BTreeMap<NodeState, usize>,
+        agents_not_ready: usize,
+    ) {
+        for s in NodeState::CLASSIFIED {
+            self.plan_nodes_by_state
+                .with_label_values(&[s.as_str()])
+                .set(gauge_int(states.get(&s).copied().unwrap_or(0)));
+        }
+        self.plan_agents_not_ready.set(gauge_int(agents_not_ready));
     }
 }
 

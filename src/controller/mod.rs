@@ -5,7 +5,8 @@
 //! Pure logic has no IO and is unit-tested: `startup` (the pod startup
 //! probe as a state machine with an outcome for every ending), `phases`,
 //! the leader election core (`leader::LeaderCore::decide`), `scope`,
-//! `sweep`, `clock` and `rbac`; failed API calls are named by
+//! `sweep`, `clock`, `rbac`, `node_lifecycle` (a node's lifecycle state
+//! from its Node object) and `plan_inputs`; failed API calls are named by
 //! `crate::api_error`. The rest talks to the apiserver through kube-rs.
 
 pub(crate) mod apiserver_endpoints;
@@ -16,6 +17,7 @@ pub(crate) mod clock;
 pub(crate) mod leader;
 pub mod metric_labels;
 pub mod metrics;
+pub mod node_lifecycle;
 pub mod nodes;
 pub(crate) mod objects;
 pub(crate) mod phases;

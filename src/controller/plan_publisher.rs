@@ -28,11 +28,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::apiserver_endpoints;
 use super::metrics::{ControllerMetrics, PlanShape};
+use super::node_lifecycle;
 use super::plan_inputs::{self, Inputs};
 use super::plan_writes::{self, PlanWrite};
 use super::{label_keys, K8sError};
 use crate::config::PlanSettings;
-use crate::plan::config_map::{DATA_KEY, PLAN_LABEL, PLAN_LABEL_VALUE};
+use crate::peer::NodeState;
+use crate::plan::config_map::{DATA_KEY, LIFECYCLE_KEY, PLAN_LABEL, PLAN_LABEL_VALUE};
+
+/// A plan ConfigMap's data: [`DATA_KEY`] and [`LIFECYCLE_KEY`] to their
+/// JSON.
+type PlanData = BTreeMap<String, String>;
 
 /// Field manager of the server-side applies.
 pub const FIELD_MANAGER: &str = "kubepulse-controller";
@@ -94,7 +100,7 @@ impl PlanPublisher {
             slice_stream.boxed(),
         ]);
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
-        let mut written: Option<BTreeMap<String, String>> = None;
+        let mut written: Option<BTreeMap<String, PlanData>> = None;
         let mut sticky: BTreeSet<String> = BTreeSet::new();
         let mut dirty = true;
         let mut next_allowed = Instant::now();
@@ -211,10 +217,14 @@ struct Snapshot {
 
 /// What a computation produced.
 struct Planned {
-    /// ConfigMap name to plan document.
-    want: BTreeMap<String, String>,
+    /// ConfigMap name to plan data.
+    want: BTreeMap<String, PlanData>,
     sticky: BTreeSet<String>,
     shape: PlanShape,
+    /// Planned nodes by lifecycle state.
+    states: BTreeMap<NodeState, usize>,
+    /// Agent pods of planned nodes not probed.
+    agents_not_ready: usize,
     took: Duration,
 }
 
@@ -240,9 +250,14 @@ impl Snapshot {
                 self.sticky.insert(n.name.clone());
             }
         }
+        let lifecycle = node_lifecycle::lifecycle(
+            self.nodes.iter().map(|n| n.as_ref()),
+            plan_nodes.iter().map(|n| n.name.as_str()),
+        );
         let pod_refs: Vec<&Pod> = self.pods.iter().map(|p| p.as_ref()).collect();
         let mut computed = plan_inputs::compute(&Inputs {
             nodes: &plan_nodes,
+            lifecycle: &lifecycle,
             pods: &pod_refs,
             service: self.service.as_deref(),
             fan_out: &self.settings.fan_out,
@@ -262,6 +277,8 @@ impl Snapshot {
             want,
             sticky: self.sticky,
             shape,
+            states: computed.states,
+            agents_not_ready: computed.agents_not_ready,
             took: started.elapsed(),
         }
     }
@@ -270,7 +287,7 @@ impl Snapshot {
 /// What a publication hands back to the next one.
 struct PassResult {
     /// What is known to be written; `None`: unknown (list again).
-    written: Option<BTreeMap<String, String>>,
+    written: Option<BTreeMap<String, PlanData>>,
     sticky: BTreeSet<String>,
     /// Everything wanted is written.
     complete: bool,
@@ -288,7 +305,7 @@ impl Writer {
     async fn publish(
         self,
         snapshot: Snapshot,
-        written: Option<BTreeMap<String, String>>,
+        written: Option<BTreeMap<String, PlanData>>,
     ) -> PassResult {
         let sticky_before = snapshot.sticky.clone();
         let planned = match tokio::task::spawn_blocking(move || snapshot.plan()).await {
@@ -304,6 +321,7 @@ impl Writer {
         };
         if let Some(m) = &self.metrics {
             m.observe_plan(planned.took, planned.shape);
+            m.observe_plan_lifecycle(&planned.states, planned.agents_not_ready);
         }
         let mut written = match written {
             Some(w) => w,
@@ -326,7 +344,7 @@ impl Writer {
         };
         let todo = plan_writes::writes(&planned.want, &written);
         let total = todo.len();
-        let results: Vec<(PlanWrite, Result<(), K8sError>)> = futures::stream::iter(todo)
+        let results: Vec<(PlanWrite<PlanData>, Result<(), K8sError>)> = futures::stream::iter(todo)
             .map(|w| async {
                 let r = self.write(&w).await;
                 (w, r)
@@ -376,9 +394,9 @@ impl Writer {
         }
     }
 
-    async fn write(&self, w: &PlanWrite) -> Result<(), K8sError> {
+    async fn write(&self, w: &PlanWrite<PlanData>) -> Result<(), K8sError> {
         match w {
-            PlanWrite::Apply { name, json } => self.apply(name, json).await,
+            PlanWrite::Apply { name, data } => self.apply(name, data).await,
             PlanWrite::Delete { name } => {
                 match self.cms.delete(name, &DeleteParams::default()).await {
                     Ok(_) => Ok(()),
@@ -389,7 +407,7 @@ impl Writer {
         }
     }
 
-    async fn apply(&self, name: &str, json: &str) -> Result<(), K8sError> {
+    async fn apply(&self, name: &str, data: &PlanData) -> Result<(), K8sError> {
         let cm = json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -401,7 +419,7 @@ impl Writer {
                     PLAN_LABEL: PLAN_LABEL_VALUE,
                 },
             },
-            "data": { DATA_KEY: json },
+            "data": data,
         });
         self.cms
             .patch(
@@ -428,8 +446,10 @@ fn stores_ready(nodes: &Store<Node>, pods: &Store<Pod>, svc: Option<&Store<Servi
 }
 
 /// The plan ConfigMaps already there (from an earlier leader): only what
-/// differs is rewritten, and plans of departed nodes are deleted.
-async fn existing(cms: &Api<ConfigMap>) -> Result<BTreeMap<String, String>, K8sError> {
+/// differs is rewritten, and plans of departed nodes are deleted. Only the
+/// keys a publication writes are compared (a previous version's plans lack
+/// the lifecycle, so they are rewritten once).
+async fn existing(cms: &Api<ConfigMap>) -> Result<BTreeMap<String, PlanData>, K8sError> {
     let lp = ListParams::default().labels(&format!("{PLAN_LABEL}={PLAN_LABEL_VALUE}"));
     let list = cms.list(&lp).await?;
     Ok(list
@@ -437,10 +457,8 @@ async fn existing(cms: &Api<ConfigMap>) -> Result<BTreeMap<String, String>, K8sE
         .into_iter()
         .filter_map(|cm| {
             let name = cm.metadata.name?;
-            let data = cm
-                .data
-                .and_then(|mut d| d.remove(DATA_KEY))
-                .unwrap_or_default();
+            let mut data = cm.data.unwrap_or_default();
+            data.retain(|k, _| k == DATA_KEY || k == LIFECYCLE_KEY);
             Some((name, data))
         })
         .collect())

@@ -7,15 +7,16 @@ use std::collections::BTreeMap;
 
 use super::metrics::PlanOp;
 
-/// One ConfigMap operation of a publication.
+/// One ConfigMap operation of a publication; `D` is what a ConfigMap
+/// holds (its data).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum PlanWrite {
-    /// Apply this plan document under this ConfigMap name.
+pub(crate) enum PlanWrite<D> {
+    /// Apply this plan under this ConfigMap name.
     Apply {
         /// ConfigMap name.
         name: String,
-        /// The plan document.
-        json: String,
+        /// What the ConfigMap holds.
+        data: D,
     },
     /// Delete the plan of a node that left.
     Delete {
@@ -24,7 +25,7 @@ pub(crate) enum PlanWrite {
     },
 }
 
-impl PlanWrite {
+impl<D> PlanWrite<D> {
     /// Its `op` label.
     pub(crate) fn op(&self) -> PlanOp {
         match self {
@@ -43,16 +44,16 @@ impl PlanWrite {
 
 /// The writes that turn `written` into `want`: applies of new or changed
 /// plans, then deletes of plans no longer wanted.
-pub(crate) fn writes(
-    want: &BTreeMap<String, String>,
-    written: &BTreeMap<String, String>,
-) -> Vec<PlanWrite> {
+pub(crate) fn writes<D: Clone + PartialEq>(
+    want: &BTreeMap<String, D>,
+    written: &BTreeMap<String, D>,
+) -> Vec<PlanWrite<D>> {
     let applies = want
         .iter()
-        .filter(|(name, json)| written.get(*name) != Some(*json))
-        .map(|(name, json)| PlanWrite::Apply {
+        .filter(|(name, data)| written.get(*name) != Some(*data))
+        .map(|(name, data)| PlanWrite::Apply {
             name: name.clone(),
-            json: json.clone(),
+            data: data.clone(),
         });
     let deletes = written
         .keys()
@@ -62,10 +63,10 @@ pub(crate) fn writes(
 }
 
 /// Records a write that succeeded.
-pub(crate) fn record(written: &mut BTreeMap<String, String>, done: PlanWrite) {
+pub(crate) fn record<D>(written: &mut BTreeMap<String, D>, done: PlanWrite<D>) {
     match done {
-        PlanWrite::Apply { name, json } => {
-            written.insert(name, json);
+        PlanWrite::Apply { name, data } => {
+            written.insert(name, data);
         }
         PlanWrite::Delete { name } => {
             written.remove(&name);
@@ -116,7 +117,7 @@ mod tests {
             again,
             [PlanWrite::Apply {
                 name: "b".into(),
-                json: "1".into()
+                data: "1".into()
             }]
         );
         for w in again {

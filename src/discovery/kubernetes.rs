@@ -12,7 +12,9 @@
 //!
 //! Three things are published: the peers to probe
 //! ([`Discovery::subscribe`], also [`Discovery::subscribe_all`]) and the
-//! plan itself ([`Discovery::subscribe_plan`], the bandwidth schedule).
+//! plan itself ([`Discovery::subscribe_plan`]: the bandwidth schedule, and
+//! the lifecycle of its nodes and agents, read from the ConfigMap's second
+//! key when a controller of this version wrote one).
 
 pub mod facts;
 
@@ -33,7 +35,8 @@ use super::Discovery;
 use crate::config::{KubernetesDiscoverySettings, Settings};
 use crate::metrics::{DiscoveryMetrics, MetricsError};
 use crate::peer::{Identity, Peer, PeerSet, ProbePorts};
-use crate::plan::config_map::{config_map_name, DATA_KEY};
+use crate::plan::config_map::{config_map_name, DATA_KEY, LIFECYCLE_KEY};
+use crate::plan::node_plan::PlanDecodeError;
 use crate::plan::{NodePlan, PlanWatch};
 
 /// One RBAC rule the agent needs: exactly the API calls this module makes.
@@ -326,15 +329,24 @@ async fn run(
     }
 }
 
-/// The plan in `cm`, or `None` (logged) when it is missing or unreadable:
-/// the last good plan stays in force.
+/// The plan in `cm` with its lifecycle, or `None` (logged) when the plan
+/// is missing or unreadable: the last good plan stays in force. A
+/// lifecycle that cannot be read is logged and left out (every peer then
+/// reads as ready); the plan itself is still followed.
 fn decode(cm: &ConfigMap, name: &str) -> Option<NodePlan> {
-    let Some(text) = cm.data.as_ref().and_then(|d| d.get(DATA_KEY)) else {
-        tracing::warn!(config_map = %name, key = DATA_KEY, "Probe plan has no data; keeping the last plan");
-        return None;
-    };
-    match NodePlan::from_json(text) {
-        Ok(p) => Some(p),
+    let empty = Default::default();
+    let data = cm.data.as_ref().unwrap_or(&empty);
+    match NodePlan::from_data(data) {
+        Ok((p, None)) => Some(p),
+        Ok((p, Some(e))) => {
+            tracing::warn!(config_map = %name, key = LIFECYCLE_KEY, error = %e,
+                "Unreadable plan lifecycle; following the plan without it");
+            Some(p)
+        }
+        Err(PlanDecodeError::NoPlan) => {
+            tracing::warn!(config_map = %name, key = DATA_KEY, "Probe plan has no data; keeping the last plan");
+            None
+        }
         Err(e) => {
             tracing::warn!(config_map = %name, error = %e, "Unreadable probe plan; keeping the last plan");
             None

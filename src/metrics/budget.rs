@@ -6,14 +6,16 @@
 //! on). With some probes off an agent exports fewer series, never more, so
 //! the functions stay upper bounds.
 //!
-//! `S = SERIES_FIXED + SERIES_PER_PATH·P + SERIES_PER_PEER_KEY·K + C`, where
-//! `P` is the number of path kinds in use, `K` the number of (path,
-//! peer_node) keys and `C` how many of those keys are on a cross-node path
-//! (they also carry the peer's clock offset). `docs/metrics.md` carries the
-//! same formula; the test at the bottom builds every series through the real
-//! metrics code and checks it exactly.
+//! `S = SERIES_FIXED + SERIES_PER_PATH·P + SERIES_PER_PEER_KEY·K + C + N`,
+//! where `P` is the number of path kinds in use, `K` the number of (path,
+//! peer_node) keys, `C` how many of those keys are on a cross-node path
+//! (they also carry the peer's clock offset) and `N` the number of peer
+//! nodes among them (each may be expected down: a drain must not break the
+//! budget). `docs/metrics.md` carries the same formula; the test at the
+//! bottom builds every series through the real metrics code and checks it
+//! exactly.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use super::labels::{
     ApiserverOutcome, ApiserverPhase, ApiserverTarget, DnsOutcome, IcmpMode, RejectReason,
@@ -45,6 +47,10 @@ const COARSE_HISTOGRAM: usize = COARSE_BUCKETS + 3;
 pub const SERIES_PER_PEER_KEY: usize = 3 * 3 + 2 + 2 + 2 * 2 + 1;
 /// Extra series per key on a cross-node path: the peer's clock offset.
 pub const SERIES_PER_CROSS_NODE_KEY: usize = 1;
+/// Series per peer node of the targets (the Service ClusterIP's
+/// `peer_node`, the Service, excepted): its `kubepulse_peer_expected_down`,
+/// counted whether or not the node is expected down now.
+pub const SERIES_PER_PEER_NODE: usize = 1;
 /// Series per path kind in use: RTT histograms (3 protocols × 20 lines),
 /// errors (4 protocols × 5 reasons), exclusions (4 protocols × 1 reason),
 /// TCP connect histogram (20), HTTP phase histograms (3 × 20), bandwidth
@@ -62,10 +68,10 @@ pub const SERIES_CLUSTER_REACH: usize = HISTOGRAM
 /// Series independent of peers: send-late (3), responder requests (one per
 /// responder), rejections (responders × reasons), connections (3), ICMP
 /// mode (one per mode), burst key state (one per state), peers by path (one
-/// per path kind), targets over budget, build info, discovery (2), the 7
-/// `process_*` series and the cluster reachability probes
-/// ([`SERIES_CLUSTER_REACH`]). Counted from the label enums, so a new label
-/// value moves the formula with it.
+/// per path kind), peers not Ready, targets over budget, build info,
+/// discovery (2), the 7 `process_*` series and the cluster reachability
+/// probes ([`SERIES_CLUSTER_REACH`]). Counted from the label enums, so a new
+/// label value moves the formula with it.
 pub const SERIES_FIXED: usize = 3
     + ResponderKind::ALL.len()
     + ResponderKind::ALL.len() * RejectReason::ALL.len()
@@ -73,6 +79,7 @@ pub const SERIES_FIXED: usize = 3
     + IcmpMode::ALL.len()
     + KeyState::ALL.len()
     + PathKind::ALL.len()
+    + 1
     + 1
     + 1
     + 2
@@ -84,39 +91,49 @@ pub const SERIES_FIXED: usize = 3
 pub const PATHS_PER_AGENT: usize = 4;
 
 /// The series an agent exports with `peer_keys` (path, peer_node) keys, of
-/// which `cross_node_keys` are on a cross-node path, over `paths` path kinds.
-pub fn series_for(peer_keys: usize, cross_node_keys: usize, paths: usize) -> usize {
+/// which `cross_node_keys` are on a cross-node path, to `peer_nodes` peer
+/// nodes, over `paths` path kinds.
+pub fn series_for(
+    peer_keys: usize,
+    cross_node_keys: usize,
+    peer_nodes: usize,
+    paths: usize,
+) -> usize {
     SERIES_FIXED
         + SERIES_PER_PATH * paths
         + SERIES_PER_PEER_KEY * peer_keys
         + SERIES_PER_CROSS_NODE_KEY * cross_node_keys.min(peer_keys)
+        + SERIES_PER_PEER_NODE * peer_nodes.min(peer_keys)
 }
 
 /// The most (path, peer_node) keys that fit `budget` over `paths` path
-/// kinds, counting every key as cross-node (the worst case). 0 when even
-/// the fixed and per-path series exceed the budget.
+/// kinds, counting every key as cross-node and to a node of its own (the
+/// worst case). 0 when even the fixed and per-path series exceed the
+/// budget.
 pub fn max_peer_keys(budget: usize, paths: usize) -> usize {
     let base = SERIES_FIXED + SERIES_PER_PATH * paths;
-    budget.saturating_sub(base) / (SERIES_PER_PEER_KEY + SERIES_PER_CROSS_NODE_KEY)
+    budget.saturating_sub(base)
+        / (SERIES_PER_PEER_KEY + SERIES_PER_CROSS_NODE_KEY + SERIES_PER_PEER_NODE)
 }
 
 /// The series of one agent with `peer_nodes` other nodes, each running a pod
 /// and a host agent, fanned out to `max_peers` nodes, plus the Service
 /// targets: `2·m + 3 + s` keys (m = min(n, max_peers); `s` extra agents on
-/// the agent's own node, 0 outside rollouts), `m` of them cross-node, over
-/// `4 + [s > 0]` path kinds.
+/// the agent's own node, 0 outside rollouts), `m` of them cross-node, to
+/// `m + 1` nodes (its own included; the NodePort target is one of them),
+/// over `4 + [s > 0]` path kinds.
 pub fn series_bound(peer_nodes: usize, max_peers: usize, same_node_extra: usize) -> usize {
     let m = peer_nodes.min(max_peers);
     let keys = 2 * m + 3 + same_node_extra;
     let paths = PATHS_PER_AGENT + usize::from(same_node_extra > 0);
-    series_for(keys, m, paths)
+    series_for(keys, m, m + 1, paths)
 }
 
 /// The most peer nodes a pod or host agent can fan out to within `budget`
 /// (the `max_peers` for [`series_bound`]), with `same_node_extra` extra
 /// agents on its own node; 0 when not even one fits.
 pub fn max_peer_nodes(budget: usize, same_node_extra: usize) -> usize {
-    let keys_per_node = 2 * SERIES_PER_PEER_KEY + SERIES_PER_CROSS_NODE_KEY;
+    let keys_per_node = 2 * SERIES_PER_PEER_KEY + SERIES_PER_CROSS_NODE_KEY + SERIES_PER_PEER_NODE;
     let base = series_bound(0, 0, same_node_extra);
     budget.saturating_sub(base) / keys_per_node
 }
@@ -128,6 +145,7 @@ pub fn max_peer_nodes(budget: usize, same_node_extra: usize) -> usize {
 pub fn fit(targets: Vec<Target>, budget: usize) -> (Vec<Target>, usize) {
     let mut keys: HashSet<(PathKind, &str)> = HashSet::new();
     let mut paths: HashSet<PathKind> = HashSet::new();
+    let mut nodes: BTreeSet<&str> = BTreeSet::new();
     let mut cross = 0;
     let mut keep = Vec::with_capacity(targets.len());
     for t in &targets {
@@ -138,11 +156,19 @@ pub fn fit(targets: Vec<Target>, budget: usize) -> (Vec<Target>, usize) {
         }
         let new_path = usize::from(!paths.contains(&t.path));
         let new_cross = usize::from(has_clock_offset(t.path));
-        let total = series_for(keys.len() + 1, cross + new_cross, paths.len() + new_path);
+        let node = has_node(t).then_some(t.peer.node.as_str());
+        let new_node = usize::from(node.is_some_and(|n| !nodes.contains(n)));
+        let total = series_for(
+            keys.len() + 1,
+            cross + new_cross,
+            nodes.len() + new_node,
+            paths.len() + new_path,
+        );
         let fits = total <= budget;
         if fits {
             keys.insert(key);
             paths.insert(t.path);
+            nodes.extend(node);
             cross += new_cross;
         }
         keep.push(fits);
@@ -154,6 +180,12 @@ pub fn fit(targets: Vec<Target>, budget: usize) -> (Vec<Target>, usize) {
         .filter_map(|(t, k)| k.then_some(t))
         .collect();
     (kept, dropped)
+}
+
+/// Whether `t`'s `peer_node` is a node (that may be expected down): every
+/// path's but the Service ClusterIP's, whose `peer_node` is the Service.
+pub fn has_node(t: &Target) -> bool {
+    t.path != PathKind::ServiceClusterip
 }
 
 #[cfg(test)]
@@ -236,6 +268,7 @@ mod tests {
     /// Every series an agent can create for `targets`, through the real
     /// metrics code: every writer of every per-peer series has written.
     fn simulate(targets: &[Target]) -> usize {
+        use std::collections::BTreeMap;
         let registry = prometheus::Registry::new();
         register_process_metrics(&registry).expect("process metrics");
         crate::metrics::DiscoveryMetrics::new(&registry).expect("discovery");
@@ -248,6 +281,13 @@ mod tests {
             .collect();
         m.precreate_dns(AgentKind::Pod, &ns);
         m.precreate_apiserver(AgentKind::Pod);
+        // A drain of every peer node at once: the worst case.
+        let down: BTreeMap<String, crate::peer::NodeState> = targets
+            .iter()
+            .filter(|t| has_node(t))
+            .map(|t| (t.peer.node.clone(), crate::peer::NodeState::Cordoned))
+            .collect();
+        m.set_expected_down(&down);
         for t in targets {
             let (path, node) = (t.path, t.peer.node.as_str());
             m.precreate_peer(path, node, Protocol::ALL);
@@ -310,10 +350,13 @@ mod tests {
             for paths in [1, 4, 5] {
                 let k = max_peer_keys(budget, paths);
                 if k > 0 {
-                    assert!(series_for(k, k, paths) <= budget);
+                    assert!(series_for(k, k, k, paths) <= budget);
                 }
                 if SERIES_FIXED + SERIES_PER_PATH * paths <= budget {
-                    assert!(series_for(k + 1, k + 1, paths) > budget, "{budget} {paths}");
+                    assert!(
+                        series_for(k + 1, k + 1, k + 1, paths) > budget,
+                        "{budget} {paths}"
+                    );
                 }
             }
         }
@@ -338,7 +381,10 @@ mod tests {
             } else {
                 // One more key would not have fitted (within a key's worth).
                 assert!(
-                    got + SERIES_PER_PEER_KEY + SERIES_PER_CROSS_NODE_KEY + SERIES_PER_PATH
+                    got + SERIES_PER_PEER_KEY
+                        + SERIES_PER_CROSS_NODE_KEY
+                        + SERIES_PER_PEER_NODE
+                        + SERIES_PER_PATH
                         > budget,
                     "{got}"
                 );

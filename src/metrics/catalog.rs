@@ -193,6 +193,20 @@ def!(
     "Peers currently probed, by path kind."
 );
 def!(
+    PEERS_NOT_READY,
+    "kubepulse_peers_not_ready",
+    Gauge,
+    [],
+    "Peer agents this agent would probe that the plan leaves out because they are not Ready (starting, failing readiness, not running, terminating), counted once per node and kind without a Ready agent."
+);
+def!(
+    PEER_EXPECTED_DOWN,
+    "kubepulse_peer_expected_down",
+    Gauge,
+    ["peer_node", "reason"],
+    "1 for each peer node of this agent's targets that the per-peer network alerts must leave alone, with why: a planned departure (cordoned, deletion_taint, deleting, gone) or a NotReady node (not_ready: one node-level alert judges it); absent otherwise."
+);
+def!(
     TARGETS_OVER_BUDGET,
     "kubepulse_targets_over_budget",
     Gauge,
@@ -277,6 +291,7 @@ pub const ALL: &[MetricDef] = &[
     ICMP_SOCKET,
     BURST_KEY_STATE,
     PEERS,
+    PEERS_NOT_READY,
     TARGETS_OVER_BUDGET,
     BUILD_INFO,
 ];
@@ -469,6 +484,20 @@ def!(
     "Nodes in the last computed probe plan."
 );
 def!(
+    PLAN_NODES_BY_STATE,
+    "kubepulse_plan_nodes_by_state",
+    Gauge,
+    ["state"],
+    "Nodes in the last computed probe plan by lifecycle state (ready, not_ready, cordoned, deletion_taint, deleting, gone)."
+);
+def!(
+    PLAN_AGENTS_NOT_READY,
+    "kubepulse_plan_agents_not_ready",
+    Gauge,
+    [],
+    "Agent pods on planned nodes that the last computed plan leaves out: not Ready, not running, or terminating."
+);
+def!(
     PLAN_MIN_PROBERS,
     "kubepulse_plan_min_probers",
     Gauge,
@@ -510,6 +539,8 @@ pub const CONTROLLER: &[MetricDef] = &[
     PLAN_PENDING,
     PLAN_COMPUTE_LAST,
     PLAN_NODES,
+    PLAN_NODES_BY_STATE,
+    PLAN_AGENTS_NOT_READY,
     PLAN_MIN_PROBERS,
     PLAN_MAX_PEER_NODES,
 ];
@@ -517,11 +548,16 @@ pub const CONTROLLER: &[MetricDef] = &[
 /// Metrics an agent exports only with `discovery.mode: kubernetes`.
 pub const KUBERNETES_DISCOVERY: &[MetricDef] = &[DISCOVERY_UP, DISCOVERY_LAST_SYNC];
 
+/// Metrics an agent exports only while its plan says a peer node is
+/// expected down (`discovery.mode: kubernetes`).
+pub const PEER_LIFECYCLE: &[MetricDef] = &[PEER_EXPECTED_DOWN];
+
 /// Every metric family, by the `docs/metrics.md` section that lists it.
 pub const SECTIONS: &[(&str, &[MetricDef])] = &[
     ("Agent metrics", ALL),
     ("Cluster reachability metrics", CLUSTER_REACH),
     ("Kubernetes discovery metrics", KUBERNETES_DISCOVERY),
+    ("Peer lifecycle metrics", PEER_LIFECYCLE),
     ("Controller metrics", CONTROLLER),
 ];
 

@@ -12,7 +12,7 @@ pub mod labels;
 
 pub use discovery::DiscoveryMetrics;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use self::labels::{
 };
 
 use crate::auth::KeyState;
-use crate::peer::{AgentKind, PathKind};
+use crate::peer::{AgentKind, NodeState, PathKind};
 use catalog::{MetricDef, MetricType};
 
 /// Errors from building or encoding metrics.
@@ -182,6 +182,11 @@ pub struct AgentMetrics {
     icmp_socket: IntGaugeVec,
     burst_key: IntGaugeVec,
     peers: IntGaugeVec,
+    peers_not_ready: IntGaugeVec,
+    expected_down: IntGaugeVec,
+    /// The `kubepulse_peer_expected_down` series that exist: peer node to
+    /// its reason.
+    expected_down_now: Arc<Mutex<BTreeMap<String, NodeState>>>,
     over_budget: IntGaugeVec,
     dns_duration: HistogramVec,
     dns_lookups: IntCounterVec,
@@ -228,6 +233,9 @@ impl AgentMetrics {
             icmp_socket: int_gauge(r, &ICMP_SOCKET)?,
             burst_key: int_gauge(r, &BURST_KEY_STATE)?,
             peers: int_gauge(r, &PEERS)?,
+            peers_not_ready: int_gauge(r, &PEERS_NOT_READY)?,
+            expected_down: int_gauge(r, &PEER_EXPECTED_DOWN)?,
+            expected_down_now: Arc::default(),
             over_budget: int_gauge(r, &TARGETS_OVER_BUDGET)?,
             dns_duration: histogram(r, &DNS_LOOKUP_DURATION)?,
             dns_lookups: counter(r, &DNS_LOOKUPS)?,
@@ -263,6 +271,7 @@ impl AgentMetrics {
             m.peers.with_label_values(&[path.as_str()]);
         }
         m.over_budget.with_label_values(&[] as &[&str]);
+        m.peers_not_ready.with_label_values(&[] as &[&str]);
         Ok(m)
     }
 
@@ -393,6 +402,43 @@ impl AgentMetrics {
             let _ = self.bandwidth.remove_label_values(&l);
             let _ = self.bandwidth_last.remove_label_values(&l);
         }
+    }
+
+    /// Sets how many peer agents are not probed because not Ready.
+    pub fn set_peers_not_ready(&self, n: usize) {
+        self.peers_not_ready
+            .with_label_values(&[] as &[&str])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Makes `kubepulse_peer_expected_down` say exactly `nodes` (peer node
+    /// to why; only expected-down states are exported). The one place its
+    /// series are created and removed: a node no longer expected down, or
+    /// now down for another reason, loses its old series here.
+    pub fn set_expected_down(&self, nodes: &BTreeMap<String, NodeState>) {
+        let mut now = self
+            .expected_down_now
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let want: BTreeMap<&String, NodeState> = nodes
+            .iter()
+            .filter(|(_, s)| s.is_expected_down())
+            .map(|(n, s)| (n, *s))
+            .collect();
+        for (node, reason) in now.iter() {
+            if want.get(node) != Some(reason) {
+                // Created below when it was set; absence is fine.
+                let _ = self
+                    .expected_down
+                    .remove_label_values(&[node.as_str(), reason.as_str()]);
+            }
+        }
+        for (node, reason) in &want {
+            self.expected_down
+                .with_label_values(&[node.as_str(), reason.as_str()])
+                .set(1);
+        }
+        *now = want.into_iter().map(|(n, s)| (n.clone(), s)).collect();
     }
 
     /// Sets how many targets the series budget keeps from being probed.

@@ -1,13 +1,16 @@
 //! The agents kubepulse measures between, as every layer sees them: who
 //! this agent is ([`Identity`]), who it probes ([`Peer`], [`Target`]), on
-//! which ports, and the path kind between two of them (`path`). Plain
+//! which ports, the path kind between two of them (`path`), and where a
+//! peer's node stands in its life ([`NodeState`]). Plain
 //! data and pure functions: config, discovery, the plan, the schedule and
 //! the probes all build on it, and it depends on none of them.
 
 mod kinds;
+mod node_state;
 pub(crate) mod path;
 
 pub use kinds::{AgentKind, PathKind};
+pub use node_state::NodeState;
 
 use std::net::IpAddr;
 use std::sync::Arc;

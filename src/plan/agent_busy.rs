@@ -68,6 +68,7 @@ mod tests {
             bursts: vec![],
             busy: [("b".to_string(), vec![7])].into_iter().collect(),
             apiserver: vec![],
+            lifecycle: Default::default(),
         };
         let (tx, rx) = watch::channel::<PlanWatch>(Some(Arc::new(plan)));
         let busy = PlanOrComputed::new(rx, computed);

@@ -8,6 +8,11 @@ use crate::schedule::rendezvous::stable_hash;
 pub const CONFIG_MAP_PREFIX: &str = "kubepulse-plan-";
 /// Key of the plan JSON in the ConfigMap's data.
 pub const DATA_KEY: &str = "plan.json";
+/// Key of the plan's lifecycle JSON (`plan::lifecycle`) in the ConfigMap's
+/// data: beside the plan rather than in it, so agents of the previous
+/// version, which read only [`DATA_KEY`] and reject unknown fields there,
+/// still read the plan.
+pub const LIFECYCLE_KEY: &str = "lifecycle.json";
 /// Label marking plan ConfigMaps (value [`PLAN_LABEL_VALUE`]).
 pub const PLAN_LABEL: &str = "kubepulse.io/plan";
 /// Value of [`PLAN_LABEL`].

@@ -12,6 +12,9 @@
 //!   and the [`crate::schedule::busy::BusyNodes`] answer for its targets.
 //! - [`config_map`]: the ConfigMap that carries a node's plan from the
 //!   controller to the node's agents.
+//! - [`lifecycle`]: which of a plan's nodes are expected down and why, and
+//!   which agents it leaves out because not Ready; what an agent makes of
+//!   it.
 //! - `agent_busy`: on an agent, the plan's busy answer while it has a
 //!   plan, its own slot schedule's otherwise (the one piece here that
 //!   follows a channel).
@@ -20,11 +23,13 @@ pub(crate) mod agent_busy;
 pub(crate) mod bandwidth;
 pub mod config_map;
 pub(crate) mod fanout;
+pub mod lifecycle;
 pub mod node_plan;
 
 pub use agent_busy::PlanOrComputed;
 pub use bandwidth::BandwidthPlan;
 pub use fanout::{FanOut, PlanConfig, PlanNode};
+pub use lifecycle::{AgentLifecycle, ClusterLifecycle, NotReadyAgent, PeerLifecycle};
 pub use node_plan::{NodePlan, PlannedBurst};
 
 /// The node's probe plan, when a controller publishes one

@@ -1,6 +1,7 @@
 //! One node's share of the plan: what its agents probe, the bursts it
-//! initiates, and when it and its targets' nodes are busy. Serialised as
-//! JSON into one small object per node, which is all an agent reads.
+//! initiates, when it and its targets' nodes are busy, and the lifecycle
+//! of those nodes and their agents. Serialised as JSON into one small
+//! object per node, which is all an agent reads.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,8 @@ use crate::peer::{Identity, Peer};
 use crate::schedule::busy::BusyNodes;
 use crate::schedule::slots::{partner_bursts, Burst, SlotConfig};
 
+use super::config_map::{DATA_KEY, LIFECYCLE_KEY};
+use super::lifecycle::{ClusterLifecycle, PeerLifecycle};
 use super::{BandwidthPlan, FanOut};
 
 /// Format version of [`NodePlan`]; bumped on incompatible changes.
@@ -17,7 +20,6 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// A burst this node initiates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PlannedBurst {
     /// Slot within the cycle.
     pub slot: u64,
@@ -26,8 +28,12 @@ pub struct PlannedBurst {
 }
 
 /// What the agents of one node need, and nothing more.
+///
+/// Unknown fields are ignored, so this version reads the plans of a newer
+/// controller that added one (a rollout runs both at once); agents before
+/// this version rejected them, which is why new facts go under a ConfigMap
+/// key of their own ([`NodePlan::to_data`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NodePlan {
     /// [`FORMAT_VERSION`].
     pub version: u32,
@@ -56,11 +62,19 @@ pub struct NodePlan {
     /// controllers that do not publish them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub apiserver: Vec<std::net::SocketAddr>,
+    /// This node's and its target nodes' lifecycle: published under its
+    /// own key ([`LIFECYCLE_KEY`]), never inside the plan's JSON, which
+    /// agents of the previous version read with an unknown-field check.
+    #[serde(skip)]
+    pub lifecycle: PeerLifecycle,
 }
 
 /// A plan that cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanDecodeError {
+    /// The ConfigMap has no plan under [`DATA_KEY`].
+    #[error("probe plan has no {DATA_KEY}")]
+    NoPlan,
     /// Not the expected JSON.
     #[error("probe plan is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
@@ -76,13 +90,43 @@ impl NodePlan {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// Reads a published plan.
+    /// Reads a published plan (without its lifecycle: see
+    /// [`NodePlan::to_data`]).
     pub fn from_json(s: &str) -> Result<Self, PlanDecodeError> {
         let plan: Self = serde_json::from_str(s)?;
         if plan.version != FORMAT_VERSION {
             return Err(PlanDecodeError::Version(plan.version));
         }
         Ok(plan)
+    }
+
+    /// Reads published ConfigMap data: the plan (required) and its
+    /// lifecycle (absent from a previous controller's plans: every peer
+    /// ready, none expected down). An unreadable lifecycle leaves the plan
+    /// usable: it comes back without one, beside the error.
+    pub fn from_data(
+        data: &BTreeMap<String, String>,
+    ) -> Result<(Self, Option<serde_json::Error>), PlanDecodeError> {
+        let mut plan = Self::from_json(data.get(DATA_KEY).ok_or(PlanDecodeError::NoPlan)?)?;
+        let mut bad = None;
+        if let Some(text) = data.get(LIFECYCLE_KEY) {
+            match PeerLifecycle::from_json(text) {
+                Ok(l) => plan.lifecycle = l,
+                Err(e) => bad = Some(e),
+            }
+        }
+        Ok((plan, bad))
+    }
+
+    /// The ConfigMap data published for the node: the plan under
+    /// [`DATA_KEY`] in the format agents of the previous version read,
+    /// and its lifecycle under [`LIFECYCLE_KEY`] (always written, `{}`
+    /// when there is nothing to say, so an apply never leaves a stale one).
+    pub fn to_data(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (DATA_KEY.to_string(), self.to_json()),
+            (LIFECYCLE_KEY.to_string(), self.lifecycle.to_json()),
+        ])
     }
 
     /// The responder node of the burst this node initiates in absolute
@@ -124,12 +168,15 @@ pub fn plan_bursts(slot: u64, me: &Identity, plan: &NodePlan, cfg: &SlotConfig) 
     partner_bursts(me, &plan.peers, partner, cfg)
 }
 
-/// Every node's plan. `agents` are all running agents (their node must be
-/// in `fan`); `extra(node)` adds per-node targets such as the Service.
+/// Every node's plan. `agents` are the agents to probe (their node must be
+/// in `fan`); `lifecycle` holds every node's state and the agents left
+/// out, of which each plan gets the share of its own and its target nodes;
+/// `extra(node)` adds per-node targets such as the Service.
 pub fn node_plans(
     fan: &FanOut,
     bw: &BandwidthPlan,
     agents: &[Peer],
+    lifecycle: &ClusterLifecycle<'_>,
     slot: &SlotConfig,
     extra: impl Fn(&str, &[String]) -> Vec<Peer>,
 ) -> BTreeMap<String, NodePlan> {
@@ -183,6 +230,9 @@ pub fn node_plans(
                 bursts: initiated.remove(node.as_str()).unwrap_or_default(),
                 busy,
                 apiserver: Vec::new(),
+                lifecycle: lifecycle.share(
+                    std::iter::once(node.as_str()).chain(targets.iter().map(String::as_str)),
+                ),
             };
             (node.clone(), plan)
         })
@@ -231,7 +281,14 @@ mod tests {
         let fan = fanout::fan_out(&nodes, &PlanConfig::default());
         let slot = SlotConfig::default();
         let bw = bandwidth::schedule(&fan, &slot);
-        let all = node_plans(&fan, &bw, &agents(n), &slot, |_, _| Vec::new());
+        let all = node_plans(
+            &fan,
+            &bw,
+            &agents(n),
+            &ClusterLifecycle::default(),
+            &slot,
+            |_, _| Vec::new(),
+        );
         (fan, bw, all)
     }
 
@@ -273,6 +330,111 @@ mod tests {
             Err(PlanDecodeError::Version(99))
         ));
         assert!(NodePlan::from_json("{").is_err());
+    }
+
+    /// The plan as agents of the previous version read it: these fields,
+    /// any other one an error (their `deny_unknown_fields`).
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PreviousNodePlan {
+        version: u32,
+        node: String,
+        zone: String,
+        target_nodes: Vec<String>,
+        probers: usize,
+        peers: Vec<Peer>,
+        slot_ms: u64,
+        cycle_slots: u64,
+        bursts: Vec<PreviousBurst>,
+        busy: BTreeMap<String, Vec<u64>>,
+        #[serde(default)]
+        apiserver: Vec<std::net::SocketAddr>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PreviousBurst {
+        slot: u64,
+        peer_node: String,
+    }
+
+    /// What a controller of the previous version published.
+    const PREVIOUS_PLAN: &str = r#"{"version":1,"node":"n1","zone":"z1","target_nodes":["n2"],"probers":1,"peers":[{"name":"pod-n1","address":"10.0.0.1","node":"n1","kind":"pod"},{"name":"pod-n2","address":"10.0.0.2","node":"n2","kind":"pod","ports":{"udp_echo":1,"tcp_echo":2,"bandwidth":3,"http":4}}],"slot_ms":5000,"cycle_slots":10,"bursts":[{"slot":3,"peer_node":"n2"}],"busy":{"n1":[3],"n2":[3]},"apiserver":["192.0.2.1:6443"]}"#;
+
+    #[test]
+    fn previous_agents_read_plans_with_a_lifecycle() {
+        use crate::peer::{AgentKind, NodeState};
+        use crate::plan::NotReadyAgent;
+        let (_, _, all) = plans(50, 1);
+        let mut p = all["node-00003"].clone();
+        let down = p.target_nodes[0].clone();
+        p.lifecycle.nodes.insert(down.clone(), NodeState::Cordoned);
+        p.lifecycle.not_ready.push(NotReadyAgent {
+            name: "pod-x".into(),
+            node: down.clone(),
+            kind: AgentKind::Pod,
+        });
+        let data = p.to_data();
+        let old: PreviousNodePlan =
+            serde_json::from_str(&data[DATA_KEY]).expect("the previous format, exactly");
+        assert_eq!(
+            (
+                old.version,
+                &old.node,
+                &old.zone,
+                &old.target_nodes,
+                old.probers
+            ),
+            (p.version, &p.node, &p.zone, &p.target_nodes, p.probers)
+        );
+        assert_eq!(old.peers, p.peers);
+        assert_eq!((old.slot_ms, old.cycle_slots), (p.slot_ms, p.cycle_slots));
+        let bursts: Vec<(u64, &str)> = old
+            .bursts
+            .iter()
+            .map(|b| (b.slot, b.peer_node.as_str()))
+            .collect();
+        let want: Vec<(u64, &str)> = p
+            .bursts
+            .iter()
+            .map(|b| (b.slot, b.peer_node.as_str()))
+            .collect();
+        assert_eq!(bursts, want);
+        assert_eq!((&old.busy, &old.apiserver), (&p.busy, &p.apiserver));
+        // This version reads both keys back.
+        let (back, bad) = NodePlan::from_data(&data).expect("decode");
+        assert!(bad.is_none());
+        assert_eq!(back, p);
+        assert_eq!(back.lifecycle.nodes[&down], NodeState::Cordoned);
+    }
+
+    #[test]
+    fn plans_of_a_previous_controller_read_as_all_ready() {
+        let old: PreviousNodePlan = serde_json::from_str(PREVIOUS_PLAN).expect("fixture");
+        assert_eq!(old.bursts.len(), 1);
+        let data = BTreeMap::from([(DATA_KEY.to_string(), PREVIOUS_PLAN.to_string())]);
+        let (p, bad) = NodePlan::from_data(&data).expect("decode");
+        assert!(bad.is_none());
+        assert_eq!(p.node, "n1");
+        assert_eq!(p.peers.len(), 2);
+        assert_eq!(p.burst_in(13), Some("n2"));
+        assert!(
+            p.lifecycle.is_empty(),
+            "every peer ready, none expected down"
+        );
+        // A broken lifecycle keeps the plan.
+        let mut broken = data.clone();
+        broken.insert(LIFECYCLE_KEY.into(), "{".into());
+        let (p2, bad) = NodePlan::from_data(&broken).expect("the plan stands");
+        assert!(bad.is_some());
+        assert_eq!(p2, p);
+        // A newer controller's extra plan field is read past.
+        let newer = PREVIOUS_PLAN.replacen('{', r#"{"future":[1,2],"#, 1);
+        assert_eq!(NodePlan::from_json(&newer).expect("tolerant"), p);
+        assert!(matches!(
+            NodePlan::from_data(&BTreeMap::new()),
+            Err(PlanDecodeError::NoPlan)
+        ));
     }
 
     #[test]
@@ -332,7 +494,14 @@ mod tests {
             .collect();
         let fan = fanout::fan_out(&nodes, &PlanConfig::default());
         let bw = bandwidth::schedule(&fan, &cfg);
-        let plans = node_plans(&fan, &bw, &peers, &cfg, |_, _| Vec::new());
+        let plans = node_plans(
+            &fan,
+            &bw,
+            &peers,
+            &ClusterLifecycle::default(),
+            &cfg,
+            |_, _| Vec::new(),
+        );
         let mut seen = 0;
         for b in &bw.bursts {
             for kind in [AgentKind::Pod, AgentKind::Host] {

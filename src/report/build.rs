@@ -2,13 +2,16 @@
 //! source, the Prometheus source and the live page all compute the same
 //! numbers the same way.
 
+use std::collections::BTreeMap;
+
 use crate::metrics::labels::{Direction, HttpPhase, Protocol};
 
 use crate::metrics::catalog as c;
 use crate::peer::PathKind;
 
 use super::model::{
-    ApiRow, ControlPlane, MatrixCell, PathRow, PhaseRow, Quantiles, ReachRow, Report, Rtt,
+    ApiRow, ControlPlane, ExpectedDown, LifecycleRow, MatrixCell, PathRow, PhaseRow, Quantiles,
+    ReachRow, Report, Rtt,
 };
 use super::quantile::histogram_quantile;
 use super::snapshot::Window;
@@ -52,7 +55,51 @@ pub fn build(w: &Window, source: &str) -> Report {
         matrix: matrix(w),
         control_plane: control_plane(w),
         reach: reach(w),
+        lifecycle: lifecycle(w),
     }
+}
+
+/// One row per source with peers not Ready or peer nodes expected down;
+/// an agent's own page, without a source label, is `-`.
+fn lifecycle(w: &Window) -> Vec<LifecycleRow> {
+    let mut rows: BTreeMap<String, LifecycleRow> = BTreeMap::new();
+    for s in w.select(c::PEERS_NOT_READY.name, &[]) {
+        lifecycle_row(&mut rows, &s.labels).peers_not_ready += s.value;
+    }
+    for s in w.select(c::PEER_EXPECTED_DOWN.name, &[]) {
+        let (Some(peer_node), Some(reason)) = (s.labels.get("peer_node"), s.labels.get("reason"))
+        else {
+            continue;
+        };
+        if s.value > 0.0 {
+            lifecycle_row(&mut rows, &s.labels)
+                .expected_down
+                .push(ExpectedDown {
+                    peer_node: peer_node.clone(),
+                    reason: reason.clone(),
+                });
+        }
+    }
+    rows.into_values()
+        .filter(|r| r.peers_not_ready > 0.0 || !r.expected_down.is_empty())
+        .map(|mut r| {
+            r.expected_down.sort();
+            r.expected_down.dedup();
+            r
+        })
+        .collect()
+}
+
+fn lifecycle_row<'a>(
+    rows: &'a mut BTreeMap<String, LifecycleRow>,
+    labels: &super::snapshot::Labels,
+) -> &'a mut LifecycleRow {
+    let source = source_of(labels).cloned().unwrap_or_else(|| "-".into());
+    rows.entry(source.clone()).or_insert_with(|| LifecycleRow {
+        source,
+        peers_not_ready: 0.0,
+        expected_down: Vec::new(),
+    })
 }
 
 /// One row per (source, network) with DNS lookups or apiserver probes.
@@ -430,6 +477,49 @@ mod tests {
         assert_eq!(b.dns_p50, None);
         // No reach series: no rows.
         assert!(build(&Window::since_start(&agents()), "t").reach.is_empty());
+    }
+
+    /// n1's pod and host agents: one peer not Ready each, n3 cordoned (seen
+    /// by both), n4 gone; n2: nothing to say; the agent's own page: `-`.
+    #[test]
+    fn lifecycle_rows_per_source() {
+        let mut snap = agents();
+        let not_ready = |node: Option<&str>, v| {
+            let l: Vec<(&str, &str)> = node.map(|n| ("node", n)).into_iter().collect();
+            s(c::PEERS_NOT_READY.name, &l, v)
+        };
+        let down = |node, peer, reason| {
+            s(
+                c::PEER_EXPECTED_DOWN.name,
+                &[("node", node), ("peer_node", peer), ("reason", reason)],
+                1.0,
+            )
+        };
+        snap.samples.extend([
+            not_ready(Some("n1"), 1.0),
+            not_ready(Some("n1"), 1.0),
+            not_ready(Some("n2"), 0.0),
+            down("n1", "n3", "cordoned"),
+            down("n1", "n3", "cordoned"),
+            down("n1", "n4", "gone"),
+        ]);
+        let r = build(&Window::since_start(&snap), "test");
+        assert_eq!(r.lifecycle.len(), 1, "n2 has nothing to say");
+        let n1 = &r.lifecycle[0];
+        assert_eq!((n1.source.as_str(), n1.peers_not_ready), ("n1", 2.0));
+        let down: Vec<(&str, &str)> = n1
+            .expected_down
+            .iter()
+            .map(|d| (d.peer_node.as_str(), d.reason.as_str()))
+            .collect();
+        assert_eq!(down, [("n3", "cordoned"), ("n4", "gone")]);
+        snap.samples.push(not_ready(None, 3.0));
+        let r = build(&Window::since_start(&snap), "test");
+        assert_eq!(r.lifecycle[0].source, "-");
+        assert_eq!(r.lifecycle[0].peers_not_ready, 3.0);
+        assert!(build(&Window::since_start(&agents()), "t")
+            .lifecycle
+            .is_empty());
     }
 
     #[test]

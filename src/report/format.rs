@@ -130,6 +130,32 @@ pub fn tables(r: &Report) -> Vec<Table> {
                 .collect(),
         });
     }
+    if !r.lifecycle.is_empty() {
+        out.push(Table {
+            title: "Peer lifecycle (not Ready: left out of the plan, not probed; expected down: probed, not judged by the per-peer alerts)".into(),
+            header: strings(["source", "peers not ready", "expected down"]),
+            rows: r
+                .lifecycle
+                .iter()
+                .map(|l| {
+                    let down: Vec<String> = l
+                        .expected_down
+                        .iter()
+                        .map(|d| format!("{} ({})", d.peer_node, d.reason))
+                        .collect();
+                    vec![
+                        l.source.clone(),
+                        format!("{:.0}", l.peers_not_ready),
+                        if down.is_empty() {
+                            NONE.into()
+                        } else {
+                            down.join(", ")
+                        },
+                    ]
+                })
+                .collect(),
+        });
+    }
     if let Some(cp) = &r.control_plane {
         out.push(Table {
             title: "Pod startup (s; SLO: pod_startup p99 <= 5 s)".into(),
@@ -392,6 +418,7 @@ mod tests {
             matrix: vec![],
             control_plane: None,
             reach: vec![],
+            lifecycle: vec![],
         }
     }
 
@@ -408,6 +435,39 @@ mod tests {
         let csv = render(&report(), Format::Csv);
         assert!(csv.starts_with("table,path,udp rtt"), "{csv}");
         assert!(csv.contains(",host_cross_node,0.139/0.200/-,"), "{csv}");
+    }
+
+    #[test]
+    fn lifecycle_rows_show_only_when_there_is_something_to_say() {
+        use crate::report::model::{ExpectedDown, LifecycleRow};
+        let t = render(&report(), Format::Table);
+        assert!(!t.contains("Peer lifecycle"), "{t}");
+        let mut r = report();
+        r.lifecycle = vec![LifecycleRow {
+            source: "node-a".into(),
+            peers_not_ready: 2.0,
+            expected_down: vec![
+                ExpectedDown {
+                    peer_node: "node-b".into(),
+                    reason: "cordoned".into(),
+                },
+                ExpectedDown {
+                    peer_node: "node-c".into(),
+                    reason: "gone".into(),
+                },
+            ],
+        }];
+        let t = render(&r, Format::Table);
+        assert!(t.contains("Peer lifecycle"), "{t}");
+        assert!(
+            t.lines().any(|l| l.starts_with("node-a")
+                && l.contains("  2  ")
+                && l.ends_with("node-b (cordoned), node-c (gone)")),
+            "{t}"
+        );
+        let j: serde_json::Value = serde_json::from_str(&render(&r, Format::Json)).expect("json");
+        assert_eq!(j["lifecycle"][0]["peers_not_ready"], 2.0);
+        assert_eq!(j["lifecycle"][0]["expected_down"][1]["reason"], "gone");
     }
 
     #[test]

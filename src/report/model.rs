@@ -152,6 +152,29 @@ pub struct ReachRow {
     pub service_livez_p50: Option<f64>,
 }
 
+/// A peer node expected down, as one probing agent's plan says.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ExpectedDown {
+    /// The peer node.
+    pub peer_node: String,
+    /// Why (`cordoned`, `deletion_taint`, `deleting`, `gone`, `not_ready`).
+    pub reason: String,
+}
+
+/// What the plan's lifecycle means for one probing node (or local agent):
+/// peers it does not probe because they are not Ready, and peer nodes it
+/// still probes that the per-peer alerts leave alone.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LifecycleRow {
+    /// The probing node (or local agent).
+    pub source: String,
+    /// `kubepulse_peers_not_ready` at the end of the window, over the
+    /// source's agents.
+    pub peers_not_ready: f64,
+    /// Its peer nodes expected down, sorted.
+    pub expected_down: Vec<ExpectedDown>,
+}
+
 /// A whole report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -169,4 +192,8 @@ pub struct Report {
     /// those probes).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reach: Vec<ReachRow>,
+    /// Sources with peers not Ready or peer nodes expected down (none
+    /// when every planned peer is probed and judged).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lifecycle: Vec<LifecycleRow>,
 }

@@ -184,6 +184,7 @@ mod tests {
             matrix: vec![cell("a<b", "n1", 0.0), cell("c", "n2", 0.5)],
             control_plane: None,
             reach: vec![],
+            lifecycle: vec![],
         };
         let html = render("kubepulse <test>", &r);
         assert!(html.contains("<title>kubepulse &lt;test&gt;</title>"));

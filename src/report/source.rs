@@ -174,12 +174,14 @@ fn report_queries() -> Vec<(String, bool)> {
         &c::POD_STARTUP_DURATION,
         &c::APISERVER_REQUEST_DURATION,
     ];
-    let gauges: [&MetricDef; 5] = [
+    let gauges: [&MetricDef; 7] = [
         &c::PROBE_RTT_MIN,
         &c::PROBE_JITTER,
         &c::BANDWIDTH,
         &c::PATH_MTU,
         &c::NODE_LEASE_CLOCK_OFFSET,
+        &c::PEERS_NOT_READY,
+        &c::PEER_EXPECTED_DOWN,
     ];
     let mut q: Vec<(String, bool)> = Vec::new();
     for d in counters {

@@ -11,6 +11,7 @@ use kubepulse::controller::metric_labels::{Phase, Resource, Scope, SweepReason, 
 use kubepulse::controller::metrics::{ControllerMetrics, PlanOp, PlanShape};
 use kubepulse::controller::nodes::{NodeCollector, NodeView};
 use kubepulse::metrics::{self, catalog};
+use kubepulse::peer::NodeState;
 use kubepulse_testkit::scrape;
 
 #[test]
@@ -49,6 +50,7 @@ fn a_real_controller_scrape_is_fully_documented() {
             max_peer_nodes: 3,
         },
     );
+    m.observe_plan_lifecycle(&[(NodeState::Cordoned, 1)].into(), 2);
     view.apply_node(&Node {
         metadata: ObjectMeta {
             name: Some("node-a".into()),

@@ -13,39 +13,42 @@ use apiserver::{ApiServer, Verb};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kubepulse::config::PlanSettings;
 use kubepulse::controller::plan_publisher::PlanPublisher;
-use kubepulse::plan::config_map::{config_map_name, DATA_KEY, PLAN_LABEL};
+use kubepulse::plan::config_map::{config_map_name, PLAN_LABEL};
 use kubepulse::plan::NodePlan;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-const NS: &str = "kubepulse";
+pub(crate) const NS: &str = "kubepulse";
 const DEADLINE: Duration = Duration::from_secs(60);
 
-fn node(name: &str, zone: &str) -> Node {
+pub(crate) fn node(name: &str, zone: &str) -> Node {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
     }))
     .expect("node json")
 }
 
-fn pod(name: &str, node: &str, ip: &str, host: bool) -> Pod {
+pub(crate) fn pod(name: &str, node: &str, ip: &str, host: bool) -> Pod {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": NS, "labels": {
             "app.kubernetes.io/name": "kubepulse", "app.kubernetes.io/component": "agent"}},
         "spec": {"nodeName": node, "hostNetwork": host, "containers": [{"name": "agent"}]},
-        "status": {"phase": "Running", "podIP": ip, "hostIP": "192.168.0.1"}
+        "status": {"phase": "Running", "podIP": ip, "hostIP": "192.168.0.1", "conditions": [
+            {"type": "ContainersReady", "status": "True"},
+            {"type": "Ready", "status": "True"}]}
     }))
     .expect("pod json")
 }
 
-fn node_name(i: usize) -> String {
+pub(crate) fn node_name(i: usize) -> String {
     format!("n{i:03}")
 }
 
 /// `n` nodes in `zones` zones, each with a pod and a host agent.
-fn cluster(server: &ApiServer, n: usize, zones: usize) {
+pub(crate) fn cluster(server: &ApiServer, n: usize, zones: usize) {
     for i in 0..n {
         let name = node_name(i);
         server.apply(&node(&name, &format!("z{}", i % zones)));
@@ -65,20 +68,23 @@ fn cluster(server: &ApiServer, n: usize, zones: usize) {
 }
 
 /// ConfigMap name → plan, as stored.
-fn plans(server: &ApiServer) -> BTreeMap<String, NodePlan> {
+pub(crate) fn plans(server: &ApiServer) -> BTreeMap<String, NodePlan> {
     server
         .objects::<ConfigMap>(NS)
         .into_iter()
         .filter(|cm| cm["metadata"]["labels"][PLAN_LABEL] == "node")
         .map(|cm| {
             let name = cm["metadata"]["name"].as_str().expect("name").to_string();
-            let text = cm["data"][DATA_KEY].as_str().expect("data");
-            (name, NodePlan::from_json(text).expect("plan"))
+            let data: BTreeMap<String, String> =
+                serde_json::from_value(cm["data"].clone()).expect("data");
+            let (plan, bad) = NodePlan::from_data(&data).expect("plan");
+            assert!(bad.is_none(), "{name}: unreadable lifecycle");
+            (name, plan)
         })
         .collect()
 }
 
-async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+pub(crate) async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !ok() {
         assert!(
@@ -89,28 +95,33 @@ async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-fn settings(min_interval: Duration) -> PlanSettings {
+pub(crate) fn settings(min_interval: Duration) -> PlanSettings {
     PlanSettings {
         min_interval,
         ..PlanSettings::default()
     }
 }
 
-struct Running {
+pub(crate) struct Running {
     token: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.token.cancel();
         self.task.await.expect("publisher stopped");
     }
 }
 
 fn start(server: &ApiServer, s: PlanSettings) -> Running {
+    run(PlanPublisher::new(server.client(), NS, s))
+}
+
+/// Runs `publisher` until stopped.
+pub(crate) fn run(publisher: PlanPublisher) -> Running {
     let token = CancellationToken::new();
-    let task = tokio::spawn(PlanPublisher::new(server.client(), NS, s).run(token.clone()));
+    let task = tokio::spawn(publisher.run(token.clone()));
     Running { token, task }
 }
 
@@ -325,7 +336,11 @@ async fn apiserver_endpoints_are_in_every_plan() {
 
 /// A series' value in `registry`; `None` when the series is missing (never
 /// read as 0).
-fn series(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn series(
+    registry: &prometheus::Registry,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
     let mf = registry.gather().into_iter().find(|mf| mf.name() == name)?;
     let m = mf.get_metric().iter().find(|m| {
         labels.iter().all(|(k, v)| {

@@ -18,7 +18,7 @@ use kubepulse::discovery::Discovery;
 use kubepulse::metrics::DiscoveryMetrics;
 use kubepulse::peer::AgentKind;
 use kubepulse::peer::{Identity, Peer, PeerSet, ProbePorts};
-use kubepulse::plan::config_map::{config_map_name, DATA_KEY};
+use kubepulse::plan::config_map::{config_map_name, DATA_KEY, LIFECYCLE_KEY};
 use kubepulse::plan::node_plan::FORMAT_VERSION;
 use kubepulse::plan::{NodePlan, PlanWatch, PlannedBurst};
 use kubepulse::schedule::busy::BusyNodes;
@@ -81,6 +81,7 @@ fn plan(node: &str, targets: &[&str]) -> NodePlan {
             .collect(),
         busy,
         apiserver: vec![],
+        lifecycle: Default::default(),
     }
 }
 
@@ -224,6 +225,74 @@ async fn follows_its_own_plan_only() {
     .await;
     assert!(!names(&h.rx.borrow()).contains("agent-pod-n9"));
     assert_only_own_plan(&h.server);
+}
+
+/// Waits until the published plan satisfies `pred`.
+async fn wait_plan(h: &mut Harness, what: &str, pred: impl Fn(&NodePlan) -> bool) -> NodePlan {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(p) = h.plan.borrow_and_update().as_deref() {
+            if pred(p) {
+                return p.clone();
+            }
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, h.plan.changed()).await {
+            Ok(Ok(())) => {}
+            _ => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+fn publish_data(server: &ApiServer, node: &str, data: &BTreeMap<String, String>) {
+    server.apply_json::<ConfigMap>(json!({
+        "metadata": {"name": config_map_name(node), "namespace": NS},
+        "data": data,
+    }));
+}
+
+/// The lifecycle beside the plan reaches the agent with it; a plan without
+/// one (a previous controller's) reads as all ready; an unreadable one is
+/// left out while the plan is still followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_the_lifecycle_beside_the_plan() {
+    use kubepulse::peer::NodeState;
+    use kubepulse::plan::NotReadyAgent;
+    let server = ApiServer::start().await;
+    let mut h = start(server);
+    let mut p = plan("n1", &["n2", "n3"]);
+    p.lifecycle
+        .nodes
+        .insert("n2".into(), NodeState::DeletionTaint);
+    p.lifecycle.not_ready.push(NotReadyAgent {
+        name: "agent-host-n3".into(),
+        node: "n3".into(),
+        kind: AgentKind::Host,
+    });
+    publish_data(&h.server, "n1", &p.to_data());
+    let got = wait_plan(&mut h, "the plan with its lifecycle", |x| {
+        !x.lifecycle.is_empty()
+    })
+    .await;
+    assert_eq!(got, p);
+    // A previous controller's plan: only the plan key.
+    publish(&h.server, "n1", &plan("n1", &["n4"]).to_json());
+    let got = wait_plan(&mut h, "the plan without a lifecycle", |x| {
+        x.target_nodes == ["n4"]
+    })
+    .await;
+    assert!(got.lifecycle.is_empty());
+    // An unreadable lifecycle: the plan is still followed, without it.
+    let mut data = plan("n1", &["n5"]).to_data();
+    data.insert(LIFECYCLE_KEY.into(), "{broken".into());
+    publish_data(&h.server, "n1", &data);
+    wait_peers(&mut h, "the plan beside a broken lifecycle", |x| {
+        names(x).contains("agent-pod-n5")
+    })
+    .await;
+    let got = h.plan.borrow().clone().expect("plan");
+    assert_eq!(got.target_nodes, ["n5"]);
+    assert!(got.lifecycle.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

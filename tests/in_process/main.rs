@@ -5,6 +5,7 @@
 mod controller_metrics_contract;
 mod controller_nodes;
 mod controller_plan;
+mod controller_plan_lifecycle;
 mod controller_pod_startup;
 mod controller_rbac;
 mod controller_role;

@@ -9,7 +9,7 @@ use kubepulse::metrics::labels::{Direction, Protocol};
 
 use kubepulse::metrics::{self, catalog, AgentMetrics};
 use kubepulse::peer::Peer;
-use kubepulse::peer::{AgentKind, PathKind};
+use kubepulse::peer::{AgentKind, NodeState, PathKind};
 
 #[test]
 fn docs_list_exactly_the_catalog() {
@@ -73,14 +73,20 @@ fn a_real_scrape_is_fully_documented() {
     m.clock_offset(PathKind::PodCrossNode, &peer.node)
         .expect("a live cross-node key has a clock offset")
         .set(0.001);
+    m.set_expected_down(&BTreeMap::from([(peer.node.clone(), NodeState::Cordoned)]));
 
     let body = metrics::encode(&[&registry]).expect("encode");
     let sc = scrape::parse(&body);
+    let required: Vec<_> = catalog::ALL
+        .iter()
+        .chain(catalog::PEER_LIFECYCLE)
+        .copied()
+        .collect();
     scrape::assert_documented(
         &sc,
-        &["Agent metrics", "Process metrics"],
+        &["Agent metrics", "Peer lifecycle metrics", "Process metrics"],
         &[],
-        catalog::ALL,
+        &required,
     );
     let families = sc.family_labels();
     let docs = scrape::doc_rows();

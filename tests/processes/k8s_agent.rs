@@ -2,9 +2,11 @@
 //! API test server with the controller's plan publisher running in the test:
 //! the agent reads its identity from the downward-API variables, finds its
 //! client through a kubeconfig, turns its node's published plan into probe
-//! targets (`kubepulse_peers`, per-peer series), removes the series of
-//! departed peers, keeps its last plan while the controller is gone, and
-//! reports the API going down. It never reads pods. Loopback only.
+//! targets (`kubepulse_peers`, per-peer series), exports the plan's
+//! lifecycle (a cordoned peer node in `kubepulse_peer_expected_down`, a peer
+//! agent that is not Ready in `kubepulse_peers_not_ready`), removes the
+//! series of departed peers, keeps its last plan while the controller is
+//! gone, and reports the API going down. It never reads pods. Loopback only.
 
 use kubepulse_testkit::apiserver;
 
@@ -13,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use apiserver::{ApiServer, Verb};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kubepulse::config::PlanSettings;
 use kubepulse::controller::plan_publisher::PlanPublisher;
 use kubepulse_testkit::scrape::{parse, Scrape};
@@ -47,9 +49,29 @@ fn pod(name: &str, node: &str, host: bool, port: u16) -> Pod {
             {"name": "tcp-echo", "containerPort": port},
             {"name": "bandwidth", "containerPort": port + 1},
             {"name": "http", "containerPort": port + 2}]}]},
-        "status": {"phase": "Running", "podIP": "127.0.0.1", "hostIP": "127.0.0.1"}
+        "status": {"phase": "Running", "podIP": "127.0.0.1", "hostIP": "127.0.0.1", "conditions": [
+            {"type": "ContainersReady", "status": "True"},
+            {"type": "Ready", "status": "True"}]}
     }))
     .expect("pod json")
+}
+
+fn node(name: &str) -> Node {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+    }))
+    .expect("node json")
+}
+
+/// Sets a pod's `Ready` and `ContainersReady` conditions.
+fn set_ready(server: &ApiServer, name: &str, ready: bool) {
+    let word = if ready { "True" } else { "False" };
+    server.edit::<Pod>(NS, name, |v| {
+        v["status"]["conditions"] = json!([{"type": "ContainersReady", "status": word},
+            {"type": "Ready", "status": word}]);
+    });
 }
 
 fn scrape(port: u16) -> Option<Scrape> {
@@ -87,6 +109,9 @@ async fn wait_scrape(port: u16, what: &str, pred: impl Fn(&Scrape) -> bool) {
 async fn agent_binary_follows_the_api() {
     let server = ApiServer::start().await;
     let (p1, p2, metrics) = (free_port(), free_port(), free_port());
+    for n in ["n1", "n2", "n3"] {
+        server.apply(&node(n));
+    }
     server.apply(&pod("agent-pod-n1", "n1", false, p1));
     server.apply(&pod("agent-pod-n2", "n2", false, p2));
     server.apply(&pod("agent-host-n2", "n2", true, p2 + 10));
@@ -137,6 +162,40 @@ async fn agent_binary_follows_the_api() {
             && t.one("kubepulse_peers", &[("path", "pod_cross_node")]) == Some(1.0)
             && t.one("kubepulse_peers", &[("path", "pod_to_host")]) == Some(1.0)
             && t.body.contains("peer_node=\"n2\"")
+    })
+    .await;
+
+    // n2 is cordoned (a drain begins): still probed, and expected down for
+    // the per-peer alerts.
+    server.edit::<Node>("", "n2", |v| v["spec"]["unschedulable"] = json!(true));
+    wait_scrape(metrics, "n2 expected down", |t| {
+        t.one(
+            "kubepulse_peer_expected_down",
+            &[("peer_node", "n2"), ("reason", "cordoned")],
+        ) == Some(1.0)
+            && t.one("kubepulse_peers", &[("path", "pod_cross_node")]) == Some(1.0)
+    })
+    .await;
+    // n2's host agent stops being Ready: no longer probed, counted.
+    set_ready(&server, "agent-host-n2", false);
+    wait_scrape(metrics, "n2's host agent not ready", |t| {
+        t.one("kubepulse_peers_not_ready", &[]) == Some(1.0)
+            && t.one("kubepulse_peers", &[("path", "pod_to_host")]) == Some(0.0)
+    })
+    .await;
+    assert!(
+        scrape(metrics)
+            .expect("scrape")
+            .is_absent("kubepulse_probe_sent_total", &[("path", "pod_to_host")]),
+        "the not-Ready peer's series are removed with it"
+    );
+    // Ready again and uncordoned: probed and judged again.
+    set_ready(&server, "agent-host-n2", true);
+    server.edit::<Node>("", "n2", |v| v["spec"]["unschedulable"] = json!(false));
+    wait_scrape(metrics, "n2 back", |t| {
+        t.one("kubepulse_peers_not_ready", &[]) == Some(0.0)
+            && t.one("kubepulse_peers", &[("path", "pod_to_host")]) == Some(1.0)
+            && t.is_absent("kubepulse_peer_expected_down", &[])
     })
     .await;
 

@@ -1,7 +1,7 @@
 //! Pure conversions from Kubernetes objects to peers, used by the
-//! controller's plan publisher: which pods count, what each one tells us
-//! (address, node, pod or host network, ports) and the Service targets. No
-//! IO, so every rule is unit-tested directly.
+//! controller's plan publisher: which pods count, how ready each one is,
+//! what each one tells us (address, node, pod or host network, ports) and
+//! the Service targets. No IO, so every rule is unit-tested directly.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -44,6 +44,53 @@ pub fn downward_identity(env: &HashMap<String, String>) -> Result<DownwardIdenti
     })
 }
 
+/// How ready an agent pod is, from its conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// `Ready` is True.
+    Ready,
+    /// `Ready` is not True but `ContainersReady` is: what the node
+    /// lifecycle controller leaves when it marks every pod of a NotReady
+    /// node not Ready (it sets `Ready` alone; `ContainersReady` keeps the
+    /// kubelet's last word on the agent itself).
+    ContainersReady,
+    /// Neither: starting, failing its readiness probe, or crash-looping.
+    NotReady,
+}
+
+impl Readiness {
+    /// Whether an agent this ready is probed on a node whose own Ready
+    /// condition is `node_ready`: when Ready, or when only its node's
+    /// state makes it not Ready (its probes are then what tell whether
+    /// the network still reaches that node).
+    pub fn probed(self, node_ready: bool) -> bool {
+        match self {
+            Readiness::Ready => true,
+            Readiness::ContainersReady => !node_ready,
+            Readiness::NotReady => false,
+        }
+    }
+}
+
+/// The readiness of `pod` from its `Ready` and `ContainersReady`
+/// conditions.
+pub fn readiness(pod: &Pod) -> Readiness {
+    let is_true = |kind: &str| {
+        pod.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == kind))
+            .is_some_and(|c| c.status == "True")
+    };
+    if is_true("Ready") {
+        Readiness::Ready
+    } else if is_true("ContainersReady") {
+        Readiness::ContainersReady
+    } else {
+        Readiness::NotReady
+    }
+}
+
 /// What one agent pod tells us.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodFacts {
@@ -51,13 +98,30 @@ pub struct PodFacts {
     pub peer: Peer,
     /// The node's IP (`status.hostIP`), the NodePort target.
     pub host_ip: Option<IpAddr>,
+    /// How ready it is: whether it is probed is for the plan to decide,
+    /// knowing its node.
+    pub readiness: Readiness,
+}
+
+/// Who an agent pod is (name, node, pod or host network), whatever its
+/// phase; `None` before it is scheduled.
+pub fn agent_identity(pod: &Pod) -> Option<Identity> {
+    let spec = pod.spec.as_ref()?;
+    Some(Identity {
+        name: pod.metadata.name.clone()?,
+        node: spec.node_name.clone().filter(|n| !n.is_empty())?,
+        kind: if spec.host_network == Some(true) {
+            AgentKind::Host
+        } else {
+            AgentKind::Pod
+        },
+    })
 }
 
 /// The facts of `pod`, or `None` unless it is Running, has an IP and a
 /// node, and is not being deleted (a terminating agent is about to go).
 pub fn pod_facts(pod: &Pod, default_ports: ProbePorts) -> Option<PodFacts> {
-    let meta = &pod.metadata;
-    if meta.deletion_timestamp.is_some() {
+    if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
     let spec = pod.spec.as_ref()?;
@@ -66,12 +130,7 @@ pub fn pod_facts(pod: &Pod, default_ports: ProbePorts) -> Option<PodFacts> {
         return None;
     }
     let address: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
-    let node = spec.node_name.clone().filter(|n| !n.is_empty())?;
-    let kind = if spec.host_network == Some(true) {
-        AgentKind::Host
-    } else {
-        AgentKind::Pod
-    };
+    let id = agent_identity(pod)?;
     let mut ports = default_ports;
     for c in &spec.containers {
         for p in c.ports.iter().flatten() {
@@ -83,14 +142,15 @@ pub fn pod_facts(pod: &Pod, default_ports: ProbePorts) -> Option<PodFacts> {
     }
     Some(PodFacts {
         peer: Peer {
-            name: meta.name.clone()?,
+            name: id.name,
             address,
-            node,
-            kind,
+            node: id.node,
+            kind: id.kind,
             ports,
             path: None,
         },
         host_ip: status.host_ip.as_deref().and_then(|s| s.parse().ok()),
+        readiness: readiness(pod),
     })
 }
 
@@ -183,9 +243,24 @@ pub(crate) mod tests {
                 "ports": [{"name": "udp-echo", "containerPort": 19478, "protocol": "UDP"},
                           {"name": "metrics", "containerPort": 9477}]
             }]},
-            "status": {"phase": "Running", "podIP": ip, "hostIP": "10.0.0.1"}
+            "status": {"phase": "Running", "podIP": ip, "hostIP": "10.0.0.1", "conditions": [
+                {"type": "ContainersReady", "status": "True"},
+                {"type": "Ready", "status": "True"}
+            ]}
         }))
         .expect("pod json")
+    }
+
+    /// `pod` with its `Ready` and `ContainersReady` conditions set.
+    pub(crate) fn with_conditions(mut p: Pod, ready: bool, containers_ready: bool) -> Pod {
+        let word = |b: bool| if b { "True" } else { "False" };
+        let mut v = serde_json::to_value(&p).expect("pod to json");
+        v["status"]["conditions"] = json!([
+            {"type": "ContainersReady", "status": word(containers_ready)},
+            {"type": "Ready", "status": word(ready)}
+        ]);
+        p = serde_json::from_value(v).expect("pod json");
+        p
     }
 
     fn me(node: &str) -> Identity {
@@ -226,6 +301,49 @@ pub(crate) mod tests {
         p.metadata.deletion_timestamp = serde_json::from_value(json!("2026-01-01T00:00:00Z")).ok();
         assert!(p.metadata.deletion_timestamp.is_some());
         assert!(pod_facts(&p, ProbePorts::default()).is_none());
+    }
+
+    #[test]
+    fn readiness_from_conditions_and_who_is_probed() {
+        let p = pod("a", "n1", "10.1.0.5", false);
+        assert_eq!(readiness(&p), Readiness::Ready);
+        let f = pod_facts(&p, ProbePorts::default()).expect("facts");
+        assert_eq!(f.readiness, Readiness::Ready);
+        // The node lifecycle controller's mark on a NotReady node.
+        let marked = with_conditions(p.clone(), false, true);
+        assert_eq!(readiness(&marked), Readiness::ContainersReady);
+        // The agent's own readiness failing (or starting, or crash-looping).
+        let failing = with_conditions(p.clone(), false, false);
+        assert_eq!(readiness(&failing), Readiness::NotReady);
+        let mut bare = p;
+        if let Some(s) = bare.status.as_mut() {
+            s.conditions = None;
+        }
+        assert_eq!(readiness(&bare), Readiness::NotReady, "no conditions yet");
+        // Probed: Ready agents anywhere; agents only their node's state
+        // makes not Ready, on such a node.
+        assert!(Readiness::Ready.probed(true) && Readiness::Ready.probed(false));
+        assert!(Readiness::ContainersReady.probed(false));
+        assert!(!Readiness::ContainersReady.probed(true));
+        assert!(!Readiness::NotReady.probed(false) && !Readiness::NotReady.probed(true));
+    }
+
+    #[test]
+    fn agent_identity_of_any_scheduled_pod() {
+        let mut p = pod("h", "n1", "10.0.0.1", true);
+        if let Some(s) = p.status.as_mut() {
+            s.phase = Some("Pending".into());
+            s.pod_ip = None;
+        }
+        let id = agent_identity(&p).expect("scheduled");
+        assert_eq!(
+            (id.name.as_str(), id.node.as_str(), id.kind),
+            ("h", "n1", AgentKind::Host)
+        );
+        if let Some(s) = p.spec.as_mut() {
+            s.node_name = None;
+        }
+        assert!(agent_identity(&p).is_none(), "not scheduled yet");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::metrics::labels::Protocol;
 use crate::metrics::{budget, AgentMetrics};
 use crate::peer::PathKind;
 use crate::peer::{self, Identity, PeerSet, ProbePorts, Target};
-use crate::plan::{PlanOrComputed, PlanWatch};
+use crate::plan::{lifecycle, AgentLifecycle, PlanOrComputed, PlanWatch};
 use crate::probe::burst_guard::{BurstGuard, BurstWindows};
 use crate::probe::guard::{KeepAll, SampleGuard};
 use crate::probe::{self, latency::LatencyProber, ProbeContext, TargetSet};
@@ -92,40 +92,69 @@ fn path_counts(targets: &[Target]) -> Vec<(PathKind, usize)> {
 }
 
 /// Follows `peers`, publishing this agent's targets and keeping the per-peer
-/// series in step (created at zero on arrival, removed on departure).
+/// series in step (created at zero on arrival, removed on departure), and
+/// `plan`, exporting what the plan's lifecycle means for those targets
+/// (peers not Ready, peer nodes expected down).
+#[allow(clippy::too_many_arguments)]
 fn spawn_target_publisher(
     identity: Identity,
     protocols: Vec<Protocol>,
     max_series: usize,
     metrics: AgentMetrics,
     mut peers: watch::Receiver<PeerSet>,
+    mut plan: watch::Receiver<PlanWatch>,
     tx: watch::Sender<TargetSet>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut over_budget = 0;
+        let mut peers_changed = true;
+        // Sources without a controller drop their plan sender at once.
+        let mut plan_open = true;
+        let mut shown = AgentLifecycle::default();
         loop {
-            let snapshot = peers.borrow_and_update().clone();
-            let (new, dropped) = budget::fit(peer::targets(&identity, &snapshot), max_series);
-            if dropped != over_budget && dropped > 0 {
-                tracing::warn!(agent = %identity.name, dropped, max_series,
-                    "Series budget reached: some targets are not probed (raise metrics.max_series or lower the fan-out)");
+            if peers_changed {
+                let snapshot = peers.borrow_and_update().clone();
+                let (new, dropped) = budget::fit(peer::targets(&identity, &snapshot), max_series);
+                if dropped != over_budget && dropped > 0 {
+                    tracing::warn!(agent = %identity.name, dropped, max_series,
+                        "Series budget reached: some targets are not probed (raise metrics.max_series or lower the fan-out)");
+                }
+                over_budget = dropped;
+                metrics.set_targets_over_budget(dropped);
+                let old = tx.borrow().clone();
+                for (path, node) in departed_keys(&old, &new) {
+                    tracing::info!(path = %path, peer_node = %node, "Peer left; removing its series");
+                    metrics.remove_peer(path, &node);
+                }
+                for t in &new {
+                    metrics.precreate_peer(t.path, &t.peer.node, &protocols);
+                }
+                metrics.set_peer_counts(&path_counts(&new));
+                tracing::info!(agent = %identity.name, targets = new.len(), "Probe targets updated");
+                tx.send_replace(Arc::new(new));
             }
-            over_budget = dropped;
-            metrics.set_targets_over_budget(dropped);
-            let old = tx.borrow().clone();
-            for (path, node) in departed_keys(&old, &new) {
-                tracing::info!(path = %path, peer_node = %node, "Peer left; removing its series");
-                metrics.remove_peer(path, &node);
+            let current = plan.borrow_and_update().clone();
+            let view = current
+                .as_deref()
+                .map_or_else(AgentLifecycle::default, |p| {
+                    lifecycle::agent_lifecycle(&identity, &tx.borrow(), &p.peers, &p.lifecycle)
+                });
+            if view != shown {
+                log_lifecycle(&identity, &shown, &view);
+                metrics.set_peers_not_ready(view.peers_not_ready);
+                metrics.set_expected_down(&view.expected_down);
+                shown = view;
             }
-            for t in &new {
-                metrics.precreate_peer(t.path, &t.peer.node, &protocols);
-            }
-            metrics.set_peer_counts(&path_counts(&new));
-            tracing::info!(agent = %identity.name, targets = new.len(), "Probe targets updated");
-            tx.send_replace(Arc::new(new));
             tokio::select! {
-                changed = peers.changed() => if changed.is_err() { break },
+                changed = peers.changed() => {
+                    if changed.is_err() { break }
+                    peers_changed = true;
+                }
+                changed = plan.changed(), if plan_open => {
+                    plan_open = changed.is_ok();
+                    peers_changed = false;
+                }
                 _ = shutdown.cancelled() => break,
             }
         }
@@ -157,6 +186,26 @@ fn spawn_key_watch(
             metrics.set_burst_key_state(keys.state());
         }
     })
+}
+
+/// Logs what changed in the lifecycle view: peer nodes newly expected down
+/// (or down for another reason), back, and the not-Ready count.
+fn log_lifecycle(me: &Identity, old: &AgentLifecycle, new: &AgentLifecycle) {
+    for (node, reason) in &new.expected_down {
+        if old.expected_down.get(node) != Some(reason) {
+            tracing::info!(agent = %me.name, peer_node = %node, %reason,
+                "Peer node expected down: still probed, not for the per-peer alerts to judge");
+        }
+    }
+    for node in old.expected_down.keys() {
+        if !new.expected_down.contains_key(node) {
+            tracing::info!(agent = %me.name, peer_node = %node, "Peer node no longer expected down");
+        }
+    }
+    if old.peers_not_ready != new.peers_not_ready {
+        tracing::info!(agent = %me.name, peers_not_ready = new.peers_not_ready,
+            "Peers not probed because not Ready");
+    }
 }
 
 /// The sample guard for this agent's bursts: on the slot schedule every
@@ -226,6 +275,7 @@ pub async fn start(
         settings.metrics.max_series,
         metrics.clone(),
         peers,
+        discovery.subscribe_plan(),
         tx,
         shutdown.clone(),
     );

@@ -248,6 +248,22 @@ impl ApiServer {
         true
     }
 
+    /// Changes a stored typed object with `f` and stores it again
+    /// (MODIFIED to watchers), as another client's update would; returns
+    /// the stored JSON. Panics when the object does not exist.
+    pub fn edit<K: k8s_openapi::Resource>(
+        &self,
+        namespace: &str,
+        name: &str,
+        f: impl FnOnce(&mut Value),
+    ) -> Value {
+        let mut v = self
+            .get::<K>(namespace, name)
+            .unwrap_or_else(|| panic!("no {} {namespace}/{name} to edit", K::KIND));
+        f(&mut v);
+        self.apply_json::<K>(v)
+    }
+
     /// The stored JSON of a typed object.
     pub fn get<K: k8s_openapi::Resource>(&self, namespace: &str, name: &str) -> Option<Value> {
         self.shared
