@@ -2,6 +2,9 @@
 //! query and rule expression (parsed with `promql-parser`), and checks that
 //! the Helm chart's copies (`charts/kubepulse/files/`) and the manifests in
 //! `deploy/monitoring/` carry them.
+//! Dashboards stay cheap at 1,000 nodes: a panel reads raw kubepulse
+//! counters and histograms only where [`RAW_READS_ALLOWED`] says why that
+//! is cheap, and recording rules everywhere else.
 //!
 //! Regenerate both with `cargo xtask deploy`.
 
@@ -10,7 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kubepulse::metrics::catalog::{MetricDef, MetricType, SECTIONS};
+use kubepulse::metrics::catalog::{MetricDef, MetricType, CONTROLLER, SECTIONS};
 use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::{Expr, VectorSelector};
 use promql_parser::util::{display_duration, walk_expr, ExprVisitor};
@@ -40,6 +43,41 @@ const EXTERNAL_METRICS: &[(&str, &str)] = &[
 fn catalog() -> impl Iterator<Item = &'static MetricDef> {
     SECTIONS.iter().flat_map(|(_, defs)| defs.iter())
 }
+
+/// Raw kubepulse counters and histograms a dashboard query may read
+/// directly, with why that stays cheap. Every other rate or quantile a
+/// panel shows reads a recording rule of alerts/kubepulse-rules.yaml: at
+/// 1,000 nodes an agent metric comes from 2,000 scrape targets, a per-peer
+/// one with some 60 series each. So only controller metrics qualify, and
+/// only those without `target_node`: their series do not grow with the
+/// number of nodes (two replicas; the follower's counters stand still).
+const RAW_READS_ALLOWED: &[(&str, &str)] = &[
+    (
+        "kubepulse_apiserver_request_duration_seconds",
+        "controller sampler: about a dozen verb/resource/scope/code combinations of 20 lines per replica",
+    ),
+    (
+        "kubepulse_apiserver_watch_event_latency_seconds",
+        "controller: 3 event types of 20 lines per replica",
+    ),
+    ("kubepulse_apiserver_throttled_total", "controller: one series per replica"),
+    ("kubepulse_apiserver_conflicts_total", "controller: one series per resource (3) per replica"),
+    ("kubepulse_apiserver_client_wait_seconds_total", "controller: one series per replica"),
+    ("kubepulse_controller_watch_restarts_total", "controller: one series per watch (4) per replica"),
+    ("kubepulse_controller_leader_acquisitions_total", "controller: one series per replica"),
+    ("kubepulse_controller_leader_errors_total", "controller: at most one series per error reason (13) per replica"),
+    ("kubepulse_plan_writes_total", "controller: op x outcome (4 series) per replica"),
+    (
+        "kubepulse_node_lease_renew_interval_seconds",
+        "controller: one unlabelled histogram per replica, all nodes' renewals in it",
+    ),
+    ("kubepulse_pod_startup_probes_total", "controller: one series per outcome (8) per replica"),
+    (
+        "kubepulse_pod_startup_duration_seconds",
+        "controller: 7 phases of a histogram per replica; one probe pod every 30 s",
+    ),
+    ("kubepulse_probe_objects_swept_total", "controller: resource x reason (a handful) per replica"),
+];
 
 /// Template variables every dashboard must define.
 const REQUIRED_VARIABLES: &[&str] = &["datasource", "cluster", "job"];
@@ -202,6 +240,30 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         .names()
 }
 
+/// The raw kubepulse counters and histograms a parsed expression reads, by
+/// family name: selectors of a catalog counter, or of a catalog
+/// histogram's `_bucket`, `_sum` or `_count` line. Recording rules (names
+/// with `:`) are not raw.
+fn raw_reads(selected: &Selected) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (name, _) in &selected.selectors {
+        if !name.starts_with("kubepulse_") || name.contains(':') {
+            continue;
+        }
+        if catalog().any(|d| d.name == name && d.kind == MetricType::Counter) {
+            out.insert(name.clone());
+        }
+        for suffix in ["_bucket", "_sum", "_count"] {
+            if let Some(base) = name.strip_suffix(suffix) {
+                if catalog().any(|d| d.name == base && d.kind == MetricType::Histogram) {
+                    out.insert(base.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Whether `matchers` hold `label=~"value"`.
 fn has_regex_matcher(matchers: &[Matcher], label: &str, value: &str) -> bool {
     matchers
@@ -240,6 +302,15 @@ fn lint_expr(expr: &str, variables: &BTreeSet<String>, recorded: &BTreeSet<Strin
     for name in selected.names() {
         if let Some(p) = unknown_metric(&name, recorded) {
             problems.push(p);
+        }
+    }
+    // Rates and quantiles over raw series come from recording rules.
+    for family in raw_reads(&selected) {
+        if !RAW_READS_ALLOWED.iter().any(|(m, _)| *m == family) {
+            problems.push(format!(
+                "reads the raw {family} series: read a recording rule instead (or list it in \
+                 RAW_READS_ALLOWED with why it stays cheap at 1,000 nodes)"
+            ));
         }
     }
     // Ranges of rate()/irate() use $__rate_interval.
@@ -281,6 +352,46 @@ fn lint_expr(expr: &str, variables: &BTreeSet<String>, recorded: &BTreeSet<Strin
         }
         if i >= 2 && b[i - 1] == b'"' && b[i - 2] == b'=' && (i < 3 || b[i - 3] != b'~') {
             problems.push(format!("${name} must be matched with =~, not ="));
+        }
+    }
+    problems
+}
+
+/// Whether `text` refers to `$name` or `${name}` (not to a longer name
+/// that starts with it).
+fn uses_variable(text: &str, name: &str) -> bool {
+    text.contains(&format!("${{{name}}}"))
+        || text.match_indices(&format!("${name}")).any(|(i, m)| {
+            !text[i + m.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+/// The cluster variable is hidden, as kubernetes-mixin hides it unless
+/// `showMultiCluster` is set: a single-cluster install has nothing to
+/// pick, and "All" (`.*`) also matches series without a cluster label
+/// (set `hide` to 0 to choose among several clusters). The node variable,
+/// where a dashboard has one, is multi-select with an "All" of `.*` (a
+/// regex of 1,000 node names would be sent with every query otherwise)
+/// and lists the nodes from the one-per-agent build info series.
+fn lint_cluster_and_node_variables(vars: &[Json]) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(c) = vars.iter().find(|v| v["name"] == "cluster") {
+        if c["hide"] != 2 {
+            problems.push("variable cluster must be hidden (hide: 2)".to_string());
+        }
+    }
+    if let Some(n) = vars.iter().find(|v| v["name"] == "node") {
+        if n["multi"] != true || n["includeAll"] != true || n["allValue"] != ".*" {
+            problems.push(
+                "variable node must be multi-select with includeAll and allValue \".*\""
+                    .to_string(),
+            );
+        }
+        let q = n["query"]["query"].as_str().unwrap_or("");
+        if !q.starts_with("label_values(kubepulse_build_info{") || !q.ends_with(", node)") {
+            problems.push(format!(
+                "variable node must list label_values(kubepulse_build_info{{..}}, node), has {q:?}"
+            ));
         }
     }
     problems
@@ -372,6 +483,28 @@ fn lint_dashboard(d: &Json, recorded: &BTreeSet<String>) -> Vec<String> {
                 }
             }
             other => p(format!("variable {name} has unexpected type {other:?}")),
+        }
+    }
+    for problem in lint_cluster_and_node_variables(&vars) {
+        p(problem);
+    }
+    // Every variable but the data source filters something.
+    let mut uses = String::new();
+    for v in &vars {
+        uses.push_str(v["query"]["query"].as_str().unwrap_or(""));
+    }
+    for panel in panels(d) {
+        if let Some(r) = panel["repeat"].as_str() {
+            uses.push_str(&format!(" ${r}\n"));
+        }
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            uses.push_str(t["expr"].as_str().unwrap_or(""));
+            uses.push('\n');
+        }
+    }
+    for name in &names {
+        if name != "datasource" && !uses_variable(&uses, name) {
+            p(format!("variable {name} is used by no query"));
         }
     }
     let mut ids = BTreeSet::new();
@@ -477,6 +610,93 @@ fn dashboards_pass_the_lint() {
     );
 }
 
+/// Every panel query of every dashboard: (dashboard file, panel title,
+/// refId, expression).
+fn panel_queries() -> Vec<(String, String, String, String)> {
+    let mut out = Vec::new();
+    for (name, d) in dashboards() {
+        for panel in panels(&d) {
+            for t in panel["targets"].as_array().into_iter().flatten() {
+                out.push((
+                    name.clone(),
+                    panel["title"].as_str().unwrap_or("").to_string(),
+                    t["refId"].as_str().unwrap_or("").to_string(),
+                    t["expr"].as_str().unwrap_or("").to_string(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn raw_reads_are_only_the_allowed_cheap_ones() {
+    let queries = panel_queries();
+    let mut read = BTreeSet::new();
+    let mut raw_queries = 0;
+    for (_, _, _, expr) in &queries {
+        let reads = raw_reads(&parse_promql(expr).expect("parses (see the lint)"));
+        raw_queries += usize::from(!reads.is_empty());
+        read.extend(reads);
+    }
+    // The lint (dashboards_pass_the_lint) rejects reads not listed here;
+    // this checks the list itself.
+    let mut problems = Vec::new();
+    for (m, why) in RAW_READS_ALLOWED {
+        if why.is_empty() {
+            problems.push(format!("{m}: no reason"));
+        }
+        if !read.contains(*m) {
+            problems.push(format!("{m}: listed but no dashboard reads it raw"));
+        }
+        match CONTROLLER.iter().find(|d| d.name == *m) {
+            Some(d) if d.labels.contains(&"target_node") => problems.push(format!(
+                "{m}: has target_node, so it grows with the nodes: record it"
+            )),
+            Some(d) if d.kind == MetricType::Gauge => {
+                problems.push(format!("{m}: a gauge is no raw counter or histogram read"))
+            }
+            Some(_) => {}
+            None => problems.push(format!(
+                "{m}: not a controller metric (agent series grow with the nodes): record it"
+            )),
+        }
+    }
+    eprintln!(
+        "{raw_queries} of {} dashboard queries read raw kubepulse counters or histograms: {read:?}",
+        queries.len()
+    );
+    assert!(
+        problems.is_empty(),
+        "RAW_READS_ALLOWED:\n  {}",
+        problems.join("\n  ")
+    );
+}
+
+#[test]
+fn every_recording_rule_a_dashboard_reads_exists() {
+    let recorded = recorded_names(&rules());
+    let mut read = BTreeSet::new();
+    let mut problems = Vec::new();
+    for (file, title, r, expr) in panel_queries() {
+        for name in metric_names(&expr).into_iter().filter(|n| n.contains(':')) {
+            if !recorded.contains(&name) {
+                problems.push(format!(
+                    "{file}: panel {title:?} {r}: no recording rule {name}"
+                ));
+            }
+            read.insert(name);
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // The dashboards do read recording rules (the check above is not vacuous).
+    assert!(
+        read.len() > 20,
+        "only {} recording rules read: {read:?}",
+        read.len()
+    );
+}
+
 #[test]
 fn rule_expressions_name_known_metrics() {
     let rules = rules();
@@ -509,12 +729,8 @@ fn every_external_metric_is_used() {
     for (_, expr) in rule_exprs(&rules) {
         used.extend(metric_names(&expr));
     }
-    for (_, d) in dashboards() {
-        for panel in panels(&d) {
-            for t in panel["targets"].as_array().into_iter().flatten() {
-                used.extend(metric_names(t["expr"].as_str().unwrap_or("")));
-            }
-        }
+    for (_, _, _, expr) in panel_queries() {
+        used.extend(metric_names(&expr));
     }
     for (m, from) in EXTERNAL_METRICS {
         assert!(
@@ -533,12 +749,8 @@ fn named_families() -> BTreeSet<String> {
     for (_, expr) in rule_exprs(&rules) {
         names.extend(metric_names(&expr));
     }
-    for (_, d) in dashboards() {
-        for panel in panels(&d) {
-            for t in panel["targets"].as_array().into_iter().flatten() {
-                names.extend(metric_names(t["expr"].as_str().unwrap_or("")));
-            }
-        }
+    for (_, _, _, expr) in panel_queries() {
+        names.extend(metric_names(&expr));
     }
     names
         .into_iter()
@@ -572,10 +784,10 @@ fn every_named_metric_is_documented() {
 #[test]
 fn lint_catches_mistakes() {
     let recorded = recorded_names(&rules());
-    let vars: BTreeSet<String> = ["cluster", "job", "path"].map(String::from).into();
-    let ok = r#"sum by (path, le) (rate(kubepulse_probe_rtt_seconds_bucket{cluster=~"$cluster",job=~"$job",path=~"$path"}[$__rate_interval]))"#;
+    let vars: BTreeSet<String> = ["cluster", "job", "path", "node"].map(String::from).into();
+    let ok = r#"sum by (path) (node_path_protocol:kubepulse_probe_lost:rate5m{cluster=~"$cluster",job=~"$job",node=~"$node",path=~"$path"})"#;
     assert_eq!(lint_expr(ok, &vars, &recorded), Vec::<String>::new());
-    // Controller metrics are in the catalog too.
+    // Controller metrics are in the catalog too, and an allowed raw read.
     let controller = r#"sum by (le) (rate(kubepulse_apiserver_request_duration_seconds_bucket{cluster=~"$cluster",job=~"$job"}[$__rate_interval])) and on (instance) (kubepulse_controller_leader{cluster=~"$cluster",job=~"$job"} == 1)"#;
     assert_eq!(
         lint_expr(controller, &vars, &recorded),
@@ -615,6 +827,19 @@ fn lint_catches_mistakes() {
             r#"irate(kubepulse_probe_sent_total{cluster=~"$cluster",job=~"$job"}[$__interval])"#,
             "irate(..) must use [$__rate_interval]",
         ),
+        // Raw per-peer counters and agent histograms: read a recording rule.
+        (
+            r#"sum(rate(kubepulse_probe_lost_total{cluster=~"$cluster",job=~"$job"}[$__rate_interval]))"#,
+            "reads the raw kubepulse_probe_lost_total series",
+        ),
+        (
+            r#"histogram_quantile(0.99, sum by (le) (rate(kubepulse_probe_rtt_seconds_bucket{cluster=~"$cluster",job=~"$job"}[$__rate_interval])))"#,
+            "reads the raw kubepulse_probe_rtt_seconds series",
+        ),
+        (
+            r#"sum(rate(kubepulse_tcp_connect_duration_seconds_count{cluster=~"$cluster",job=~"$job"}[$__rate_interval]))"#,
+            "reads the raw kubepulse_tcp_connect_duration_seconds series",
+        ),
     ];
     for (expr, want) in cases {
         let got = lint_expr(expr, &vars, &recorded);
@@ -624,7 +849,10 @@ fn lint_catches_mistakes() {
         );
     }
     // Structural lint of a dashboard with mistakes planted.
-    let (_, mut d) = dashboards().remove(0);
+    let (_, mut d) = dashboards()
+        .into_iter()
+        .find(|(name, _)| name == "kubepulse-overview.json")
+        .expect("the overview dashboard");
     assert_eq!(lint_dashboard(&d, &recorded), Vec::<String>::new());
     let first = d["panels"]
         .as_array()
@@ -639,6 +867,16 @@ fn lint_catches_mistakes() {
     p["targets"][0]["datasource"]["uid"] = Json::String("prometheus".into());
     p["id"] = other_id;
     d["tags"] = serde_json::json!([]);
+    let vars = d["templating"]["list"].as_array_mut().expect("variables");
+    for v in vars.iter_mut() {
+        if v["name"] == "cluster" {
+            v["hide"] = 0.into();
+        }
+        if v["name"] == "node" {
+            v["allValue"] = Json::Null;
+        }
+    }
+    vars.push(serde_json::json!({"name": "unused", "type": "custom", "query": "a,b"}));
     let got = lint_dashboard(&d, &recorded).join("\n");
     for want in [
         "missing description",
@@ -646,6 +884,9 @@ fn lint_catches_mistakes() {
         "A: datasource must be ${datasource}",
         "duplicate panel id",
         "missing tag kubepulse",
+        "variable cluster must be hidden",
+        "variable node must be multi-select",
+        "variable unused is used by no query",
     ] {
         assert!(got.contains(want), "expected {want:?} in:\n{got}");
     }
@@ -655,6 +896,9 @@ fn lint_catches_mistakes() {
         ),
         ["a_total", "b:c:d", "up"].map(String::from).into()
     );
+    assert!(uses_variable("x{a=~\"$node\"}", "node"));
+    assert!(uses_variable("x{a=~\"${node}\"}", "node"));
+    assert!(!uses_variable("x{a=~\"$nodes\"}", "node"));
 }
 
 // ------------------------------------------------------------------ deploy/
