@@ -251,7 +251,10 @@ fn tbf_rate_seen_by_iperf3() {
 }
 
 /// The nft drop counter is the exact count of lost pings, and the drop rate
-/// is within 3 binomial sigma of the nominal rate.
+/// is within 5 binomial sigma of the nominal rate: a random draw judged at
+/// 3 sigma fails one run in 370 by chance alone, at 5 one in 1.7 million,
+/// and a rule off its rate (0 %, 10 %) still fails (5 sigma is 34 drops of
+/// the 50 expected).
 #[test]
 fn nft_random_drop_counter_is_exact() {
     if !lab::require_root() {
@@ -299,7 +302,7 @@ fn nft_random_drop_counter_is_exact() {
     let p = 0.05;
     let sigma = (n as f64 * p * (1.0 - p)).sqrt();
     assert!(
-        (dropped as f64 - n as f64 * p).abs() <= 3.0 * sigma,
+        (dropped as f64 - n as f64 * p).abs() <= 5.0 * sigma,
         "{dropped} drops of {n} at 5%"
     );
 }
