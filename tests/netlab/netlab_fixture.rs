@@ -8,57 +8,7 @@ use kubepulse_testkit::lab;
 use std::time::Duration;
 
 use lab::netlab::{timing_lock, Flavour, Lab, LabSpec};
-
-/// What ping printed.
-struct PingStats {
-    tx: u64,
-    rx: u64,
-    /// Per-reply RTTs in seconds, sorted.
-    rtts: Vec<f64>,
-}
-
-impl PingStats {
-    fn min(&self) -> f64 {
-        self.rtts.first().copied().expect("no ping replies")
-    }
-    fn median(&self) -> f64 {
-        assert!(!self.rtts.is_empty(), "no ping replies");
-        self.rtts[self.rtts.len() / 2]
-    }
-}
-
-fn ping(lab: &Lab, ns: &str, args: &[&str]) -> PingStats {
-    let mut full = vec!["ping", "-n"];
-    full.extend_from_slice(args);
-    let out = lab.exec(ns, &full);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut st = PingStats {
-        tx: 0,
-        rx: 0,
-        rtts: Vec::new(),
-    };
-    for line in text.lines() {
-        if line.contains("packets transmitted") {
-            let nums: Vec<u64> = line
-                .split(|c: char| !c.is_ascii_digit())
-                .filter_map(|w| w.parse().ok())
-                .collect();
-            st.tx = nums.first().copied().unwrap_or(0);
-            st.rx = nums.get(1).copied().unwrap_or(0);
-        }
-        if let Some(t) = line.split("time=").nth(1) {
-            if let Some(ms) = t
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<f64>().ok())
-            {
-                st.rtts.push(ms / 1e3);
-            }
-        }
-    }
-    st.rtts.sort_by(f64::total_cmp);
-    st
-}
+use lab::ping::ping;
 
 fn reachable(lab: &Lab, from: &str, to: &str) -> bool {
     ping(lab, from, &["-c", "1", "-W", "2", to]).rx == 1

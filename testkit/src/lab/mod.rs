@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod delayline;
 pub mod netlab;
+pub mod ping;
 pub mod prom;
 pub mod prometheus;
 pub mod reach;
