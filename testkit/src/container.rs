@@ -208,13 +208,28 @@ impl Container {
     }
 
     /// Stops it as a kubelet does: SIGTERM, then SIGKILL after `grace`;
-    /// returns its exit status.
+    /// returns its exit status (`None` if it had to be torn down).
+    /// Repeated until the container is gone: a stop that reaches a
+    /// container still being created does nothing.
     pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
         let secs = grace.as_secs().to_string();
-        let _ = run(podman().args(["stop", "-t", &secs, &self.name]), "podman");
-        let status = self.child.wait().ok();
-        let _ = run(podman().args(["rm", "-f", "-t", "0", &self.name]), "podman");
-        status
+        let deadline = std::time::Instant::now() + grace + Duration::from_secs(15);
+        loop {
+            let _ = run(podman().args(["stop", "-t", &secs, &self.name]), "podman");
+            for _ in 0..40 {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    let _ = run(podman().args(["rm", "-f", "-t", "0", &self.name]), "podman");
+                    return Some(status);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = run(podman().args(["rm", "-f", "-t", "0", &self.name]), "podman");
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+        }
     }
 
     /// What it printed so far (stdout and stderr).

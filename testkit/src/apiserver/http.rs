@@ -194,6 +194,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     r
 }
 
+fn header(req: &Request<Incoming>, name: hyper::header::HeaderName) -> Option<String> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+}
+
 async fn serve(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     let route = parse_route(req.uri().path());
     let q = query(req.uri());
@@ -217,6 +224,8 @@ async fn serve(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
                 .unwrap_or_default(),
             uri: uri.clone(),
             actor: actor.clone(),
+            user_agent: header(&req, hyper::header::USER_AGENT),
+            accept: header(&req, hyper::header::ACCEPT),
         });
         verb.and_then(|v| faults::take(&mut inner, v, &uri))
     };

@@ -38,6 +38,12 @@
 //!   named by clients from [`ApiServer::actor_client`] (test infrastructure
 //!   such as a simulated kubelet) told apart from the code under test.
 //!
+//! - `/livez`, `/readyz`, `/healthz`, `/version` and the discovery
+//!   documents `/api` and `/apis`; HTTPS on a listener of the caller's
+//!   ([`ApiServer::serve_tls`], possibly in another network namespace);
+//!   Services get a ClusterIP and node ports on creation; every request's
+//!   User-Agent and Accept are recorded.
+//!
 //! Not modelled: pagination (`limit` is ignored, which the API allows),
 //! JSON patch, validation, finalizers and garbage collection.
 
@@ -50,7 +56,7 @@ use tokio::net::TcpListener;
 
 mod faults;
 mod http;
-mod nonresource;
+pub(crate) mod nonresource;
 mod selectors;
 mod store;
 mod strategy;
@@ -60,6 +66,7 @@ mod watch;
 
 pub use faults::{Fault, Rule};
 use http::Route;
+pub use nonresource::GIT_VERSION;
 use store::{commit, prepare_new, Broadcast, Inner, Key, Shared};
 
 /// Header naming the test actor (e.g. `kubelet`) a request came from.
@@ -104,6 +111,11 @@ pub struct Seen {
     pub uri: String,
     /// The [`ACTOR_HEADER`] of the request: `None` for the code under test.
     pub actor: Option<String>,
+    /// Its `User-Agent` (tells the clients under test apart: kube-rs,
+    /// Prometheus's client-go).
+    pub user_agent: Option<String>,
+    /// Its `Accept` header.
+    pub accept: Option<String>,
 }
 
 /// Stops the server when the last [`ApiServer`] clone is dropped.

@@ -10,6 +10,7 @@ pub mod fields;
 pub mod ksm;
 mod kubelet;
 pub mod pod;
+pub mod prometheus;
 pub mod proxy;
 pub mod rendering;
 pub mod scheduling;
