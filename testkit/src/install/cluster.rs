@@ -142,6 +142,17 @@ impl Cluster {
                 &lab.host(i),
                 &["ip", "route", "replace", SERVICE_CIDR, "dev", "ul"],
             );
+            // The node's own setting (systemd >= 243 sets it): unprivileged
+            // ICMP echo for hostNetwork pods, which cannot set pod sysctls.
+            lab.run(
+                &lab.host(i),
+                &[
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    "net.ipv4.ping_group_range=0 2147483647",
+                ],
+            );
         }
         let nodes: Vec<String> = (0..spec.nodes).map(|i| lab.node_name(i)).collect();
         seed(&server, &lab, &nodes);

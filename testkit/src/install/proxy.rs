@@ -132,53 +132,58 @@ fn target_port(target: &Value, port: u16, pod: &Value, proto: &str) -> Option<u1
         .and_then(|n| u16::try_from(n).ok())
 }
 
+/// Where a DNAT sends a packet: the one endpoint, or one picked at random.
+fn dnat_target(endpoints: &[(Ipv4Addr, u16)]) -> String {
+    match endpoints {
+        [(ip, port)] => format!("{ip}:{port}"),
+        many => {
+            // The target port is the same on every endpoint of a port here
+            // (one DaemonSet); the map picks the address.
+            let entries: Vec<String> = many
+                .iter()
+                .enumerate()
+                .map(|(i, (ip, _))| format!("{i} : {ip}"))
+                .collect();
+            format!(
+                "numgen random mod {} map {{ {} }} : {}",
+                many.len(),
+                entries.join(", "),
+                many[0].1
+            )
+        }
+    }
+}
+
 /// The nftables script that replaces the table with `rules`.
 pub fn ruleset(rules: &[Rule]) -> String {
     let mut body = String::new();
     for r in rules {
-        let to = match r.endpoints.as_slice() {
+        // What a matched packet gets: rejected without endpoints, else
+        // DNATed (node ports also marked for masquerading).
+        let (cluster_verdict, node_verdict) = match r.endpoints.as_slice() {
             [] => {
                 let reject = if r.proto == "tcp" {
                     "reject with tcp reset"
                 } else {
                     "reject"
                 };
-                body.push_str(&format!(
-                    "    ip daddr {} {} dport {} {reject}\n",
-                    r.vip, r.proto, r.port
-                ));
-                if let Some(np) = r.node_port {
-                    body.push_str(&format!(
-                        "    fib daddr type local {} dport {np} {reject}\n",
-                        r.proto
-                    ));
-                }
-                continue;
+                (reject.to_string(), reject.to_string())
             }
-            [(ip, port)] => format!("{ip}:{port}"),
-            many => {
-                // The target port is the same on every endpoint of a port
-                // here (one DaemonSet); the map picks the address.
-                let entries: Vec<String> = many
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (ip, _))| format!("{i} : {ip}"))
-                    .collect();
-                format!(
-                    "numgen random mod {} map {{ {} }} : {}",
-                    many.len(),
-                    entries.join(", "),
-                    many[0].1
+            endpoints => {
+                let to = dnat_target(endpoints);
+                (
+                    format!("dnat to {to}"),
+                    format!("meta mark set 0x4000 dnat to {to}"),
                 )
             }
         };
         body.push_str(&format!(
-            "    ip daddr {} {} dport {} dnat to {to}\n",
+            "    ip daddr {} {} dport {} {cluster_verdict}\n",
             r.vip, r.proto, r.port
         ));
         if let Some(np) = r.node_port {
             body.push_str(&format!(
-                "    fib daddr type local {} dport {np} meta mark set 0x4000 dnat to {to}\n",
+                "    fib daddr type local {} dport {np} {node_verdict}\n",
                 r.proto
             ));
         }

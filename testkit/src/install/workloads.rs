@@ -2,8 +2,9 @@
 //! acting on the API test server as kube-controller-manager and
 //! kube-scheduler do: the DaemonSet controller (one pod per admitted node,
 //! status counts), the Deployment controller (a ReplicaSet and its
-//! replicas, status), the ServiceAccount admission check (a pod naming a
-//! missing ServiceAccount is not created: a `FailedCreate` event says why),
+//! replicas, status), the ServiceAccount and Priority admission checks (a
+//! pod naming a missing ServiceAccount or PriorityClass is not created: a
+//! `FailedCreate` event says why),
 //! and the scheduler (nodeSelector, node affinity, taints, pod
 //! anti-affinity).
 
@@ -128,10 +129,33 @@ fn service_account_admits(server: &ApiServer, pod: &Value) -> Result<(), String>
     ))
 }
 
+/// The Priority admission plugin: a pod's `priorityClassName` must name
+/// a built-in class or a PriorityClass; its value becomes `spec.priority`.
+fn priority_admits(server: &ApiServer, pod: &mut Value) -> Result<(), String> {
+    let Some(name) = pod["spec"]["priorityClassName"].as_str().map(String::from) else {
+        return Ok(());
+    };
+    let value = match name.as_str() {
+        "system-node-critical" => 2_000_001_000,
+        "system-cluster-critical" => 2_000_000_000,
+        _ => server
+            .get::<k8s_openapi::api::scheduling::v1::PriorityClass>("", &name)
+            .and_then(|c| c["value"].as_i64())
+            .ok_or_else(|| {
+                format!(
+                    "pods \"{}\" is forbidden: no PriorityClass with name {name} was found",
+                    name_of(pod)
+                )
+            })?,
+    };
+    pod["spec"]["priority"] = json!(value);
+    Ok(())
+}
+
 /// Creates `pod` unless admission refuses it (then a `FailedCreate` event
 /// on `owner`).
-fn create_pod(server: &ApiServer, pod: Value, owner: &Value) {
-    match service_account_admits(server, &pod) {
+fn create_pod(server: &ApiServer, mut pod: Value, owner: &Value) {
+    match service_account_admits(server, &pod).and_then(|()| priority_admits(server, &mut pod)) {
         Ok(()) => {
             server.apply_value("pods", true, pod);
         }
