@@ -386,3 +386,19 @@ fn without_the_controller_agents_say_why_and_the_alert_fires() {
     );
     cluster.check();
 }
+
+/// Item 4: a values file with a typo is refused by the chart's schema
+/// before anything is applied.
+#[test]
+#[ignore = "needs the Helm chart (charts/kubepulse, issue 22)"]
+fn a_values_typo_is_refused_by_the_chart_schema() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let values = dir.path().join("typo.yaml");
+    // `tolerations` misspelt, as a user would.
+    std::fs::write(&values, "agent:\n  tolerationz:\n    - operator: Exists\n").expect("write values");
+    let err = Rendering::helm("charts/kubepulse", "kubepulse", "kubepulse", Some(&values))
+        .expect_err("the schema must refuse an unknown key");
+    assert!(err.stderr.contains("tolerationz"), "the refusal names the key: {err}");
+    let ok = Rendering::helm("charts/kubepulse", "kubepulse", "kubepulse", None).expect("the defaults render");
+    assert!(ok.find("DaemonSet", "kubepulse-agent-pod").is_some());
+}
