@@ -395,10 +395,15 @@ fn a_values_typo_is_refused_by_the_chart_schema() {
     let dir = tempfile::tempdir().expect("tempdir");
     let values = dir.path().join("typo.yaml");
     // `tolerations` misspelt, as a user would.
-    std::fs::write(&values, "agent:\n  tolerationz:\n    - operator: Exists\n").expect("write values");
+    std::fs::write(&values, "agent:\n  tolerationz:\n    - operator: Exists\n")
+        .expect("write values");
     let err = Rendering::helm("charts/kubepulse", "kubepulse", "kubepulse", Some(&values))
         .expect_err("the schema must refuse an unknown key");
-    assert!(err.stderr.contains("tolerationz"), "the refusal names the key: {err}");
-    let ok = Rendering::helm("charts/kubepulse", "kubepulse", "kubepulse", None).expect("the defaults render");
+    assert!(
+        err.stderr.contains("tolerationz"),
+        "the refusal names the key: {err}"
+    );
+    let ok = Rendering::helm("charts/kubepulse", "kubepulse", "kubepulse", None)
+        .expect("the defaults render");
     assert!(ok.find("DaemonSet", "kubepulse-agent-pod").is_some());
 }
