@@ -24,7 +24,6 @@
 //! root namespace, no route out of the lab). Test code keeps using the
 //! loopback HTTP side of the same server.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,20 +31,21 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ApiResource, DynamicObject, PostParams};
-use serde_json::{json, Value};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DynamicObject};
+use serde_json::Value;
 
-use super::kubelet::{self, Ctx};
+use super::apply::{api_resource, create, namespaced};
+use super::control_loop::main_loop;
+use super::kubelet::Ctx;
 use super::pod::Refusal;
 use super::rendering::Rendering;
-use super::{events, ksm, proxy, workloads};
+use super::seed::seed;
+use super::{events, ksm, workloads};
 use crate::apiserver::ApiServer;
 use crate::image::Image;
-use crate::lab::netlab::{in_ns, poll, Flavour, Lab, LabSpec};
-use crate::lab::reach;
+use crate::lab::netlab::{in_ns, poll, Flavour, LabSpec};
+use crate::lab::{netlab::Lab, reach};
 
 /// The apiserver's address (node 0's underlay address) and port.
 pub const APISERVER: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 200, 0, 1), 6443);
@@ -416,299 +416,4 @@ fn image_user(image: &Image) -> Option<u32> {
         .as_str()
         .and_then(|u| u.split(':').next())
         .and_then(|u| u.parse().ok())
-}
-
-/// The objects a fresh cluster has before anything is installed.
-fn seed(server: &ApiServer, lab: &Lab, nodes: &[String]) {
-    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        server.apply_json::<Namespace>(json!({"metadata": {"name": ns,
-            "labels": {"kubernetes.io/metadata.name": ns}}}));
-    }
-    let (kip, kport) = KUBERNETES_SERVICE;
-    let (aip, aport) = APISERVER;
-    server.apply_json::<Service>(
-        json!({"metadata": {"name": "kubernetes", "namespace": "default",
-        "labels": {"component": "apiserver", "provider": "kubernetes"}},
-        "spec": {"type": "ClusterIP", "clusterIP": kip.to_string(), "clusterIPs": [kip.to_string()],
-            "ports": [{"name": "https", "port": kport, "protocol": "TCP", "targetPort": aport}]}}),
-    );
-    server.apply_json::<EndpointSlice>(
-        json!({"metadata": {"name": "kubernetes", "namespace": "default",
-        "labels": {"kubernetes.io/service-name": "kubernetes",
-            "endpointslice.kubernetes.io/managed-by": "endpointslicemirroring-controller.k8s.io"}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [aip.to_string()], "conditions": {"ready": true}}],
-        "ports": [{"name": "https", "port": aport, "protocol": "TCP"}]}),
-    );
-    server.apply_json::<Service>(json!({"metadata": {"name": "kube-dns", "namespace": "kube-system",
-        "labels": {"k8s-app": "kube-dns"}},
-        "spec": {"type": "ClusterIP", "clusterIP": CLUSTER_DNS.to_string(), "clusterIPs": [CLUSTER_DNS.to_string()],
-            "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}}));
-    server.apply_json::<EndpointSlice>(json!({"metadata": {"name": "kube-dns", "namespace": "kube-system",
-        "labels": {"kubernetes.io/service-name": "kube-dns"}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [aip.to_string()], "conditions": {"ready": true}}],
-        "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}));
-    for (i, n) in nodes.iter().enumerate() {
-        let mut labels = json!({"kubernetes.io/hostname": n, "kubernetes.io/os": "linux",
-            "kubernetes.io/arch": "amd64"});
-        let mut taints = json!([]);
-        if i == 0 {
-            labels["node-role.kubernetes.io/control-plane"] = json!("");
-            taints =
-                json!([{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]);
-        }
-        server.apply_json::<Node>(node_json(n, labels, taints, lab.host_ip(i), Some(i)));
-    }
-    server.apply_json::<Node>(node_json(
-        DECOY_NODE,
-        json!({"kubernetes.io/hostname": DECOY_NODE, "kubernetes.io/os": "windows", "kubernetes.io/arch": "amd64"}),
-        json!([{"key": "os", "value": "windows", "effect": "NoSchedule"}]),
-        Ipv4Addr::new(10, 200, 0, 200),
-        None,
-    ));
-    heartbeat(server);
-}
-
-fn node_json(
-    name: &str,
-    labels: Value,
-    taints: Value,
-    ip: Ipv4Addr,
-    pod_cidr: Option<usize>,
-) -> Value {
-    let mut spec = json!({"taints": taints});
-    if let Some(i) = pod_cidr {
-        spec["podCIDR"] = json!(format!("10.244.{i}.0/24"));
-        spec["podCIDRs"] = json!([format!("10.244.{i}.0/24")]);
-    }
-    json!({"metadata": {"name": name, "labels": labels}, "spec": spec,
-        "status": {
-            "addresses": [{"type": "InternalIP", "address": ip.to_string()}, {"type": "Hostname", "address": name}],
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                "message": "kubelet is posting ready status", "lastHeartbeatTime": super::now(),
-                "lastTransitionTime": super::now()}],
-            "capacity": {"cpu": "2", "memory": "8Gi", "pods": "110"},
-            "allocatable": {"cpu": "2", "memory": "8Gi", "pods": "110"},
-            "nodeInfo": {"kubeletVersion": "v1.33.0", "containerRuntimeVersion": "podman://4.3.1",
-                "operatingSystem": labels["kubernetes.io/os"], "architecture": "amd64",
-                "osImage": "kubepulse lab", "kernelVersion": "", "kubeProxyVersion": "v1.33.0",
-                "machineID": "", "systemUUID": "", "bootID": ""}}})
-}
-
-/// Renews every node's Lease (as each kubelet does every 10 s) and the
-/// control-plane components' leader Leases.
-fn heartbeat(server: &ApiServer) {
-    let now = micro_now();
-    for n in server.all_objects::<Node>() {
-        let name = n["metadata"]["name"].as_str().unwrap_or("").to_string();
-        lease(server, "kube-node-lease", &name, &name, 40, &now);
-    }
-    for c in ["kube-scheduler", "kube-controller-manager"] {
-        lease(server, "kube-system", c, &format!("node0_{c}"), 15, &now);
-    }
-}
-
-fn lease(server: &ApiServer, ns: &str, name: &str, holder: &str, secs: u64, now: &str) {
-    let spec = json!({"holderIdentity": holder, "leaseDurationSeconds": secs, "renewTime": now});
-    if server.get::<Lease>(ns, name).is_some() {
-        server.modify::<Lease>(ns, name, |l| l["spec"] = spec);
-    } else {
-        server.apply_json::<Lease>(
-            json!({"metadata": {"name": name, "namespace": ns}, "spec": spec}),
-        );
-    }
-}
-
-/// Now as a `metav1.MicroTime`.
-fn micro_now() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
-        .to_string()
-}
-
-/// The kind → (plural, namespaced) of every kind a rendering may hold;
-/// anything else is refused by name.
-fn resource(kind: &str) -> (&'static str, bool) {
-    match kind {
-        "Namespace" => ("namespaces", false),
-        "ServiceAccount" => ("serviceaccounts", true),
-        "Role" => ("roles", true),
-        "RoleBinding" => ("rolebindings", true),
-        "ClusterRole" => ("clusterroles", false),
-        "ClusterRoleBinding" => ("clusterrolebindings", false),
-        "ConfigMap" => ("configmaps", true),
-        "Secret" => ("secrets", true),
-        "Service" => ("services", true),
-        "NetworkPolicy" => ("networkpolicies", true),
-        "DaemonSet" => ("daemonsets", true),
-        "Deployment" => ("deployments", true),
-        "ResourceQuota" => ("resourcequotas", true),
-        "LimitRange" => ("limitranges", true),
-        "PodDisruptionBudget" => ("poddisruptionbudgets", true),
-        "PriorityClass" => ("priorityclasses", false),
-        "PriorityLevelConfiguration" => ("prioritylevelconfigurations", false),
-        "FlowSchema" => ("flowschemas", false),
-        "PodMonitor" => ("podmonitors", true),
-        "ServiceMonitor" => ("servicemonitors", true),
-        "PrometheusRule" => ("prometheusrules", true),
-        other => panic!(
-            "the install lab does not know kind {other}: add it to install::cluster::resource"
-        ),
-    }
-}
-
-fn namespaced(kind: &str) -> bool {
-    resource(kind).1
-}
-
-fn api_resource(api_version: &str, kind: &str) -> ApiResource {
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    ApiResource {
-        group: group.to_string(),
-        version: version.to_string(),
-        api_version: api_version.to_string(),
-        kind: kind.to_string(),
-        plural: resource(kind).0.to_string(),
-    }
-}
-
-async fn create(client: &kube::Client, obj: &Value) {
-    let kind = obj["kind"].as_str().unwrap_or("");
-    let api_version = obj["apiVersion"].as_str().unwrap_or("");
-    let ar = api_resource(api_version, kind);
-    let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
-    let api: Api<DynamicObject> = if namespaced(kind) {
-        Api::namespaced_with(client.clone(), ns, &ar)
-    } else {
-        Api::all_with(client.clone(), &ar)
-    };
-    let d: DynamicObject = serde_json::from_value(obj.clone())
-        .unwrap_or_else(|e| panic!("{kind} is not an object: {e}"));
-    api.create(&PostParams::default(), &d)
-        .await
-        .unwrap_or_else(|e| panic!("create {kind} {}: {e}", obj["metadata"]["name"]));
-}
-
-/// The loops of the control plane and the kubelet, every 250 ms until the
-/// cluster stops; then every pod worker is joined (containers stopped).
-fn main_loop(ctx: Arc<Ctx>) {
-    let mut workers: BTreeMap<String, JoinHandle<()>> = BTreeMap::new();
-    let mut done: std::collections::BTreeSet<String> = Default::default();
-    let mut last_beat = Instant::now();
-    let mut last_rules = String::new();
-    while !ctx.stop.load(Ordering::Relaxed) {
-        let server = &ctx.server;
-        service_accounts(server);
-        workloads::daemonsets(server);
-        workloads::deployments(server);
-        workloads::schedule(server, &[PROBE_NAMESPACE]);
-        for p in server.all_objects::<Pod>() {
-            let ns = p["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            if ns == PROBE_NAMESPACE {
-                continue;
-            }
-            let name = p["metadata"]["name"].as_str().unwrap_or("").to_string();
-            let uid = p["metadata"]["uid"].as_str().unwrap_or("").to_string();
-            let Some(node) = p["spec"]["nodeName"].as_str().map(String::from) else {
-                continue;
-            };
-            if !ctx.nodes.contains_key(&node) {
-                // No kubelet of ours there: a deleted pod is just removed.
-                if !p["metadata"]["deletionTimestamp"].is_null() {
-                    server.delete::<Pod>(&ns, &name);
-                }
-                continue;
-            }
-            if workers.contains_key(&uid) || done.contains(&uid) {
-                continue;
-            }
-            let c = ctx.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("pod-{name}"))
-                .spawn(move || kubelet::run_pod(c, ns, name, uid.clone(), node))
-                .expect("spawn a pod worker");
-            workers.insert(
-                p["metadata"]["uid"].as_str().unwrap_or("").to_string(),
-                handle,
-            );
-        }
-        let finished: Vec<String> = workers
-            .iter()
-            .filter(|(_, h)| h.is_finished())
-            .map(|(u, _)| u.clone())
-            .collect();
-        for u in finished {
-            if let Some(h) = workers.remove(&u) {
-                if h.join().is_err() {
-                    ctx.fault(format!("the worker of pod uid {u} panicked"));
-                }
-            }
-            done.insert(u);
-        }
-        if last_beat.elapsed() >= Duration::from_secs(10) {
-            last_beat = Instant::now();
-            heartbeat(server);
-        }
-        let rules = proxy::ruleset(&proxy::rules(
-            &server.all_objects::<Service>(),
-            &server.all_objects::<Pod>(),
-            &server.all_objects::<EndpointSlice>(),
-        ));
-        if rules != last_rules {
-            let ok = (0..ctx.nodes.len()).all(|i| match apply_nft(&ctx.lab.host(i), &rules) {
-                Ok(()) => true,
-                Err(e) => {
-                    ctx.fault(format!("kube-proxy rules on node {i}: {e}\n{rules}"));
-                    false
-                }
-            });
-            if ok {
-                last_rules = rules;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    for (_, h) in workers {
-        let _ = h.join();
-    }
-}
-
-/// The ServiceAccount controller: a `default` ServiceAccount in every
-/// namespace.
-fn service_accounts(server: &ApiServer) {
-    for ns in server.all_objects::<Namespace>() {
-        let name = ns["metadata"]["name"].as_str().unwrap_or("");
-        if server.get::<ServiceAccount>(name, "default").is_none() {
-            server.apply_json::<ServiceAccount>(
-                json!({"metadata": {"name": "default", "namespace": name}}),
-            );
-        }
-    }
-}
-
-fn apply_nft(ns: &str, rules: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run nft: {e}"))?;
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin")?
-        .write_all(rules.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
 }

@@ -109,7 +109,9 @@
 //! (list, then watch with `allowWatchBookmarks` and `timeoutSeconds`, of
 //! the pods of the namespace the job names) needed nothing else.
 
+mod apply;
 pub mod cluster;
+mod control_loop;
 pub mod events;
 pub mod fields;
 pub mod ksm;
@@ -119,6 +121,7 @@ pub mod prometheus;
 pub mod proxy;
 pub mod rendering;
 pub mod scheduling;
+mod seed;
 pub mod volumes;
 mod workloads;
 
