@@ -7,7 +7,10 @@
 use std::path::PathBuf;
 
 pub mod apiserver;
+pub mod container;
 pub mod http;
+pub mod image;
+pub mod install;
 pub mod kubelet;
 pub mod lab;
 pub mod process;

@@ -269,3 +269,115 @@ async fn change_log_window() {
     }
     reflector.abort();
 }
+
+#[tokio::test]
+async fn services_get_cluster_ips_and_node_ports() {
+    use k8s_openapi::api::core::v1::Service;
+    let server = ApiServer::start().await;
+    let api: Api<Service> = Api::namespaced(server.client(), "ns1");
+    let svc: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"},
+        "spec": {"type": "NodePort", "selector": {"app": "a"},
+            "ports": [{"name": "u", "port": 53, "protocol": "UDP"}, {"name": "t", "port": 80, "targetPort": "http"}]}
+    }))
+    .expect("service");
+    let created = api
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create");
+    let spec = created.spec.expect("spec");
+    assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.100"));
+    let ports = spec.ports.expect("ports");
+    assert_eq!(ports[0].node_port, Some(30000));
+    assert_eq!(ports[1].node_port, Some(30001));
+    assert_eq!(
+        ports[1].protocol.as_deref(),
+        Some("TCP"),
+        "protocol defaulted"
+    );
+    let second = api
+        .create(
+            &PostParams::default(),
+            &Service {
+                metadata: kube::api::ObjectMeta {
+                    name: Some("b".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create b");
+    assert_eq!(
+        second.spec.and_then(|s| s.cluster_ip).as_deref(),
+        Some("10.96.0.101")
+    );
+}
+
+#[tokio::test]
+async fn health_version_and_discovery_documents() {
+    let server = ApiServer::start().await;
+    server.apply_json::<Lease>(json!({"metadata": {"name": "l", "namespace": "n"}, "spec": {}}));
+    let addr: std::net::SocketAddr = server
+        .url()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("addr");
+    let get = |path: &'static str| {
+        tokio::task::spawn_blocking(move || kubepulse_testkit::http::get(addr, path).expect("GET"))
+    };
+    assert_eq!(get("/livez").await.expect("join"), (200, "ok".to_string()));
+    assert_eq!(get("/readyz").await.expect("join").0, 200);
+    let version: serde_json::Value =
+        serde_json::from_str(&get("/version").await.expect("join").1).expect("json");
+    assert_eq!(version["gitVersion"], apiserver::GIT_VERSION);
+    let api: serde_json::Value =
+        serde_json::from_str(&get("/api").await.expect("join").1).expect("json");
+    assert_eq!(api["versions"], json!(["v1"]));
+    let apis: serde_json::Value =
+        serde_json::from_str(&get("/apis").await.expect("join").1).expect("json");
+    assert_eq!(apis["groups"][0]["name"], "coordination.k8s.io", "{apis}");
+    assert_eq!(get("/nope").await.expect("join").0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_serves_the_same_api_to_clients_that_trust_the_ca() {
+    use pki_types::pem::PemObject;
+    let server = ApiServer::start().await;
+    server.apply(&cm("seen", "web"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    kubepulse_testkit::lab::reach::issue_certificates(dir.path(), "IP:127.0.0.1");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    server.serve_tls(
+        listener,
+        &dir.path().join("tls.crt"),
+        &dir.path().join("tls.key"),
+    );
+    let ca = pki_types::CertificateDer::from_pem_file(dir.path().join("ca.crt")).expect("CA");
+    let mut cfg = kube::Config::new(format!("https://{addr}").parse().expect("uri"));
+    cfg.root_cert = Some(vec![ca.to_vec()]);
+    let client = kube::Client::try_from(cfg).expect("client");
+    let api: Api<ConfigMap> = Api::default_namespaced(client);
+    let names: Vec<String> = api
+        .list(&ListParams::default())
+        .await
+        .expect("list over TLS")
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    assert_eq!(names, vec!["seen".to_string()]);
+    // A client without the CA is refused at the handshake.
+    let untrusted = kube::Client::try_from(kube::Config::new(
+        format!("https://{addr}").parse().expect("uri"),
+    ))
+    .expect("client");
+    let err = Api::<ConfigMap>::default_namespaced(untrusted)
+        .list(&ListParams::default())
+        .await;
+    assert!(
+        err.is_err(),
+        "a client that does not trust the CA must fail"
+    );
+}

@@ -5,6 +5,8 @@ mod netlab_alerts;
 mod netlab_burst_guard;
 mod netlab_dns_apiserver;
 mod netlab_fixture;
+mod netlab_install;
+mod netlab_install_image;
 mod netlab_latency;
 mod netlab_loss;
 mod netlab_paths;

@@ -23,7 +23,12 @@ use super::{faults, Seen, Shared, Verb, ACTOR_HEADER, FLOW_SCHEMA_UID, PRIORITY_
 
 pub(super) type Body = BoxBody<Bytes, std::io::Error>;
 
-pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+/// Accepts and serves connections, over TLS when `tls` is given.
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -32,20 +37,38 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             drop(stream);
             continue;
         }
-        let mut kill = shared.kill.subscribe();
-        let generation = *kill.borrow_and_update();
         let shared = shared.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(shared, req).await) }
-            });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = kill.wait_for(|g| *g != generation) => {}
+            match tls {
+                Some(acceptor) => {
+                    // A failed handshake (a client that distrusts the CA)
+                    // is the client's to report.
+                    if let Ok(s) = acceptor.accept(stream).await {
+                        serve_connection(TokioIo::new(s), shared).await;
+                    }
+                }
+                None => serve_connection(TokioIo::new(stream), shared).await,
             }
         });
+    }
+}
+
+/// Serves one connection until it ends or every connection is cut.
+async fn serve_connection<IO>(io: IO, shared: Arc<Shared>)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut kill = shared.kill.subscribe();
+    let generation = *kill.borrow_and_update();
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(shared, req).await) }
+    });
+    let conn = http1::Builder::new().serve_connection(io, svc);
+    tokio::select! {
+        _ = conn => {}
+        _ = kill.wait_for(|g| *g != generation) => {}
     }
 }
 
@@ -171,6 +194,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     r
 }
 
+fn header(req: &Request<Incoming>, name: hyper::header::HeaderName) -> Option<String> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+}
+
 async fn serve(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     let route = parse_route(req.uri().path());
     let q = query(req.uri());
@@ -194,10 +224,17 @@ async fn serve(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
                 .unwrap_or_default(),
             uri: uri.clone(),
             actor: actor.clone(),
+            user_agent: header(&req, hyper::header::USER_AGENT),
+            accept: header(&req, hyper::header::ACCEPT),
         });
         verb.and_then(|v| faults::take(&mut inner, v, &uri))
     };
     let Some(route) = route else {
+        if req.method() == Method::GET {
+            if let Some(r) = super::nonresource::respond(shared, req.uri().path()) {
+                return r;
+            }
+        }
         return status(404, "NotFound", "no such path");
     };
     let Some(verb) = verb else {

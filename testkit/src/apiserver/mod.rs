@@ -38,6 +38,12 @@
 //!   named by clients from [`ApiServer::actor_client`] (test infrastructure
 //!   such as a simulated kubelet) told apart from the code under test.
 //!
+//! - `/livez`, `/readyz`, `/healthz`, `/version` and the discovery
+//!   documents `/api` and `/apis`; HTTPS on a listener of the caller's
+//!   ([`ApiServer::serve_tls`], possibly in another network namespace);
+//!   Services get a ClusterIP and node ports on creation; every request's
+//!   User-Agent and Accept are recorded.
+//!
 //! Not modelled: pagination (`limit` is ignored, which the API allows),
 //! JSON patch, validation, finalizers and garbage collection.
 
@@ -50,14 +56,17 @@ use tokio::net::TcpListener;
 
 mod faults;
 mod http;
+pub(crate) mod nonresource;
 mod selectors;
 mod store;
 mod strategy;
+mod tls;
 mod verbs;
 mod watch;
 
 pub use faults::{Fault, Rule};
 use http::Route;
+pub use nonresource::GIT_VERSION;
 use store::{commit, prepare_new, Broadcast, Inner, Key, Shared};
 
 /// Header naming the test actor (e.g. `kubelet`) a request came from.
@@ -102,17 +111,25 @@ pub struct Seen {
     pub uri: String,
     /// The [`ACTOR_HEADER`] of the request: `None` for the code under test.
     pub actor: Option<String>,
+    /// Its `User-Agent` (tells the clients under test apart: kube-rs,
+    /// Prometheus's client-go).
+    pub user_agent: Option<String>,
+    /// Its `Accept` header.
+    pub accept: Option<String>,
 }
 
 /// Stops the server when the last [`ApiServer`] clone is dropped.
 struct Running {
     shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
+    /// The accept loops: loopback HTTP first, then any HTTPS listeners.
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            t.abort();
+        }
         self.shared.kill.send_modify(|g| *g += 1);
     }
 }
@@ -132,10 +149,10 @@ impl ApiServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared::new());
-        let task = tokio::spawn(http::accept_loop(listener, shared.clone()));
+        let task = tokio::spawn(http::accept_loop(listener, shared.clone(), None));
         let running = Arc::new(Running {
             shared: shared.clone(),
-            task,
+            tasks: std::sync::Mutex::new(vec![task]),
         });
         ApiServer {
             addr,
@@ -153,6 +170,34 @@ impl ApiServer {
             );
         }
         server
+    }
+
+    /// Serves the same API over HTTPS on `listener` (which may belong to
+    /// another network namespace: a socket keeps the namespace it was
+    /// created in), with the certificate chain `cert` and key `key` (PEM
+    /// files). Must be called inside the server's tokio runtime; stops
+    /// with the server.
+    pub fn serve_tls(
+        &self,
+        listener: std::net::TcpListener,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) {
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let listener = TcpListener::from_std(listener).expect("a tokio listener");
+        let acceptor = tls::acceptor(cert, key);
+        let task = tokio::spawn(http::accept_loop(
+            listener,
+            self.shared.clone(),
+            Some(acceptor),
+        ));
+        self._running
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -289,6 +334,40 @@ impl ApiServer {
             })
             .map(|(_, v)| v.clone())
             .collect()
+    }
+
+    /// The stored objects of type `K` in every namespace.
+    pub fn all_objects<K: k8s_openapi::Resource>(&self) -> Vec<Value> {
+        let want = key::<K>("", "");
+        self.shared
+            .lock()
+            .objects
+            .iter()
+            .filter(|(k, _)| k.gv == want.gv && k.resource == want.resource)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Changes a stored object of type `K` in place with `f` (MODIFIED to
+    /// watchers, a new resourceVersion; uid and creation time kept), as a
+    /// controller's update would; `None` if it does not exist. For test
+    /// infrastructure (a kubelet writing pod status) that must not race
+    /// itself over HTTP.
+    pub fn modify<K: k8s_openapi::Resource>(
+        &self,
+        namespace: &str,
+        name: &str,
+        f: impl FnOnce(&mut Value),
+    ) -> Option<Value> {
+        let key = key::<K>(namespace, name);
+        let mut inner = self.shared.lock();
+        let mut value = inner.objects.get(&key)?.clone();
+        let before = value.clone();
+        f(&mut value);
+        if value == before {
+            return Some(value);
+        }
+        commit(&mut inner, &self.shared.events, key, Some(value))
     }
 
     /// Runs `mutate` on every object of `resource` (plural) created through

@@ -63,6 +63,9 @@ pub(super) struct Inner {
     pub(super) mutators: Vec<(String, Mutator)>,
     pub(super) seen: Vec<Seen>,
     pub(super) names: u64,
+    /// ClusterIPs and node ports allocated so far.
+    pub(super) cluster_ips: u32,
+    pub(super) node_ports: u16,
 }
 
 pub(super) struct Shared {
@@ -99,6 +102,8 @@ impl Shared {
                 mutators: Vec::new(),
                 seen: Vec::new(),
                 names: 0,
+                cluster_ips: 0,
+                node_ports: 0,
             }),
             events: broadcast::channel(4096).0,
             kill: watch::channel(0).0,

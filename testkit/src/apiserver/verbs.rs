@@ -81,7 +81,7 @@ pub(super) fn create(shared: &Shared, route: &Route, body: &Bytes) -> Response<B
             .kinds
             .insert((route.gv.clone(), route.resource.clone()), k);
     }
-    admit_create(&inner, route, &mut obj);
+    admit_create(&mut inner, route, &mut obj);
     prepare_new(&mut inner, &mut obj, None);
     let stored = commit(&mut inner, &shared.events, key, Some(obj));
     full(StatusCode::CREATED, &stored.unwrap_or_default())

@@ -9,6 +9,8 @@
 //!    dl                      TUN end of the delay line (when added);
 //!                            10.201.0.(i+1)/24 when under the overlay
 //!  pod j on node i ("pod" netns): eth0 10.244.i.(10+j)/24, default via .1
+//!  sandbox k on node i (made later, [`Lab::add_sandbox`]): eth0
+//!                            10.244.i.(100+k)/24, default via .1
 //! ```
 //!
 //! Routed flavour: node i reaches pod CIDR k via 10.200.0.(k+1) (host-gw).
@@ -20,7 +22,7 @@
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::delayline::DelayLine;
@@ -40,7 +42,8 @@ pub enum Flavour {
 pub struct LabSpec {
     /// Emulated nodes (2 or 3).
     pub nodes: usize,
-    /// Pod namespaces per node (1 to 8).
+    /// Pod namespaces per node made with the lab (0 to 8); more come and go
+    /// as sandboxes ([`Lab::add_sandbox`]).
     pub pods_per_node: usize,
     /// Pod network flavour.
     pub flavour: Flavour,
@@ -82,16 +85,44 @@ pub struct Lab {
     pub prefix: String,
     /// Its shape.
     pub spec: LabSpec,
-    namespaces: Vec<String>,
+    /// Every namespace of the lab, in creation order (deleted in reverse).
+    namespaces: Mutex<Vec<String>>,
+    /// Sandboxes made so far per node (their numbers are never reused).
+    sandboxes: Mutex<Vec<usize>>,
     procs: Mutex<Vec<Child>>,
     delay_line: Option<DelayLine>,
     /// Held for the lab's lifetime (dropped after cleanup): labs of one test
     /// binary run one at a time, because on two cores concurrent labs
     /// measure each other's CPU load rather than the injected faults.
-    _serial: MutexGuard<'static, ()>,
+    _serial: SerialSlot,
 }
 
-static SERIAL: Mutex<()> = Mutex::new(());
+/// Whether a lab of this process exists, and the condition its end signals.
+static SERIAL: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+
+/// The one lab slot of the process (a flag rather than a held mutex guard,
+/// so a lab can be shared between threads).
+struct SerialSlot;
+
+impl SerialSlot {
+    fn take() -> SerialSlot {
+        // A test that panicked while holding the slot released it in Drop;
+        // a poisoned lock is still good.
+        let mut busy = SERIAL.0.lock().unwrap_or_else(|e| e.into_inner());
+        while *busy {
+            busy = SERIAL.1.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+        *busy = true;
+        SerialSlot
+    }
+}
+
+impl Drop for SerialSlot {
+    fn drop(&mut self) {
+        *SERIAL.0.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        SERIAL.1.notify_one();
+    }
+}
 
 /// Runs `cmd`, returning its output; panics if it cannot be started.
 fn output(cmd: &mut Command) -> Output {
@@ -143,17 +174,12 @@ impl Lab {
     /// cleaning up what was already created).
     pub fn new(spec: LabSpec) -> Lab {
         assert!((2..=3).contains(&spec.nodes), "2 or 3 nodes");
-        assert!(
-            (1..=8).contains(&spec.pods_per_node),
-            "1 to 8 pods per node"
-        );
+        assert!(spec.pods_per_node <= 8, "0 to 8 pods per node");
         assert!(
             std::path::Path::new("/dev/net/tun").exists(),
             "netlab needs /dev/net/tun"
         );
-        // A test that panicked while holding the lock poisons it; the lab it
-        // held has been cleaned up by then, so the lock is still good.
-        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let serial = SerialSlot::take();
         sweep_stale();
         let prefix = format!(
             "kpl{}x{}",
@@ -163,7 +189,8 @@ impl Lab {
         let mut lab = Lab {
             prefix,
             spec,
-            namespaces: Vec::new(),
+            namespaces: Mutex::new(Vec::new()),
+            sandboxes: Mutex::new(vec![0; spec.nodes]),
             procs: Mutex::new(Vec::new()),
             delay_line: None,
             _serial: serial,
@@ -205,10 +232,59 @@ impl Lab {
         }
     }
 
-    fn add_ns(&mut self, name: &str) {
+    fn add_ns(&self, name: &str) {
         ip(&["netns", "add", name]);
-        self.namespaces.push(name.to_string());
+        self.namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name.to_string());
         ip(&["-n", name, "link", "set", "lo", "up"]);
+    }
+
+    /// Adds a pod sandbox on node `i`: a new namespace behind the node's
+    /// bridge with the next free address of its pod CIDR (from
+    /// 10.244.i.100), as a CNI plugin sets one up for a new pod. Returns
+    /// its namespace and address.
+    pub fn add_sandbox(&self, i: usize) -> (String, Ipv4Addr) {
+        assert!(i < self.spec.nodes, "no node {i}");
+        let k = {
+            let mut s = self.sandboxes.lock().unwrap_or_else(|e| e.into_inner());
+            s[i] += 1;
+            s[i] - 1
+        };
+        assert!(k < 150, "node {i} ran out of sandbox addresses");
+        let ns = format!("{}h{i}s{k}", self.prefix);
+        let addr = Ipv4Addr::new(10, 244, i as u8, 100 + k as u8);
+        self.add_ns(&ns);
+        self.attach_pod(i, &ns, &format!("vs{k}"), addr);
+        (ns, addr)
+    }
+
+    /// Deletes a sandbox made by [`Lab::add_sandbox`] (its veth goes with
+    /// it), as a CNI plugin tears down a deleted pod's network.
+    pub fn remove_sandbox(&self, ns: &str) {
+        let mut all = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pos) = all.iter().position(|n| n == ns) {
+            all.remove(pos);
+            let _ = output(Command::new("ip").args(["netns", "del", ns]));
+        }
+    }
+
+    /// Connects pod namespace `ns` to node `i`'s bridge through a veth
+    /// (`port` on the node's side, eth0 in the pod) with address `addr`.
+    fn attach_pod(&self, i: usize, ns: &str, port: &str, addr: Ipv4Addr) {
+        let h = self.host(i);
+        let mtu = self.pod_mtu().to_string();
+        ip(&[
+            "link", "add", port, "netns", &h, "mtu", &mtu, "type", "veth", "peer", "name", "eth0",
+            "netns", ns, "mtu", &mtu,
+        ]);
+        ip(&["-n", &h, "link", "set", port, "master", "cbr0", "up"]);
+        let cidr = format!("{addr}/24");
+        ip(&["-n", ns, "addr", "add", &cidr, "dev", "eth0"]);
+        ip(&["-n", ns, "link", "set", "eth0", "up"]);
+        let gw = format!("10.244.{i}.1");
+        ip(&["-n", ns, "route", "add", "default", "via", &gw]);
     }
 
     /// Runs a command inside `ns` and returns its output (any exit status).
@@ -306,17 +382,7 @@ impl Lab {
         for j in 0..self.spec.pods_per_node {
             let p = self.pod(i, j);
             self.add_ns(&p);
-            let port = format!("vp{j}");
-            ip(&[
-                "link", "add", &port, "netns", &h, "mtu", &mtu, "type", "veth", "peer", "name",
-                "eth0", "netns", &p, "mtu", &mtu,
-            ]);
-            ip(&["-n", &h, "link", "set", &port, "master", "cbr0", "up"]);
-            let addr = format!("{}/24", self.pod_ip(i, j));
-            ip(&["-n", &p, "addr", "add", &addr, "dev", "eth0"]);
-            ip(&["-n", &p, "link", "set", "eth0", "up"]);
-            let gw = format!("10.244.{i}.1");
-            ip(&["-n", &p, "route", "add", "default", "via", &gw]);
+            self.attach_pod(i, &p, &format!("vp{j}"), self.pod_ip(i, j));
         }
     }
 
@@ -632,7 +698,9 @@ impl Drop for Lab {
         for c in procs.iter_mut() {
             let _ = c.wait();
         }
-        for ns in self.namespaces.iter().rev() {
+        let namespaces =
+            std::mem::take(&mut *self.namespaces.lock().unwrap_or_else(|e| e.into_inner()));
+        for ns in namespaces.iter().rev() {
             let _ = output(Command::new("ip").args(["netns", "del", ns]));
         }
     }

@@ -62,9 +62,6 @@ impl Prom {
     /// Starts Prometheus in node 0's host namespace, scraping every agent
     /// with the target labels the PodMonitor would set (`node`, `cluster`).
     pub fn start(lab: &Lab, agents: &[AgentSpec]) -> Prom {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let rules = dir.path().join("rules.yaml");
-        std::fs::write(&rules, test_rules()).expect("write rules");
         let mut targets = String::new();
         for a in agents {
             targets.push_str(&format!(
@@ -74,13 +71,29 @@ impl Prom {
                 a.name
             ));
         }
+        let jobs = format!("  - job_name: kubepulse-agent\n    static_configs:\n{targets}");
+        Self::start_with(lab, &jobs, "1s", &[])
+    }
+
+    /// Starts Prometheus in node 0's host namespace with the test rules,
+    /// `scrape_configs` (YAML: the list's items, or `  []`), the global
+    /// `scrape_interval` and `extra_args` on its command line.
+    pub fn start_with(
+        lab: &Lab,
+        scrape_configs: &str,
+        scrape_interval: &str,
+        extra_args: &[&str],
+    ) -> Prom {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rules = dir.path().join("rules.yaml");
+        std::fs::write(&rules, test_rules()).expect("write rules");
         let cfg = dir.path().join("prometheus.yml");
         std::fs::write(
             &cfg,
             format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                "global:\n  scrape_interval: {scrape_interval}\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
                  rule_files:\n  - {}\n\
-                 scrape_configs:\n  - job_name: kubepulse-agent\n    static_configs:\n{targets}",
+                 scrape_configs:\n{scrape_configs}",
                 rules.display()
             ),
         )
@@ -95,7 +108,8 @@ impl Prom {
             format!("--web.listen-address={addr}"),
             "--log.level=warn".into(),
         ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra_args);
         let log = dir.path().join("prometheus.log");
         let pid = lab.spawn(&ns, &args, Some(&log));
         let prom = Prom { ns, addr, dir };
@@ -137,10 +151,23 @@ impl Prom {
         std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
     }
 
+    /// Where it listens (in node 0's namespace).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     fn get(&self, target: &str) -> std::io::Result<String> {
         let addr = self.addr;
         let target = target.to_string();
         in_ns(&self.ns, move || crate::lab::prom::http_get(addr, &target))
+    }
+
+    /// A GET of Prometheus's API (`/api/v1/targets`, ...) as JSON.
+    pub fn get_json(&self, target: &str) -> serde_json::Value {
+        let body = self
+            .get(target)
+            .unwrap_or_else(|e| panic!("GET {target}: {e}\n{}", self.log()));
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {target}: {e}: {body}"))
     }
 
     /// Instant query: every series as (labels, value).

@@ -45,61 +45,7 @@ impl ReachFiles {
     pub fn new(nameserver: Ipv4Addr) -> ReachFiles {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        let p = |f: &str| d.join(f).to_string_lossy().into_owned();
-        run(Command::new("openssl").args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=kubepulse-lab-ca",
-            "-keyout",
-            &p("ca.key"),
-            "-out",
-            &p("ca.crt"),
-        ]));
-        run(Command::new("openssl").args([
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=kube-apiserver",
-            "-keyout",
-            &p("tls.key"),
-            "-out",
-            &p("tls.csr"),
-        ]));
-        std::fs::write(
-            d.join("ext.cnf"),
-            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n\
-             subjectAltName=DNS:kubernetes.default.svc,DNS:kubernetes,IP:10.96.0.1\n",
-        )
-        .expect("write ext");
-        run(Command::new("openssl").args([
-            "x509",
-            "-req",
-            "-in",
-            &p("tls.csr"),
-            "-CA",
-            &p("ca.crt"),
-            "-CAkey",
-            &p("ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &p("ext.cnf"),
-            "-out",
-            &p("tls.crt"),
-        ]));
+        issue_certificates(d, "DNS:kubernetes.default.svc,DNS:kubernetes,IP:10.96.0.1");
         std::fs::write(d.join("livez"), "ok").expect("write livez");
         std::fs::write(
             d.join("resolv.conf"),
@@ -116,6 +62,70 @@ impl ReachFiles {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+}
+
+/// Writes a CA (`ca.crt`, `ca.key`) and a serving certificate it signed
+/// (`tls.crt`, `tls.key`; an end-entity certificate, as rustls requires)
+/// for the subject alternative names `sans` (openssl syntax:
+/// `DNS:name,IP:addr`) into `dir`, with the openssl CLI.
+pub fn issue_certificates(dir: &Path, sans: &str) {
+    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=kubepulse-lab-ca",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.crt"),
+    ]));
+    run(Command::new("openssl").args([
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=kube-apiserver",
+        "-keyout",
+        &p("tls.key"),
+        "-out",
+        &p("tls.csr"),
+    ]));
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!(
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n\
+             subjectAltName={sans}\n"
+        ),
+    )
+    .expect("write ext");
+    run(Command::new("openssl").args([
+        "x509",
+        "-req",
+        "-in",
+        &p("tls.csr"),
+        "-CA",
+        &p("ca.crt"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &p("ext.cnf"),
+        "-out",
+        &p("tls.crt"),
+    ]));
 }
 
 /// Starts dnsmasq in `ns`, listening on `addr:53`, answering the default
