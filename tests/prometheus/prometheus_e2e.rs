@@ -72,6 +72,18 @@ const NO_DATA: &[(&str, &str)] = &[
         "NotReady nodes only; local mode has no lifecycle",
     ),
     (
+        "kubepulse-overview:Nodes expected down and why",
+        "nodes expected down come from the controller's plans; local mode has none",
+    ),
+    (
+        "kubepulse-nodes:Nodes expected down and why",
+        "nodes expected down come from the controller's plans; local mode has none",
+    ),
+    (
+        "kubepulse-nodes:Nodes expected down by reason",
+        "nodes expected down come from the controller's plans; local mode has none",
+    ),
+    (
         "kubepulse-pod-startup:Leader election errors per hour",
         "shows only replicas with leader election errors (> 0); a healthy run has none",
     ),
