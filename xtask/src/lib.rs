@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 pub mod deploy;
 pub mod junit;
 pub mod module_graph;
