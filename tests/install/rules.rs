@@ -1,7 +1,10 @@
 //! The rules as installed: the chart substitutes the runbook base, the job
-//! selector and the namespace selector into the source rules, every
+//! selector and the namespace selector into the source rules and appends
+//! the alerts that duplicate kubernetes-mixin only when asked to, every
 //! `runbook_url` is absolute and resolves to a section of
-//! docs/runbooks.md, and promtool accepts the result.
+//! docs/runbooks.md, promtool accepts the result, and the promtool tests
+//! of `alerts/tests/selectors/` pass against the rendering with the
+//! default values and with changed ones.
 
 use serde_yaml::Value;
 
@@ -109,4 +112,103 @@ fn selectors_are_substituted_and_promtool_accepts_the_result() {
     assert!(out.contains("SUCCESS"), "{out}");
     let parsed: Value = serde_yaml::from_str(text).expect("rules parse");
     check_runbooks(&parsed["groups"], kubepulse_testkit::runbooks::PUBLISHED);
+}
+
+/// The rules file of the kubepulse-rules ConfigMap rendered with `extra`.
+fn rendered_rules(extra: &[&str]) -> String {
+    let mut args = vec!["--set", "prometheusRule.configMap=true"];
+    args.extend_from_slice(extra);
+    let objs = parse(&render::helm_template(
+        &values("default"),
+        "kubepulse",
+        &args,
+    ));
+    find(&objs, "ConfigMap", "kubepulse-rules")["data"]["kubepulse-rules.yaml"]
+        .as_str()
+        .expect("rules file")
+        .to_string()
+}
+
+fn alert_names(groups: &Value) -> std::collections::BTreeSet<String> {
+    alerts(groups)
+        .into_iter()
+        .filter_map(|a| a["alert"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// `promtool test rules` of `alerts/tests/selectors/<test>` against
+/// `rules`, written beside it as the kubepulse-rules.yaml it names.
+fn promtool_test(rules: &str, test: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("kubepulse-rules.yaml"), rules).expect("write rules");
+    let src = tools::root().join("alerts/tests/selectors").join(test);
+    let dst = dir.path().join(test);
+    std::fs::copy(&src, &dst).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    let out = tools::run(
+        &tools::promtool(),
+        &["test", "rules", dst.to_str().expect("UTF-8")],
+    );
+    assert!(out.contains("SUCCESS"), "{test}: {out}");
+}
+
+/// The alerts of alerts/kubepulse-mixin-duplicates.yaml are in the rules
+/// only with `prometheusRule.mixinDuplicates`, substituted like the rest.
+#[test]
+fn mixin_duplicates_are_off_by_default() {
+    let source: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(tools::root().join("alerts/kubepulse-mixin-duplicates.yaml"))
+            .expect("mixin duplicates file"),
+    )
+    .expect("parses");
+    let duplicates = alert_names(&source["groups"]);
+    assert!(duplicates.len() >= 3, "{duplicates:?}");
+    let objs = parse(&render::helm_template(
+        &values("default"),
+        "kubepulse",
+        &["--set", "prometheusRule.enabled=true"],
+    ));
+    let default = alert_names(&find(&objs, "PrometheusRule", "kubepulse")["spec"]["groups"]);
+    assert!(default.len() > 20, "{default:?}");
+    assert!(
+        default.is_disjoint(&duplicates),
+        "duplicates rendered by default: {:?}",
+        default.intersection(&duplicates).collect::<Vec<_>>()
+    );
+    let objs = parse(&render::helm_template(
+        &values("default"),
+        "kubepulse",
+        &[
+            "--set",
+            "prometheusRule.enabled=true",
+            "--set",
+            "prometheusRule.mixinDuplicates=true",
+            "--set",
+            "prometheusRule.runbookUrlBase=https://wiki.example.com/runbooks.md",
+        ],
+    ));
+    let groups = &find(&objs, "PrometheusRule", "kubepulse")["spec"]["groups"];
+    let with = alert_names(groups);
+    assert!(with.is_superset(&duplicates), "{with:?}");
+    assert_eq!(with.len(), default.len() + duplicates.len());
+    check_runbooks(groups, "https://wiki.example.com/runbooks.md");
+}
+
+/// The same promtool series, against the default selectors and against
+/// changed ones (with the mixin duplicates on): each rendering fires the
+/// alerts its selectors select.
+#[test]
+fn promtool_tests_pass_with_the_default_and_changed_selectors() {
+    let default = rendered_rules(&[]);
+    assert!(!default.contains("kubepulse-mixin-duplicates.alerts"));
+    promtool_test(&default, "default.yaml");
+    let changed = rendered_rules(&[
+        "--set-string",
+        "prometheusRule.jobSelector=job=~\"netmon-.*\"",
+        "--set-string",
+        "prometheusRule.namespaceSelector=namespace=\"monitoring\"",
+        "--set",
+        "prometheusRule.mixinDuplicates=true",
+    ]);
+    assert!(changed.contains("kubepulse-mixin-duplicates.alerts"));
+    promtool_test(&changed, "changed.yaml");
 }

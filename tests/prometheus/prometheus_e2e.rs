@@ -48,6 +48,42 @@ const NO_DATA: &[(&str, &str)] = &[
         "a filter: it has a series only while a node is unreachable from several probers",
     ),
     (
+        "record:peer_node_reason:kubepulse_peer_expected_down:max",
+        "nodes expected down come from the controller's plans; local mode has none",
+    ),
+    (
+        "record:peer_node_reason:kubepulse_peer_expected_down:max_over_time10m",
+        "nodes expected down come from the controller's plans; local mode has none",
+    ),
+    (
+        "record:node_reason:kubepulse_peer_expected_down:max_over_time10m",
+        "nodes expected down come from the controller's plans; local mode has none",
+    ),
+    (
+        "record:node_peer_node_path:kubepulse_probe_loss:ratio_rate5m_not_ready_peer",
+        "pairs to NotReady nodes only; local mode has no lifecycle",
+    ),
+    (
+        "record:peer_node_path:kubepulse_probe_lossy_sources:sum_not_ready",
+        "NotReady nodes only; local mode has no lifecycle",
+    ),
+    (
+        "record:peer_node_path:kubepulse_probe_lossy_sources:ratio_not_ready",
+        "NotReady nodes only; local mode has no lifecycle",
+    ),
+    (
+        "kubepulse-overview:Nodes expected down and why",
+        "nodes expected down come from the controller's plans; local mode has none",
+    ),
+    (
+        "kubepulse-nodes:Nodes expected down and why",
+        "nodes expected down come from the controller's plans; local mode has none",
+    ),
+    (
+        "kubepulse-nodes:Nodes expected down by reason",
+        "nodes expected down come from the controller's plans; local mode has none",
+    ),
+    (
         "kubepulse-pod-startup:Leader election errors per hour",
         "shows only replicas with leader election errors (> 0); a healthy run has none",
     ),
@@ -227,11 +263,19 @@ fn substitute(expr: &str, variables: &[String]) -> String {
 
 fn queries() -> Vec<Query> {
     let mut out = Vec::new();
-    let rules: Yaml = serde_yaml::from_str(
-        &fs::read_to_string(root().join("alerts/kubepulse-rules.yaml")).expect("rules file"),
-    )
-    .expect("rules parse");
-    for g in rules["groups"].as_sequence().expect("groups") {
+    let mut groups = Vec::new();
+    // The optional alerts too (alerts that duplicate kubernetes-mixin's):
+    // they read the recording rules of the main file.
+    for file in [
+        "alerts/kubepulse-rules.yaml",
+        "alerts/kubepulse-mixin-duplicates.yaml",
+    ] {
+        let rules: Yaml =
+            serde_yaml::from_str(&fs::read_to_string(root().join(file)).expect("rules file"))
+                .expect("rules parse");
+        groups.extend(rules["groups"].as_sequence().expect("groups").clone());
+    }
+    for g in &groups {
         for r in g["rules"].as_sequence().expect("rules") {
             let expr = r["expr"].as_str().expect("expr").to_string();
             if let Some(name) = r["record"].as_str() {
@@ -294,8 +338,11 @@ fn queries() -> Vec<Query> {
 }
 
 /// The agents' config: short schedules so every scheduled probe reports
-/// within the test, and responder ports picked at random so a concurrent
-/// local mode (another test run on the same machine) does not clash.
+/// within the test (the latency probes every 100 ms, so pairs reach the 360
+/// rounds after which the alerts judge them,
+/// `node_peer_node_path:kubepulse_probe_sent:settled`, in 36 s), and
+/// responder ports picked at random so a concurrent local mode (another
+/// test run on the same machine) does not clash.
 fn write_agent_config(dir: &Path, reach: &Reach) -> PathBuf {
     let (echo, bandwidth, http) = (free_port(), free_port(), free_port());
     let agent = dir.join("kubepulse.yaml");
@@ -303,7 +350,9 @@ fn write_agent_config(dir: &Path, reach: &Reach) -> PathBuf {
         &agent,
         format!(
             "agent:\n  ports: {{udp_echo: {echo}, tcp_echo: {echo}, bandwidth: {bandwidth}, http: {http}}}\n\
-             probes:\n  tcp_connect: {{interval: 1s, timeout: 1s}}\n  http: {{interval: 1s, timeout: 1s}}\n  \
+             probes:\n  udp: {{interval: 100ms, timeout: 1s}}\n  tcp: {{interval: 100ms, timeout: 1s}}\n  \
+             icmp: {{interval: 100ms, timeout: 1s}}\n  \
+             tcp_connect: {{interval: 1s, timeout: 1s}}\n  http: {{interval: 1s, timeout: 1s}}\n  \
              pmtu: {{interval: 5s}}\n  rtt_min_window: 10s\n  \
              bandwidth: {{interval: 5s, duration: 50ms}}\n  \
              dns: {{interval: 1s, timeout: 500ms, nameservers: [127.0.0.1], port: {dns}, \

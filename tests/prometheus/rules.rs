@@ -1,7 +1,9 @@
-//! The Prometheus rules in `alerts/kubepulse-rules.yaml`: `promtool check
-//! rules`, `promtool test rules alerts/tests/*.yaml`, and the mixin
-//! conventions promtool does not check (names, severities, annotations,
-//! runbook sections, every alert unit-tested firing and not firing).
+//! The Prometheus rules in `alerts/kubepulse-rules.yaml` and the optional
+//! `alerts/kubepulse-mixin-duplicates.yaml`: `promtool check rules`,
+//! `promtool test rules alerts/tests/*.yaml`, and the mixin conventions
+//! promtool does not check (names, severities, annotations, runbook
+//! sections, every alert unit-tested firing and not firing). Also the
+//! network lab's test-time rewrite of the rules.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -11,6 +13,9 @@ use std::process::Command;
 use serde_yaml::Value;
 
 const RULES: &str = "alerts/kubepulse-rules.yaml";
+/// Alerts that duplicate kubernetes-mixin's, off by default (the chart's
+/// `prometheusRule.mixinDuplicates` appends them).
+const MIXIN_DUPLICATES: &str = "alerts/kubepulse-mixin-duplicates.yaml";
 const RUNBOOKS: &str = "docs/runbooks.md";
 /// Where `RUNBOOKS` is published (installations may point the chart's
 /// `prometheusRule.runbookUrlBase` at their own copy).
@@ -88,8 +93,54 @@ fn test_files() -> Vec<String> {
 
 #[test]
 fn promtool_check_rules() {
-    let out = run_promtool(&["check", "rules", RULES]);
+    let out = run_promtool(&["check", "rules", RULES, MIXIN_DUPLICATES]);
+    assert_eq!(out.matches("SUCCESS").count(), 2, "{out}");
+}
+
+/// The lab's Prometheus loads the rules with test-time windows
+/// (`kubepulse_testkit::lab::prometheus::test_rules`): they must stay
+/// valid, and no production window or delay may survive the rewrite.
+#[test]
+fn the_lab_rewrite_of_the_rules_passes_promtool() {
+    let text = kubepulse_testkit::lab::prometheus::test_rules();
+    for long in ["[5m]", "[10m]", "for: 5m", "for: 15m"] {
+        assert!(!text.contains(long), "{long} survived the lab rewrite");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("rules.yaml");
+    fs::write(&file, text).expect("write");
+    let out = run_promtool(&["check", "rules", file.to_str().expect("UTF-8")]);
     assert!(out.contains("SUCCESS"), "{out}");
+}
+
+#[test]
+fn mixin_duplicates_are_alerts_only_and_not_in_the_default_rules() {
+    let default: BTreeSet<String> = alert_names(&read(RULES));
+    let duplicates = alert_names(&read(MIXIN_DUPLICATES));
+    assert!(!duplicates.is_empty());
+    for d in &duplicates {
+        assert!(!default.contains(d), "{d} is in both files");
+    }
+    let v: Value = serde_yaml::from_str(&read(MIXIN_DUPLICATES)).expect("parses");
+    for g in v["groups"].as_sequence().expect("groups") {
+        for r in g["rules"].as_sequence().expect("rules") {
+            assert!(
+                r["alert"].is_string(),
+                "{MIXIN_DUPLICATES}: only alerts (their recording rules stay in {RULES}): {r:?}"
+            );
+        }
+    }
+}
+
+fn alert_names(text: &str) -> BTreeSet<String> {
+    let v: Value = serde_yaml::from_str(text).expect("rules parse");
+    v["groups"]
+        .as_sequence()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().expect("rules").iter())
+        .filter_map(|r| r["alert"].as_str().map(str::to_string))
+        .collect()
 }
 
 #[test]
@@ -105,14 +156,16 @@ fn promtool_test_rules() {
     );
 }
 
+/// Every rule of both files.
 fn rules() -> Vec<Value> {
-    let v: Value = serde_yaml::from_str(&read(RULES)).expect("rules parse");
-    v["groups"]
-        .as_sequence()
-        .expect("groups")
-        .iter()
-        .flat_map(|g| g["rules"].as_sequence().expect("rules").clone())
-        .collect()
+    let mut out = Vec::new();
+    for file in [RULES, MIXIN_DUPLICATES] {
+        let v: Value = serde_yaml::from_str(&read(file)).expect("rules parse");
+        for g in v["groups"].as_sequence().expect("groups") {
+            out.extend(g["rules"].as_sequence().expect("rules").iter().cloned());
+        }
+    }
+    out
 }
 
 /// Parses a Prometheus duration like `1h30m` into seconds.

@@ -6,7 +6,8 @@
 //! - `deploy --check`: fails naming every generated file that is out of
 //!   date; `--runbook-url-base URL`, `--job-selector MATCHER` and
 //!   `--namespace-selector MATCHER` set the chart's `prometheusRule` values
-//!   of the same names;
+//!   of the same names, `--with-mixin-duplicates` sets its
+//!   `mixinDuplicates` (the alerts that duplicate kubernetes-mixin's);
 //! - `slowest JUNIT [N]`: prints the N (10) slowest tests of a
 //!   cargo-nextest JUnit report, slowest first;
 //! - `modules`: prints the layers of `src/`'s top-level modules, lowest
@@ -14,7 +15,7 @@
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask deploy [--check] [--runbook-url-base URL] [--job-selector MATCHER] [--namespace-selector MATCHER] | cargo xtask modules | cargo xtask slowest JUNIT [N]";
+const USAGE: &str = "usage: cargo xtask deploy [--check] [--runbook-url-base URL] [--job-selector MATCHER] [--namespace-selector MATCHER] [--with-mixin-duplicates] | cargo xtask modules | cargo xtask slowest JUNIT [N]";
 
 /// `deploy`'s arguments: whether to check, and the options.
 fn deploy_args(args: &[String]) -> Option<(bool, xtask::deploy::Options)> {
@@ -25,6 +26,10 @@ fn deploy_args(args: &[String]) -> Option<(bool, xtask::deploy::Options)> {
         let slot = match a.as_str() {
             "--check" => {
                 check = true;
+                continue;
+            }
+            "--with-mixin-duplicates" => {
+                opts.mixin_duplicates = true;
                 continue;
             }
             "--runbook-url-base" => &mut opts.runbook_url_base,

@@ -72,11 +72,21 @@ prometheus.io/path: /metrics
 The rules file alerts/kubepulse-rules.yaml (synced into files/ by
 `cargo xtask deploy`) with the values substituted: the one place that
 adapts the rules to an installation. The source keeps the defaults as
-literals so that promtool and alerts/tests run on it unchanged.
+literals so that promtool and alerts/tests run on it unchanged. With
+mixinDuplicates, the groups of alerts/kubepulse-mixin-duplicates.yaml
+are appended to its group list (the main file ends with that list), so
+the substitutions apply to them too.
 */}}
 {{- define "kubepulse.rules" -}}
 {{- $p := .Values.prometheusRule -}}
 {{- $text := .Files.Get "files/kubepulse-rules.yaml" -}}
+{{- if $p.mixinDuplicates -}}
+{{- $parts := splitList "\ngroups:\n" (.Files.Get "files/kubepulse-mixin-duplicates.yaml") -}}
+{{- if ne (len $parts) 2 -}}
+{{- fail "files/kubepulse-mixin-duplicates.yaml must have one top-level groups: list (run cargo xtask deploy)" -}}
+{{- end -}}
+{{- $text = printf "%s%s" $text (index $parts 1) -}}
+{{- end -}}
 {{- $text = $text | replace "https://github.com/kubepulse/kubepulse/blob/main/docs/runbooks.md#" (printf "%s#" $p.runbookUrlBase) -}}
 {{- $text = $text | replace "job=~\".*kubepulse.*\"" $p.jobSelector -}}
 {{- if $p.namespaceSelector -}}

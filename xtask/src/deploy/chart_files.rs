@@ -1,7 +1,7 @@
 //! The files the chart copies from where humans edit them: Helm reads only
-//! files inside the chart directory, so `alerts/kubepulse-rules.yaml` and
-//! `dashboards/*.json` are copied, byte for byte, into
-//! `charts/kubepulse/files/`.
+//! files inside the chart directory, so `alerts/kubepulse-rules.yaml`,
+//! `alerts/kubepulse-mixin-duplicates.yaml` and `dashboards/*.json` are
+//! copied, byte for byte, into `charts/kubepulse/files/`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,6 +14,9 @@ pub const CHART: &str = "charts/kubepulse";
 pub const FILES: &str = "charts/kubepulse/files";
 /// The rules source, relative to the repository root.
 pub const RULES: &str = "alerts/kubepulse-rules.yaml";
+/// The alerts that duplicate kubernetes-mixin's, which the chart appends
+/// to [`RULES`] only with `prometheusRule.mixinDuplicates`.
+pub const MIXIN_DUPLICATES: &str = "alerts/kubepulse-mixin-duplicates.yaml";
 
 /// `dashboards/*.json` file names, sorted.
 pub fn dashboard_files(root: &Path) -> Result<Vec<String>, Error> {
@@ -41,10 +44,10 @@ pub fn dashboard_files(root: &Path) -> Result<Vec<String>, Error> {
 /// repository root) -> contents.
 pub fn generate(root: &Path) -> Result<BTreeMap<String, String>, Error> {
     let mut out = BTreeMap::new();
-    out.insert(
-        format!("{FILES}/kubepulse-rules.yaml"),
-        read(&root.join(RULES))?,
-    );
+    for source in [RULES, MIXIN_DUPLICATES] {
+        let name = source.rsplit('/').next().unwrap_or(source);
+        out.insert(format!("{FILES}/{name}"), read(&root.join(source))?);
+    }
     for name in dashboard_files(root)? {
         out.insert(
             format!("{FILES}/dashboards/{name}"),

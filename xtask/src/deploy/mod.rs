@@ -11,9 +11,10 @@
 //!
 //! `--check` renders the same into memory and names every file that is
 //! stale, missing or no longer generated. Options (`--runbook-url-base`,
-//! `--job-selector`, `--namespace-selector`) set the chart's
-//! `prometheusRule` values of the same names, for a copy of deploy/ made
-//! for one installation.
+//! `--job-selector`, `--namespace-selector`, `--with-mixin-duplicates`)
+//! set the chart's `prometheusRule` values of the same names
+//! (`mixinDuplicates: true` for the last), for a copy of deploy/ made for
+//! one installation.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,9 @@ pub struct Options {
     pub job_selector: Option<String>,
     /// `prometheusRule.namespaceSelector`.
     pub namespace_selector: Option<String>,
+    /// `prometheusRule.mixinDuplicates`: also the alerts that duplicate
+    /// kubernetes-mixin's.
+    pub mixin_duplicates: bool,
 }
 
 impl Options {
@@ -50,6 +54,9 @@ impl Options {
             if let Some(v) = v {
                 rule.insert(key.into(), v.as_str().into());
             }
+        }
+        if self.mixin_duplicates {
+            rule.insert("mixinDuplicates".into(), true.into());
         }
         if rule.is_empty() {
             return Ok(String::new());
@@ -183,5 +190,13 @@ mod tests {
         let v: serde_yaml::Value =
             serde_yaml::from_str(&o.values().unwrap_or_default()).unwrap_or_default();
         assert_eq!(v["prometheusRule"]["jobSelector"], r#"job="a,b""#);
+        assert!(v["prometheusRule"]["mixinDuplicates"].is_null());
+        let o = Options {
+            mixin_duplicates: true,
+            ..Options::default()
+        };
+        let v: serde_yaml::Value =
+            serde_yaml::from_str(&o.values().unwrap_or_default()).unwrap_or_default();
+        assert_eq!(v["prometheusRule"]["mixinDuplicates"], true);
     }
 }
