@@ -842,3 +842,91 @@ fn excluded_outcomes_are_counted_only_as_excluded() {
     assert!(excluded(&e, Protocol::Tcp) > 0.0);
     drop((a, b));
 }
+
+/// ICMP echo never probes a Service address (nothing behind it answers:
+/// `PathKind::probed_with_icmp`): a Service target gets UDP and TCP probes
+/// and no ICMP series at all, while an agent target beside it gets all
+/// three.
+#[test]
+fn service_targets_get_no_icmp_probes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let a = Responder::start();
+    let svc = Responder::start();
+    let interval = Duration::from_millis(20);
+    let settings = ProbeSettings {
+        udp: periodic(true, interval),
+        tcp: periodic(true, interval),
+        icmp: periodic(true, interval),
+        rtt_min_window: Duration::from_secs(60),
+        ..ProbeSettings::default()
+    };
+    let mut clusterip = target("svc", svc.ports);
+    clusterip.path = PathKind::ServiceClusterip;
+    clusterip.peer.path = Some(PathKind::ServiceClusterip);
+    let mut nodeport = target("np", svc.ports);
+    nodeport.path = PathKind::ServiceNodeport;
+    nodeport.peer.path = Some(PathKind::ServiceNodeport);
+    let mut e = Engine::start(
+        settings,
+        vec![target("a", a.ports), clusterip, nodeport],
+        None,
+    );
+    let sent = |p: Protocol, path: &str, node: &str| {
+        e.value(
+            "kubepulse_probe_sent_total",
+            &[
+                ("protocol", p.as_str()),
+                ("path", path),
+                ("peer_node", node),
+            ],
+        )
+    };
+    let icmp_works = e.icmp_mode().expect("icmp mode exported") != IcmpMode::Unavailable;
+    wait_for(
+        "UDP and TCP replies through both Service paths, ICMP to the agent",
+        Duration::from_secs(20),
+        || {
+            [
+                ("service_clusterip", "node-svc"),
+                ("service_nodeport", "node-np"),
+            ]
+            .iter()
+            .all(|(path, node)| {
+                [Protocol::Udp, Protocol::Tcp]
+                    .iter()
+                    .all(|p| sent(*p, path, node).is_some_and(|n| n >= 10.0))
+            }) && (!icmp_works
+                || sent(Protocol::Icmp, "pod_cross_node", "node-a").is_some_and(|n| n >= 10.0))
+        },
+    );
+    e.halt();
+    let gathered = |name: &str| {
+        e.registry
+            .gather()
+            .into_iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().to_vec())
+            .filter(|m| {
+                let l = |k: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == k)
+                        .map(|l| l.value().to_string())
+                };
+                l("protocol").as_deref() == Some("icmp")
+                    && l("path").is_some_and(|p| p.starts_with("service_"))
+            })
+            .count()
+    };
+    for name in [
+        "kubepulse_probe_sent_total",
+        "kubepulse_probe_lost_total",
+        "kubepulse_probe_rtt_min_seconds",
+        "kubepulse_probe_rtt_seconds",
+        "kubepulse_probe_errors_total",
+        "kubepulse_probe_excluded_total",
+    ] {
+        assert_eq!(gathered(name), 0, "{name}: ICMP series on a Service path");
+    }
+    drop((a, svc));
+}

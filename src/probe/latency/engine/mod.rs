@@ -488,7 +488,8 @@ impl Engine {
                     "Peer address family differs from the bind address; no UDP probes"),
             }
         }
-        if s.icmp.enabled && self.icmp.is_some() {
+        // Not to a Service address: nothing behind it answers the echo.
+        if s.icmp.enabled && self.icmp.is_some() && t.path.probed_with_icmp() {
             match addr {
                 IpAddr::V4(v4) => dests.push((Protocol::Icmp, s.icmp, Dest::Icmp(v4))),
                 IpAddr::V6(_) => {
