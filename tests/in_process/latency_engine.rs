@@ -930,3 +930,60 @@ fn service_targets_get_no_icmp_probes() {
     }
     drop((a, svc));
 }
+
+/// A guard that takes 8 ms per question (so the engine thread falls
+/// behind and sends leave late) and excludes everything or nothing.
+struct SlowGuard {
+    exclude: bool,
+}
+
+impl SampleGuard for SlowGuard {
+    fn exclude(&self, _peer: &str, _sent_ns: u64, _done_ns: u64) -> Option<ExcludeReason> {
+        std::thread::sleep(Duration::from_millis(8));
+        self.exclude.then_some(ExcludeReason::BandwidthBurst)
+    }
+}
+
+/// A late send counts only when its probe counts: one the burst guard
+/// excludes (a burst of this node or the peer's, whose load may well delay
+/// it) biases no statistic, so it is not reported as the prober starving.
+#[test]
+fn late_sends_of_excluded_probes_are_not_counted() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let a = Responder::start();
+    let late = |exclude: bool| {
+        let settings = ProbeSettings {
+            udp: periodic(true, Duration::from_millis(5)),
+            tcp: periodic(false, Duration::from_secs(1)),
+            icmp: periodic(false, Duration::from_secs(1)),
+            rtt_min_window: Duration::from_secs(60),
+            ..ProbeSettings::default()
+        };
+        let mut e = Engine::start_guarded(
+            settings,
+            vec![target("a", a.ports)],
+            None,
+            Arc::new(SlowGuard { exclude }),
+        );
+        let excluded = |e: &Engine| {
+            e.value(
+                "kubepulse_probe_excluded_total",
+                &[("protocol", "udp"), ("path", "pod_cross_node")],
+            )
+            .unwrap_or(0.0)
+        };
+        wait_for("probes judged", Duration::from_secs(20), || {
+            if exclude {
+                excluded(&e) >= 50.0
+            } else {
+                e.kept(Protocol::Udp, "node-a") >= 50.0
+            }
+        });
+        e.halt();
+        e.existing("kubepulse_probe_send_late_total", &[("protocol", "udp")])
+    };
+    let kept_late = late(false);
+    assert!(kept_late > 10.0, "a slow guard makes sends late: {kept_late}");
+    assert_eq!(late(true), 0.0, "excluded probes' late sends are not counted");
+    drop(a);
+}

@@ -653,9 +653,6 @@ fn fire(
     let Some(fire) = p.stream.schedule.fire(now) else {
         return;
     };
-    if fire.late {
-        metrics.send_late(p.stream.protocol);
-    }
     let seq = p.stream.take_seq();
     let mut hdr = EchoHeader {
         seq,
@@ -693,6 +690,17 @@ fn fire(
             Err(SendError::Failed(e)) => Err(e),
         },
     };
+    // Late, unless the burst guard keeps this probe out of every statistic
+    // (a burst of this node or the peer's, whose own load may delay the
+    // send): a late send only matters for the samples it biases. Judged
+    // after the send, so the guard's work is not in the measured RTT.
+    if fire.late
+        && guard
+            .exclude(&p.peer_node, stamp.real_ns, stamp.real_ns)
+            .is_none()
+    {
+        metrics.send_late(p.stream.protocol);
+    }
     match result {
         Ok(()) => p.book(metrics, hook, guard, |s, g, sink| {
             s.sent(seq, stamp, g, sink)
