@@ -84,6 +84,18 @@ impl Prom {
         scrape_interval: &str,
         extra_args: &[&str],
     ) -> Prom {
+        let bin = std::env::var("KUBEPULSE_PROMETHEUS").unwrap_or("/usr/bin/prometheus".into());
+        Self::start_bin(lab, &bin, scrape_configs, scrape_interval, extra_args)
+    }
+
+    /// [`Prom::start_with`] running the Prometheus binary `bin`.
+    pub fn start_bin(
+        lab: &Lab,
+        bin: &str,
+        scrape_configs: &str,
+        scrape_interval: &str,
+        extra_args: &[&str],
+    ) -> Prom {
         let dir = tempfile::tempdir().expect("tempdir");
         let rules = dir.path().join("rules.yaml");
         std::fs::write(&rules, test_rules()).expect("write rules");
@@ -100,9 +112,8 @@ impl Prom {
         .expect("write prometheus config");
         let ns = lab.host(0);
         let addr = SocketAddr::new(IpAddr::V4(lab.host_ip(0)), PROM_PORT);
-        let bin = std::env::var("KUBEPULSE_PROMETHEUS").unwrap_or("/usr/bin/prometheus".into());
         let args = [
-            bin,
+            bin.to_string(),
             format!("--config.file={}", cfg.display()),
             format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
             format!("--web.listen-address={addr}"),
@@ -168,6 +179,14 @@ impl Prom {
             .get(target)
             .unwrap_or_else(|e| panic!("GET {target}: {e}\n{}", self.log()));
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {target}: {e}: {body}"))
+    }
+
+    /// Prometheus's own metrics (`/metrics`: rule group iterations, ...).
+    pub fn own_metrics(&self) -> crate::scrape::Scrape {
+        let body = self
+            .get("/metrics")
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}\n{}", self.log()));
+        crate::scrape::parse(&body)
     }
 
     /// Instant query: every series as (labels, value).
