@@ -983,7 +983,14 @@ fn late_sends_of_excluded_probes_are_not_counted() {
         e.existing("kubepulse_probe_send_late_total", &[("protocol", "udp")])
     };
     let kept_late = late(false);
-    assert!(kept_late > 10.0, "a slow guard makes sends late: {kept_late}");
-    assert_eq!(late(true), 0.0, "excluded probes' late sends are not counted");
+    assert!(
+        kept_late > 10.0,
+        "a slow guard makes sends late: {kept_late}"
+    );
+    assert_eq!(
+        late(true),
+        0.0,
+        "excluded probes' late sends are not counted"
+    );
     drop(a);
 }

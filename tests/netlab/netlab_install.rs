@@ -441,6 +441,37 @@ fn panel_queries() -> Vec<(String, String, String)> {
     out
 }
 
+/// Prints, for the window just ended, when each agent's late sends,
+/// refusals, probe errors, losses, exclusions and bursts happened (seconds
+/// after its start, 2 s steps): what a failure of the quiet check needs.
+fn print_timeline(prom: &Prom, window: Duration) {
+    let end = prom.query("vector(time())").first().map_or(0.0, |x| x.1);
+    let start = end - window.as_secs_f64();
+    for expr in [
+        "sum by (pod, protocol) (increase(kubepulse_probe_send_late_total[3s])) > 2",
+        "sum by (pod, responder, reason) (increase(kubepulse_responder_rejected_total[3s])) > 0",
+        "sum by (pod, path, protocol, reason) (increase(kubepulse_probe_errors_total[3s])) > 0",
+        "sum by (pod, path, protocol) (increase(kubepulse_probe_lost_total[3s])) > 0",
+        "sum by (pod, path, protocol) (increase(kubepulse_probe_excluded_total[3s])) > 0",
+        "sum by (pod, path, peer_node, direction) (increase(kubepulse_bandwidth_bursts_total[3s])) > 0",
+    ] {
+        let v = prom.get_json(&format!(
+            "/api/v1/query_range?query={}&start={start}&end={end}&step=2",
+            kubepulse_testkit::http::percent_encode(expr)
+        ));
+        for r in v["data"]["result"].as_array().into_iter().flatten() {
+            let at: Vec<String> = r["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p[0].as_f64())
+                .map(|t| format!("{:.0}", t - start))
+                .collect();
+            eprintln!("{expr}: {} at {at:?}", r["metric"]);
+        }
+    }
+}
+
 /// Panels that have no data in a healthy 3-node lab by design, and why.
 const EMPTY_BY_DESIGN: &[(&str, &str)] = &[(
     "Leader election errors per hour",
@@ -481,26 +512,6 @@ fn healthy(rendering: &Rendering, key: Key) {
     wait_scraped(&prom, &cluster, 2);
     let iterations_before = rule_iterations(&prom);
     let machine = MachineLoad::start();
-    // DEBUG per-second machine CPU
-    let stop_cpu = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let cpu_thread = {
-        let stop = stop_cpu.clone();
-        let t0 = ready_at;
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let mut last = MachineLoad::read();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_secs(1));
-                let now = MachineLoad::read();
-                let busy = (now.0 - last.0) as f64 / (now.1 - last.1).max(1) as f64 * 2.0;
-                if busy > 0.8 {
-                    out.push(format!("{:.0}s:{busy:.2}", t0.elapsed().as_secs_f64()));
-                }
-                last = now;
-            }
-            out
-        })
-    };
     let prom_cpu = prom
         .own_metrics()
         .one("process_cpu_seconds_total", &[])
@@ -532,8 +543,6 @@ fn healthy(rendering: &Rendering, key: Key) {
         std::thread::sleep(Duration::from_secs(5));
     }
     let window = ready_at.elapsed();
-    stop_cpu.store(true, std::sync::atomic::Ordering::Relaxed);
-    eprintln!("DEBUG busy seconds: {:?}", cpu_thread.join().unwrap_or_default());
     let iterations_after = rule_iterations(&prom);
     let mut problems = Vec::new();
     // A positive sign first: every rule group ran about once a second over
@@ -590,35 +599,6 @@ fn healthy(rendering: &Rendering, key: Key) {
             l.get("direction")
         );
     }
-    for (l, v) in prom.query("kubepulse_path_mtu_bytes - on (node, peer_node, path, pod) kubepulse_interface_mtu_bytes != 0") {
-        eprintln!(
-            "path MTU below the interface's by {v}: {:?} {:?} -> {:?}",
-            l.get("pod"),
-            l.get("path"),
-            l.get("peer_node")
-        );
-    }
-    // DEBUG loss timeline
-    {
-        let end = prom.query("vector(time())").first().map(|x| x.1).unwrap_or(0.0);
-        let start = end - window.as_secs_f64();
-        std::thread::sleep(Duration::from_secs(6));
-        for expr in [
-            "sum by (pod, protocol) (increase(kubepulse_probe_send_late_total[3s])) > 2",
-            "sum by (pod, responder, reason) (increase(kubepulse_responder_rejected_total[3s])) > 0",
-            "sum by (pod, path, protocol, reason) (increase(kubepulse_probe_errors_total[3s])) > 0",
-            "sum by (pod, path, protocol) (increase(kubepulse_probe_lost_total{path=~\"service.*\"}[3s])) > 0",
-            "sum by (pod, path, peer_node, direction) (increase(kubepulse_bandwidth_bursts_total[3s])) > 0",
-            "sum by (pod, path, protocol) (increase(kubepulse_probe_lost_total{path!~\"service.*\"}[3s])) > 0",
-            "sum by (pod, path, protocol) (increase(kubepulse_probe_excluded_total[3s])) > 0",
-        ] {
-            let v = prom.get_json(&format!("/api/v1/query_range?query={}&start={start}&end={end}&step=2", kubepulse_testkit::http::percent_encode(expr)));
-            for r in v["data"]["result"].as_array().into_iter().flatten() {
-                let ts: Vec<String> = r["values"].as_array().into_iter().flatten().map(|p| format!("{:.0}", p[0].as_f64().unwrap_or(0.0) - start)).collect();
-                eprintln!("DEBUG {expr} {} at {:?}", r["metric"], ts);
-            }
-        }
-    }
     let (busy, load) = machine.end();
     eprintln!(
         "machine over the window: {busy:.2} of {} CPUs busy, load average {load}",
@@ -643,15 +623,13 @@ fn healthy(rendering: &Rendering, key: Key) {
         .map(|p| p["metadata"]["name"].as_str().unwrap_or("").to_string())
         .collect();
     if !restarted.is_empty() {
-        problems.push(format!("containers restarted: {restarted:?}\n{}", cluster.dump()));
-    }
-    // DEBUG logs
-    for p in cluster.pods(NAMESPACE, &[("app.kubernetes.io/component", "agent")]) {
-        let name = p["metadata"]["name"].as_str().unwrap_or("").to_string();
-        let node = p["spec"]["nodeName"].as_str().unwrap_or("").to_string();
-        let _ = std::fs::write(format!("/tmp/install2-log-{node}-{name}.txt"), cluster.logs(NAMESPACE, &name));
+        problems.push(format!(
+            "containers restarted: {restarted:?}\n{}",
+            cluster.dump()
+        ));
     }
     if !fired.is_empty() {
+        print_timeline(&prom, window);
         let list: Vec<String> = fired
             .iter()
             .map(|(a, (first, last))| {

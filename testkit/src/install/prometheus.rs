@@ -10,12 +10,12 @@
 //! without Kubernetes discovery. Its discovery is client-go's reflector (a
 //! list, then a watch from the list's resourceVersion), talking to the API
 //! test server over HTTPS; it also stores the data and evaluates the
-//! shipped rules with test-time windows ([`crate::lab::prometheus`]).
+//! shipped rules with test-time windows ([`RULE_TIME`]).
 
 use serde_json::{json, Value};
 
 use super::cluster::{Cluster, APISERVER};
-use crate::lab::prometheus::Prom;
+use crate::lab::prometheus::{Prom, RuleTime};
 
 /// The scrape jobs of docs/deploy.md's plain-Prometheus section: every
 /// YAML block of the document that holds a `kubernetes_sd_configs` job.
@@ -100,6 +100,15 @@ pub fn binary() -> String {
     bin
 }
 
+/// The install lab's rule time: a thirtieth of production's (`for: 15m`
+/// becomes 30 s, `[5m]` 10 s; `for:` at most 60 s), so the 3-minute quiet
+/// window is an hour and a half of a real cluster's, and each alert keeps
+/// its tolerance relative to the others. With every `for:` at 2 s
+/// ([`RuleTime::Fast`]) a single blip of a few seconds (a probe lost while
+/// the 2 vCPUs that all three nodes share stall) fired alerts whose
+/// production `for:` is 15 or 30 minutes.
+pub const RULE_TIME: RuleTime = RuleTime::Scaled(30);
+
 /// Starts Prometheus in node 0 with the test rules and the documented jobs
 /// (discovering through the API test server) every `scrape_interval`.
 pub fn start(cluster: &Cluster, scrape_interval: &str) -> Prom {
@@ -111,7 +120,14 @@ pub fn start(cluster: &Cluster, scrape_interval: &str) -> Prom {
         &ca.display().to_string(),
         &token.display().to_string(),
     );
-    Prom::start_bin(&cluster.lab, &binary(), &configs, scrape_interval, &[])
+    Prom::start_bin(
+        &cluster.lab,
+        &binary(),
+        RULE_TIME,
+        &configs,
+        scrape_interval,
+        &[],
+    )
 }
 
 /// The targets Prometheus scrapes, as (labels, health) per target.
