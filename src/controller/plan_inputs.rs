@@ -4,7 +4,10 @@
 //! Only agents that are Ready are probed (or, on a node that is not Ready,
 //! those whose containers are: `facts::Readiness::probed`); the others are
 //! listed in the plans' lifecycle as not Ready, beside every node that is
-//! not `ready` (`super::node_lifecycle`).
+//! not `ready` (`super::node_lifecycle`). The agents' Service is probed
+//! once it has a backend, a probed agent its selector picks
+//! ([`service_served`]): until then kube-proxy refuses every probe through
+//! it (no endpoints), which would read as loss on every node at install.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -93,6 +96,7 @@ pub fn compute(i: &Inputs<'_>) -> Computed {
     let bw = plan::bandwidth::schedule(&fan, i.slots);
     let node_ready = |n: &str| i.lifecycle.get(n).is_none_or(|l| l.ready);
     let mut agents: Vec<Peer> = Vec::new();
+    let mut probed: Vec<&Pod> = Vec::new();
     let mut not_ready: Vec<NotReadyAgent> = Vec::new();
     let mut host_ips: BTreeMap<String, IpAddr> = BTreeMap::new();
     for pod in i.pods {
@@ -103,7 +107,10 @@ pub fn compute(i: &Inputs<'_>) -> Computed {
             }
         }
         match facts {
-            Some(f) if f.readiness.probed(node_ready(&f.peer.node)) => agents.push(f.peer),
+            Some(f) if f.readiness.probed(node_ready(&f.peer.node)) => {
+                agents.push(f.peer);
+                probed.push(pod);
+            }
             _ => not_ready.extend(facts::agent_identity(pod).map(|a| NotReadyAgent {
                 name: a.name,
                 node: a.node,
@@ -127,8 +134,9 @@ pub fn compute(i: &Inputs<'_>) -> Computed {
             .map_or(NodeState::Ready, |l| l.state);
         *states.entry(s).or_default() += 1;
     }
+    let service = i.service.filter(|svc| service_served(svc, &probed));
     let plans = node_plan::node_plans(&fan, &bw, &agents, &cluster, i.slots, |node, targets| {
-        let Some(svc) = i.service else {
+        let Some(svc) = service else {
             return Vec::new();
         };
         // The NodePort target is one of this node's target nodes, so the
@@ -150,6 +158,26 @@ pub fn compute(i: &Inputs<'_>) -> Computed {
         agents_not_ready: not_ready.len(),
         states,
     }
+}
+
+/// Whether `svc` has a backend among the `probed` agent pods: one its
+/// selector matches. A Service without a selector (its endpoints managed
+/// by hand) counts as served.
+pub fn service_served(svc: &Service, probed: &[&Pod]) -> bool {
+    let Some(selector) = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .filter(|s| !s.is_empty())
+    else {
+        return true;
+    };
+    probed.iter().any(|p| {
+        let labels = p.metadata.labels.as_ref();
+        selector
+            .iter()
+            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+    })
 }
 
 /// ConfigMap name → data of every plan ([`NodePlan::to_data`]).
@@ -202,6 +230,11 @@ mod tests {
 
     /// The plans of `nodes` running `pods`, lifecycle from the Node objects.
     fn computed(nodes: &[Node], pods: &[Pod]) -> Computed {
+        computed_with(nodes, pods, None)
+    }
+
+    /// [`computed`] with the agents' Service.
+    fn computed_with(nodes: &[Node], pods: &[Pod], service: Option<&Service>) -> Computed {
         let refs: Vec<&Pod> = pods.iter().collect();
         let planned = plan_nodes(nodes.iter(), pods.iter(), &BTreeSet::new());
         let lifecycle =
@@ -210,7 +243,7 @@ mod tests {
             nodes: &planned,
             lifecycle: &lifecycle,
             pods: &refs,
-            service: None,
+            service,
             fan_out: &PlanConfig::default(),
             slots: &SlotConfig::default(),
         })
@@ -239,6 +272,62 @@ mod tests {
         let (b, bad) = NodePlan::from_data(&docs["kubepulse-plan-b"]).expect("data");
         assert!(bad.is_none());
         assert_eq!(b.node, "b");
+    }
+
+    /// The Service is probed once a Ready pod agent backs it: before, every
+    /// probe through it is refused and would read as loss.
+    #[test]
+    fn the_service_is_probed_once_it_has_a_ready_backend() {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "kubepulse-agent"},
+            "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.100",
+                "selector": {"kubepulse.io/network": "pod"},
+                "ports": [{"name": "udp-echo", "port": 9478, "protocol": "UDP"}]}
+        }))
+        .expect("service json");
+        let labelled = |mut p: Pod, network: &str| {
+            p.metadata.labels =
+                Some([("kubepulse.io/network".to_string(), network.to_string())].into());
+            p
+        };
+        let nodes = [node("a", None), node("b", None)];
+        let services = |c: &Computed| -> BTreeSet<String> {
+            c.plans["a"]
+                .peers
+                .iter()
+                .filter(|p| p.path.is_some())
+                .map(|p| p.name.clone())
+                .collect()
+        };
+        // The host agents are Ready, the pod agents (the backends) not yet.
+        let mut pods = vec![
+            labelled(
+                with_conditions(pod("pa", "a", "10.0.0.1", false), false, false),
+                "pod",
+            ),
+            labelled(
+                with_conditions(pod("pb", "b", "10.0.0.2", false), false, false),
+                "pod",
+            ),
+            labelled(pod("ha", "a", "192.168.0.1", true), "host"),
+            labelled(pod("hb", "b", "192.168.0.2", true), "host"),
+        ];
+        let c = computed_with(&nodes, &pods, Some(&svc));
+        assert!(services(&c).is_empty(), "{:?}", services(&c));
+        // One backend Ready: the Service is probed.
+        pods[1] = labelled(pod("pb", "b", "10.0.0.2", false), "pod");
+        let c = computed_with(&nodes, &pods, Some(&svc));
+        assert_eq!(
+            services(&c),
+            ["service-clusterip/kubepulse-agent".to_string()].into()
+        );
+        // Without a selector the endpoints are someone else's: probed.
+        let mut manual = svc.clone();
+        if let Some(s) = manual.spec.as_mut() {
+            s.selector = None;
+        }
+        assert!(service_served(&manual, &[]));
+        assert!(!service_served(&svc, &[]));
     }
 
     #[test]

@@ -6,9 +6,12 @@
 //! on). With some probes off an agent exports fewer series, never more, so
 //! the functions stay upper bounds.
 //!
-//! `S = SERIES_FIXED + SERIES_PER_PATH·P + SERIES_PER_PEER_KEY·K + C + N`,
-//! where `P` is the number of path kinds in use, `K` the number of (path,
-//! peer_node) keys, `C` how many of those keys are on a cross-node path
+//! `S = SERIES_FIXED + SERIES_PER_PATH·P + SERIES_PER_SERVICE_PATH·Pₛ +
+//! SERIES_PER_PEER_KEY·K + SERIES_PER_SERVICE_KEY·Kₛ + C + N`, where `P`
+//! is the number of agent path kinds in use and `Pₛ` of Service path kinds
+//! (ICMP does not probe a Service address, [`PathKind::probed_with_icmp`],
+//! so they carry no ICMP series), `K` and `Kₛ` the numbers of (path,
+//! peer_node) keys on them, `C` how many keys are on a cross-node path
 //! (they also carry the peer's clock offset) and `N` the number of peer
 //! nodes among them (each may be expected down: a drain must not break the
 //! budget). `docs/metrics.md` carries the same formula; the test at the
@@ -18,8 +21,8 @@
 use std::collections::{BTreeSet, HashSet};
 
 use super::labels::{
-    ApiserverOutcome, ApiserverPhase, ApiserverTarget, DnsOutcome, IcmpMode, RejectReason,
-    ResponderKind,
+    ApiserverOutcome, ApiserverPhase, ApiserverTarget, DnsOutcome, ExcludeReason, IcmpMode,
+    ProbeErrorReason, RejectReason, ResponderKind,
 };
 use crate::auth::KeyState;
 use crate::peer::PathKind;
@@ -45,6 +48,9 @@ const COARSE_HISTOGRAM: usize = COARSE_BUCKETS + 3;
 /// node x node RTT matrix); path and interface MTU; 2 directions × 2
 /// bandwidth gauges (goodput, last burst); retransmits.
 pub const SERIES_PER_PEER_KEY: usize = 3 * 3 + 2 + 2 + 2 * 2 + 1;
+/// Series per key on a Service path: [`SERIES_PER_PEER_KEY`] without the
+/// ICMP sent, lost and windowed minimum.
+pub const SERIES_PER_SERVICE_KEY: usize = SERIES_PER_PEER_KEY - 3;
 /// Extra series per key on a cross-node path: the peer's clock offset.
 pub const SERIES_PER_CROSS_NODE_KEY: usize = 1;
 /// Series per peer node of the targets (the Service ClusterIP's
@@ -56,6 +62,10 @@ pub const SERIES_PER_PEER_NODE: usize = 1;
 /// TCP connect histogram (20), HTTP phase histograms (3 × 20), bandwidth
 /// bursts (2 directions × 3 outcomes).
 pub const SERIES_PER_PATH: usize = 3 * HISTOGRAM + 4 * 5 + 4 + HISTOGRAM + 3 * HISTOGRAM + 2 * 3;
+/// Series per Service path kind in use: [`SERIES_PER_PATH`] without ICMP's
+/// RTT histogram, error and exclusion counters.
+pub const SERIES_PER_SERVICE_PATH: usize =
+    SERIES_PER_PATH - HISTOGRAM - ProbeErrorReason::ALL.len() - ExcludeReason::ALL.len();
 /// Series of the cluster reachability probes, independent of peers: the
 /// DNS lookup histogram (20 lines, the agent's one network), lookups by
 /// nameserver (at most `MAX_NAMESERVERS`) × outcome, and the apiserver
@@ -85,25 +95,62 @@ pub const SERIES_FIXED: usize = 3
     + 2
     + 7
     + SERIES_CLUSTER_REACH;
-/// Path kinds an agent uses: pod agents pod_cross_node, pod_to_host and the
-/// two Service paths; host agents host_cross_node, host_to_pod and the two
-/// Service paths. pod_same_node adds one when a node runs two pod agents.
-pub const PATHS_PER_AGENT: usize = 4;
+/// Agent path kinds an agent uses: pod agents pod_cross_node and
+/// pod_to_host, host agents host_cross_node and host_to_pod. pod_same_node
+/// adds one when a node runs two pod agents.
+pub const PATHS_PER_AGENT: usize = 2;
+/// Service path kinds an agent uses: service_clusterip and
+/// service_nodeport, one key each.
+pub const SERVICE_PATHS_PER_AGENT: usize = 2;
+
+/// What an agent's series depend on: its (path, peer_node) keys and path
+/// kinds, those through a Service apart (no ICMP series there).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeriesShape {
+    /// Keys on agent paths (pod and host ends).
+    pub keys: usize,
+    /// Keys on Service paths.
+    pub service_keys: usize,
+    /// Keys on a cross-node path (part of `keys`).
+    pub cross_node_keys: usize,
+    /// Peer nodes among the keys.
+    pub peer_nodes: usize,
+    /// Agent path kinds in use.
+    pub paths: usize,
+    /// Service path kinds in use.
+    pub service_paths: usize,
+}
+
+impl SeriesShape {
+    /// The series an agent of this shape exports.
+    pub fn series(&self) -> usize {
+        SERIES_FIXED
+            + SERIES_PER_PATH * self.paths
+            + SERIES_PER_SERVICE_PATH * self.service_paths
+            + SERIES_PER_PEER_KEY * self.keys
+            + SERIES_PER_SERVICE_KEY * self.service_keys
+            + SERIES_PER_CROSS_NODE_KEY * self.cross_node_keys.min(self.keys)
+            + SERIES_PER_PEER_NODE * self.peer_nodes.min(self.keys + self.service_keys)
+    }
+}
 
 /// The series an agent exports with `peer_keys` (path, peer_node) keys, of
 /// which `cross_node_keys` are on a cross-node path, to `peer_nodes` peer
-/// nodes, over `paths` path kinds.
+/// nodes, over `paths` path kinds, none of them through a Service.
 pub fn series_for(
     peer_keys: usize,
     cross_node_keys: usize,
     peer_nodes: usize,
     paths: usize,
 ) -> usize {
-    SERIES_FIXED
-        + SERIES_PER_PATH * paths
-        + SERIES_PER_PEER_KEY * peer_keys
-        + SERIES_PER_CROSS_NODE_KEY * cross_node_keys.min(peer_keys)
-        + SERIES_PER_PEER_NODE * peer_nodes.min(peer_keys)
+    SeriesShape {
+        keys: peer_keys,
+        cross_node_keys,
+        peer_nodes,
+        paths,
+        ..SeriesShape::default()
+    }
+    .series()
 }
 
 /// The most (path, peer_node) keys that fit `budget` over `paths` path
@@ -118,15 +165,22 @@ pub fn max_peer_keys(budget: usize, paths: usize) -> usize {
 
 /// The series of one agent with `peer_nodes` other nodes, each running a pod
 /// and a host agent, fanned out to `max_peers` nodes, plus the Service
-/// targets: `2·m + 3 + s` keys (m = min(n, max_peers); `s` extra agents on
-/// the agent's own node, 0 outside rollouts), `m` of them cross-node, to
-/// `m + 1` nodes (its own included; the NodePort target is one of them),
-/// over `4 + [s > 0]` path kinds.
+/// targets: `2·m + 1 + s` agent keys (m = min(n, max_peers); `s` extra
+/// agents on the agent's own node, 0 outside rollouts) and 2 Service keys,
+/// `m` of them cross-node, to `m + 1` nodes (its own included; the NodePort
+/// target is one of them), over `2 + [s > 0]` agent path kinds and 2
+/// Service path kinds.
 pub fn series_bound(peer_nodes: usize, max_peers: usize, same_node_extra: usize) -> usize {
     let m = peer_nodes.min(max_peers);
-    let keys = 2 * m + 3 + same_node_extra;
-    let paths = PATHS_PER_AGENT + usize::from(same_node_extra > 0);
-    series_for(keys, m, m + 1, paths)
+    SeriesShape {
+        keys: 2 * m + 1 + same_node_extra,
+        service_keys: SERVICE_PATHS_PER_AGENT,
+        cross_node_keys: m,
+        peer_nodes: m + 1,
+        paths: PATHS_PER_AGENT + usize::from(same_node_extra > 0),
+        service_paths: SERVICE_PATHS_PER_AGENT,
+    }
+    .series()
 }
 
 /// The most peer nodes a pod or host agent can fan out to within `budget`
@@ -146,7 +200,7 @@ pub fn fit(targets: Vec<Target>, budget: usize) -> (Vec<Target>, usize) {
     let mut keys: HashSet<(PathKind, &str)> = HashSet::new();
     let mut paths: HashSet<PathKind> = HashSet::new();
     let mut nodes: BTreeSet<&str> = BTreeSet::new();
-    let mut cross = 0;
+    let mut shape = SeriesShape::default();
     let mut keep = Vec::with_capacity(targets.len());
     for t in &targets {
         let key = (t.path, t.peer.node.as_str());
@@ -154,22 +208,24 @@ pub fn fit(targets: Vec<Target>, budget: usize) -> (Vec<Target>, usize) {
             keep.push(true);
             continue;
         }
-        let new_path = usize::from(!paths.contains(&t.path));
-        let new_cross = usize::from(has_clock_offset(t.path));
         let node = has_node(t).then_some(t.peer.node.as_str());
-        let new_node = usize::from(node.is_some_and(|n| !nodes.contains(n)));
-        let total = series_for(
-            keys.len() + 1,
-            cross + new_cross,
-            nodes.len() + new_node,
-            paths.len() + new_path,
-        );
-        let fits = total <= budget;
+        let mut next = shape;
+        let new_path = !paths.contains(&t.path);
+        if t.path.is_service() {
+            next.service_keys += 1;
+            next.service_paths += usize::from(new_path);
+        } else {
+            next.keys += 1;
+            next.paths += usize::from(new_path);
+        }
+        next.cross_node_keys += usize::from(has_clock_offset(t.path));
+        next.peer_nodes += usize::from(node.is_some_and(|n| !nodes.contains(n)));
+        let fits = next.series() <= budget;
         if fits {
             keys.insert(key);
             paths.insert(t.path);
             nodes.extend(node);
-            cross += new_cross;
+            shape = next;
         }
         keep.push(fits);
     }
@@ -326,6 +382,25 @@ mod tests {
             simulate(&plan(201, 200, 0)),
             "flat above max_peers"
         );
+    }
+
+    /// The numbers docs/metrics.md ("Cardinality") and docs/deploy.md give.
+    #[test]
+    fn the_documented_formula_is_this_one() {
+        assert_eq!(
+            (
+                SERIES_FIXED,
+                SERIES_PER_PATH,
+                SERIES_PER_SERVICE_PATH,
+                SERIES_PER_PEER_KEY,
+                SERIES_PER_SERVICE_KEY
+            ),
+            (200, 170, 144, 18, 15)
+        );
+        for m in [0, 10, 28, 200] {
+            assert_eq!(series_bound(m, m, 0), 877 + 38 * m, "{m}");
+        }
+        assert_eq!(max_peer_nodes(DEFAULT_MAX_SERIES, 0), 29);
     }
 
     #[test]

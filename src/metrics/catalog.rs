@@ -97,7 +97,7 @@ def!(
     "kubepulse_probe_send_late_total",
     Counter,
     ["protocol"],
-    "Probe sends that left more than a millisecond after their scheduled time (prober overloaded)."
+    "Probe sends that left more than a millisecond after their scheduled time (prober overloaded), except those the burst guard excludes from every statistic."
 );
 def!(
     TCP_CONNECT,

@@ -349,7 +349,11 @@ impl AgentMetrics {
         if !Self::is_live(&live, path, peer_node) {
             live.insert((path, peer_node.to_string()));
         }
-        for p in protocols {
+        // ICMP never probes a Service path: none of its series exist there.
+        for p in protocols
+            .iter()
+            .filter(|p| **p != Protocol::Icmp || path.probed_with_icmp())
+        {
             if LATENCY_PROTOCOLS.contains(p) {
                 let rtt = self.rtt.with_label_values(&[p.as_str(), path.as_str()]);
                 self.latency_series(rtt, *p, path, peer_node);

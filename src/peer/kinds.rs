@@ -33,9 +33,36 @@ label_enum! {
     }
 }
 
+impl PathKind {
+    /// Whether this path goes through a Service address (kube-proxy or its
+    /// replacement) rather than straight to an agent.
+    pub const fn is_service(self) -> bool {
+        matches!(self, PathKind::ServiceClusterip | PathKind::ServiceNodeport)
+    }
+
+    /// Whether ICMP echo measures this path. Not the Service paths: an echo
+    /// to a Service address never reaches a backend. Under kube-proxy's
+    /// iptables and nftables modes nothing answers a ClusterIP (every echo
+    /// reads as lost), under IPVS the node answers for every backend, and a
+    /// NodePort's node address is answered by the node itself; so the
+    /// Service paths are measured with UDP, TCP and HTTP only.
+    pub const fn probed_with_icmp(self) -> bool {
+        !self.is_service()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn icmp_probes_agents_and_never_a_service_address() {
+        for p in PathKind::ALL {
+            let want = !matches!(p, PathKind::ServiceClusterip | PathKind::ServiceNodeport);
+            assert_eq!(p.probed_with_icmp(), want, "{p}");
+            assert_eq!(p.is_service(), !want, "{p}");
+        }
+    }
 
     #[test]
     fn serde_names_match_label_values() {

@@ -3,12 +3,17 @@
 //! whole datagram (padding included, so path MTU probes see their size come
 //! back), stamped with the responder's wall-clock receive and send times.
 //! Requests over budget are dropped before parsing and counted
-//! (`reason="source_rate"`): no reflector at line rate.
+//! (`reason="source_rate"`): no reflector at line rate. A reply leaves
+//! from the address its request was sent to, whatever the route's source
+//! would be ([`crate::sys::pktinfo`]): a host agent on a node with a pod
+//! bridge and an overlay device answers pods from the node address they
+//! asked, so the path MTU search's connected socket receives it.
 //!
 //! Runs on its own OS thread with a blocking socket: its turnaround adds to
 //! every measured RTT, and on the shared runtime it would queue behind other
 //! tasks (measurement.md §5: p99 6-7x worse under load).
 
+use crate::sys::pktinfo::{self, DestinationBuf};
 use crate::sys::thread::prefer_realtime;
 use std::io;
 use std::net::UdpSocket;
@@ -54,6 +59,7 @@ pub(super) fn spawn(
         Err(_) => false,
     };
     sock.set_read_timeout((!woken_on_stop).then_some(POLL_INTERVAL))?;
+    pktinfo::enable_destination_info(&sock)?;
     let realtime = limits.realtime_priority;
     let rate = Rate::new(f64::from(limits.udp_packets_per_second_per_source), 1.0);
     std::thread::Builder::new()
@@ -77,14 +83,15 @@ fn run(
     // One byte more than the largest valid message, to tell oversized
     // datagrams (truncated to the buffer) from the largest valid one.
     let mut buf = vec![0u8; echo::MAX_LEN + 1];
+    let mut cmsg = DestinationBuf::default();
     while !stop.is_cancelled() {
-        let received = sock.recv_from(&mut buf);
+        let received = pktinfo::recv_with_destination(sock, &mut buf, &mut cmsg);
         // Woken by the shutdown of the receive side: not a request.
         if stop.is_cancelled() {
             break;
         }
-        let (n, peer) = match received {
-            Ok(r) => r,
+        let (n, peer, local) = match received {
+            Ok(d) => (d.len, d.from, d.to),
             Err(e) if super::is_timeout(&e) => continue,
             Err(e) => {
                 tracing::debug!(error = %e, "UDP echo receive failed");
@@ -105,7 +112,7 @@ fn run(
             metrics.responder_rejected(ResponderKind::UdpEcho, reason);
             continue;
         }
-        match sock.send_to(msg, peer) {
+        match pktinfo::send_from(sock, msg, peer, local) {
             Ok(_) => metrics.responder_request(ResponderKind::UdpEcho),
             Err(e) => tracing::debug!(error = %e, %peer, "UDP echo send failed"),
         }

@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod epoll;
 pub mod icmp;
+pub mod pktinfo;
 pub mod pmtu;
 pub mod poll;
 pub mod tcp_info;

@@ -842,3 +842,155 @@ fn excluded_outcomes_are_counted_only_as_excluded() {
     assert!(excluded(&e, Protocol::Tcp) > 0.0);
     drop((a, b));
 }
+
+/// ICMP echo never probes a Service address (nothing behind it answers:
+/// `PathKind::probed_with_icmp`): a Service target gets UDP and TCP probes
+/// and no ICMP series at all, while an agent target beside it gets all
+/// three.
+#[test]
+fn service_targets_get_no_icmp_probes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let a = Responder::start();
+    let svc = Responder::start();
+    let interval = Duration::from_millis(20);
+    let settings = ProbeSettings {
+        udp: periodic(true, interval),
+        tcp: periodic(true, interval),
+        icmp: periodic(true, interval),
+        rtt_min_window: Duration::from_secs(60),
+        ..ProbeSettings::default()
+    };
+    let mut clusterip = target("svc", svc.ports);
+    clusterip.path = PathKind::ServiceClusterip;
+    clusterip.peer.path = Some(PathKind::ServiceClusterip);
+    let mut nodeport = target("np", svc.ports);
+    nodeport.path = PathKind::ServiceNodeport;
+    nodeport.peer.path = Some(PathKind::ServiceNodeport);
+    let mut e = Engine::start(
+        settings,
+        vec![target("a", a.ports), clusterip, nodeport],
+        None,
+    );
+    let sent = |p: Protocol, path: &str, node: &str| {
+        e.value(
+            "kubepulse_probe_sent_total",
+            &[
+                ("protocol", p.as_str()),
+                ("path", path),
+                ("peer_node", node),
+            ],
+        )
+    };
+    let icmp_works = e.icmp_mode().expect("icmp mode exported") != IcmpMode::Unavailable;
+    wait_for(
+        "UDP and TCP replies through both Service paths, ICMP to the agent",
+        Duration::from_secs(20),
+        || {
+            [
+                ("service_clusterip", "node-svc"),
+                ("service_nodeport", "node-np"),
+            ]
+            .iter()
+            .all(|(path, node)| {
+                [Protocol::Udp, Protocol::Tcp]
+                    .iter()
+                    .all(|p| sent(*p, path, node).is_some_and(|n| n >= 10.0))
+            }) && (!icmp_works
+                || sent(Protocol::Icmp, "pod_cross_node", "node-a").is_some_and(|n| n >= 10.0))
+        },
+    );
+    e.halt();
+    let gathered = |name: &str| {
+        e.registry
+            .gather()
+            .into_iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().to_vec())
+            .filter(|m| {
+                let l = |k: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == k)
+                        .map(|l| l.value().to_string())
+                };
+                l("protocol").as_deref() == Some("icmp")
+                    && l("path").is_some_and(|p| p.starts_with("service_"))
+            })
+            .count()
+    };
+    for name in [
+        "kubepulse_probe_sent_total",
+        "kubepulse_probe_lost_total",
+        "kubepulse_probe_rtt_min_seconds",
+        "kubepulse_probe_rtt_seconds",
+        "kubepulse_probe_errors_total",
+        "kubepulse_probe_excluded_total",
+    ] {
+        assert_eq!(gathered(name), 0, "{name}: ICMP series on a Service path");
+    }
+    drop((a, svc));
+}
+
+/// A guard that takes 8 ms per question (so the engine thread falls
+/// behind and sends leave late) and excludes everything or nothing.
+struct SlowGuard {
+    exclude: bool,
+}
+
+impl SampleGuard for SlowGuard {
+    fn exclude(&self, _peer: &str, _sent_ns: u64, _done_ns: u64) -> Option<ExcludeReason> {
+        std::thread::sleep(Duration::from_millis(8));
+        self.exclude.then_some(ExcludeReason::BandwidthBurst)
+    }
+}
+
+/// A late send counts only when its probe counts: one the burst guard
+/// excludes (a burst of this node or the peer's, whose load may well delay
+/// it) biases no statistic, so it is not reported as the prober starving.
+#[test]
+fn late_sends_of_excluded_probes_are_not_counted() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let a = Responder::start();
+    let late = |exclude: bool| {
+        let settings = ProbeSettings {
+            udp: periodic(true, Duration::from_millis(5)),
+            tcp: periodic(false, Duration::from_secs(1)),
+            icmp: periodic(false, Duration::from_secs(1)),
+            rtt_min_window: Duration::from_secs(60),
+            ..ProbeSettings::default()
+        };
+        let mut e = Engine::start_guarded(
+            settings,
+            vec![target("a", a.ports)],
+            None,
+            Arc::new(SlowGuard { exclude }),
+        );
+        let excluded = |e: &Engine| {
+            e.value(
+                "kubepulse_probe_excluded_total",
+                &[("protocol", "udp"), ("path", "pod_cross_node")],
+            )
+            .unwrap_or(0.0)
+        };
+        wait_for("probes judged", Duration::from_secs(20), || {
+            if exclude {
+                excluded(&e) >= 50.0
+            } else {
+                e.kept(Protocol::Udp, "node-a") >= 50.0
+            }
+        });
+        e.halt();
+        e.existing("kubepulse_probe_send_late_total", &[("protocol", "udp")])
+    };
+    let kept_late = late(false);
+    assert!(
+        kept_late > 10.0,
+        "a slow guard makes sends late: {kept_late}"
+    );
+    assert_eq!(
+        late(true),
+        0.0,
+        "excluded probes' late sends are not counted"
+    );
+    drop(a);
+}

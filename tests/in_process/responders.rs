@@ -250,6 +250,35 @@ async fn udp_echo_round_trip_keeps_length_and_stamps_times() {
     f.stop().await;
 }
 
+/// A responder bound to the wildcard address (the agents' default) answers
+/// from the address each request was sent to, not from the route's source
+/// towards the client: on a node with a pod bridge and an overlay device a
+/// host agent would otherwise answer pods from the bridge's or the
+/// overlay's address, and the path MTU search's connected socket never
+/// sees the reply. 127.0.0.2 stands for such a second local address: a
+/// plain `send_to` answers it from 127.0.0.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_echo_answers_from_the_address_it_was_asked() {
+    let f = Fixture::start(
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        ResponderSettings::default(),
+    )
+    .await;
+    for to in [Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2)] {
+        let c = udp_client(LOCAL4);
+        // Connected, as the path MTU search is: only a reply from `to`
+        // gets through.
+        c.connect((to, f.ports.udp_echo)).expect("connect");
+        c.send(&request(7, 1200)).expect("send");
+        let mut buf = vec![0u8; echo::MAX_LEN + 1];
+        let n = c
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no reply from {to}: {e}"));
+        assert_eq!(n, 1200, "the reply has the request's length");
+    }
+    f.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_responders_apply_the_test_clock_offset() {
     let offset = Duration::from_secs(1000);

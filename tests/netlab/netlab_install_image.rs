@@ -122,8 +122,7 @@ fn the_pod_agent_runs_from_the_image_as_its_daemonset_says() {
         );
         matches!(
             (kind, name),
-            ("Namespace", "kubepulse")
-                | ("ServiceAccount", "kubepulse-agent")
+            ("ServiceAccount", "kubepulse-agent")
                 | ("Role", "kubepulse-agent")
                 | ("RoleBinding", "kubepulse-agent")
                 | ("ConfigMap", "kubepulse-agent")
@@ -134,7 +133,7 @@ fn the_pod_agent_runs_from_the_image_as_its_daemonset_says() {
         source: format!("{} (pod agent only)", r.source),
         objects: r.objects.iter().filter(|o| keep(o)).cloned().collect(),
     };
-    assert_eq!(only_agent.objects.len(), 6, "{:#?}", only_agent.objects);
+    assert_eq!(only_agent.objects.len(), 5, "{:#?}", only_agent.objects);
     let cluster = Cluster::start(
         ClusterSpec {
             nodes: 2,
@@ -142,6 +141,9 @@ fn the_pod_agent_runs_from_the_image_as_its_daemonset_says() {
         },
         image::image(),
     );
+    // `helm install --create-namespace`.
+    cluster.create(&serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "kubepulse", "labels": {"kubernetes.io/metadata.name": "kubepulse"}}}));
     cluster.install(&only_agent);
     cluster.create(&burst_key_secret());
     let labels = [("kubepulse.io/network", "pod")];

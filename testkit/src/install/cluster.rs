@@ -13,6 +13,7 @@
 //!  node0 (10.200.0.1): control plane (tainted NoSchedule), apiserver :6443,
 //!                      DNS :53, kube-state-metrics :8081, Prometheus :9090
 //!  node1, node2:       workers
+//!  every node:         a 1 Gbit/s link (tbf on its underlay egress)
 //!  win0:               a Node object only (os=windows, tainted): nothing of
 //!                      a Linux DaemonSet may be scheduled there
 //! ```
@@ -62,6 +63,13 @@ pub const PROBE_NAMESPACE: &str = "kubepulse-probes";
 pub const IMAGE_REPOSITORY: &str = "ghcr.io/kubepulse/kubepulse";
 /// The Node without a lab namespace.
 pub const DECOY_NODE: &str = "win0";
+/// Each node's link (its underlay egress, tbf): 1 Gbit/s, the NICs of the
+/// seed reports' clusters (about 940 Mbit/s measured everywhere). An
+/// unshaped veth moves 10-17 Gbit/s on this machine's CPUs alone, so every
+/// bandwidth burst saturated both vCPUs that all three nodes share, and
+/// probes on nodes far from the burst ran late: no cluster of separate
+/// machines behaves so.
+pub const NODE_LINK_MBIT: u32 = 1000;
 
 /// The shape of the cluster.
 #[derive(Debug, Clone, Copy)]
@@ -153,6 +161,9 @@ impl Cluster {
                     "net.ipv4.ping_group_range=0 2147483647",
                 ],
             );
+        }
+        for i in 0..spec.nodes {
+            lab.set_tbf(i, NODE_LINK_MBIT, "64kb");
         }
         let nodes: Vec<String> = (0..spec.nodes).map(|i| lab.node_name(i)).collect();
         seed(&server, &lab, &nodes);

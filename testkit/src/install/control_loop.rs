@@ -26,6 +26,7 @@ pub(super) fn main_loop(ctx: Arc<Ctx>) {
     let mut done: std::collections::BTreeSet<String> = Default::default();
     let mut last_beat = Instant::now();
     let mut last_rules = String::new();
+    let mut applied: Vec<proxy::Rule> = Vec::new();
     while !ctx.stop.load(Ordering::Relaxed) {
         let server = &ctx.server;
         service_accounts(server);
@@ -82,21 +83,35 @@ pub(super) fn main_loop(ctx: Arc<Ctx>) {
             last_beat = Instant::now();
             heartbeat(server);
         }
-        let rules = proxy::ruleset(&proxy::rules(
+        let wanted = proxy::rules(
             &server.all_objects::<Service>(),
             &server.all_objects::<Pod>(),
             &server.all_objects::<EndpointSlice>(),
-        ));
+        );
+        let rules = proxy::ruleset(&wanted);
         if rules != last_rules {
-            let ok = (0..ctx.nodes.len()).all(|i| match apply_nft(&ctx.lab.host(i), &rules) {
-                Ok(()) => true,
-                Err(e) => {
-                    ctx.fault(format!("kube-proxy rules on node {i}: {e}\n{rules}"));
-                    false
+            let stale = proxy::stale_udp_flows(&applied, &wanted);
+            let ok = (0..ctx.nodes.len()).all(|i| {
+                let ns = ctx.lab.host(i);
+                match apply_nft(&ns, &rules) {
+                    Ok(()) => {
+                        // After the new rules: the next packet is NATed anew.
+                        for f in &stale {
+                            if let Err(e) = clear_conntrack(&ns, f) {
+                                ctx.fault(format!("kube-proxy on node {i}: {e}"));
+                            }
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        ctx.fault(format!("kube-proxy rules on node {i}: {e}\n{rules}"));
+                        false
+                    }
                 }
             });
             if ok {
                 last_rules = rules;
+                applied = wanted;
             }
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -116,6 +131,23 @@ pub(super) fn service_accounts(server: &ApiServer) {
                 json!({"metadata": {"name": "default", "namespace": name}}),
             );
         }
+    }
+}
+
+/// Deletes the conntrack entries of `flow` in namespace `ns` (none there is
+/// fine: `conntrack -D` then exits 1 saying so).
+fn clear_conntrack(ns: &str, flow: &proxy::StaleFlow) -> Result<(), String> {
+    let args = flow.conntrack_args();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "conntrack"])
+        .args(&args)
+        .output()
+        .map_err(|e| format!("cannot run conntrack ({e}): the install lab's kube-proxy needs it (.ci/run installs it)"))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || err.contains(" 0 flow entries") {
+        Ok(())
+    } else {
+        Err(format!("conntrack {args:?}: {err}"))
     }
 }
 

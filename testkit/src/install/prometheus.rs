@@ -5,19 +5,17 @@
 //! found in-cluster: the same address, CA and token a pod gets).
 //! kube-state-metrics (the lab's stand-in) is scraped as a static target.
 //!
-//! Debian's Prometheus (2.42.0+ds, the one installable here) is built
-//! without Kubernetes discovery ("field kubernetes_sd_configs not found in
-//! type config.ScrapeConfig"). So the discovery and the scrapes are
-//! vmagent's (Debian's `victoria-metrics`: its own Kubernetes discovery,
-//! list and watch of pods with bookmarks, Prometheus's relabeling and
-//! `up` semantics), remote-writing every sample into the real Prometheus,
-//! which stores them and evaluates the shipped rules; queries and alerts
-//! are Prometheus's.
+//! The Prometheus is Debian trixie's (2.53, `.ci/prometheus-k8s-sd`
+//! installs it as `prometheus-k8s-sd`): bookworm's (2.42.0+ds) is built
+//! without Kubernetes discovery. Its discovery is client-go's reflector (a
+//! list, then a watch from the list's resourceVersion), talking to the API
+//! test server over HTTPS; it also stores the data and evaluates the
+//! shipped rules with test-time windows ([`RULE_TIME`]).
 
 use serde_json::{json, Value};
 
 use super::cluster::{Cluster, APISERVER};
-use crate::lab::prometheus::Prom;
+use crate::lab::prometheus::{Prom, RuleTime};
 
 /// The scrape jobs of docs/deploy.md's plain-Prometheus section: every
 /// YAML block of the document that holds a `kubernetes_sd_configs` job.
@@ -89,38 +87,31 @@ pub fn scrape_configs(jobs: &[Value], ca: &str, token: &str) -> String {
     out.iter().map(|j| format!("  - {j}\n")).collect()
 }
 
-/// The vmagent scraping for a Prometheus; stops when dropped.
-pub struct Scraper {
-    lab: std::sync::Arc<crate::lab::netlab::Lab>,
-    pid: u32,
-    dir: tempfile::TempDir,
-}
-
-impl Scraper {
-    /// vmagent's log.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("vmagent.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Scraper {
-    fn drop(&mut self) {
-        self.lab.kill(self.pid);
-    }
-}
-
-/// vmagent's address in node 0.
-pub const VMAGENT_ADDR: (std::net::Ipv4Addr, u16) = (std::net::Ipv4Addr::new(10, 200, 0, 1), 8429);
-
-/// Starts Prometheus (the test rules, remote-write receiver) in node 0 and
-/// vmagent with the documented jobs every `scrape_interval`.
-pub fn start(cluster: &Cluster, scrape_interval: &str) -> (Prom, Scraper) {
-    let prom = Prom::start_with(
-        &cluster.lab,
-        "  []\n",
-        scrape_interval,
-        &["--web.enable-remote-write-receiver"],
+/// The Prometheus with Kubernetes discovery: `KUBEPULSE_PROMETHEUS_K8S_SD`,
+/// or `prometheus-k8s-sd` where `.ci/prometheus-k8s-sd` installs it.
+pub fn binary() -> String {
+    let bin = std::env::var("KUBEPULSE_PROMETHEUS_K8S_SD")
+        .unwrap_or("/usr/local/bin/prometheus-k8s-sd".into());
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "no Prometheus with Kubernetes discovery at {bin}: run .ci/prometheus-k8s-sd \
+         (bookworm's prometheus has no kubernetes_sd_configs), or set KUBEPULSE_PROMETHEUS_K8S_SD"
     );
+    bin
+}
+
+/// The install lab's rule time: a thirtieth of production's (`for: 15m`
+/// becomes 30 s, `[5m]` 10 s; `for:` at most 60 s), so the 3-minute quiet
+/// window is an hour and a half of a real cluster's, and each alert keeps
+/// its tolerance relative to the others. With every `for:` at 2 s
+/// ([`RuleTime::Fast`]) a single blip of a few seconds (a probe lost while
+/// the 2 vCPUs that all three nodes share stall) fired alerts whose
+/// production `for:` is 15 or 30 minutes.
+pub const RULE_TIME: RuleTime = RuleTime::Scaled(30);
+
+/// Starts Prometheus in node 0 with the test rules and the documented jobs
+/// (discovering through the API test server) every `scrape_interval`.
+pub fn start(cluster: &Cluster, scrape_interval: &str) -> Prom {
     let jobs = documented_jobs();
     let ca = cluster.pki.path().join("ca.crt");
     let token = cluster.pki.path().join("token");
@@ -129,58 +120,19 @@ pub fn start(cluster: &Cluster, scrape_interval: &str) -> (Prom, Scraper) {
         &ca.display().to_string(),
         &token.display().to_string(),
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("scrape.yml");
-    std::fs::write(
-        &cfg,
-        format!("global:\n  scrape_interval: {scrape_interval}\n  scrape_timeout: 1s\nscrape_configs:\n{configs}"),
+    Prom::start_bin(
+        &cluster.lab,
+        &binary(),
+        RULE_TIME,
+        &configs,
+        scrape_interval,
+        &[],
     )
-    .expect("write the scrape config");
-    let (ip, port) = VMAGENT_ADDR;
-    let bin = std::env::var("KUBEPULSE_VMAGENT").unwrap_or("/usr/bin/vmagent".into());
-    let args = [
-        bin,
-        format!("-promscrape.config={}", cfg.display()),
-        "-promscrape.config.strictParse=true".into(),
-        format!("-remoteWrite.url=http://{}/api/v1/write", prom.addr()),
-        "-remoteWrite.flushInterval=1s".into(),
-        format!(
-            "-remoteWrite.tmpDataPath={}",
-            dir.path().join("queue").display()
-        ),
-        format!("-httpListenAddr={ip}:{port}"),
-        "-loggerLevel=WARN".into(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let log = dir.path().join("vmagent.log");
-    let pid = cluster.lab.spawn(&cluster.lab.host(0), &args, Some(&log));
-    let scraper = Scraper {
-        lab: cluster.lab.clone(),
-        pid,
-        dir,
-    };
-    let up = crate::lab::netlab::poll(
-        std::time::Duration::from_secs(20),
-        std::time::Duration::from_millis(200),
-        || {
-            assert!(cluster.lab.alive(pid), "vmagent exited: {}", scraper.log());
-            crate::lab::netlab::in_ns(&cluster.lab.host(0), move || {
-                crate::http::get_ok(std::net::SocketAddr::from((ip, port)), "/health").ok()
-            })
-        },
-    );
-    assert!(up.is_some(), "vmagent not up: {}", scraper.log());
-    (prom, scraper)
 }
 
-/// The targets vmagent scrapes, as (labels, health) per target.
-pub fn targets(cluster: &Cluster) -> Vec<(serde_json::Map<String, Value>, String)> {
-    let (ip, port) = VMAGENT_ADDR;
-    let body = crate::lab::netlab::in_ns(&cluster.lab.host(0), move || {
-        crate::http::get_ok(std::net::SocketAddr::from((ip, port)), "/api/v1/targets")
-    })
-    .expect("vmagent's targets");
-    let v: Value = serde_json::from_str(&body).expect("targets JSON");
+/// The targets Prometheus scrapes, as (labels, health) per target.
+pub fn targets(prom: &Prom) -> Vec<(serde_json::Map<String, Value>, String)> {
+    let v = prom.get_json("/api/v1/targets?state=active");
     v["data"]["activeTargets"]
         .as_array()
         .into_iter()

@@ -5,6 +5,14 @@
 //! without endpoints rejects. NodePort traffic is masqueraded (the
 //! `externalTrafficPolicy: Cluster` behaviour), as is a pod reaching
 //! itself or a neighbour through a Service (hairpin).
+//!
+//! Like kube-proxy, it clears the conntrack entries that would pin UDP
+//! flows to a stale verdict ([`stale_udp_flows`]): NAT is decided by a
+//! flow's first packet, and a prober sending from one socket every second
+//! keeps its flow alive forever, so a flow that started before its Service
+//! port had endpoints (no DNAT) or towards an endpoint since removed would
+//! never reach a backend again. TCP needs none of this (a new connection
+//! is a new flow).
 
 use std::net::Ipv4Addr;
 
@@ -154,6 +162,125 @@ fn dnat_target(endpoints: &[(Ipv4Addr, u16)]) -> String {
     }
 }
 
+/// Conntrack entries to delete after a rules change (`conntrack -D`
+/// filters), as kube-proxy's conntrack cleanup does for UDP.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StaleFlow {
+    /// Flows to a ClusterIP port that had no endpoints (or no rule): they
+    /// were never DNATed.
+    ClusterIp {
+        /// ClusterIP.
+        vip: Ipv4Addr,
+        /// Service port.
+        port: u16,
+    },
+    /// Flows to a node port that had no endpoints.
+    NodePort {
+        /// Node port.
+        port: u16,
+    },
+    /// Flows through a ClusterIP DNATed to an endpoint since removed.
+    ClusterIpEndpoint {
+        /// ClusterIP.
+        vip: Ipv4Addr,
+        /// The removed endpoint's address.
+        endpoint: Ipv4Addr,
+    },
+    /// Flows through a node port DNATed to an endpoint since removed.
+    NodePortEndpoint {
+        /// Node port.
+        port: u16,
+        /// The removed endpoint's address.
+        endpoint: Ipv4Addr,
+    },
+}
+
+impl StaleFlow {
+    /// The `conntrack -D` arguments that delete these flows.
+    pub fn conntrack_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = ["-D", "-p", "udp"].map(String::from).to_vec();
+        let mut add = |k: &str, v: String| {
+            a.push(k.to_string());
+            a.push(v);
+        };
+        match self {
+            StaleFlow::ClusterIp { vip, port } => {
+                add("--orig-dst", vip.to_string());
+                add("--orig-port-dst", port.to_string());
+            }
+            StaleFlow::NodePort { port } => add("--orig-port-dst", port.to_string()),
+            StaleFlow::ClusterIpEndpoint { vip, endpoint } => {
+                add("--orig-dst", vip.to_string());
+                add("--reply-src", endpoint.to_string());
+            }
+            StaleFlow::NodePortEndpoint { port, endpoint } => {
+                add("--orig-port-dst", port.to_string());
+                add("--reply-src", endpoint.to_string());
+            }
+        }
+        a
+    }
+}
+
+/// The UDP flows a change from `old` to `new` rules leaves stale: those of
+/// a port that gained its first endpoints (a rule absent before counts as
+/// none), and those DNATed to an endpoint that is gone.
+pub fn stale_udp_flows(old: &[Rule], new: &[Rule]) -> Vec<StaleFlow> {
+    let mut out = std::collections::BTreeSet::new();
+    for r in new.iter().filter(|r| r.proto == "udp") {
+        let before = old
+            .iter()
+            .find(|o| o.proto == r.proto && o.vip == r.vip && o.port == r.port);
+        let had: Vec<Ipv4Addr> = before
+            .map(|o| o.endpoints.iter().map(|e| e.0).collect())
+            .unwrap_or_default();
+        let has: Vec<Ipv4Addr> = r.endpoints.iter().map(|e| e.0).collect();
+        if had.is_empty() && !has.is_empty() {
+            out.insert(StaleFlow::ClusterIp {
+                vip: r.vip,
+                port: r.port,
+            });
+            if let Some(port) = r.node_port {
+                out.insert(StaleFlow::NodePort { port });
+            }
+        }
+        for gone in had.iter().filter(|e| !has.contains(e)) {
+            out.insert(StaleFlow::ClusterIpEndpoint {
+                vip: r.vip,
+                endpoint: *gone,
+            });
+            if let Some(port) = before.and_then(|o| o.node_port) {
+                out.insert(StaleFlow::NodePortEndpoint {
+                    port,
+                    endpoint: *gone,
+                });
+            }
+        }
+    }
+    // A whole Service (or port) removed: its endpoints are gone too.
+    for o in old.iter().filter(|o| o.proto == "udp") {
+        if new
+            .iter()
+            .any(|r| r.proto == o.proto && r.vip == o.vip && r.port == o.port)
+        {
+            continue;
+        }
+        for (endpoint, _) in &o.endpoints {
+            out.insert(StaleFlow::ClusterIpEndpoint {
+                vip: o.vip,
+                endpoint: *endpoint,
+            });
+            if let Some(port) = o.node_port {
+                out.insert(StaleFlow::NodePortEndpoint {
+                    port,
+                    endpoint: *endpoint,
+                });
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
 /// The nftables script that replaces the table with `rules`.
 pub fn ruleset(rules: &[Rule]) -> String {
     let mut body = String::new();
@@ -225,6 +352,54 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("fib daddr type local udp dport 30000 meta mark set 0x4000 dnat to 10.244.0.100:9478"), "{text}");
+    }
+
+    #[test]
+    fn udp_flows_of_new_and_lost_endpoints_are_stale() {
+        let rule = |proto: &str, eps: &[[u8; 4]]| Rule {
+            vip: Ipv4Addr::new(10, 96, 0, 100),
+            port: 9478,
+            proto: proto.into(),
+            node_port: Some(30000),
+            endpoints: eps.iter().map(|e| (Ipv4Addr::from(*e), 9478)).collect(),
+        };
+        let (a, b) = ([10, 244, 0, 100], [10, 244, 1, 100]);
+        let vip = Ipv4Addr::new(10, 96, 0, 100);
+        // First endpoints (no rule before, or an empty one): every flow to
+        // the port was never DNATed.
+        let first = vec![
+            StaleFlow::ClusterIp { vip, port: 9478 },
+            StaleFlow::NodePort { port: 30000 },
+        ];
+        assert_eq!(stale_udp_flows(&[], &[rule("udp", &[a])]), first);
+        assert_eq!(
+            stale_udp_flows(&[rule("udp", &[])], &[rule("udp", &[a])]),
+            first
+        );
+        // One more endpoint: nothing is stale.
+        assert!(stale_udp_flows(&[rule("udp", &[a])], &[rule("udp", &[a, b])]).is_empty());
+        // One gone: the flows it answered.
+        let gone = Ipv4Addr::from(a);
+        assert_eq!(
+            stale_udp_flows(&[rule("udp", &[a, b])], &[rule("udp", &[b])]),
+            vec![
+                StaleFlow::ClusterIpEndpoint {
+                    vip,
+                    endpoint: gone
+                },
+                StaleFlow::NodePortEndpoint {
+                    port: 30000,
+                    endpoint: gone
+                },
+            ]
+        );
+        assert_eq!(stale_udp_flows(&[rule("udp", &[a])], &[]).len(), 2);
+        // TCP: new connections are new flows.
+        assert!(stale_udp_flows(&[], &[rule("tcp", &[a])]).is_empty());
+        assert_eq!(
+            first[0].conntrack_args().join(" "),
+            "-D -p udp --orig-dst 10.96.0.100 --orig-port-dst 9478"
+        );
     }
 
     #[test]

@@ -107,6 +107,17 @@ impl Rendering {
         self.objects.iter().filter(move |o| o["kind"] == kind)
     }
 
+    /// This rendering with `edit` applied to every object (an overlay's
+    /// patch), named `what` in its source.
+    pub fn with(&self, what: &str, edit: impl Fn(&mut Value)) -> Rendering {
+        let mut objects = self.objects.clone();
+        objects.iter_mut().for_each(edit);
+        Rendering {
+            source: format!("{} + {what}", self.source),
+            objects,
+        }
+    }
+
     /// This rendering without the objects `drop` rejects (e.g. a scenario
     /// without the controller).
     pub fn without(&self, drop: impl Fn(&Value) -> bool) -> Rendering {

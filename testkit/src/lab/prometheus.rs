@@ -1,7 +1,7 @@
 //! A real Prometheus inside a lab namespace, scraping lab agents and
 //! evaluating the REAL alerts/kubepulse-rules.yaml with test-time windows
-//! (every `for:` 2s, `[5m]`/`[10m]` rate windows 10s; thresholds and logic
-//! untouched), for the lab's alert tests; the firing set is keyed by every
+//! ([`RuleTime`]: by default every `for:` 2s, `[5m]`/`[10m]` rate windows
+//! 10s; thresholds and logic untouched), for the lab's alert tests; the firing set is keyed by every
 //! label the alerts carry.
 
 use std::collections::BTreeSet;
@@ -28,8 +28,50 @@ const KEYS: &[&str] = &[
     "target",
 ];
 
-/// The rules file with test-only `for:` and rate windows.
+/// How the shipped rules' time is shortened for a test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleTime {
+    /// Every `for:` 2s, `[5m]` and `[10m]` windows 10s: an alert fires
+    /// within seconds of its condition, for tests that inject a fault.
+    Fast,
+    /// Every `for:` and the `[5m]`/`[10m]` windows divided by this factor
+    /// (`for:` at least 2s and at most 60s, windows at least 10s): each
+    /// alert keeps its design's tolerance relative to the others (a
+    /// `for: 30m` still outlasts a blip a `for: 5m` pages on), for tests
+    /// that judge a healthy cluster quiet.
+    Scaled(u32),
+}
+
+impl RuleTime {
+    /// `for:` duration replacing `prod`, e.g. "15m".
+    fn for_of(self, prod: &str) -> String {
+        match self {
+            RuleTime::Fast => FOR.to_string(),
+            RuleTime::Scaled(k) => {
+                let secs = humantime::parse_duration(prod)
+                    .unwrap_or_else(|e| panic!("for: {prod}: {e}"))
+                    .as_secs();
+                format!("{}s", (secs / u64::from(k)).max(2))
+            }
+        }
+    }
+
+    /// Rate window replacing `[5m]` or `[10m]`.
+    fn window_of(self, minutes: u64) -> String {
+        match self {
+            RuleTime::Fast => WINDOW.to_string(),
+            RuleTime::Scaled(k) => format!("[{}s]", (minutes * 60 / u64::from(k)).max(10)),
+        }
+    }
+}
+
+/// The rules file with test-only `for:` and rate windows ([`RuleTime::Fast`]).
 pub fn test_rules() -> String {
+    rules_with(RuleTime::Fast)
+}
+
+/// The rules file with its time shortened as `time` says.
+pub fn rules_with(time: RuleTime) -> String {
     let path = crate::repo_root().join("alerts/kubepulse-rules.yaml");
     let text = std::fs::read_to_string(path).expect("read alerts/kubepulse-rules.yaml");
     let mut fors = 0;
@@ -37,11 +79,16 @@ pub fn test_rules() -> String {
         .lines()
         .map(|l| {
             let t = l.trim_start();
-            if t.starts_with("for: ") {
+            if let Some(prod) = t.strip_prefix("for: ") {
                 fors += 1;
-                format!("{}for: {FOR}", &l[..l.len() - t.len()])
+                format!(
+                    "{}for: {}",
+                    &l[..l.len() - t.len()],
+                    time.for_of(prod.trim())
+                )
             } else {
-                l.replace("[5m]", WINDOW).replace("[10m]", WINDOW)
+                l.replace("[5m]", &time.window_of(5))
+                    .replace("[10m]", &time.window_of(10))
             }
         })
         .collect();
@@ -84,9 +131,30 @@ impl Prom {
         scrape_interval: &str,
         extra_args: &[&str],
     ) -> Prom {
+        let bin = std::env::var("KUBEPULSE_PROMETHEUS").unwrap_or("/usr/bin/prometheus".into());
+        Self::start_bin(
+            lab,
+            &bin,
+            RuleTime::Fast,
+            scrape_configs,
+            scrape_interval,
+            extra_args,
+        )
+    }
+
+    /// [`Prom::start_with`] running the Prometheus binary `bin`, with the
+    /// rules' time shortened as `time` says.
+    pub fn start_bin(
+        lab: &Lab,
+        bin: &str,
+        time: RuleTime,
+        scrape_configs: &str,
+        scrape_interval: &str,
+        extra_args: &[&str],
+    ) -> Prom {
         let dir = tempfile::tempdir().expect("tempdir");
         let rules = dir.path().join("rules.yaml");
-        std::fs::write(&rules, test_rules()).expect("write rules");
+        std::fs::write(&rules, rules_with(time)).expect("write rules");
         let cfg = dir.path().join("prometheus.yml");
         std::fs::write(
             &cfg,
@@ -100,9 +168,8 @@ impl Prom {
         .expect("write prometheus config");
         let ns = lab.host(0);
         let addr = SocketAddr::new(IpAddr::V4(lab.host_ip(0)), PROM_PORT);
-        let bin = std::env::var("KUBEPULSE_PROMETHEUS").unwrap_or("/usr/bin/prometheus".into());
         let args = [
-            bin,
+            bin.to_string(),
             format!("--config.file={}", cfg.display()),
             format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
             format!("--web.listen-address={addr}"),
@@ -168,6 +235,14 @@ impl Prom {
             .get(target)
             .unwrap_or_else(|e| panic!("GET {target}: {e}\n{}", self.log()));
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {target}: {e}: {body}"))
+    }
+
+    /// Prometheus's own metrics (`/metrics`: rule group iterations, ...).
+    pub fn own_metrics(&self) -> crate::scrape::Scrape {
+        let body = self
+            .get("/metrics")
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}\n{}", self.log()));
+        crate::scrape::parse(&body)
     }
 
     /// Instant query: every series as (labels, value).
