@@ -91,10 +91,9 @@
 //!   and APF objects are stored, not enforced; template changes of a
 //!   DaemonSet or Deployment are not rolled out; `tolerationSeconds` never
 //!   applies (nodes never become NotReady).
-//! - Debian's Prometheus (2.42.0+ds) is built without Kubernetes
-//!   discovery, so discovery and scraping are vmagent's
-//!   ([`prometheus`]), remote-writing into the real Prometheus that holds
-//!   the data and evaluates the rules.
+//! - Bookworm's Prometheus (2.42.0+ds) is built without Kubernetes
+//!   discovery, so the install lab runs trixie's (2.53.3+ds1, a static
+//!   binary; `.ci/prometheus-k8s-sd` installs it): [`prometheus`].
 //!
 //! # What the API test server gained for this
 //!
@@ -105,9 +104,11 @@
 //! probe), `/version`, `/api`, `/apis`, ClusterIP and NodePort allocation
 //! with port defaults on Service creation, the User-Agent and Accept of
 //! every request (to see what each client asks), and in-process
-//! `modify`/`all_objects` for the lab's controllers. vmagent's discovery
-//! (list, then watch with `allowWatchBookmarks` and `timeoutSeconds`, of
-//! the pods of the namespace the job names) needed nothing else.
+//! `modify`/`all_objects` for the lab's controllers. Prometheus's discovery
+//! (client-go's reflector: a list with `limit=500`, then a watch from the
+//! list's resourceVersion with `allowWatchBookmarks` and `timeoutSeconds`,
+//! of the pods of the namespace the job names, asking for protobuf and
+//! accepting JSON) needed nothing else.
 
 mod apply;
 pub mod cluster;
