@@ -472,6 +472,63 @@ fn udp_echo(max_ip: usize) -> u16 {
     port
 }
 
+/// [`udp_echo`] that also drops the first `lose` datagrams larger than
+/// `above` bytes that would pass (lost probes, not a smaller MTU).
+fn lossy_udp_echo(max_ip: usize, above: usize, lose: usize) -> u16 {
+    let sock = UdpSocket::bind((LOCALHOST, 0)).expect("bind");
+    let port = sock.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        let mut lost = 0;
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if n + 28 > max_ip {
+                continue;
+            }
+            if n + 28 > above && lost < lose {
+                lost += 1;
+                continue;
+            }
+            if echo::make_reply(&mut buf[..n], 1, 2).is_ok() {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        }
+    });
+    port
+}
+
+/// Every try at one size lost (a short outage) lowers no path MTU: the
+/// smallest failed size is tried again and the search goes on above it.
+#[tokio::test]
+async fn path_mtu_search_outlasts_lost_probes() {
+    const HOLE: u32 = 1433;
+    let mut s = quiet_settings();
+    s.pmtu.enabled = true;
+    s.pmtu.interval = Duration::from_secs(600);
+    s.pmtu.timeout = Duration::from_millis(100);
+    s.pmtu.tries = 2;
+    // Both tries of the first fitting size above the minimum (1200) lost.
+    let lossy = lossy_udp_echo(HOLE as usize, 1200, 2);
+    let r = Running::start(
+        s,
+        vec![target(
+            "b",
+            PathKind::PodCrossNode,
+            ports_with(|p| p.udp_echo = lossy),
+        )],
+    );
+    let labels = [("path", "pod_cross_node"), ("peer_node", "b")];
+    r.eventually("the search", |r| {
+        r.value(&catalog::PATH_MTU, &labels).is_some()
+    })
+    .await;
+    assert_eq!(
+        r.value(&catalog::PATH_MTU, &labels),
+        Some(f64::from(HOLE)),
+        "lost probes lowered the path MTU"
+    );
+    r.stop().await;
+}
+
 #[tokio::test]
 async fn path_mtu_on_loopback_and_through_a_blackhole() {
     let clean = udp_echo(usize::MAX);

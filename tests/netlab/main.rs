@@ -8,6 +8,7 @@ mod netlab_fixture;
 mod netlab_install;
 mod netlab_install_image;
 mod netlab_latency;
+mod netlab_lifecycle;
 mod netlab_loss;
 mod netlab_paths;
 mod netlab_rate;

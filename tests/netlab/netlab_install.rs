@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 /// The release and namespace of the chart's rendering (`helm install
 /// kubepulse charts/kubepulse -n kubepulse --create-namespace`).
-const NAMESPACE: &str = "kubepulse";
+pub(super) const NAMESPACE: &str = "kubepulse";
 
 /// The lab's bandwidth duty budget: 10 slots of 5 s per round, so with 3
 /// nodes (3 pairs, one per round) some pair bursts every 50 s.
@@ -32,7 +32,7 @@ const QUIET: Duration = Duration::from_secs(180);
 
 /// The chart's rendering with its default values (the chart creates the
 /// burst key), as `helm install` applies it.
-pub(crate) fn rendering() -> Rendering {
+pub(super) fn rendering() -> Rendering {
     Rendering::helm("charts/kubepulse", "kubepulse", NAMESPACE, None)
         .unwrap_or_else(|e| panic!("the chart's defaults render: {e}"))
 }
@@ -56,7 +56,7 @@ fn kustomize_rendering() -> Rendering {
 /// overlay's patch, or the chart's `agents.config` and
 /// `controller.extraEnv`): the agents' `probes.bandwidth.slots` and the
 /// controller's `controller.plan.bandwidth`, which must agree.
-fn lab_bandwidth(r: &Rendering) -> Rendering {
+pub(super) fn lab_bandwidth(r: &Rendering) -> Rendering {
     r.with("lab duty budget", |o| {
         if o["kind"] == "ConfigMap" && o["metadata"]["name"] == "kubepulse-agent" {
             for key in ["pod.yaml", "host.yaml"] {
@@ -98,7 +98,7 @@ const LAB_PATHS: [&str; 6] = [
     "service_nodeport",
 ];
 
-fn ready(p: &Value) -> bool {
+pub(super) fn ready(p: &Value) -> bool {
     p["status"]["conditions"]
         .as_array()
         .into_iter()
@@ -108,7 +108,7 @@ fn ready(p: &Value) -> bool {
 
 /// Who makes the burst key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Key {
+pub(super) enum Key {
     /// The rendering holds it (the chart's default).
     Rendered,
     /// The operator creates it (`kubectl create secret`, the static path).
@@ -120,7 +120,7 @@ enum Key {
 /// The 3-node overlay cluster with `rendering` installed (its namespace
 /// created first when the rendering has none, as `--create-namespace`
 /// does), and the burst key as `key` says.
-fn installed(rendering: &Rendering, key: Key) -> Cluster {
+pub(super) fn installed(rendering: &Rendering, key: Key) -> Cluster {
     let cluster = Cluster::start(
         ClusterSpec {
             nodes: 3,
@@ -150,7 +150,7 @@ fn installed(rendering: &Rendering, key: Key) -> Cluster {
 /// Waits until both agent DaemonSets run a Ready pod on each lab node and
 /// `controllers` controller replicas are Ready; returns the agent pods
 /// placed on any other node (the Windows node must get none).
-fn wait_ready(cluster: &Cluster, controllers: usize) -> Vec<String> {
+pub(super) fn wait_ready(cluster: &Cluster, controllers: usize) -> Vec<String> {
     cluster.wait_for(
         "every agent and controller Ready",
         Duration::from_secs(120),
@@ -193,7 +193,7 @@ fn wait_ready(cluster: &Cluster, controllers: usize) -> Vec<String> {
 }
 
 /// Polls `prom` until `f` holds, or panics after `timeout` with `what`.
-fn wait_prom<T>(
+pub(super) fn wait_prom<T>(
     prom: &Prom,
     what: &str,
     timeout: Duration,
@@ -216,7 +216,7 @@ fn wait_prom<T>(
 
 /// Waits until Prometheus scrapes every agent and `controllers` controller
 /// replicas through discovery, with the labels the rules read.
-fn wait_scraped(prom: &Prom, cluster: &Cluster, controllers: usize) {
+pub(super) fn wait_scraped(prom: &Prom, cluster: &Cluster, controllers: usize) {
     let want = AGENT_DAEMONSETS.len() * cluster.nodes.len() + controllers;
     wait_prom(
         prom,
@@ -230,7 +230,7 @@ fn wait_scraped(prom: &Prom, cluster: &Cluster, controllers: usize) {
 }
 
 /// Values of `label` over the series of `expr`.
-fn label_values(prom: &Prom, expr: &str, label: &str) -> BTreeSet<String> {
+pub(super) fn label_values(prom: &Prom, expr: &str, label: &str) -> BTreeSet<String> {
     prom.query(expr)
         .into_iter()
         .filter_map(|(l, _)| l.get(label).and_then(Value::as_str).map(String::from))
@@ -240,7 +240,7 @@ fn label_values(prom: &Prom, expr: &str, label: &str) -> BTreeSet<String> {
 /// Every alert that fired in the last `window` (`ALERTS` is written at
 /// every evaluation, so one that fired and resolved in between counts),
 /// with the first and last second of the window it was firing in.
-fn fired_within(prom: &Prom, window: Duration) -> BTreeMap<String, (f64, f64)> {
+pub(super) fn fired_within(prom: &Prom, window: Duration) -> BTreeMap<String, (f64, f64)> {
     let secs = window.as_secs().max(1);
     let expr = format!("ALERTS{{alertstate=\"firing\"}}[{secs}s]");
     let v = prom.get_json(&format!(
@@ -444,7 +444,7 @@ fn panel_queries() -> Vec<(String, String, String)> {
 /// Prints, for the window just ended, when each agent's late sends,
 /// refusals, probe errors, losses, exclusions and bursts happened (seconds
 /// after its start, 2 s steps): what a failure of the quiet check needs.
-fn print_timeline(prom: &Prom, window: Duration) {
+pub(super) fn print_timeline(prom: &Prom, window: Duration) {
     let end = prom.query("vector(time())").first().map_or(0.0, |x| x.1);
     let start = end - window.as_secs_f64();
     for expr in [
@@ -473,10 +473,20 @@ fn print_timeline(prom: &Prom, window: Duration) {
 }
 
 /// Panels that have no data in a healthy 3-node lab by design, and why.
-const EMPTY_BY_DESIGN: &[(&str, &str)] = &[(
-    "Leader election errors per hour",
-    "only errors of the controllers' Lease calls, none in a healthy cluster (`> 0` keeps zero rows out)",
-)];
+const EMPTY_BY_DESIGN: &[(&str, &str)] = &[
+    (
+        "Leader election errors per hour",
+        "only errors of the controllers' Lease calls, none in a healthy cluster (`> 0` keeps zero rows out)",
+    ),
+    (
+        "Nodes expected down by reason",
+        "only nodes cordoned, tainted for deletion, being deleted, gone or NotReady: none in a healthy cluster",
+    ),
+    (
+        "Nodes expected down and why",
+        "the same list by node (overview and nodes dashboards)",
+    ),
+];
 
 /// Item 3 of issue 23: the chart's defaults (burst key created by the
 /// chart) on the 3-node overlay lab are quiet for 3 minutes after every
@@ -773,7 +783,12 @@ fn without_the_burst_key_agents_probe_without_bursts() {
         &want,
         Duration::from_secs(120),
         Duration::from_secs(100),
-        &["kubepulse_burst_key_state == 1", "up"],
+        &[
+            "kubepulse_burst_key_state == 1",
+            "up",
+            "kubepulse_path_mtu_bytes{path=~\"service.*\"}",
+            "min by (path) (kubepulse_interface_mtu_bytes)",
+        ],
     );
     let key_states = label_values(&prom, "kubepulse_burst_key_state == 1", "state");
     assert_eq!(key_states, ["missing".to_string()].into(), "key state");

@@ -17,6 +17,9 @@ use crate::sys::pmtu::{self as sys, Family, PmtuDisc};
 /// reports an MTU of 65536, which no packet can use.
 pub(super) const MAX_IP_PACKET: u32 = 65535;
 
+/// How many times a search gives its smallest failed size another chance.
+const MAX_RECHECKS: u32 = 2;
+
 /// IP plus UDP header bytes in front of the echo payload.
 fn overhead(family: Family) -> u32 {
     match family {
@@ -199,13 +202,30 @@ pub(super) fn search(
     }
     // Invariant: `lo` delivered, `hi` did not.
     let (mut lo, mut hi) = (min, interface_mtu);
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        if p.delivers(mid, shutdown)? {
-            lo = mid;
-        } else {
-            hi = mid;
+    let mut rechecks = 0;
+    loop {
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if p.delivers(mid, shutdown)? {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
         }
+        // A delivery proves a size; a failure may be lost probes (a short
+        // outage, a peer still starting), and the search would then report
+        // a blackhole that is not there until the next search. The smallest
+        // failed size gets another chance (at most MAX_RECHECKS times per
+        // search); if it delivers now, the search goes on above it.
+        if rechecks == MAX_RECHECKS || !p.delivers(hi, shutdown)? {
+            break;
+        }
+        rechecks += 1;
+        lo = hi;
+        if lo == interface_mtu {
+            break;
+        }
+        hi = interface_mtu;
     }
     Ok(PathMtu {
         path_mtu: lo,

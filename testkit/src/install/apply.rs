@@ -10,6 +10,7 @@ use serde_json::Value;
 pub(super) fn resource(kind: &str) -> (&'static str, bool) {
     match kind {
         "Namespace" => ("namespaces", false),
+        "Node" => ("nodes", false),
         "ServiceAccount" => ("serviceaccounts", true),
         "Role" => ("roles", true),
         "RoleBinding" => ("rolebindings", true),

@@ -56,6 +56,16 @@ impl RuleTime {
         }
     }
 
+    /// The rounds a pair must have sent before its loss is judged,
+    /// replacing production's 360 (60 rounds of warm-up and a 5m window at
+    /// one round a second): the same share of the shortened window.
+    fn settle_rounds(self, prod: u32) -> u32 {
+        match self {
+            RuleTime::Fast => prod,
+            RuleTime::Scaled(k) => (prod / k).max(1),
+        }
+    }
+
     /// Rate window replacing `[5m]` or `[10m]`.
     fn window_of(self, minutes: u64) -> String {
         match self {
@@ -75,11 +85,21 @@ pub fn rules_with(time: RuleTime) -> String {
     let path = crate::repo_root().join("alerts/kubepulse-rules.yaml");
     let text = std::fs::read_to_string(path).expect("read alerts/kubepulse-rules.yaml");
     let mut fors = 0;
+    let mut settles = 0;
     let out: Vec<String> = text
         .lines()
         .map(|l| {
             let t = l.trim_start();
-            if let Some(prod) = t.strip_prefix("for: ") {
+            if let Some((head, rounds)) = t
+                .strip_prefix(
+                    "max by (cluster, node, peer_node, path) (kubepulse_probe_sent_total) >= ",
+                )
+                .map(|r| (&l[..l.len() - r.len()], r))
+            {
+                settles += 1;
+                let prod: u32 = rounds.trim().parse().expect("settle rounds");
+                format!("{head}{}", time.settle_rounds(prod))
+            } else if let Some(prod) = t.strip_prefix("for: ") {
                 fors += 1;
                 format!(
                     "{}for: {}",
@@ -95,6 +115,11 @@ pub fn rules_with(time: RuleTime) -> String {
     // A rules file whose `for:` lines moved (another indentation, a
     // template) would silently keep production delays.
     assert!(fors > 20, "expected every alert to have a for: ({fors})");
+    // Nor may the settled-pairs rule keep production's rounds unnoticed.
+    assert_eq!(
+        settles, 1,
+        "the settled-pairs rule (kubepulse_probe_sent_total >= N) moved"
+    );
     out.join("\n") + "\n"
 }
 
@@ -320,7 +345,16 @@ impl Prom {
         while Instant::now() < end {
             std::thread::sleep(Duration::from_millis(500));
             let now = self.firing();
-            assert_eq!(&now, want, "{what}: firing set changed during the hold");
+            if &now != want {
+                let dumps: Vec<String> = debug
+                    .iter()
+                    .map(|q| format!("{q}: {:?}", self.query(q)))
+                    .collect();
+                panic!(
+                    "{what}: firing set changed during the hold\nwant: {want:#?}\nnow: {now:#?}\n{}",
+                    dumps.join("\n")
+                );
+            }
         }
         eprintln!("{what}: exactly {want:?} firing after {took:.1?}, held {hold:?}");
         took

@@ -1,0 +1,440 @@
+//! Issue 24 item 3 in the install lab (`netlab_install`): the chart's
+//! defaults on the 3-node overlay lab, scraped by Prometheus through
+//! Kubernetes discovery and judged by the shipped rules at the install
+//! lab's rule time (a thirtieth of production's:
+//! [`prometheus::RULE_TIME`]), live through the cluster's ordinary churn
+//! without an alert, while a real fault during that churn still fires
+//! exactly the alerts it fires in a quiet cluster, as fast.
+//!
+//! The lab emulates what the controllers of a real cluster do: a
+//! DaemonSet's rolling update at `maxUnavailable` (the chart's 10 %: one
+//! pod per DaemonSet at a time on 3 nodes) deletes one pod and waits for
+//! its replacement to be Ready; the cluster autoscaler cordons and taints a
+//! node, the Node is deleted and the pod garbage collector removes its
+//! pods.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kubepulse_testkit::install::{delete_pod, prometheus, Cluster};
+use kubepulse_testkit::lab::{self, prometheus::Prom};
+use serde_json::{json, Value};
+
+use super::netlab_install::{
+    fired_within, installed, lab_bandwidth, label_values, print_timeline, ready, rendering,
+    wait_prom, wait_ready, wait_scraped, Key, NAMESPACE,
+};
+
+/// How long alerts get to fire after the last change: the longest `for:`
+/// of the network alerts at the lab's rule time (15m / 30 = 30 s) plus
+/// their 10 s rate window, twice.
+const SETTLE: Duration = Duration::from_secs(80);
+
+/// The pod agent DaemonSet.
+const POD_AGENTS: &str = "kubepulse-agent-pod";
+/// The host agent DaemonSet.
+const HOST_AGENTS: &str = "kubepulse-agent-host";
+
+/// The installed chart (lab duty budget), Prometheus discovering it, every
+/// agent and both controller replicas Ready and scraped, and probe data in
+/// the rules for every node.
+fn running() -> (Cluster, Prom) {
+    let cluster = installed(&lab_bandwidth(&rendering()), Key::Rendered);
+    let prom = prometheus::start(&cluster, "2s");
+    wait_ready(&cluster, 2);
+    wait_scraped(&prom, &cluster, 2);
+    let n = cluster.nodes.len();
+    wait_prom(
+        &prom,
+        "loss ratios of every node pair in the rules",
+        Duration::from_secs(60),
+        |p| {
+            let pairs = p.query(
+                "node_peer_node_path:kubepulse_probe_loss:ratio_rate5m{path=\"pod_cross_node\"}",
+            );
+            (pairs.len() == n * (n - 1)).then_some(())
+        },
+    );
+    (cluster, prom)
+}
+
+/// The DaemonSet or ReplicaSet that owns `p`.
+fn owner(p: &Value) -> &str {
+    p["metadata"]["ownerReferences"][0]["name"]
+        .as_str()
+        .unwrap_or("")
+}
+
+/// The pod of DaemonSet `ds` on `node` that is not terminating.
+fn agent_on(cluster: &Cluster, ds: &str, node: &str) -> Option<Value> {
+    cluster.pods(NAMESPACE, &[]).into_iter().find(|p| {
+        owner(p) == ds
+            && p["spec"]["nodeName"] == node
+            && p["metadata"]["deletionTimestamp"].is_null()
+    })
+}
+
+fn name_of(p: &Value) -> String {
+    p["metadata"]["name"].as_str().unwrap_or("").to_string()
+}
+
+/// Deletes the agent of `ds` on `node` as a rolling update does; returns
+/// (ds, node, the deleted pod's name).
+fn replace(cluster: &Cluster, ds: &str, node: &str) -> (String, String, String) {
+    let old = agent_on(cluster, ds, node).unwrap_or_else(|| panic!("no {ds} pod on {node}"));
+    let old = name_of(&old);
+    delete_pod(&cluster.server, NAMESPACE, &old);
+    (ds.to_string(), node.to_string(), old)
+}
+
+/// Waits until each replaced pod is gone and its replacement Ready (the
+/// next step of a rolling update).
+fn wait_replaced(cluster: &Cluster, replaced: &[(String, String, String)]) {
+    let what: Vec<String> = replaced
+        .iter()
+        .map(|(ds, node, _)| format!("{ds} on {node}"))
+        .collect();
+    cluster.wait_for(
+        &format!("{} replaced and Ready", what.join(", ")),
+        Duration::from_secs(120),
+        |c| {
+            replaced
+                .iter()
+                .all(|(ds, node, old)| {
+                    c.server.get::<Pod>(NAMESPACE, old).is_none()
+                        && agent_on(c, ds, node).is_some_and(|p| name_of(&p) != *old && ready(&p))
+                })
+                .then_some(())
+        },
+    );
+}
+
+/// The pod holding the controller's Lease (identity `POD_RUN`).
+fn leader(cluster: &Cluster) -> Option<String> {
+    cluster
+        .server
+        .all_objects::<Lease>()
+        .iter()
+        .filter(|l| l["metadata"]["name"] == "kubepulse-controller")
+        .filter_map(|l| l["spec"]["holderIdentity"].as_str())
+        .filter_map(|h| h.rsplit_once('_').map(|(pod, _)| pod.to_string()))
+        .find(|pod| cluster.server.get::<Pod>(NAMESPACE, pod).is_some())
+}
+
+/// Watches for `SETTLE` with probe data present in the rules at every
+/// poll, then fails naming every alert that fired since `start`.
+fn assert_quiet_since(prom: &Prom, start: Instant, what: &str) {
+    let until = Instant::now() + SETTLE;
+    let mut polls = 0;
+    let mut with_data = 0;
+    while Instant::now() < until {
+        polls += 1;
+        if !prom
+            .query("node_path_protocol:kubepulse_probe_sent:rate5m > 0")
+            .is_empty()
+        {
+            with_data += 1;
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    assert_eq!(
+        with_data, polls,
+        "{what}: probe data missing from the rules"
+    );
+    let window = start.elapsed();
+    let fired = fired_within(prom, window);
+    if !fired.is_empty() {
+        print_timeline(prom, window);
+    }
+    let list: Vec<String> = fired
+        .iter()
+        .map(|(a, (first, last))| {
+            format!("  {a} (firing {first:.0} s to {last:.0} s after the start)")
+        })
+        .collect();
+    assert!(
+        fired.is_empty(),
+        "{what}: alerts fired within {window:.0?}:\n{}",
+        list.join("\n")
+    );
+    eprintln!("{what}: no alert fired within {window:.0?}");
+}
+
+/// Highest value over the last `window` of `expr` (a scalar-valued sum).
+fn max_over(prom: &Prom, expr: &str, window: Duration) -> f64 {
+    prom.query(&format!(
+        "max_over_time(({expr})[{}s:1s])",
+        window.as_secs().max(1)
+    ))
+    .iter()
+    .map(|(_, v)| *v)
+    .fold(0.0, f64::max)
+}
+
+/// A rolling restart of both agent DaemonSets at their `maxUnavailable`
+/// (one pod of each at a time, on different nodes), with the controller's
+/// leader deleted while the plans change under it: no alert fires, the
+/// not-Ready agents are counted as such, and every node probes every peer
+/// again afterwards.
+#[test]
+fn a_rolling_restart_with_a_leader_failover_pages_nobody() {
+    if !lab::require_root() {
+        return;
+    }
+    let (cluster, prom) = running();
+    let nodes = cluster.nodes.clone();
+    let n = nodes.len();
+    let start = Instant::now();
+    let mut old_leader = None;
+    for i in 0..n {
+        let batch = [
+            replace(&cluster, POD_AGENTS, &nodes[i]),
+            replace(&cluster, HOST_AGENTS, &nodes[(i + 1) % n]),
+        ];
+        if i == 1 {
+            // Two agents just stopped being Ready: the leader is
+            // publishing new plans when it goes.
+            let l = leader(&cluster).expect("a controller holds the Lease");
+            delete_pod(&cluster.server, NAMESPACE, &l);
+            eprintln!("deleted the leader {l}");
+            old_leader = Some(l);
+        }
+        wait_replaced(&cluster, &batch);
+    }
+    let new_leader = cluster.wait_for("a new leader", Duration::from_secs(120), |c| {
+        leader(c).filter(|l| Some(l) != old_leader.as_ref())
+    });
+    eprintln!(
+        "new leader {new_leader}; rollout took {:.0?}",
+        start.elapsed()
+    );
+    wait_ready(&cluster, 2);
+    assert_quiet_since(&prom, start, "rolling restart with a leader failover");
+    // The churn was seen as what it was, not as loss.
+    let window = start.elapsed();
+    let not_ready = max_over(&prom, "sum(kubepulse_peers_not_ready)", window);
+    assert!(
+        not_ready >= 1.0,
+        "the agents never counted a not-Ready peer during the rollout"
+    );
+    // Every node probes both peers on the pod network again.
+    for node in &nodes {
+        let peers = label_values(
+            &prom,
+            &format!("sum by (peer_node) (rate(kubepulse_probe_sent_total{{node=\"{node}\",path=\"pod_cross_node\"}}[10s])) > 0"),
+            "peer_node",
+        );
+        assert_eq!(
+            peers.len(),
+            n - 1,
+            "{node} probes {peers:?} after the rollout"
+        );
+    }
+    cluster.check();
+}
+
+/// A node leaving as the cluster autoscaler removes it: cordoned and
+/// tainted `ToBeDeletedByClusterAutoscaler`, then the Node deleted and its
+/// pods garbage-collected. No alert fires; the plans first mark it
+/// expected down with the reason, then leave it out.
+#[test]
+fn a_node_removed_by_the_autoscaler_pages_nobody() {
+    if !lab::require_root() {
+        return;
+    }
+    let (cluster, prom) = running();
+    let leaving = cluster.nodes[2].clone();
+    let start = Instant::now();
+    cluster
+        .server
+        .modify::<Node>("", &leaving, |n| {
+            n["spec"]["unschedulable"] = json!(true);
+            let taint = json!({"key": "ToBeDeletedByClusterAutoscaler",
+                "value": "1733580000", "effect": "NoSchedule"});
+            match n["spec"]["taints"].as_array_mut() {
+                Some(t) => t.push(taint),
+                None => n["spec"]["taints"] = json!([taint]),
+            }
+        })
+        .expect("the leaving Node");
+    let reasons = wait_prom(
+        &prom,
+        "the leaving node expected down on every other node's agents",
+        Duration::from_secs(60),
+        |p| {
+            let expr = format!("kubepulse_peer_expected_down{{peer_node=\"{leaving}\"}}");
+            let nodes = label_values(p, &expr, "node");
+            let others = cluster.nodes.iter().filter(|n| **n != leaving);
+            others
+                .clone()
+                .all(|n| nodes.contains(n))
+                .then(|| label_values(p, &expr, "reason"))
+        },
+    );
+    eprintln!("{leaving} expected down: {reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r == "deletion_taint" || r == "cordoned"),
+        "reasons {reasons:?}"
+    );
+    // The VM goes: the Node is deleted, the pod GC removes its pods.
+    cluster.delete("v1", "Node", "", &leaving);
+    for p in cluster.pods(NAMESPACE, &[]) {
+        if p["spec"]["nodeName"] == leaving.as_str() {
+            delete_pod(&cluster.server, NAMESPACE, &name_of(&p));
+        }
+    }
+    cluster.wait_for(
+        &format!("no pod left on {leaving}"),
+        Duration::from_secs(60),
+        |c| {
+            c.pods(NAMESPACE, &[])
+                .iter()
+                .all(|p| p["spec"]["nodeName"] != leaving.as_str())
+                .then_some(())
+        },
+    );
+    assert_quiet_since(&prom, start, "node removed by the autoscaler");
+    // The plans leave it out now.
+    let probed: BTreeSet<String> = label_values(
+        &prom,
+        "sum by (peer_node) (rate(kubepulse_probe_sent_total{path=\"pod_cross_node\"}[10s])) > 0",
+        "peer_node",
+    );
+    assert!(
+        !probed.contains(&leaving),
+        "{leaving} still probed after it was deleted: {probed:?}"
+    );
+    cluster.check();
+}
+
+/// Polls the firing set every 0.5 s from `t0` until it has been the same
+/// non-empty set for `hold`; returns it and when it first became that set.
+fn settled_firing(
+    prom: &Prom,
+    t0: Instant,
+    hold: Duration,
+    timeout: Duration,
+) -> (BTreeSet<String>, Duration) {
+    let mut current = BTreeSet::new();
+    let mut since = Duration::ZERO;
+    let got = lab::netlab::poll(timeout, Duration::from_millis(500), || {
+        let now = prom.firing();
+        if now != current {
+            current = now;
+            since = t0.elapsed();
+        }
+        (!current.is_empty() && t0.elapsed() >= since + hold).then(|| (current.clone(), since))
+    });
+    got.unwrap_or_else(|| {
+        print_timeline(prom, t0.elapsed());
+        let dumps: Vec<String> = [
+            "node_peer_node_path:kubepulse_probe_loss:ratio_rate5m{path=\"host_cross_node\"}",
+            "node_peer_node_path:kubepulse_probe_loss:ratio_rate5m_judged{path=\"host_cross_node\"}",
+            "node_peer_node_path:kubepulse_probe_sent:settled{path=\"host_cross_node\"}",
+        ]
+        .iter()
+        .map(|q| format!("{q}: {:?}", prom.query(q)))
+        .collect();
+        panic!(
+            "no steady firing set within {timeout:?}; last: {current:#?}\n{}",
+            dumps.join("\n")
+        )
+    })
+}
+
+/// Loss on the host path between node0 and node2 while node1's agents are
+/// replaced: exactly the alerts the same fault fires in the quiet cluster
+/// (measured first in the same run), within 15 s of the time it took
+/// there.
+#[test]
+fn a_real_fault_during_a_rollout_still_fires_its_alerts() {
+    if !lab::require_root() {
+        return;
+    }
+    let (cluster, prom) = running();
+    let (n0, n1) = (cluster.nodes[0].clone(), cluster.nodes[1].clone());
+    let ns0 = cluster.lab.host(0);
+    let h2 = cluster.lab.host_ip(2);
+    // Half of node0's own packets to node2's host address, not the overlay
+    // it carries (vxlan, UDP 4789): the host path only.
+    let fault = format!(
+        "table inet kplfault {{
+            chain output {{
+                type filter hook output priority 0; policy accept;
+                ip daddr {h2} udp dport 4789 accept
+                ip daddr {h2} numgen random mod 1000 < 500 drop
+            }}
+        }}"
+    );
+    let heal = || {
+        cluster
+            .lab
+            .run(&ns0, &["nft", "delete", "table", "inet", "kplfault"])
+    };
+    // In the quiet cluster: what fires, and how fast.
+    assert!(
+        prom.firing().is_empty(),
+        "firing before the fault: {:?}",
+        prom.firing()
+    );
+    let t0 = Instant::now();
+    cluster.lab.nft(&ns0, &fault);
+    let (want, quiet_took) =
+        settled_firing(&prom, t0, Duration::from_secs(25), Duration::from_secs(150));
+    eprintln!("fault in the quiet cluster: {want:?} after {quiet_took:.1?}");
+    assert!(
+        want.iter()
+            .all(|a| a.contains("PacketLoss") || a.contains("Loss")),
+        "the host-path fault fired other alerts: {want:?}"
+    );
+    assert!(
+        want.iter().all(|a| !a.contains(&format!("={n1}"))),
+        "node1 is not part of the fault: {want:?}"
+    );
+    heal();
+    wait_prom(
+        &prom,
+        "the fault's alerts resolved",
+        Duration::from_secs(120),
+        |p| p.firing().is_empty().then_some(()),
+    );
+    // The same fault while node1's agents are replaced: the firing set
+    // never holds anything else, and becomes the same set.
+    let batch = [
+        replace(&cluster, POD_AGENTS, &n1),
+        replace(&cluster, HOST_AGENTS, &n1),
+    ];
+    let t1 = Instant::now();
+    cluster.lab.nft(&ns0, &fault);
+    let mut last = BTreeSet::new();
+    let churn_took =
+        lab::netlab::poll(Duration::from_secs(150), Duration::from_millis(500), || {
+            last = prom.firing();
+            let extra: Vec<&String> = last.difference(&want).collect();
+            assert!(
+                extra.is_empty(),
+                "the fault during the rollout fired {extra:?} too"
+            );
+            (last == want).then(|| t1.elapsed())
+        })
+        .unwrap_or_else(|| {
+            panic!("the fault during the rollout never fired {want:#?}; last: {last:#?}")
+        });
+    wait_replaced(&cluster, &batch);
+    let (after, _) = settled_firing(&prom, t1, Duration::from_secs(15), Duration::from_secs(60));
+    assert_eq!(after, want, "the firing set changed during the rollout");
+    eprintln!(
+        "fault during the rollout: the same {} alerts after {churn_took:.1?} (quiet: {quiet_took:.1?}); node0 is {n0}",
+        want.len()
+    );
+    assert!(
+        churn_took <= quiet_took + Duration::from_secs(15),
+        "the fault's alerts took {churn_took:?} during the rollout against {quiet_took:?} in a quiet cluster"
+    );
+    heal();
+    cluster.check();
+}
