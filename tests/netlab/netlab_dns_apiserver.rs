@@ -158,10 +158,15 @@ fn faults_on_one_node_raise_its_alerts_only_and_latency_follows_the_delay_line()
             chain kfwd { type filter hook forward priority 0; udp dport 53 drop; }
         }"
     .to_string();
+    // New connections only: a handshake node 0 had in flight when the
+    // rule arrived would otherwise lose its next segments here, leaving
+    // s_server (one connection at a time, no timeout) waiting on it while
+    // node 1's probes queue behind: node 1 failed too, and the
+    // cluster-wide alert fired instead of node 0's (1 full run in 3).
     let refuse_tls = format!(
         "table inet kplfault {{
-            chain kout {{ type filter hook output priority 0; ip daddr {server_ip} tcp dport {p} reject with tcp reset; }}
-            chain kfwd {{ type filter hook forward priority 0; ip daddr {server_ip} tcp dport {p} reject with tcp reset; }}
+            chain kout {{ type filter hook output priority 0; ip daddr {server_ip} tcp dport {p} ct state new reject with tcp reset; }}
+            chain kfwd {{ type filter hook forward priority 0; ip daddr {server_ip} tcp dport {p} ct state new reject with tcp reset; }}
         }}",
         p = reach::APISERVER_PORT
     );
