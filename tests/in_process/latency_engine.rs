@@ -176,6 +176,19 @@ fn periodic(enabled: bool, interval: Duration) -> ProbeCadence {
     }
 }
 
+/// UDP, TCP and ICMP every 20 ms, with a minimum-RTT window that outlasts
+/// the test.
+fn every_protocol_every_20ms() -> ProbeSettings {
+    let interval = Duration::from_millis(20);
+    ProbeSettings {
+        udp: periodic(true, interval),
+        tcp: periodic(true, interval),
+        icmp: periodic(true, interval),
+        rtt_min_window: Duration::from_secs(60),
+        ..ProbeSettings::default()
+    }
+}
+
 struct Engine {
     registry: Registry,
     metrics: AgentMetrics,
@@ -346,14 +359,7 @@ fn probes_live_and_dead_targets_and_follows_target_changes() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let a = Responder::start();
     let b = Responder::start();
-    let interval = Duration::from_millis(20);
-    let settings = ProbeSettings {
-        udp: periodic(true, interval),
-        tcp: periodic(true, interval),
-        icmp: periodic(true, interval),
-        rtt_min_window: Duration::from_secs(60),
-        ..ProbeSettings::default()
-    };
+    let settings = every_protocol_every_20ms();
     let (ta, tb, dead) = (
         target("a", a.ports),
         target("b", b.ports),
@@ -852,14 +858,7 @@ fn service_targets_get_no_icmp_probes() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let a = Responder::start();
     let svc = Responder::start();
-    let interval = Duration::from_millis(20);
-    let settings = ProbeSettings {
-        udp: periodic(true, interval),
-        tcp: periodic(true, interval),
-        icmp: periodic(true, interval),
-        rtt_min_window: Duration::from_secs(60),
-        ..ProbeSettings::default()
-    };
+    let settings = every_protocol_every_20ms();
     let mut clusterip = target("svc", svc.ports);
     clusterip.path = PathKind::ServiceClusterip;
     clusterip.peer.path = Some(PathKind::ServiceClusterip);

@@ -101,7 +101,7 @@ pub fn binary() -> String {
 }
 
 /// The install lab's rule time: a thirtieth of production's (`for: 15m`
-/// becomes 30 s, `[5m]` 10 s; `for:` at most 60 s), so the 3-minute quiet
+/// becomes 30 s, `[5m]` 10 s, `for: 2h` 4 minutes), so the 3-minute quiet
 /// window is an hour and a half of a real cluster's, and each alert keeps
 /// its tolerance relative to the others. With every `for:` at 2 s
 /// ([`RuleTime::Fast`]) a single blip of a few seconds (a probe lost while

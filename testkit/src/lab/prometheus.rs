@@ -35,7 +35,7 @@ pub enum RuleTime {
     /// within seconds of its condition, for tests that inject a fault.
     Fast,
     /// Every `for:` and the `[5m]`/`[10m]` windows divided by this factor
-    /// (`for:` at least 2s and at most 60s, windows at least 10s): each
+    /// (`for:` and windows at least 2s and 10s): each
     /// alert keeps its design's tolerance relative to the others (a
     /// `for: 30m` still outlasts a blip a `for: 5m` pages on), for tests
     /// that judge a healthy cluster quiet.
