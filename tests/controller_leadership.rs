@@ -265,6 +265,42 @@ async fn a_controller_that_cannot_lead_says_why() {
     b.join().await;
 }
 
+/// A leader whose Lease calls hang (the API server's packets dropped, so
+/// no error ever comes back) steps down by its renew deadline instead of
+/// leading until its client gives up, counts the calls as timeouts, and
+/// leads again once the API answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_api_calls_hang_steps_down() {
+    let server = ApiServer::with_namespaces(&["kubepulse", PROBE_NS]).await;
+    let (a, m, token) = start_with(server.config(), &settings("hung", false));
+    wait_for("a leads", Duration::from_secs(5), || *a.leading.borrow()).await;
+    // Far longer than the wait below: only the round's deadline ends a call.
+    server.inject(
+        Rule::new(Fault::Delay(Duration::from_secs(300)))
+            .path(LEASE)
+            .always(),
+    );
+    wait_for("step down", Duration::from_secs(10), || {
+        !*a.leading.borrow()
+    })
+    .await;
+    assert!(
+        value(
+            &m,
+            "kubepulse_controller_leader_errors_total",
+            &[("reason", "timeout")]
+        ) >= 1.0,
+        "the hung call is not counted as a timeout"
+    );
+    server.clear_faults();
+    wait_for("leads again", Duration::from_secs(10), || {
+        *a.leading.borrow()
+    })
+    .await;
+    token.cancel();
+    a.join().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_that_refuses_connections_is_named_and_not_ready() {
     // A port that was just free: nothing listens there.

@@ -11,7 +11,10 @@
 //! loop in [`LeaderElector::run`] only does the IO. Every failed call is
 //! named ([`crate::api_error`]), logged at `warn` (rate-limited) and
 //! counted in `kubepulse_controller_leader_errors_total{reason}`, so a
-//! controller that cannot lead says why.
+//! controller that cannot lead says why. Each round's calls end by
+//! [`LeaderCore::round_deadline`]: a call that hangs (the API server's
+//! packets dropped) cannot keep a replica leading past its renew deadline,
+//! as client-go bounds a renewal by `RenewDeadline`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -107,6 +110,13 @@ impl LeaderCore {
                 }
             }
         }
+    }
+
+    /// When a round of calls started at `now` must have ended: the moment
+    /// our leadership lapses while we lead, else `renew_deadline` from now.
+    pub(crate) fn round_deadline(&self, now: Instant) -> Instant {
+        self.last_write
+            .map_or(now + self.renew_deadline, |t| t + self.renew_deadline)
     }
 
     /// Notes a successful write (create, renew or take-over) at `now`.
@@ -291,7 +301,8 @@ impl LeaderElector {
         let mut unchanged_since = Instant::now();
         loop {
             let now = Instant::now();
-            let read = self.api.get_opt(&name).await;
+            let deadline = core.round_deadline(now);
+            let read = bounded(deadline, self.api.get_opt(&name)).await;
             let (observed, lease) = match read {
                 Err(e) => {
                     let f = self.failed("get", &e);
@@ -342,8 +353,7 @@ impl LeaderElector {
                         spec: Some(self.spec(0, None)),
                     };
                     Some(
-                        self.api
-                            .create(&PostParams::default(), &lease)
+                        bounded(deadline, self.api.create(&PostParams::default(), &lease))
                             .await
                             .map(drop)
                             .map_err(|e| ("create", e)),
@@ -360,11 +370,13 @@ impl LeaderElector {
                     };
                     lease.spec = Some(self.spec(transitions, acquire));
                     Some(
-                        self.api
-                            .replace(&name, &PostParams::default(), &lease)
-                            .await
-                            .map(drop)
-                            .map_err(|e| ("update", e)),
+                        bounded(
+                            deadline,
+                            self.api.replace(&name, &PostParams::default(), &lease),
+                        )
+                        .await
+                        .map(drop)
+                        .map_err(|e| ("update", e)),
                     )
                 }
                 _ => None,
@@ -413,6 +425,21 @@ impl LeaderElector {
             self.failed("update", &e);
         }
     }
+}
+
+/// `call`, or a timeout error once `deadline` has passed without an answer.
+async fn bounded<T>(
+    deadline: Instant,
+    call: impl std::future::Future<Output = kube::Result<T>>,
+) -> kube::Result<T> {
+    tokio::time::timeout_at(deadline.into(), call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(kube::Error::Service(Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer before the renew deadline (timed out)",
+            ))))
+        })
 }
 
 #[cfg(test)]
@@ -466,6 +493,18 @@ mod tests {
         // ...and not after it, for good.
         assert!(!c.leading(t + s(10)));
         assert!(!c.leading(t + s(9)));
+    }
+
+    #[test]
+    fn a_round_ends_when_leadership_would_lapse() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        let mut c = LeaderCore::new("me", s(10));
+        // Not leading: a round may take the renew deadline.
+        assert_eq!(c.round_deadline(t), t + s(10));
+        // Leading since a write at t: the round ends when leadership would.
+        c.wrote(t);
+        assert_eq!(c.round_deadline(t + s(4)), t + s(10));
     }
 
     #[test]

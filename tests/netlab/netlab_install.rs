@@ -121,9 +121,16 @@ pub(super) enum Key {
 /// created first when the rendering has none, as `--create-namespace`
 /// does), and the burst key as `key` says.
 pub(super) fn installed(rendering: &Rendering, key: Key) -> Cluster {
+    installed_on(3, rendering, key)
+}
+
+/// [`installed`] on an overlay lab of `machines` machines, of which the
+/// first 3 are Nodes ([`Cluster::join`] registers the others).
+pub(super) fn installed_on(machines: usize, rendering: &Rendering, key: Key) -> Cluster {
     let cluster = Cluster::start(
         ClusterSpec {
-            nodes: 3,
+            nodes: machines,
+            joined: 3,
             flavour: Flavour::Overlay,
         },
         kubepulse_testkit::image::image(),

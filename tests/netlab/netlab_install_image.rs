@@ -137,6 +137,7 @@ fn the_pod_agent_runs_from_the_image_as_its_daemonset_says() {
     let cluster = Cluster::start(
         ClusterSpec {
             nodes: 2,
+            joined: 2,
             flavour: Flavour::Routed,
         },
         image::image(),

@@ -5,6 +5,10 @@
 //! [`prometheus::RULE_TIME`]), live through the cluster's ordinary churn
 //! without an alert, while a real fault during that churn still fires its
 //! alert as fast as in a quiet cluster, and nothing outside the faulty pair.
+//! A scenario that lasts a production duration (a 3-minute crash loop, a
+//! 2-minute API server outage) keeps production time on the alerts whose
+//! subject is that outage ([`RuleTime::ScaledExcept`]) and requires them to
+//! have seen it (pending).
 //!
 //! The lab emulates what the controllers of a real cluster do: a
 //! DaemonSet's rolling update at `maxUnavailable` (the chart's 10 %: one
@@ -19,11 +23,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kubepulse_testkit::install::{delete_pod, prometheus, Cluster};
-use kubepulse_testkit::lab::{self, prometheus::Prom};
+use kubepulse_testkit::lab::{self, prometheus::Prom, prometheus::RuleTime};
 use serde_json::{json, Value};
 
 use super::netlab_install::{
-    fired_within, installed, lab_bandwidth, label_values, print_timeline, ready, rendering,
+    fired_within, installed_on, lab_bandwidth, label_values, print_timeline, ready, rendering,
     wait_prom, wait_ready, wait_scraped, Key, NAMESPACE,
 };
 
@@ -37,12 +41,45 @@ const POD_AGENTS: &str = "kubepulse-agent-pod";
 /// The host agent DaemonSet.
 const HOST_AGENTS: &str = "kubepulse-agent-host";
 
+/// How long the crash-looping agent keeps crashing.
+const CRASH_LOOP: Duration = Duration::from_secs(180);
+/// How long the API server is unreachable.
+const APISERVER_OUTAGE: Duration = Duration::from_secs(120);
+
+/// The alerts whose subject is an agent being down: in the crash loop they
+/// judge its 3 minutes at production time (`for: 15m`); a loop that lasts
+/// longer is theirs to page.
+const AGENT_DOWN_ALERTS: &[&str] = &["KubepulseAgentDown", "KubepulseAgentMissing"];
+
+/// The alerts whose subject is the API server or what needs it (leader
+/// election, plan publishing, pod startup probes): in the outage they judge
+/// its 2 minutes at production time (`for:` 5 to 15 minutes).
+const APISERVER_DOWN_ALERTS: &[&str] = &[
+    "KubepulseAPIServerUnreachable",
+    "KubepulseNodeAPIServerUnreachable",
+    "KubepulseNodeAPIServerServiceUnreachable",
+    "KubepulseAPIServerLatencyHigh",
+    "KubepulseControllerNoLeader",
+    "KubepulsePlanPublishingFailing",
+    "KubepulsePodStartupFailing",
+];
+
 /// The installed chart (lab duty budget), Prometheus discovering it, every
 /// agent and both controller replicas Ready and scraped, and probe data in
 /// the rules for every node.
 fn running() -> (Cluster, Prom) {
-    let cluster = installed(&lab_bandwidth(&rendering()), Key::Rendered);
-    let prom = prometheus::start(&cluster, "2s");
+    running_with(prometheus::RULE_TIME)
+}
+
+/// [`running`] with the rules' time shortened as `time` says.
+fn running_with(time: RuleTime) -> (Cluster, Prom) {
+    running_on(3, time)
+}
+
+/// [`running_with`] on a lab of `machines` machines, 3 of them Nodes.
+fn running_on(machines: usize, time: RuleTime) -> (Cluster, Prom) {
+    let cluster = installed_on(machines, &lab_bandwidth(&rendering()), Key::Rendered);
+    let prom = prometheus::start_with(&cluster, "2s", time);
     wait_ready(&cluster, 2);
     wait_scraped(&prom, &cluster, 2);
     let n = cluster.nodes.len();
@@ -162,6 +199,32 @@ fn assert_quiet_since(prom: &Prom, start: Instant, what: &str) {
     eprintln!("{what}: no alert fired within {window:.0?}");
 }
 
+/// Fails unless every node in `nodes` probes every other one on the pod
+/// network (a sent rate over the last 10 s).
+fn probes_every_peer(prom: &Prom, nodes: &[String], when: &str) {
+    for node in nodes {
+        let peers = label_values(
+            prom,
+            &format!("sum by (peer_node) (rate(kubepulse_probe_sent_total{{node=\"{node}\",path=\"pod_cross_node\"}}[10s])) > 0"),
+            "peer_node",
+        );
+        let others: BTreeSet<String> = nodes.iter().filter(|n| *n != node).cloned().collect();
+        assert_eq!(peers, others, "{node} probes {peers:?} {when}");
+    }
+}
+
+/// The alerts that were pending at some time in the last `window`.
+fn pending_within(prom: &Prom, window: Duration) -> BTreeSet<String> {
+    label_values(
+        prom,
+        &format!(
+            "max_over_time(ALERTS{{alertstate=\"pending\"}}[{}s])",
+            window.as_secs().max(1)
+        ),
+        "alertname",
+    )
+}
+
 /// Highest value over the last `window` of `expr` (a scalar-valued sum).
 fn max_over(prom: &Prom, expr: &str, window: Duration) -> f64 {
     prom.query(&format!(
@@ -219,19 +282,7 @@ fn a_rolling_restart_with_a_leader_failover_pages_nobody() {
         not_ready >= 1.0,
         "the agents never counted a not-Ready peer during the rollout"
     );
-    // Every node probes both peers on the pod network again.
-    for node in &nodes {
-        let peers = label_values(
-            &prom,
-            &format!("sum by (peer_node) (rate(kubepulse_probe_sent_total{{node=\"{node}\",path=\"pod_cross_node\"}}[10s])) > 0"),
-            "peer_node",
-        );
-        assert_eq!(
-            peers.len(),
-            n - 1,
-            "{node} probes {peers:?} after the rollout"
-        );
-    }
+    probes_every_peer(&prom, &nodes, "after the rollout");
     cluster.check();
 }
 
@@ -398,5 +449,175 @@ fn a_real_fault_during_a_rollout_still_fires_its_alerts() {
         "the fault's alert took {churn_took:?} during the rollout against {quiet_took:?} in a quiet cluster"
     );
     heal();
+    cluster.check();
+}
+
+/// The pod agent on node1 killed whenever it runs, for 3 minutes (an agent
+/// OOM-killed in a loop): the lab kubelet restarts it after its back-off
+/// (10 s, 20 s, 40 s, ...) as a kubelet does. No alert fires: its peers
+/// count it not Ready instead of losing probes to it, the agent alerts
+/// judge its absence at production time (and saw it: pending), and once it
+/// runs again every node probes it.
+#[test]
+fn an_agent_crash_looping_for_3_minutes_pages_nobody() {
+    if !lab::require_root() {
+        return;
+    }
+    let (cluster, prom) = running_with(RuleTime::ScaledExcept(30, AGENT_DOWN_ALERTS));
+    let node = cluster.nodes[1].clone();
+    let pod = agent_on(&cluster, POD_AGENTS, &node)
+        .map(|p| name_of(&p))
+        .unwrap_or_else(|| panic!("no {POD_AGENTS} pod on {node}"));
+    let start = Instant::now();
+    let mut crashes = 0;
+    while start.elapsed() < CRASH_LOOP {
+        crashes += cluster.crash(&pod);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let restarts = cluster
+        .server
+        .get::<Pod>(NAMESPACE, &pod)
+        .and_then(|p| p["status"]["containerStatuses"][0]["restartCount"].as_u64())
+        .unwrap_or(0);
+    eprintln!("{pod}: killed {crashes} times in {CRASH_LOOP:?}, {restarts} restarts");
+    // 10 + 20 + 40 + 80 s of back-off fit in 3 minutes: 5 runs, 5 kills.
+    assert!(
+        crashes >= 4 && restarts >= 4,
+        "not a crash loop: {crashes} kills, {restarts} restarts"
+    );
+    let seen = pending_within(&prom, start.elapsed());
+    eprintln!("pending during the crash loop: {seen:?}");
+    assert!(
+        AGENT_DOWN_ALERTS.iter().any(|a| seen.contains(*a)),
+        "no agent alert ever saw the crash loop (pending: {seen:?})"
+    );
+    // The last back-off ends (up to 160 s) and the agent is Ready again.
+    cluster.wait_for(
+        &format!("{pod} Ready again"),
+        Duration::from_secs(240),
+        |c| {
+            c.server
+                .get::<Pod>(NAMESPACE, &pod)
+                .filter(ready)
+                .map(|_| ())
+        },
+    );
+    eprintln!(
+        "{pod} Ready again {:.0?} after the loop began",
+        start.elapsed()
+    );
+    assert_quiet_since(&prom, start, "an agent crash-looping for 3 minutes");
+    let not_ready = max_over(&prom, "sum(kubepulse_peers_not_ready)", start.elapsed());
+    assert!(
+        not_ready >= 1.0,
+        "no agent counted the crash-looping one as not Ready"
+    );
+    probes_every_peer(&prom, &cluster.nodes, "after the crash loop");
+    cluster.check();
+}
+
+/// Every connection to the API server dropped for 2 minutes (node 0's
+/// firewall; the control plane's outage as every client sees it): agents
+/// keep probing with their last plans, the leader steps down when it
+/// cannot renew its Lease and a leader is back after, and no alert fires; the API server alerts judge the outage at
+/// production time (and saw it: pending). Afterwards a leader publishes
+/// again and every node probes every peer.
+#[test]
+fn the_api_server_unreachable_for_2_minutes_pages_nobody() {
+    if !lab::require_root() {
+        return;
+    }
+    let (cluster, prom) = running_with(RuleTime::ScaledExcept(30, APISERVER_DOWN_ALERTS));
+    let ns0 = cluster.lab.host(0);
+    let (ip, port) = kubepulse_testkit::install::cluster::APISERVER;
+    // Dropped, not refused: clients wait on their timeouts, as when the
+    // control plane's machines are gone.
+    cluster.lab.nft(
+        &ns0,
+        &format!(
+            "table inet kplapi {{
+                chain input {{
+                    type filter hook input priority 0; policy accept;
+                    ip daddr {ip} tcp dport {port} drop
+                }}
+            }}"
+        ),
+    );
+    let start = Instant::now();
+    std::thread::sleep(APISERVER_OUTAGE);
+    cluster
+        .lab
+        .run(&ns0, &["nft", "delete", "table", "inet", "kplapi"]);
+    let seen = pending_within(&prom, start.elapsed());
+    eprintln!("pending during the outage: {seen:?}");
+    // The agents' API server probes saw it, and the leader stepped down
+    // when it could not renew (a call that hangs used to keep it leading).
+    for a in [
+        "KubepulseAPIServerUnreachable",
+        "KubepulseControllerNoLeader",
+    ] {
+        assert!(
+            seen.contains(a),
+            "{a} never saw the outage (pending: {seen:?})"
+        );
+    }
+    let leader = cluster.wait_for(
+        "a leader after the outage",
+        Duration::from_secs(120),
+        leader,
+    );
+    wait_prom(
+        &prom,
+        "a leading controller with nothing left to publish",
+        Duration::from_secs(120),
+        |p| {
+            (!p.query("max(kubepulse_controller_leader) == 1").is_empty()
+                && !p
+                    .query("max(kubepulse_plan_pending and on (instance) kubepulse_controller_leader == 1) == 0")
+                    .is_empty())
+            .then_some(())
+        },
+    );
+    eprintln!(
+        "leader {leader} {:.0?} after the outage began",
+        start.elapsed()
+    );
+    assert_quiet_since(&prom, start, "the API server unreachable for 2 minutes");
+    probes_every_peer(&prom, &cluster.nodes, "after the outage");
+    cluster.check();
+}
+
+/// A fourth node joins the 3-node cluster (its machine already on the
+/// network, as when an autoscaler adds one): both DaemonSets place an agent
+/// there, every node probes it once they are Ready, the pairs wait for
+/// their first rounds before their loss is judged, and no alert fires.
+#[test]
+fn a_node_added_pages_nobody() {
+    if !lab::require_root() {
+        return;
+    }
+    let (mut cluster, prom) = running_on(4, prometheus::RULE_TIME);
+    let start = Instant::now();
+    let new = cluster.join();
+    wait_ready(&cluster, 2);
+    eprintln!(
+        "{new}'s agents Ready {:.0?} after it joined",
+        start.elapsed()
+    );
+    wait_scraped(&prom, &cluster, 2);
+    let n = cluster.nodes.len();
+    wait_prom(
+        &prom,
+        "loss ratios of every pair of the 4 nodes in the rules",
+        Duration::from_secs(60),
+        |p| {
+            let pairs = p.query(
+                "node_peer_node_path:kubepulse_probe_loss:ratio_rate5m{path=\"pod_cross_node\"}",
+            );
+            (pairs.len() == n * (n - 1)).then_some(())
+        },
+    );
+    assert_quiet_since(&prom, start, "a node added");
+    probes_every_peer(&prom, &cluster.nodes, "after the node joined");
     cluster.check();
 }

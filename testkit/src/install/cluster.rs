@@ -12,7 +12,8 @@
 //! ```text
 //!  node0 (10.200.0.1): control plane (tainted NoSchedule), apiserver :6443,
 //!                      DNS :53, kube-state-metrics :8081, Prometheus :9090
-//!  node1, node2:       workers
+//!  node1, node2:       workers (node3 too, in a 4-machine lab; its Node
+//!                      registered by [`Cluster::join`])
 //!  every node:         a 1 Gbit/s link (tbf on its underlay egress)
 //!  win0:               a Node object only (os=windows, tainted): nothing of
 //!                      a Linux DaemonSet may be scheduled there
@@ -41,7 +42,7 @@ use super::control_loop::main_loop;
 use super::kubelet::Ctx;
 use super::pod::Refusal;
 use super::rendering::Rendering;
-use super::seed::seed;
+use super::seed::{register_node, seed};
 use super::{events, ksm, workloads};
 use crate::apiserver::ApiServer;
 use crate::image::Image;
@@ -74,8 +75,11 @@ pub const NODE_LINK_MBIT: u32 = 1000;
 /// The shape of the cluster.
 #[derive(Debug, Clone, Copy)]
 pub struct ClusterSpec {
-    /// Lab nodes (2 or 3).
+    /// Lab nodes (2 to 4): the machines on the network.
     pub nodes: usize,
+    /// How many of them (the first ones) are registered as Nodes at the
+    /// start; [`Cluster::join`] registers the others, as a node joins.
+    pub joined: usize,
     /// Pod network flavour.
     pub flavour: Flavour,
 }
@@ -165,14 +169,20 @@ impl Cluster {
         for i in 0..spec.nodes {
             lab.set_tbf(i, NODE_LINK_MBIT, "64kb");
         }
-        let nodes: Vec<String> = (0..spec.nodes).map(|i| lab.node_name(i)).collect();
+        assert!(
+            (2..=spec.nodes).contains(&spec.joined),
+            "2 to {} joined nodes",
+            spec.nodes
+        );
+        let machines: Vec<String> = (0..spec.nodes).map(|i| lab.node_name(i)).collect();
+        let nodes = machines[..spec.joined].to_vec();
         seed(&server, &lab, &nodes);
         let user = image_user(&image);
         let dir = tempfile::tempdir().expect("tempdir");
         let ctx = Arc::new(Ctx {
             server: server.clone(),
             lab: lab.clone(),
-            nodes: nodes
+            nodes: machines
                 .iter()
                 .enumerate()
                 .map(|(i, n)| (n.clone(), (i, lab.host_ip(i))))
@@ -388,6 +398,48 @@ impl Cluster {
             }
         }
         out
+    }
+
+    /// Kills (SIGKILL, as the OOM killer does) every running container of
+    /// pod `name`; the lab kubelet sees them exit and restarts them after
+    /// its back-off. Returns how many it killed.
+    pub fn crash(&self, name: &str) -> usize {
+        let out = crate::image::run(
+            crate::image::podman().args([
+                "ps",
+                "--filter",
+                &format!("name=^{}-{name}-", self.lab.prefix),
+                "--format",
+                "{{.Names}}",
+            ]),
+            "podman",
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|c| {
+                crate::image::run(
+                    crate::image::podman().args(["kill", "--signal", "KILL", c]),
+                    "podman",
+                )
+                .status
+                .success()
+            })
+            .count()
+    }
+
+    /// Registers the next lab machine that is not a Node yet (a worker,
+    /// Ready, as a kubelet registers it) and returns its name: the
+    /// DaemonSets place their pods there and the lab kubelet runs them.
+    pub fn join(&mut self) -> String {
+        let i = self.nodes.len();
+        assert!(
+            i < self.lab.spec.nodes,
+            "every lab machine is a Node already"
+        );
+        let name = self.lab.node_name(i);
+        register_node(&self.server, &self.lab, i, &name);
+        self.nodes.push(name.clone());
+        name
     }
 
     /// The lab node index of node `name`.

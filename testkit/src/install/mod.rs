@@ -13,7 +13,9 @@
 //!   `tolerations`, the DaemonSet controller's own tolerations and node
 //!   pin, an unschedulable node. Nodes: node0 (control plane, tainted),
 //!   node1, node2, and `win0`, a Node object without a lab namespace
-//!   (os=windows, tainted): a pod bound there never runs.
+//!   (os=windows, tainted): a pod bound there never runs. A fourth machine
+//!   (node3) can be on the network from the start and join later
+//!   ([`cluster::Cluster::join`] registers its Node).
 //! - **Admission**: a missing ServiceAccount or PriorityClass refuses the
 //!   pod (`FailedCreate` event on its owner); `priorityClassName` sets
 //!   `priority`; a `default` ServiceAccount per namespace.
@@ -63,7 +65,8 @@
 //!   (`PodScheduled`, `PodReadyToStartContainers`, `Initialized`,
 //!   `ContainersReady`, `Ready`), container statuses (state, last state,
 //!   ready, started, restart count); events (`Started`, `BackOff`,
-//!   `Unhealthy`, `Killing`, `FailedMount`).
+//!   `Unhealthy`, `Killing`, `FailedMount`). A crash is a SIGKILL of the
+//!   pod's containers ([`cluster::Cluster::crash`], as the OOM killer).
 //! - **Around the pods**: Node objects and their heartbeat Leases
 //!   (renewed every 10 s), control-plane leader Leases, kube-proxy
 //!   ([`proxy`]: ClusterIP and NodePort DNAT to Ready pods or EndpointSlice

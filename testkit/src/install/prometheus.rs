@@ -112,6 +112,11 @@ pub const RULE_TIME: RuleTime = RuleTime::Scaled(30);
 /// Starts Prometheus in node 0 with the test rules and the documented jobs
 /// (discovering through the API test server) every `scrape_interval`.
 pub fn start(cluster: &Cluster, scrape_interval: &str) -> Prom {
+    start_with(cluster, scrape_interval, RULE_TIME)
+}
+
+/// [`start`] with the rules' time shortened as `time` says.
+pub fn start_with(cluster: &Cluster, scrape_interval: &str, time: RuleTime) -> Prom {
     let jobs = documented_jobs();
     let ca = cluster.pki.path().join("ca.crt");
     let token = cluster.pki.path().join("token");
@@ -123,7 +128,7 @@ pub fn start(cluster: &Cluster, scrape_interval: &str) -> Prom {
     Prom::start_bin(
         &cluster.lab,
         &binary(),
-        RULE_TIME,
+        time,
         &configs,
         scrape_interval,
         &[],

@@ -46,15 +46,7 @@ pub(super) fn seed(server: &ApiServer, lab: &Lab, nodes: &[String]) {
         "endpoints": [{"addresses": [aip.to_string()], "conditions": {"ready": true}}],
         "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}));
     for (i, n) in nodes.iter().enumerate() {
-        let mut labels = json!({"kubernetes.io/hostname": n, "kubernetes.io/os": "linux",
-            "kubernetes.io/arch": "amd64"});
-        let mut taints = json!([]);
-        if i == 0 {
-            labels["node-role.kubernetes.io/control-plane"] = json!("");
-            taints =
-                json!([{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]);
-        }
-        server.apply_json::<Node>(node_json(n, labels, taints, lab.host_ip(i), Some(i)));
+        register_node(server, lab, i, n);
     }
     server.apply_json::<Node>(node_json(
         DECOY_NODE,
@@ -64,6 +56,19 @@ pub(super) fn seed(server: &ApiServer, lab: &Lab, nodes: &[String]) {
         None,
     ));
     heartbeat(server);
+}
+
+/// The Node of lab machine `i`, named `name`: node 0 the control plane
+/// (tainted), the others workers.
+pub(super) fn register_node(server: &ApiServer, lab: &Lab, i: usize, name: &str) {
+    let mut labels = json!({"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64"});
+    let mut taints = json!([]);
+    if i == 0 {
+        labels["node-role.kubernetes.io/control-plane"] = json!("");
+        taints = json!([{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]);
+    }
+    server.apply_json::<Node>(node_json(name, labels, taints, lab.host_ip(i), Some(i)));
 }
 
 pub(super) fn node_json(

@@ -3,7 +3,7 @@
 //! ```text
 //!  node i ("host" netns, hostNetwork agents live here)
 //!    ul   10.200.0.(i+1)/24  underlay: a veth pair (2 nodes) or a port of
-//!                            a bridge in a switch netns (3 nodes)
+//!                            a bridge in a switch netns (3 or 4 nodes)
 //!    cbr0 10.244.i.1/24      bridge of this node's pods
 //!    vx0  10.245.0.(i+1)/24  vxlan id 42 (overlay flavour only), MTU 1450
 //!    dl                      TUN end of the delay line (when added);
@@ -40,7 +40,7 @@ pub enum Flavour {
 /// The shape of a lab.
 #[derive(Debug, Clone, Copy)]
 pub struct LabSpec {
-    /// Emulated nodes (2 or 3).
+    /// Emulated nodes (2 to 4).
     pub nodes: usize,
     /// Pod namespaces per node made with the lab (0 to 8); more come and go
     /// as sandboxes ([`Lab::add_sandbox`]).
@@ -173,7 +173,7 @@ impl Lab {
     /// Builds the lab. Panics with the failing command on any error (after
     /// cleaning up what was already created).
     pub fn new(spec: LabSpec) -> Lab {
-        assert!((2..=3).contains(&spec.nodes), "2 or 3 nodes");
+        assert!((2..=4).contains(&spec.nodes), "2 to 4 nodes");
         assert!(spec.pods_per_node <= 8, "0 to 8 pods per node");
         assert!(
             std::path::Path::new("/dev/net/tun").exists(),
@@ -340,7 +340,7 @@ impl Lab {
                 "link", "add", "ul", "netns", &a, "type", "veth", "peer", "name", "ul", "netns", &b,
             ]);
         } else {
-            // Three nodes share one L2 segment: a bridge in a switch netns.
+            // Three or more nodes share one L2 segment: a bridge in a switch netns.
             let sw = format!("{}sw", self.prefix);
             self.add_ns(&sw);
             ip(&["-n", &sw, "link", "add", "sw0", "type", "bridge"]);

@@ -40,14 +40,40 @@ pub enum RuleTime {
     /// `for: 30m` still outlasts a blip a `for: 5m` pages on), for tests
     /// that judge a healthy cluster quiet.
     Scaled(u32),
+    /// [`RuleTime::Scaled`], except the named alerts, which keep
+    /// production's `for:` and windows: for a scenario that lasts a
+    /// production duration (an agent crash-looping for 3 minutes), the
+    /// alerts whose subject is that outage judge it at production time,
+    /// while every other alert (the network's) judges its side effects at
+    /// the shortened time, where they would show sooner.
+    ScaledExcept(u32, &'static [&'static str]),
 }
 
 impl RuleTime {
-    /// `for:` duration replacing `prod`, e.g. "15m".
-    fn for_of(self, prod: &str) -> String {
+    /// Whether `alert` (None in a recording rule) keeps production time.
+    fn keeps(self, alert: Option<&str>) -> bool {
+        match (self, alert) {
+            (RuleTime::ScaledExcept(_, kept), Some(a)) => kept.contains(&a),
+            _ => false,
+        }
+    }
+
+    /// The factor production time is divided by (None: [`RuleTime::Fast`]).
+    fn factor(self) -> Option<u32> {
         match self {
-            RuleTime::Fast => FOR.to_string(),
-            RuleTime::Scaled(k) => {
+            RuleTime::Fast => None,
+            RuleTime::Scaled(k) | RuleTime::ScaledExcept(k, _) => Some(k),
+        }
+    }
+
+    /// `for:` duration of `alert` replacing `prod`, e.g. "15m".
+    fn for_of(self, alert: Option<&str>, prod: &str) -> String {
+        if self.keeps(alert) {
+            return prod.to_string();
+        }
+        match self.factor() {
+            None => FOR.to_string(),
+            Some(k) => {
                 let secs = humantime::parse_duration(prod)
                     .unwrap_or_else(|e| panic!("for: {prod}: {e}"))
                     .as_secs();
@@ -60,17 +86,20 @@ impl RuleTime {
     /// replacing production's 360 (60 rounds of warm-up and a 5m window at
     /// one round a second): the same share of the shortened window.
     fn settle_rounds(self, prod: u32) -> u32 {
-        match self {
-            RuleTime::Fast => prod,
-            RuleTime::Scaled(k) => (prod / k).max(1),
+        match self.factor() {
+            None => prod,
+            Some(k) => (prod / k).max(1),
         }
     }
 
-    /// Rate window replacing `[5m]` or `[10m]`.
-    fn window_of(self, minutes: u64) -> String {
-        match self {
-            RuleTime::Fast => WINDOW.to_string(),
-            RuleTime::Scaled(k) => format!("[{}s]", (minutes * 60 / u64::from(k)).max(10)),
+    /// Rate window of `alert` replacing `[5m]` or `[10m]`.
+    fn window_of(self, alert: Option<&str>, minutes: u64) -> String {
+        if self.keeps(alert) {
+            return format!("[{minutes}m]");
+        }
+        match self.factor() {
+            None => WINDOW.to_string(),
+            Some(k) => format!("[{}s]", (minutes * 60 / u64::from(k)).max(10)),
         }
     }
 }
@@ -86,10 +115,22 @@ pub fn rules_with(time: RuleTime) -> String {
     let text = std::fs::read_to_string(path).expect("read alerts/kubepulse-rules.yaml");
     let mut fors = 0;
     let mut settles = 0;
+    // The rule each line belongs to: an alert's name, None in a recording rule.
+    let mut alert: Option<String> = None;
+    let mut kept = BTreeSet::new();
     let out: Vec<String> = text
         .lines()
         .map(|l| {
             let t = l.trim_start();
+            if let Some(name) = t.strip_prefix("- alert: ") {
+                alert = Some(name.trim().to_string());
+            } else if t.starts_with("- record: ") {
+                alert = None;
+            }
+            let a = alert.as_deref();
+            if time.keeps(a) {
+                kept.insert(a.unwrap_or_default().to_string());
+            }
             if let Some((head, rounds)) = t
                 .strip_prefix(
                     "max by (cluster, node, peer_node, path) (kubepulse_probe_sent_total) >= ",
@@ -104,14 +145,23 @@ pub fn rules_with(time: RuleTime) -> String {
                 format!(
                     "{}for: {}",
                     &l[..l.len() - t.len()],
-                    time.for_of(prod.trim())
+                    time.for_of(a, prod.trim())
                 )
             } else {
-                l.replace("[5m]", &time.window_of(5))
-                    .replace("[10m]", &time.window_of(10))
+                l.replace("[5m]", &time.window_of(a, 5))
+                    .replace("[10m]", &time.window_of(a, 10))
             }
         })
         .collect();
+    // A kept alert that is not in the file (renamed) would be judged at
+    // the shortened time unnoticed.
+    if let RuleTime::ScaledExcept(_, names) = time {
+        let missing: Vec<&&str> = names.iter().filter(|n| !kept.contains(**n)).collect();
+        assert!(
+            missing.is_empty(),
+            "no such alerts in the rules: {missing:?}"
+        );
+    }
     // A rules file whose `for:` lines moved (another indentation, a
     // template) would silently keep production delays.
     assert!(fors > 20, "expected every alert to have a for: ({fors})");
@@ -358,5 +408,66 @@ impl Prom {
         }
         eprintln!("{what}: exactly {want:?} firing after {took:.1?}, held {hold:?}");
         took
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lines of the rule named `alert` in `rules` (to the next rule).
+    fn rule<'a>(rules: &'a str, alert: &str) -> Vec<&'a str> {
+        let mut lines = rules
+            .lines()
+            .skip_while(|l| l.trim() != format!("- alert: {alert}"));
+        let first = lines.next().unwrap_or_else(|| panic!("no alert {alert}"));
+        std::iter::once(first)
+            .chain(lines.take_while(|l| {
+                let t = l.trim_start();
+                !t.starts_with("- alert: ") && !t.starts_with("- record: ")
+            }))
+            .collect()
+    }
+
+    fn for_of(rules: &str, alert: &str) -> String {
+        rule(rules, alert)
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("for: ").map(str::to_string))
+            .unwrap_or_else(|| panic!("no for: in {alert}"))
+    }
+
+    #[test]
+    fn kept_alerts_keep_production_time_and_the_others_are_scaled() {
+        const KEPT: &[&str] = &["KubepulseAgentDown", "KubepulseProbeSendsLate"];
+        let r = rules_with(RuleTime::ScaledExcept(30, KEPT));
+        assert_eq!(for_of(&r, "KubepulseAgentDown"), "15m");
+        assert_eq!(for_of(&r, "KubepulseProbeSendsLate"), "30m");
+        assert!(
+            rule(&r, "KubepulseProbeSendsLate")
+                .iter()
+                .any(|l| l.contains("[5m]") || l.contains("[10m]")),
+            "the kept alert's own window is production's"
+        );
+        // Everything else at a thirtieth, recording rules included.
+        assert_eq!(for_of(&r, "KubepulseAgentMissing"), "30s");
+        assert_eq!(for_of(&r, "KubepulseNodeUnreachable"), "10s");
+        let scaled = r
+            .lines()
+            .filter(|l| l.contains("[5m]") || l.contains("[10m]"))
+            .count();
+        let in_kept = rule(&r, "KubepulseProbeSendsLate")
+            .iter()
+            .filter(|l| l.contains("[5m]") || l.contains("[10m]"))
+            .count();
+        assert_eq!(
+            scaled, in_kept,
+            "a production window outside the kept alert"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "no such alerts in the rules")]
+    fn a_kept_alert_that_does_not_exist_is_refused() {
+        rules_with(RuleTime::ScaledExcept(30, &["KubepulseNoSuchAlert"]));
     }
 }
