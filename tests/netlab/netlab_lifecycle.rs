@@ -519,9 +519,9 @@ fn an_agent_crash_looping_for_3_minutes_pages_nobody() {
 /// Every connection to the API server dropped for 2 minutes (node 0's
 /// firewall; the control plane's outage as every client sees it): agents
 /// keep probing with their last plans, the leader steps down when it
-/// cannot renew its Lease and a leader is back after, and no alert fires; the API server alerts judge the outage at
-/// production time (and saw it: pending). Afterwards a leader publishes
-/// again and every node probes every peer.
+/// cannot renew its Lease, and no alert fires; the API server and leader
+/// alerts judge the outage at production time (and saw it: pending).
+/// Afterwards a leader publishes again and every node probes every peer.
 #[test]
 fn the_api_server_unreachable_for_2_minutes_pages_nobody() {
     if !lab::require_root() {
