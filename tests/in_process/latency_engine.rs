@@ -562,8 +562,13 @@ fn busy_runtime() -> (tokio::runtime::Runtime, Arc<AtomicBool>) {
 /// inflate its UDP p99 RTT by more than 2x. Idle and busy phases alternate
 /// (24 rounds of 100 samples each at 2 ms spacing, 2400 per condition) so
 /// that background load on the machine (other builds) affects both alike.
-/// The idle p99 is floored at 50 us so that a tiny idle p99 (noise divided
-/// by noise) cannot fail the ratio.
+/// What is judged is the typical round: the median over rounds of each
+/// phase's p99. A busy runtime's effect is in every busy phase; one stall
+/// of this shared VM (50 ms hold 25 samples, 1 % of a side) lands in one
+/// phase and decided the pooled p99 alone (busy 210 us against idle 87 us
+/// in one full `.ci/run`, busy below idle in 6 of 6 runs alone after it).
+/// The pooled p99s are printed too. The idle p99 is floored at 50 us so
+/// that a tiny idle p99 (noise divided by noise) cannot fail the ratio.
 ///
 /// The stand-in peer's UDP echo thread runs SCHED_FIFO where permitted: in
 /// production the responder is on another node, and on a 2-vCPU test host
@@ -601,13 +606,18 @@ fn busy_tokio_runtime_does_not_inflate_udp_p99() {
     let e = Engine::start(settings, vec![target("p", r.ports)], Some(hook));
 
     let (mut idle, mut busy) = (Vec::new(), Vec::new());
+    let (mut idle_rounds, mut busy_rounds) = (Vec::new(), Vec::new());
     for _round in 0..24 {
         // Drop what queued up between phases, then warm up.
         while rx.try_recv().is_ok() {}
-        idle.extend(collect(&rx, 10, 100));
+        let mut phase = collect(&rx, 10, 100);
+        idle_rounds.push(p99(&mut phase));
+        idle.extend(phase);
         let (rt, stop) = busy_runtime();
         while rx.try_recv().is_ok() {}
-        busy.extend(collect(&rx, 10, 100));
+        let mut phase = collect(&rx, 10, 100);
+        busy_rounds.push(p99(&mut phase));
+        busy.extend(phase);
         stop.store(true, Ordering::Relaxed);
         rt.shutdown_timeout(Duration::from_secs(1));
     }
@@ -615,14 +625,17 @@ fn busy_tokio_runtime_does_not_inflate_udp_p99() {
     let p50 = |v: &mut Vec<Duration>| sample_quantile(v, 0.5).expect("RTT samples");
     let (p99_idle, p99_busy) = (p99(&mut idle), p99(&mut busy));
     let (p50_idle, p50_busy) = (p50(&mut idle), p50(&mut busy));
+    let (round_idle, round_busy) = (p50(&mut idle_rounds), p50(&mut busy_rounds));
     eprintln!(
         "UDP RTT idle: n={n_idle} p50={p50_idle:?} p99={p99_idle:?}; \
-         busy runtime: n={n_busy} p50={p50_busy:?} p99={p99_busy:?}"
+         busy runtime: n={n_busy} p50={p50_busy:?} p99={p99_busy:?}; \
+         median round p99: idle {round_idle:?}, busy {round_busy:?}"
     );
-    let floor = p99_idle.max(Duration::from_micros(50));
+    let floor = round_idle.max(Duration::from_micros(50));
     assert!(
-        p99_busy <= floor * 2,
-        "busy p99 {p99_busy:?} > 2 x idle p99 {p99_idle:?} (floored at {floor:?})"
+        round_busy <= floor * 2,
+        "busy p99 {round_busy:?} > 2 x idle p99 {round_idle:?} (floored at {floor:?}), \
+         medians over rounds of each phase's p99"
     );
     assert_eq!(
         e.peer_value("kubepulse_probe_lost_total", Protocol::Udp, "node-p"),
