@@ -449,36 +449,47 @@ fn start_reach(dir: &Path) -> Reach {
         ],
     );
     fs::write(dir.join("livez"), "ok").expect("write livez");
-    let dns_port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free UDP port")
-        .port();
-    let tls_port = free_port();
-    let dns = Proc::spawn(
+    let (dns, dns_port) = listening(
         "dnsmasq",
-        Command::new("dnsmasq").args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--user=root",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            &format!("--port={dns_port}"),
-            &format!("--pid-file={}", dir.join("dnsmasq.pid").display()),
-            "--address=/kubernetes.default.svc.cluster.local/10.96.0.1",
-        ]),
         dir,
+        || {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|s| s.local_addr())
+                .expect("free UDP port")
+                .port()
+        },
+        |port| {
+            let mut c = Command::new("dnsmasq");
+            c.args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--user=root",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                &format!("--port={port}"),
+                &format!("--pid-file={}", dir.join("dnsmasq.pid").display()),
+                "--address=/kubernetes.default.svc.cluster.local/10.96.0.1",
+            ]);
+            c
+        },
+        dns_answers,
     );
-    let tls = Proc::spawn(
+    let (tls, tls_port) = listening(
         "s_server",
-        Command::new("openssl")
-            .current_dir(dir)
-            .args([
-                "s_server", "-quiet", "-WWW", "-cert", "tls.crt", "-key", "tls.key", "-accept",
-            ])
-            .arg(format!("127.0.0.1:{tls_port}")),
         dir,
+        free_port,
+        |port| {
+            let mut c = Command::new("openssl");
+            c.current_dir(dir)
+                .args([
+                    "s_server", "-quiet", "-WWW", "-cert", "tls.crt", "-key", "tls.key", "-accept",
+                ])
+                .arg(format!("127.0.0.1:{port}"));
+            c
+        },
+        |port| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
     );
     Reach {
         dns_port,
@@ -486,6 +497,63 @@ fn start_reach(dir: &Path) -> Reach {
         ca: dir.join("ca.crt"),
         _procs: [dns, tls],
     }
+}
+
+/// Starts `name` on a port `free` found free, and waits until `ready` says
+/// it serves there. The port is free when found, not when the process
+/// binds it (another test's socket may take it between): a process that
+/// exits before it is ready is started again on another port. A reach
+/// process that never answered made every DNS lookup fail in one full
+/// `.ci/run`, and the DNS quantile had no data.
+fn listening(
+    name: &'static str,
+    dir: &Path,
+    free: impl Fn() -> u16,
+    command: impl Fn(u16) -> Command,
+    ready: impl Fn(u16) -> bool,
+) -> (Proc, u16) {
+    for _attempt in 0..5 {
+        let port = free();
+        let mut p = Proc::spawn(name, &mut command(port), dir);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                eprintln!("{name} on port {port} exited ({status}):\n{}", p.log_tail());
+                break;
+            }
+            if ready(port) {
+                return (p, port);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p.assert_running();
+    }
+    panic!("{name} never served on a free port in 5 attempts");
+}
+
+/// Whether a DNS server on 127.0.0.1:`port` answers the probe's name with
+/// an address (a hand-made A query).
+fn dns_answers(port: u16) -> bool {
+    let mut q = vec![0x4b, 0x50, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in "kubernetes.default.svc.cluster.local".split('.') {
+        q.push(u8::try_from(label.len()).expect("short label"));
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let Ok(s) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+        return false;
+    };
+    let mut buf = [0u8; 512];
+    s.set_read_timeout(Some(Duration::from_millis(200))).is_ok()
+        && s.send_to(&q, ("127.0.0.1", port)).is_ok()
+        && s.recv(&mut buf).is_ok_and(|n| {
+            // Our id, a response, rcode 0, at least one answer.
+            n >= 12
+                && buf[..2] == q[..2]
+                && buf[2] & 0x80 != 0
+                && buf[3] & 0x0f == 0
+                && u16::from_be_bytes([buf[6], buf[7]]) > 0
+        })
 }
 
 /// The controller's config: every measurement every few hundred ms against
