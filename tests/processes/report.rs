@@ -112,10 +112,15 @@ fn scrape_reports_agree_with_the_deltas_and_every_format_renders() {
     let url = format!("http://{}/metrics", kp.metrics);
 
     // Two scrapes of our own, some probes apart.
-    // Sums without asserting: a failed scrape polls again.
+    // Sums without asserting: a failed scrape polls again. A peer's series
+    // are created one family after another, so a scrape taken while the
+    // last one was resolved had its sent counter but not its reply RTT
+    // (one full `.ci/run`): the first scrape waits for both on every stream.
     let sent = |sc: &Scrape| {
-        let s = sc.select("kubepulse_probe_sent_total", &[("protocol", "udp")]);
-        (s.len() >= 17).then(|| s.iter().map(|s| s.value).sum::<f64>())
+        let udp = [("protocol", "udp")];
+        let s = sc.select("kubepulse_probe_sent_total", &udp);
+        let replies = sc.select("kubepulse_probe_reply_rtt_seconds_total", &udp);
+        (s.len() >= 17 && replies.len() == s.len()).then(|| s.iter().map(|s| s.value).sum::<f64>())
     };
     let timeout = std::time::Duration::from_secs(30);
     let (first, ok) =
