@@ -526,7 +526,13 @@ fn listening(
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        p.assert_running();
+        // Exited: try another port. Running but not serving is no race.
+        if matches!(p.child.try_wait(), Ok(None)) {
+            panic!(
+                "{name} runs on port {port} but did not serve within 10 s:\n{}",
+                p.log_tail()
+            );
+        }
     }
     panic!("{name} never served on a free port in 5 attempts");
 }
