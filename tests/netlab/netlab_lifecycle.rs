@@ -82,10 +82,17 @@ fn running_on(machines: usize, time: RuleTime) -> (Cluster, Prom) {
     let prom = prometheus::start_with(&cluster, "2s", time);
     wait_ready(&cluster, 2);
     wait_scraped(&prom, &cluster, 2);
+    wait_every_pair_in_rules(&prom, &cluster);
+    (cluster, prom)
+}
+
+/// Waits until the rules hold a loss ratio for every ordered pair of the
+/// cluster's nodes on the pod network.
+fn wait_every_pair_in_rules(prom: &Prom, cluster: &Cluster) {
     let n = cluster.nodes.len();
     wait_prom(
-        &prom,
-        "loss ratios of every node pair in the rules",
+        prom,
+        &format!("loss ratios of every pair of the {n} nodes in the rules"),
         Duration::from_secs(60),
         |p| {
             let pairs = p.query(
@@ -94,7 +101,6 @@ fn running_on(machines: usize, time: RuleTime) -> (Cluster, Prom) {
             (pairs.len() == n * (n - 1)).then_some(())
         },
     );
-    (cluster, prom)
 }
 
 /// The DaemonSet or ReplicaSet that owns `p`.
@@ -605,18 +611,7 @@ fn a_node_added_pages_nobody() {
         start.elapsed()
     );
     wait_scraped(&prom, &cluster, 2);
-    let n = cluster.nodes.len();
-    wait_prom(
-        &prom,
-        "loss ratios of every pair of the 4 nodes in the rules",
-        Duration::from_secs(60),
-        |p| {
-            let pairs = p.query(
-                "node_peer_node_path:kubepulse_probe_loss:ratio_rate5m{path=\"pod_cross_node\"}",
-            );
-            (pairs.len() == n * (n - 1)).then_some(())
-        },
-    );
+    wait_every_pair_in_rules(&prom, &cluster);
     assert_quiet_since(&prom, start, "a node added");
     probes_every_peer(&prom, &cluster.nodes, "after the node joined");
     cluster.check();
