@@ -77,6 +77,15 @@ pub struct AgentSettings {
     /// Unset: a random key for this process (local mode; agents in other
     /// processes cannot burst to it).
     pub burst_key_file: Option<PathBuf>,
+    /// With Kubernetes discovery: how long the responders keep answering
+    /// after SIGTERM while the agent no longer probes. Peers drop a pod once
+    /// its deletion reaches them through the API server; until then their
+    /// probes still come, and a responder that stopped at once would have
+    /// them booked as loss on a rollout. Keep it below the pod's
+    /// `terminationGracePeriodSeconds`. Static peers are never told, so
+    /// there it is unused.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for AgentSettings {
@@ -89,6 +98,7 @@ impl Default for AgentSettings {
             ports: ProbePorts::default(),
             metrics_listen: DEFAULT_METRICS_LISTEN,
             burst_key_file: None,
+            shutdown_grace: Duration::from_secs(6),
         }
     }
 }

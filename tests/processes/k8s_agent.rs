@@ -10,14 +10,16 @@
 
 use kubepulse_testkit::apiserver;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apiserver::{ApiServer, Verb};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kubepulse::config::PlanSettings;
 use kubepulse::controller::plan_publisher::PlanPublisher;
+use kubepulse_testkit::process::Kubepulse;
 use kubepulse_testkit::scrape::{parse, Scrape};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -105,6 +107,23 @@ async fn wait_scrape(port: u16, what: &str, pred: impl Fn(&Scrape) -> bool) {
     }
 }
 
+/// A kubeconfig in `dir` for the API test server.
+fn kubeconfig(dir: &Path, server: &ApiServer) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+             clusters: [{{name: test, cluster: {{server: \"{}\"}}}}]\n\
+             users: [{{name: test, user: {{}}}}]\n\
+             contexts: [{{name: test, context: {{cluster: test, user: test}}}}]\n",
+            server.url()
+        ),
+    )
+    .expect("write kubeconfig");
+    path
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_binary_follows_the_api() {
     let server = ApiServer::start().await;
@@ -117,18 +136,7 @@ async fn agent_binary_follows_the_api() {
     server.apply(&pod("agent-host-n2", "n2", true, p2 + 10));
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
-             clusters: [{{name: test, cluster: {{server: \"{}\"}}}}]\n\
-             users: [{{name: test, user: {{}}}}]\n\
-             contexts: [{{name: test, context: {{cluster: test, user: test}}}}]\n",
-            server.url()
-        ),
-    )
-    .expect("write kubeconfig");
+    let kubeconfig = kubeconfig(dir.path(), &server);
     let child = Command::new(env!("CARGO_BIN_EXE_kubepulse"))
         .args(["agent", "--listen", &format!("127.0.0.1:{metrics}")])
         .env("KUBECONFIG", &kubeconfig)
@@ -249,4 +257,71 @@ async fn agent_binary_follows_the_api() {
         assert_eq!(r.resource, "configmaps", "{}", r.uri);
         assert!(r.uri.contains("kubepulse-plan-n1"), "{}", r.uri);
     }
+}
+
+/// On SIGTERM a Kubernetes-mode agent stops probing but its responders
+/// answer for `agent.shutdown_grace` (peers learn of a terminating pod only
+/// through the next plan), then it exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigterm_the_responders_answer_for_the_grace_then_the_agent_exits() {
+    const GRACE: Duration = Duration::from_secs(2);
+    let server = ApiServer::start().await;
+    let port = free_port();
+    server.apply(&node("n1"));
+    server.apply(&pod("agent-pod-n1", "n1", false, port));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = kubeconfig(dir.path(), &server);
+    let env = [
+        (
+            "KUBECONFIG",
+            kubeconfig.to_str().expect("utf-8 path").to_string(),
+        ),
+        ("KUBEPULSE_POD_NAME", "agent-pod-n1".into()),
+        ("KUBEPULSE_NODE_NAME", "n1".into()),
+        ("KUBEPULSE_NAMESPACE", NS.into()),
+        ("KUBEPULSE__DISCOVERY__MODE", "kubernetes".into()),
+        ("KUBEPULSE__AGENT__BIND_ADDRESS", "127.0.0.1".into()),
+        ("KUBEPULSE__AGENT__PORTS__UDP_ECHO", port.to_string()),
+        ("KUBEPULSE__AGENT__PORTS__TCP_ECHO", port.to_string()),
+        ("KUBEPULSE__AGENT__PORTS__BANDWIDTH", (port + 1).to_string()),
+        ("KUBEPULSE__AGENT__PORTS__HTTP", (port + 2).to_string()),
+        (
+            "KUBEPULSE__AGENT__SHUTDOWN_GRACE",
+            format!("{}s", GRACE.as_secs()),
+        ),
+    ];
+    let mut agent = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Kubepulse::start_with_env(&["agent", "--listen", "127.0.0.1:0"], &env)
+    })
+    .await
+    .expect("join");
+    let echo = SocketAddr::from(([127, 0, 0, 1], port));
+    let answers = || TcpStream::connect_timeout(&echo, Duration::from_secs(1)).is_ok();
+    assert!(answers(), "the TCP echo responder answers before SIGTERM");
+
+    let term = Instant::now();
+    agent.signal("TERM");
+    // Half the grace in: still answering (a lower bound the agent's own
+    // timer guarantees).
+    tokio::time::sleep(GRACE / 2).await;
+    assert!(
+        agent.child.try_wait().expect("try_wait").is_none(),
+        "the agent exited before its grace was over"
+    );
+    assert!(
+        answers(),
+        "the responders stopped before the grace was over"
+    );
+    let status = tokio::task::spawn_blocking(move || agent.wait_exit(GRACE + DEADLINE))
+        .await
+        .expect("join")
+        .expect("the agent exits after its grace");
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+    assert!(
+        term.elapsed() >= GRACE,
+        "exited {:?} after SIGTERM, before its {GRACE:?} grace",
+        term.elapsed()
+    );
+    assert!(!answers(), "nothing answers once the agent has exited");
 }

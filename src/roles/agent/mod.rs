@@ -235,6 +235,32 @@ fn sample_guard(
     Arc::new(BurstGuard::new(Arc::new(busy), me.node.clone(), windows))
 }
 
+/// How long the responders outlive the probers at shutdown: with
+/// Kubernetes discovery, `agent.shutdown_grace`, the time peers need to
+/// learn that this pod is terminating; static peers are never told.
+fn responder_grace(settings: &Settings) -> Duration {
+    match settings.discovery.mode {
+        DiscoveryMode::Kubernetes => settings.agent.shutdown_grace,
+        DiscoveryMode::Static => Duration::ZERO,
+    }
+}
+
+/// A token cancelled `grace` after `shutdown` is.
+fn delayed(shutdown: &CancellationToken, grace: Duration) -> CancellationToken {
+    if grace.is_zero() {
+        return shutdown.clone();
+    }
+    let later = CancellationToken::new();
+    let (first, then) = (shutdown.clone(), later.clone());
+    tokio::spawn(async move {
+        first.cancelled().await;
+        tracing::info!(grace = %humantime::format_duration(grace), "Answering peers' probes for the shutdown grace");
+        tokio::time::sleep(grace).await;
+        then.cancel();
+    });
+    later
+}
+
 /// Starts an agent: binds responders, then probers. Returns once everything
 /// is bound, so a caller can report readiness.
 pub async fn start(
@@ -263,7 +289,7 @@ pub async fn start(
         settings.responder,
         burst_keys.clone(),
         metrics.clone(),
-        shutdown.clone(),
+        delayed(&shutdown, responder_grace(settings)),
     )
     .await?;
     let ports = responders.ports();
