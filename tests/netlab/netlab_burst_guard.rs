@@ -3,18 +3,24 @@
 //! pair bursts in one slot of each round of two, 250 ms per direction),
 //! the burst guard keeps the agent's own bursts out of its latency
 //! results:
-//! - the exact UDP RTT p99 of the samples kept in burst slots is at most
-//!   1.2x the p99 of the quiet slots. Both come from one run of both
-//!   agents (each probes the other), read from their per-sample trace
-//!   logs, so the two sides alternate every 4 s and meet the same stalls
-//!   of this shared machine: two 30 s runs per side one after the other
-//!   read ratios of 0.71 to 2.31 on one build, as stall episodes landed on
-//!   one side or the other. Like with like in phase too: the quiet side
-//!   keeps only the phases of the slot (20 ms bins) where the burst side
-//!   kept samples, so the guard's windows are cut from both sides. The
-//!   p99s are exact (the quiet p99 sits near the 204.8 us edge of the
-//!   doubling buckets, where an interpolated p99 moved 30-40 % on a few
-//!   tail samples);
+//! - the exact UDP RTT p99 of the samples kept in a burst slot is at most
+//!   1.2x the p99 of the quiet slot after it, in the median of the 15
+//!   pairs. Both come from one run of both agents (each probes the other),
+//!   read from their per-sample trace logs, so the two sides alternate
+//!   every 4 s: two 30 s runs per side one after the other read ratios of
+//!   0.71 to 2.31 on one build, as stall episodes landed on one side or
+//!   the other. Alternating alone did not settle it: a p99 of 7,000
+//!   samples is its 70 slowest, a few stalls of a shared machine, and in
+//!   one CI run the pooled p99s of the two sides read a ratio of 1.65
+//!   while runs here read 0.99-1.08. A stall lands in one slot; a burst's
+//!   effect would be in every burst slot. So each burst slot is compared
+//!   with its neighbour and the median pair judged: stalls move a few
+//!   pairs, a burst effect moves them all. The pooled ratio is printed
+//!   beside it. Like with like in phase too: the quiet side keeps only the
+//!   phases of the slot (20 ms bins) where the burst side kept samples,
+//!   so the guard's windows are cut from both sides. The p99s are exact
+//!   (the quiet p99 sits near the 204.8 us edge of the doubling buckets,
+//!   where an interpolated p99 moved 30-40 % on a few tail samples);
 //! - every probe nft saw is accounted for, kept (replied or lost) or
 //!   excluded, and the kept probes' loss ratio estimates the 2 % random
 //!   drop of nft: the guard excludes whole probes (replies and losses
@@ -28,9 +34,10 @@
 
 use kubepulse_testkit::lab;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kubepulse_testkit::scrape::sample_quantile;
+use kubepulse_testkit::scrape::{median, sample_quantile};
 use lab::agents::{fast_probes, AgentSpec, Agents, RttSample, RTT_SAMPLES};
 use lab::netlab::{timing_lock, Flavour, Lab, LabSpec};
 use lab::prom::Scrape;
@@ -48,6 +55,9 @@ const RATE_MBIT: u32 = 300;
 const DROP_PERMILLE: u32 = 20;
 /// Phase bins of a slot.
 const BIN: Duration = Duration::from_millis(20);
+/// Fewest samples a slot of a judged pair holds (about 480 kept on either
+/// side at 10 ms from both agents): a p99 of at least 2 tail samples.
+const MIN_SLOT_SAMPLES: usize = 200;
 
 fn ruleset(prober: &str) -> String {
     format!(
@@ -86,10 +96,11 @@ fn one_of(s: &Scrape, name: &str) -> f64 {
 /// the same phases.
 #[derive(Debug)]
 struct Sides {
-    /// RTTs (ns) kept in burst slots.
-    burst: Vec<u64>,
-    /// RTTs (ns) of quiet slots at the phases the burst side kept.
-    quiet: Vec<u64>,
+    /// RTTs (ns) kept in burst slots, by slot number.
+    burst: BTreeMap<u64, Vec<u64>>,
+    /// RTTs (ns) of quiet slots at the phases the burst side kept, by slot
+    /// number.
+    quiet: BTreeMap<u64, Vec<u64>>,
     /// Quiet samples dropped for their phase.
     quiet_cut: usize,
     /// Phase bins the burst side kept none in (the guard's windows).
@@ -98,6 +109,26 @@ struct Sides {
     /// end, where a probe's flight would reach into a burst slot's first
     /// window.
     quiet_empty_bins: usize,
+}
+
+impl Sides {
+    fn pooled(side: &BTreeMap<u64, Vec<u64>>) -> Vec<u64> {
+        side.values().flatten().copied().collect()
+    }
+
+    /// p99 ratio of each burst slot over the quiet slot after it (both
+    /// with at least `min` samples).
+    fn pair_ratios(&self, min: usize) -> Vec<f64> {
+        self.burst
+            .iter()
+            .filter_map(|(slot, b)| Some((b, self.quiet.get(&(slot + 1))?)))
+            .filter(|(b, q)| b.len() >= min && q.len() >= min)
+            .filter_map(|(b, q)| {
+                let p99 = |v: &[u64]| sample_quantile(&mut v.to_vec(), 0.99).map(|x| x as f64);
+                Some(p99(b)? / p99(q)?)
+            })
+            .collect()
+    }
 }
 
 /// Splits `samples` by slot parity: the side with fewer samples (the guard
@@ -109,12 +140,15 @@ fn split(samples: &[RttSample], slot: Duration, bin: Duration) -> Sides {
     let bins = (slot.as_nanos() / bin.as_nanos()) as usize;
     let place = |s: &RttSample| {
         let t = s.at.as_nanos();
-        ((t / slot_ns) % 2, ((t % slot_ns) / bin.as_nanos()) as usize)
+        (
+            (t / slot_ns) as u64,
+            ((t % slot_ns) / bin.as_nanos()) as usize,
+        )
     };
     let mut count = [vec![0usize; bins], vec![0usize; bins]];
     for s in samples {
-        let (parity, b) = place(s);
-        count[parity as usize][b] += 1;
+        let (n, b) = place(s);
+        count[(n % 2) as usize][b] += 1;
     }
     let total = |p: usize| count[p].iter().sum::<usize>();
     let (burst_parity, quiet_parity) = if total(0) < total(1) { (0, 1) } else { (1, 0) };
@@ -123,20 +157,20 @@ fn split(samples: &[RttSample], slot: Duration, bin: Duration) -> Sides {
     let floor = sorted[bins / 2] / 10;
     let cut: Vec<bool> = count[burst_parity].iter().map(|n| *n <= floor).collect();
     let mut sides = Sides {
-        burst: Vec::new(),
-        quiet: Vec::new(),
+        burst: BTreeMap::new(),
+        quiet: BTreeMap::new(),
         quiet_cut: 0,
         cut_bins: cut.iter().filter(|c| **c).count(),
         quiet_empty_bins: count[quiet_parity].iter().filter(|n| **n == 0).count(),
     };
     for s in samples {
-        let (parity, b) = place(s);
-        if parity as usize == burst_parity {
-            sides.burst.push(s.rtt_ns);
+        let (n, b) = place(s);
+        if (n % 2) as usize == burst_parity {
+            sides.burst.entry(n).or_default().push(s.rtt_ns);
         } else if cut[b] {
             sides.quiet_cut += 1;
         } else {
-            sides.quiet.push(s.rtt_ns);
+            sides.quiet.entry(n).or_default().push(s.rtt_ns);
         }
     }
     sides
@@ -161,10 +195,13 @@ fn split_judges_the_quiet_side_at_the_phases_the_burst_side_kept() {
     }
     let sides = split(&samples, ms(1000), ms(100));
     assert_eq!((sides.cut_bins, sides.quiet_empty_bins), (2, 0));
-    assert_eq!(sides.burst.len(), 5 * 80);
-    assert_eq!(sides.quiet.len(), 5 * 80);
+    let (burst, quiet) = (Sides::pooled(&sides.burst), Sides::pooled(&sides.quiet));
+    assert_eq!(burst.len(), 5 * 80);
+    assert_eq!(quiet.len(), 5 * 80);
     assert_eq!(sides.quiet_cut, 5 * 20);
-    assert!(sides.burst.iter().all(|r| *r == 100) && sides.quiet.iter().all(|r| *r == 200));
+    assert!(burst.iter().all(|r| *r == 100) && quiet.iter().all(|r| *r == 200));
+    // Burst slots 0, 2, 4, 6, 8 each before a quiet one.
+    assert_eq!(sides.pair_ratios(1), vec![0.5; 5]);
 }
 
 #[test]
@@ -248,10 +285,14 @@ fn bursts_do_not_show_up_as_latency_or_loss() {
     prober.stop(&lab);
     responder.stop(&lab);
 
-    let mut sides = split(&samples, SLOT, BIN);
+    let sides = split(&samples, SLOT, BIN);
+    let (mut burst, mut quiet) = (Sides::pooled(&sides.burst), Sides::pooled(&sides.quiet));
     let p99 = |v: &mut Vec<u64>| sample_quantile(v, 0.99).map_or(f64::NAN, |x| x as f64 / 1e3);
-    let (burst_p99, quiet_p99) = (p99(&mut sides.burst), p99(&mut sides.quiet));
-    let ratio = burst_p99 / quiet_p99;
+    let (burst_p99, quiet_p99) = (p99(&mut burst), p99(&mut quiet));
+    let pooled = burst_p99 / quiet_p99;
+    let pairs = sides.pair_ratios(MIN_SLOT_SAMPLES);
+    let ratio = median(&pairs).unwrap_or(f64::NAN);
+    let listed: Vec<String> = pairs.iter().map(|r| format!("{r:.2}")).collect();
     let lost =
         one_of(&a1, "kubepulse_probe_lost_total") - one_of(&a0, "kubepulse_probe_lost_total");
     // Sent is booked with the outcome: sent − lost are the kept replies.
@@ -266,15 +307,19 @@ fn bursts_do_not_show_up_as_latency_or_loss() {
         "UDP p99 exact, both agents: burst slots {burst_p99:.1} us ({} kept samples), \
          quiet slots {quiet_p99:.1} us ({} samples at the same phases; {} at the {} cut \
          phase bins of {} ms left out; the quiet side itself kept none in {} bins); \
-         ratio {ratio:.3}\n\
+         pooled ratio {pooled:.3}\n\
+         UDP p99 exact, burst slot over the quiet slot after it, {} pairs: {}; \
+         median ratio {ratio:.3}\n\
          nft dropped {dropped}/{seen} = {:.3}%, kubepulse lost {lost}/{resolved} = {:.3}% \
          (4 sigma {:.3}%); excluded {excluded}",
-        sides.burst.len(),
-        sides.quiet.len(),
+        burst.len(),
+        quiet.len(),
         sides.quiet_cut,
         sides.cut_bins,
         BIN.as_millis(),
         sides.quiet_empty_bins,
+        pairs.len(),
+        listed.join(" "),
         truth * 100.0,
         reported * 100.0,
         4.0 * sigma * 100.0,
@@ -282,7 +327,7 @@ fn bursts_do_not_show_up_as_latency_or_loss() {
     eprintln!("{report}");
     // Enough of both sides for a p99 of about a hundred tail samples.
     assert!(
-        sides.burst.len() >= 5000 && sides.quiet.len() >= 5000,
+        burst.len() >= 5000 && quiet.len() >= 5000 && pairs.len() >= 10,
         "too few samples:\n{report}"
     );
     assert!(
@@ -300,6 +345,6 @@ fn bursts_do_not_show_up_as_latency_or_loss() {
     );
     assert!(
         ratio <= 1.2,
-        "UDP p99 with bursts {ratio:.2}x the quiet p99:\n{report}"
+        "UDP p99 with bursts {ratio:.2}x the quiet p99 (median of the pairs):\n{report}"
     );
 }
