@@ -73,6 +73,14 @@ fn terminating(pod: &Value) -> bool {
     !pod["metadata"]["deletionTimestamp"].is_null()
 }
 
+/// Whether `pod` has ended (phase Succeeded or Failed).
+fn terminal(pod: &Value) -> bool {
+    matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    )
+}
+
 /// A new pod from `template` (a pod template) owned by `owner`, with the
 /// defaults the apiserver fills in.
 fn pod_from_template(
@@ -193,7 +201,15 @@ pub(super) fn daemonsets(server: &ApiServer) {
                 .iter()
                 .filter(|p| p["spec"]["nodeName"] == node_name && !terminating(p))
                 .collect();
-            if on_node.is_empty() {
+            // As the DaemonSet controller does (`getNodesToDaemonPods`
+            // skips only terminal pods being deleted): a pod that is still
+            // terminating keeps its node's place, so its replacement waits
+            // until it is gone. A hostNetwork replacement started beside it
+            // would find its ports taken.
+            let leaving = mine
+                .iter()
+                .any(|p| p["spec"]["nodeName"] == node_name && terminating(p) && !terminal(p));
+            if on_node.is_empty() && !leaving {
                 let pod_name = format!("{name}-{}", suffix(5));
                 let pod = pod_from_template(
                     template,
@@ -373,6 +389,41 @@ pub(super) fn set_condition(pod: &mut Value, ty: &str, status: &str, reason: Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A terminating DaemonSet pod keeps its node's place until it is
+    /// gone, as the DaemonSet controller has it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_daemonset_replaces_a_pod_once_it_is_gone_not_while_it_terminates() {
+        let server = ApiServer::start().await;
+        server.apply_json::<Node>(json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "n1"},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}));
+        server.apply_json::<DaemonSet>(json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "ds", "namespace": "ns"},
+            "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {
+                "metadata": {"labels": {"a": "b"}},
+                "spec": {"containers": [{"name": "c", "image": "i"}]}}}}));
+        server.apply_json::<ServiceAccount>(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "default", "namespace": "ns"}}));
+        let pods = || server.objects::<Pod>("ns");
+        daemonsets(&server);
+        let first = pods();
+        assert_eq!(first.len(), 1, "one pod on the one node");
+        let name = name_of(&first[0]).to_string();
+        // Bound, as the scheduler does.
+        server.modify::<Pod>("ns", &name, |p| p["spec"]["nodeName"] = json!("n1"));
+        // A graceful delete: the kubelet stops it within its grace.
+        super::super::delete_pod(&server, "ns", &name);
+        daemonsets(&server);
+        assert_eq!(pods().len(), 1, "no replacement beside a terminating pod");
+        assert!(server.delete::<Pod>("ns", &name));
+        daemonsets(&server);
+        let now_pods = pods();
+        assert!(
+            now_pods.len() == 1 && name_of(&now_pods[0]) != name,
+            "replaced once gone: {now_pods:?}"
+        );
+    }
 
     #[test]
     fn suffixes_use_the_safe_alphabet() {
