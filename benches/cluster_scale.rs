@@ -269,18 +269,7 @@ async fn api_row(n: usize, zones: usize) -> ApiRow {
 
     // One real agent process on node 0, reading its plan.
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: t\n\
-             clusters: [{{name: t, cluster: {{server: \"{}\"}}}}]\n\
-             users: [{{name: t, user: {{}}}}]\n\
-             contexts: [{{name: t, context: {{cluster: t, user: t}}}}]\n",
-            server.url()
-        ),
-    )
-    .expect("kubeconfig");
+    let kubeconfig = server.write_kubeconfig(dir.path());
     let (metrics, p) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_kubepulse"))
         .args(["agent", "--listen", &format!("127.0.0.1:{metrics}")])

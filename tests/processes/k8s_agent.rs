@@ -11,7 +11,7 @@
 use kubepulse_testkit::apiserver;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -107,21 +107,24 @@ async fn wait_scrape(port: u16, what: &str, pred: impl Fn(&Scrape) -> bool) {
     }
 }
 
-/// A kubeconfig in `dir` for the API test server.
-fn kubeconfig(dir: &Path, server: &ApiServer) -> PathBuf {
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
-             clusters: [{{name: test, cluster: {{server: \"{}\"}}}}]\n\
-             users: [{{name: test, user: {{}}}}]\n\
-             contexts: [{{name: test, context: {{cluster: test, user: test}}}}]\n",
-            server.url()
+/// The environment of `agent-pod-n1` on `n1` in Kubernetes mode, its
+/// responders on `port` (UDP and TCP echo), `port + 1` and `port + 2`.
+fn agent_env(kubeconfig: &Path, port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "KUBECONFIG",
+            kubeconfig.to_str().expect("utf-8 path").into(),
         ),
-    )
-    .expect("write kubeconfig");
-    path
+        ("KUBEPULSE_POD_NAME", "agent-pod-n1".into()),
+        ("KUBEPULSE_NODE_NAME", "n1".into()),
+        ("KUBEPULSE_NAMESPACE", NS.into()),
+        ("KUBEPULSE__DISCOVERY__MODE", "kubernetes".into()),
+        ("KUBEPULSE__AGENT__BIND_ADDRESS", "127.0.0.1".into()),
+        ("KUBEPULSE__AGENT__PORTS__UDP_ECHO", port.to_string()),
+        ("KUBEPULSE__AGENT__PORTS__TCP_ECHO", port.to_string()),
+        ("KUBEPULSE__AGENT__PORTS__BANDWIDTH", (port + 1).to_string()),
+        ("KUBEPULSE__AGENT__PORTS__HTTP", (port + 2).to_string()),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,19 +139,10 @@ async fn agent_binary_follows_the_api() {
     server.apply(&pod("agent-host-n2", "n2", true, p2 + 10));
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = kubeconfig(dir.path(), &server);
+    let kubeconfig = server.write_kubeconfig(dir.path());
     let child = Command::new(env!("CARGO_BIN_EXE_kubepulse"))
         .args(["agent", "--listen", &format!("127.0.0.1:{metrics}")])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("KUBEPULSE_POD_NAME", "agent-pod-n1")
-        .env("KUBEPULSE_NODE_NAME", "n1")
-        .env("KUBEPULSE_NAMESPACE", NS)
-        .env("KUBEPULSE__DISCOVERY__MODE", "kubernetes")
-        .env("KUBEPULSE__AGENT__BIND_ADDRESS", "127.0.0.1")
-        .env("KUBEPULSE__AGENT__PORTS__UDP_ECHO", p1.to_string())
-        .env("KUBEPULSE__AGENT__PORTS__TCP_ECHO", p1.to_string())
-        .env("KUBEPULSE__AGENT__PORTS__BANDWIDTH", (p1 + 1).to_string())
-        .env("KUBEPULSE__AGENT__PORTS__HTTP", (p1 + 2).to_string())
+        .envs(agent_env(&kubeconfig, p1))
         .env("RUST_LOG", "kubepulse=info")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -270,26 +264,12 @@ async fn after_sigterm_the_responders_answer_for_the_grace_then_the_agent_exits(
     server.apply(&node("n1"));
     server.apply(&pod("agent-pod-n1", "n1", false, port));
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = kubeconfig(dir.path(), &server);
-    let env = [
-        (
-            "KUBECONFIG",
-            kubeconfig.to_str().expect("utf-8 path").to_string(),
-        ),
-        ("KUBEPULSE_POD_NAME", "agent-pod-n1".into()),
-        ("KUBEPULSE_NODE_NAME", "n1".into()),
-        ("KUBEPULSE_NAMESPACE", NS.into()),
-        ("KUBEPULSE__DISCOVERY__MODE", "kubernetes".into()),
-        ("KUBEPULSE__AGENT__BIND_ADDRESS", "127.0.0.1".into()),
-        ("KUBEPULSE__AGENT__PORTS__UDP_ECHO", port.to_string()),
-        ("KUBEPULSE__AGENT__PORTS__TCP_ECHO", port.to_string()),
-        ("KUBEPULSE__AGENT__PORTS__BANDWIDTH", (port + 1).to_string()),
-        ("KUBEPULSE__AGENT__PORTS__HTTP", (port + 2).to_string()),
-        (
-            "KUBEPULSE__AGENT__SHUTDOWN_GRACE",
-            format!("{}s", GRACE.as_secs()),
-        ),
-    ];
+    let kubeconfig = server.write_kubeconfig(dir.path());
+    let mut env = agent_env(&kubeconfig, port);
+    env.push((
+        "KUBEPULSE__AGENT__SHUTDOWN_GRACE",
+        format!("{}s", GRACE.as_secs()),
+    ));
     let mut agent = tokio::task::spawn_blocking(move || {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         Kubepulse::start_with_env(&["agent", "--listen", "127.0.0.1:0"], &env)

@@ -205,6 +205,24 @@ impl ApiServer {
         format!("http://{}", self.addr)
     }
 
+    /// Writes a kubeconfig for this server (no credentials) to
+    /// `dir/kubeconfig`, for a process under test, and returns its path.
+    pub fn write_kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+                 clusters: [{{name: test, cluster: {{server: \"{}\"}}}}]\n\
+                 users: [{{name: test, user: {{}}}}]\n\
+                 contexts: [{{name: test, context: {{cluster: test, user: test}}}}]\n",
+                self.url()
+            ),
+        )
+        .expect("write kubeconfig");
+        path
+    }
+
     /// A kube client for this server (default retry policy on, as in
     /// production).
     pub fn client(&self) -> kube::Client {
